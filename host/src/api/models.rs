@@ -1,0 +1,207 @@
+//! `Net` in scripts: ResNets, MLPs, linear layers, sequences, EMA targets.
+
+use rhai::Array;
+use rhai::plugin::*;
+
+use crate::error::{Error, Result};
+use crate::models::SharedNet;
+
+/// Networks: build, run, switch modes, copy, average.
+#[export_module]
+pub mod models_api {
+    use rhai::{Array, Dynamic, Map};
+
+    use crate::api::args::{self, Options, RhaiResult, run};
+    use crate::error::Error;
+    use crate::models::layers::LinearConfig;
+    use crate::models::{MlpConfig, ResNetConfig, SharedNet};
+    use crate::session;
+    use crate::tensor::DynTensor;
+
+    use super::net_list;
+
+    /// A network handle; copies of the handle share the network.
+    pub type Net = SharedNet;
+
+    /// A torchvision ResNet (18, 34 or 50) without its classifier: images in, features out.
+    ///
+    /// ```rhai
+    /// let backbone = resnet(18);
+    /// ```
+    #[rhai_fn(name = "resnet", return_raw)]
+    pub fn resnet_default(depth: i64) -> RhaiResult<Net> {
+        resnet(depth, Map::new())
+    }
+
+    /// A ResNet with options: `cifar_stem` (3x3 stem, no max-pool; default false),
+    /// `in_channels` (default 3), `widths` (four stage widths; default [64, 128, 256, 512]).
+    ///
+    /// ```rhai
+    /// let backbone = resnet(18, #{ cifar_stem: true });
+    /// let small = resnet(18, #{ cifar_stem: true, widths: [16, 32, 64, 128] });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn resnet(depth: i64, options: Map) -> RhaiResult<Net> {
+        run(|| {
+            let o = Options::new(&options, "resnet", &["cifar_stem", "in_channels", "widths"])?;
+            let mut config = ResNetConfig::new(args::count(depth, "resnet depth")?);
+            config.cifar_stem = o.bool("cifar_stem", false)?;
+            config.in_channels = o.usize("in_channels", 3)?;
+            if let Some(w) = o.shape("widths")? {
+                config.widths = w.try_into().map_err(|w: Vec<usize>| {
+                    Error::Invalid(format!("resnet: widths needs 4 entries, got {}", w.len()))
+                })?;
+            }
+            session::with(|s| SharedNet::resnet(&config, &mut s.rng, &s.device))
+        })
+    }
+
+    /// An MLP over widths `[in, hidden.., out]` with batch norm after hidden layers.
+    ///
+    /// ```rhai
+    /// let head = mlp([512, 4096, 256]);
+    /// ```
+    #[rhai_fn(name = "mlp", return_raw)]
+    pub fn mlp_default(dims: Array) -> RhaiResult<Net> {
+        mlp(dims, Map::new())
+    }
+
+    /// An MLP with options `batch_norm` (hidden, default true), `last_batch_norm` (default
+    /// false) and `bias` (default true).
+    ///
+    /// ```rhai
+    /// let proj = mlp([512, 2048, 128], #{ last_batch_norm: true });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn mlp(dims: Array, options: Map) -> RhaiResult<Net> {
+        run(|| {
+            let o = Options::new(&options, "mlp", &["batch_norm", "last_batch_norm", "bias"])?;
+            let mut config = MlpConfig::new(args::shape(&dims, "mlp widths")?);
+            config.batch_norm = o.bool("batch_norm", true)?;
+            config.last_batch_norm = o.bool("last_batch_norm", false)?;
+            config.bias = o.bool("bias", true)?;
+            session::with(|s| SharedNet::mlp(&config, &mut s.rng, &s.device))
+        })
+    }
+
+    /// A linear layer `[N, in] -> [N, out]` with bias.
+    ///
+    /// ```rhai
+    /// let classifier = linear(512, 10);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn linear(d_input: i64, d_output: i64) -> RhaiResult<Net> {
+        run(|| {
+            let config = LinearConfig::new(
+                args::count(d_input, "linear input size")?,
+                args::count(d_output, "linear output size")?,
+            );
+            session::with(|s| SharedNet::linear(&config, &mut s.rng, &s.device))
+        })
+    }
+
+    /// Networks applied in order; the parts are shared, not copied.
+    ///
+    /// ```rhai
+    /// let online = sequential([backbone, projector]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn sequential(parts: Array) -> RhaiResult<Net> {
+        run(|| SharedNet::sequential(net_list(&parts, "sequential")?))
+    }
+
+    /// Runs the network on a batch.
+    ///
+    /// ```rhai
+    /// let z = online.forward(images);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn forward(net: &mut Net, x: DynTensor) -> RhaiResult<DynTensor> {
+        run(|| net.forward(&x))
+    }
+
+    /// Training mode: batch norm uses and updates batch statistics.
+    ///
+    /// ```rhai
+    /// net.train();
+    /// ```
+    pub fn train(net: &mut Net) {
+        net.set_training(true);
+    }
+
+    /// Evaluation mode: batch norm uses running statistics.
+    ///
+    /// ```rhai
+    /// backbone.eval();
+    /// ```
+    pub fn eval(net: &mut Net) {
+        net.set_training(false);
+    }
+
+    /// An independent copy that takes no gradients (a momentum target).
+    ///
+    /// ```rhai
+    /// let target = momentum_copy(online);
+    /// ```
+    pub fn momentum_copy(net: &mut Net) -> Net {
+        net.momentum_copy()
+    }
+
+    /// `target = m * target + (1 - m) * online` for every parameter and batch-norm buffer.
+    ///
+    /// ```rhai
+    /// update_momentum(online, target, 0.99);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn update_momentum(online: Net, target: Net, m: Dynamic) -> RhaiResult<()> {
+        run(|| {
+            let m = args::number(&m, "update_momentum m")?;
+            SharedNet::update_momentum(&online, &target, m)
+        })
+    }
+
+    /// Trainable parameter count (batch-norm buffers excluded, as torchvision counts).
+    ///
+    /// ```rhai
+    /// print(backbone.num_params());   // 11176512 for resnet(18)
+    /// ```
+    pub fn num_params(net: &mut Net) -> i64 {
+        net.num_params() as i64
+    }
+
+    /// Parameters and buffers by dotted name, detached.
+    ///
+    /// ```rhai
+    /// let w = net.parameters()["conv1.weight"];
+    /// ```
+    pub fn parameters(net: &mut Net) -> Map {
+        net.parameters()
+            .into_iter()
+            .map(|(k, v)| (k.into(), Dynamic::from(v)))
+            .collect()
+    }
+
+    /// `Net(resnet(features 512))`.
+    ///
+    /// ```rhai
+    /// print(backbone);
+    /// ```
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn to_string(net: &mut Net) -> String {
+        format!("Net({})", net.describe())
+    }
+
+}
+
+pub fn net_list(arr: &Array, op: &str) -> Result<Vec<SharedNet>> {
+    arr.iter()
+        .map(|v| {
+            v.clone().try_cast::<SharedNet>().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{op} takes an array of networks, found a {}",
+                    v.type_name()
+                ))
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,898 @@
+//! `Tensor` in scripts: creation, arithmetic, reductions, autodiff.
+
+use rhai::plugin::*;
+use rhai::{Array, Dynamic};
+
+use crate::api::args;
+use crate::error::{Error, Result};
+use crate::tensor::DynTensor;
+
+/// Tensors of rank 1–4 on the run's device; autodiff flows through every op.
+#[export_module]
+pub mod tensor_api {
+    use std::rc::Rc;
+
+    use burn::tensor::Gradients;
+    use rhai::{Array, Dynamic};
+
+    use crate::api::args::{self, RhaiResult, run};
+    use crate::error::Error;
+    use crate::session;
+    use crate::tensor::{BinaryOp, DynTensor};
+
+    use super::{flatten, nest, tensor_list};
+
+    /// A tensor of rank 1–4 (float or int) on the run's device.
+    pub type Tensor = DynTensor;
+
+    /// Gradients from `loss.backward()`; read one with `g.get(x)`.
+    pub type Grads = Rc<Gradients>;
+
+    // ---- creation ----------------------------------------------------------------------
+
+    /// A float tensor from a (nested) array of numbers.
+    ///
+    /// ```rhai
+    /// let x = tensor([[1.0, 2.0], [3.0, 4.0]]);   // shape [2, 2]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn tensor(values: Array) -> RhaiResult<Tensor> {
+        run(|| {
+            let mut shape = Vec::new();
+            let mut flat = Vec::new();
+            flatten(&values, 0, &mut shape, &mut flat)?;
+            DynTensor::from_vec(flat, &shape, &session::device())
+        })
+    }
+
+    /// Zeros of the given shape.
+    ///
+    /// ```rhai
+    /// let z = zeros([4, 8]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn zeros(shape: Array) -> RhaiResult<Tensor> {
+        run(|| DynTensor::zeros(&args::shape(&shape, "zeros")?, &session::device()))
+    }
+
+    /// Ones of the given shape.
+    ///
+    /// ```rhai
+    /// let o = ones([3]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn ones(shape: Array) -> RhaiResult<Tensor> {
+        run(|| DynTensor::ones(&args::shape(&shape, "ones")?, &session::device()))
+    }
+
+    /// Standard normal values from the run's seeded generator.
+    ///
+    /// ```rhai
+    /// let noise = randn([16, 128]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn randn(shape: Array) -> RhaiResult<Tensor> {
+        run(|| {
+            let s = args::shape(&shape, "randn")?;
+            session::with(|sess| sess.rng.randn(&s, &sess.device))
+        })
+    }
+
+    /// Uniform values in [0, 1) from the run's seeded generator.
+    ///
+    /// ```rhai
+    /// let u = rand([4]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn rand(shape: Array) -> RhaiResult<Tensor> {
+        run(|| {
+            let s = args::shape(&shape, "rand")?;
+            session::with(|sess| sess.rng.rand(&s, &sess.device))
+        })
+    }
+
+    /// The `n x n` identity matrix.
+    ///
+    /// ```rhai
+    /// let i = eye(4);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn eye(n: i64) -> RhaiResult<Tensor> {
+        run(|| DynTensor::eye(args::count(n, "eye size")?, &session::device()))
+    }
+
+    /// Integers `0..n` as an int tensor.
+    ///
+    /// ```rhai
+    /// let labels = arange(8);   // [0, 1, ..., 7]
+    /// ```
+    #[rhai_fn(name = "arange", return_raw)]
+    pub fn arange_n(n: i64) -> RhaiResult<Tensor> {
+        run(|| DynTensor::arange(0, n, &session::device()))
+    }
+
+    /// Integers `start..end` as an int tensor.
+    ///
+    /// ```rhai
+    /// let idx = arange(2, 6);   // [2, 3, 4, 5]
+    /// ```
+    #[rhai_fn(name = "arange", return_raw)]
+    pub fn arange_range(start: i64, end: i64) -> RhaiResult<Tensor> {
+        run(|| DynTensor::arange(start, end, &session::device()))
+    }
+
+    // ---- arithmetic ----------------------------------------------------------------------
+
+    /// Elementwise sum with broadcasting.
+    ///
+    /// ```rhai
+    /// let y = x + ones([x.shape[1]]);
+    /// ```
+    #[rhai_fn(name = "+", return_raw)]
+    pub fn add(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary(&b, BinaryOp::Add))
+    }
+
+    /// Elementwise difference with broadcasting.
+    ///
+    /// ```rhai
+    /// let d = a - b;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn sub(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary(&b, BinaryOp::Sub))
+    }
+
+    /// Elementwise product with broadcasting.
+    ///
+    /// ```rhai
+    /// let p = a * b;
+    /// ```
+    #[rhai_fn(name = "*", return_raw)]
+    pub fn mul(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary(&b, BinaryOp::Mul))
+    }
+
+    /// Elementwise quotient with broadcasting.
+    ///
+    /// ```rhai
+    /// let q = a / b;
+    /// ```
+    #[rhai_fn(name = "/", return_raw)]
+    pub fn div(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary(&b, BinaryOp::Div))
+    }
+
+    /// Negation.
+    ///
+    /// ```rhai
+    /// let n = -x;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn neg(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.neg())
+    }
+
+    /// Tensor plus a number.
+    ///
+    /// ```rhai
+    /// let y = x + 1.0;
+    /// ```
+    #[rhai_fn(name = "+", return_raw)]
+    pub fn add_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Add, false))
+    }
+
+    /// Tensor plus an integer.
+    ///
+    /// ```rhai
+    /// let y = x + 1;
+    /// ```
+    #[rhai_fn(name = "+", return_raw)]
+    pub fn add_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Add, false))
+    }
+
+    /// A number plus a tensor.
+    ///
+    /// ```rhai
+    /// let y = 1.0 + x;
+    /// ```
+    #[rhai_fn(name = "+", return_raw)]
+    pub fn f_add(s: f64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Add, true))
+    }
+
+    /// An integer plus a tensor.
+    ///
+    /// ```rhai
+    /// let y = 1 + x;
+    /// ```
+    #[rhai_fn(name = "+", return_raw)]
+    pub fn i_add(s: i64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Add, true))
+    }
+
+    /// Tensor minus a number.
+    ///
+    /// ```rhai
+    /// let y = x - 0.5;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn sub_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Sub, false))
+    }
+
+    /// Tensor minus an integer.
+    ///
+    /// ```rhai
+    /// let y = x - 1;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn sub_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Sub, false))
+    }
+
+    /// A number minus a tensor.
+    ///
+    /// ```rhai
+    /// let loss = 2.0 - 2.0 * cos;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn f_sub(s: f64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Sub, true))
+    }
+
+    /// An integer minus a tensor.
+    ///
+    /// ```rhai
+    /// let loss = 2 - 2 * cos;
+    /// ```
+    #[rhai_fn(name = "-", return_raw)]
+    pub fn i_sub(s: i64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Sub, true))
+    }
+
+    /// Tensor times a number.
+    ///
+    /// ```rhai
+    /// let y = x * 0.5;
+    /// ```
+    #[rhai_fn(name = "*", return_raw)]
+    pub fn mul_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Mul, false))
+    }
+
+    /// Tensor times an integer.
+    ///
+    /// ```rhai
+    /// let y = x * 2;
+    /// ```
+    #[rhai_fn(name = "*", return_raw)]
+    pub fn mul_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Mul, false))
+    }
+
+    /// A number times a tensor.
+    ///
+    /// ```rhai
+    /// let y = 0.5 * x;
+    /// ```
+    #[rhai_fn(name = "*", return_raw)]
+    pub fn f_mul(s: f64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Mul, true))
+    }
+
+    /// An integer times a tensor.
+    ///
+    /// ```rhai
+    /// let y = 2 * x;
+    /// ```
+    #[rhai_fn(name = "*", return_raw)]
+    pub fn i_mul(s: i64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Mul, true))
+    }
+
+    /// Tensor divided by a number.
+    ///
+    /// ```rhai
+    /// let logits = sim / 0.1;
+    /// ```
+    #[rhai_fn(name = "/", return_raw)]
+    pub fn div_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Div, false))
+    }
+
+    /// Tensor divided by an integer.
+    ///
+    /// ```rhai
+    /// let half = x / 2;
+    /// ```
+    #[rhai_fn(name = "/", return_raw)]
+    pub fn div_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Div, false))
+    }
+
+    /// A number divided by a tensor.
+    ///
+    /// ```rhai
+    /// let inv = 1.0 / x;
+    /// ```
+    #[rhai_fn(name = "/", return_raw)]
+    pub fn f_div(s: f64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s, BinaryOp::Div, true))
+    }
+
+    /// An integer divided by a tensor.
+    ///
+    /// ```rhai
+    /// let inv = 1 / x;
+    /// ```
+    #[rhai_fn(name = "/", return_raw)]
+    pub fn i_div(s: i64, a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.binary_scalar(s as f64, BinaryOp::Div, true))
+    }
+
+    /// Matrix product over the last two dims; batch dims broadcast.
+    ///
+    /// ```rhai
+    /// let sim = z1.matmul(z2.t());   // [N, N]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn matmul(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.matmul(&b))
+    }
+
+    /// Swaps the last two dims (a rank-1 tensor is returned as is).
+    ///
+    /// ```rhai
+    /// let wt = w.t();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn t(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.t())
+    }
+
+    /// Swaps the last two dims.
+    ///
+    /// ```rhai
+    /// let wt = w.transpose();
+    /// ```
+    #[rhai_fn(name = "transpose", return_raw)]
+    pub fn transpose_last(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.t())
+    }
+
+    /// Swaps two dims.
+    ///
+    /// ```rhai
+    /// let nhwc = x.transpose(1, 3);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn transpose(a: Tensor, d1: i64, d2: i64) -> RhaiResult<Tensor> {
+        run(|| a.swap_dims(d1, d2))
+    }
+
+    /// The same elements in a new shape; one entry may be -1.
+    ///
+    /// ```rhai
+    /// let flat = x.reshape([x.shape[0], -1]);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn reshape(a: Tensor, shape: Array) -> RhaiResult<Tensor> {
+        run(|| a.reshape(&args::ints(&shape, "reshape")?))
+    }
+
+    // ---- reductions ----------------------------------------------------------------------
+
+    /// Sum of all elements (shape `[1]`).
+    ///
+    /// ```rhai
+    /// let total = x.sum();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn sum(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.sum())
+    }
+
+    /// Sum over `dim`, dropping it.
+    ///
+    /// ```rhai
+    /// let per_row = x.sum(1);   // [N]
+    /// ```
+    #[rhai_fn(name = "sum", return_raw)]
+    pub fn sum_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.sum_dim(dim, false))
+    }
+
+    /// Sum over `dim`, keeping it as size 1 when `keepdim`.
+    ///
+    /// ```rhai
+    /// let p = e / e.sum(1, true);
+    /// ```
+    #[rhai_fn(name = "sum", return_raw)]
+    pub fn sum_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
+        run(|| a.sum_dim(dim, keepdim))
+    }
+
+    /// Mean of all elements (shape `[1]`).
+    ///
+    /// ```rhai
+    /// let loss = per_sample.mean();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn mean(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.mean())
+    }
+
+    /// Mean over `dim`, dropping it.
+    ///
+    /// ```rhai
+    /// let centre = z.mean(0);   // [D]
+    /// ```
+    #[rhai_fn(name = "mean", return_raw)]
+    pub fn mean_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.mean_dim(dim, false))
+    }
+
+    /// Mean over `dim`, keeping it as size 1 when `keepdim`.
+    ///
+    /// ```rhai
+    /// let centred = z - z.mean(0, true);
+    /// ```
+    #[rhai_fn(name = "mean", return_raw)]
+    pub fn mean_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
+        run(|| a.mean_dim(dim, keepdim))
+    }
+
+    /// Maximum over `dim`, dropping it.
+    ///
+    /// ```rhai
+    /// let m = logits.max(1);
+    /// ```
+    #[rhai_fn(name = "max", return_raw)]
+    pub fn max_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.max_dim(dim, false))
+    }
+
+    /// Maximum over `dim`, keeping it when `keepdim`.
+    ///
+    /// ```rhai
+    /// let stable = logits - logits.max(1, true);
+    /// ```
+    #[rhai_fn(name = "max", return_raw)]
+    pub fn max_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
+        run(|| a.max_dim(dim, keepdim))
+    }
+
+    /// Euclidean norm of all elements (shape `[1]`).
+    ///
+    /// ```rhai
+    /// let n = w.norm();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn norm(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.norm())
+    }
+
+    /// Euclidean norm over `dim`, dropping it.
+    ///
+    /// ```rhai
+    /// let lengths = z.norm(1);   // [N]
+    /// ```
+    #[rhai_fn(name = "norm", return_raw)]
+    pub fn norm_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.norm_dim(dim, false))
+    }
+
+    /// Euclidean norm over `dim`, keeping it when `keepdim`.
+    ///
+    /// ```rhai
+    /// let unit = z / z.norm(1, true);
+    /// ```
+    #[rhai_fn(name = "norm", return_raw)]
+    pub fn norm_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
+        run(|| a.norm_dim(dim, keepdim))
+    }
+
+    /// `x / max(‖x‖, 1e-12)` along `dim`.
+    ///
+    /// ```rhai
+    /// let z = z.normalize(1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn normalize(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.normalize(dim))
+    }
+
+    // ---- elementwise ----------------------------------------------------------------------
+
+    /// `e^x`.
+    ///
+    /// ```rhai
+    /// let e = x.exp();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn exp(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("exp", |t| t.exp()))
+    }
+
+    /// Natural logarithm.
+    ///
+    /// ```rhai
+    /// let l = p.log();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn log(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("log", |t| t.log()))
+    }
+
+    /// Square root.
+    ///
+    /// ```rhai
+    /// let s = v.sqrt();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn sqrt(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("sqrt", |t| t.sqrt()))
+    }
+
+    /// Absolute value.
+    ///
+    /// ```rhai
+    /// let a = x.abs();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn abs(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("abs", |t| t.abs()))
+    }
+
+    /// `max(x, 0)`.
+    ///
+    /// ```rhai
+    /// let h = x.relu();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn relu(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("relu", burn::tensor::activation::relu))
+    }
+
+    /// `x ** p` elementwise.
+    ///
+    /// ```rhai
+    /// let sq = x.pow(2);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn pow(a: Tensor, p: Dynamic) -> RhaiResult<Tensor> {
+        run(|| a.pow(args::number(&p, "pow exponent")?))
+    }
+
+    /// Softmax along `dim`.
+    ///
+    /// ```rhai
+    /// let p = logits.softmax(1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn softmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.softmax(dim))
+    }
+
+    /// Log-softmax along `dim`.
+    ///
+    /// ```rhai
+    /// let lp = logits.log_softmax(1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn log_softmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.log_softmax(dim))
+    }
+
+    // ---- structure ----------------------------------------------------------------------
+
+    /// Concatenates tensors along `dim`.
+    ///
+    /// ```rhai
+    /// let z = cat([z1, z2], 0);   // [2N, D]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn cat(tensors: Array, dim: i64) -> RhaiResult<Tensor> {
+        run(|| DynTensor::cat(&tensor_list(&tensors, "cat")?, dim))
+    }
+
+    /// Stacks same-shaped tensors along a new `dim`.
+    ///
+    /// ```rhai
+    /// let pair = stack([a, b], 0);   // [2, ..]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn stack(tensors: Array, dim: i64) -> RhaiResult<Tensor> {
+        run(|| DynTensor::stack(&tensor_list(&tensors, "stack")?, dim))
+    }
+
+    /// Elements `start..end` along `dim` (negative indices count from the end).
+    ///
+    /// ```rhai
+    /// let first_half = z.slice(0, 0, n);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn slice(a: Tensor, dim: i64, start: i64, end: i64) -> RhaiResult<Tensor> {
+        run(|| a.slice(dim, start, end))
+    }
+
+    /// The diagonal of a matrix, or a diagonal matrix from a vector.
+    ///
+    /// ```rhai
+    /// let pos = sim.diag();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn diag(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.diag())
+    }
+
+    /// The shape as an array.
+    ///
+    /// ```rhai
+    /// let n = x.shape()[0];
+    /// ```
+    pub fn shape(a: &mut Tensor) -> Array {
+        a.shape().into_iter().map(|d| Dynamic::from(d as i64)).collect()
+    }
+
+    /// The shape as an array (property form).
+    ///
+    /// ```rhai
+    /// let n = x.shape[0];
+    /// ```
+    #[rhai_fn(get = "shape", name = "shape")]
+    pub fn get_shape(a: &mut Tensor) -> Array {
+        shape(a)
+    }
+
+    /// The number of elements.
+    ///
+    /// ```rhai
+    /// let n = x.numel();
+    /// ```
+    pub fn numel(a: &mut Tensor) -> i64 {
+        a.numel() as i64
+    }
+
+    /// The rank (1–4).
+    ///
+    /// ```rhai
+    /// if x.rank() == 4 { print("images"); }
+    /// ```
+    pub fn rank(a: &mut Tensor) -> i64 {
+        a.rank() as i64
+    }
+
+    // ---- dtype ----------------------------------------------------------------------
+
+    /// A float copy.
+    ///
+    /// ```rhai
+    /// let y = labels.float();
+    /// ```
+    pub fn float(a: Tensor) -> Tensor {
+        a.to_float()
+    }
+
+    /// An int copy (floats truncated toward zero).
+    ///
+    /// ```rhai
+    /// let labels = tensor([0.0, 1.0]).int();
+    /// ```
+    pub fn int(a: Tensor) -> Tensor {
+        a.to_int()
+    }
+
+    /// Index of the largest value along `dim` (int tensor).
+    ///
+    /// ```rhai
+    /// let predicted = logits.argmax(1);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn argmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
+        run(|| a.argmax(dim))
+    }
+
+    /// 1.0 where equal, else 0.0 (broadcast).
+    ///
+    /// ```rhai
+    /// let accuracy = eq(logits.argmax(1), labels).mean().item();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn eq(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.eq(&b))
+    }
+
+    /// One-hot rows from integer labels (int, or float with whole values).
+    ///
+    /// ```rhai
+    /// let targets = labels.one_hot(10);   // [N, 10]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn one_hot(a: Tensor, num_classes: i64) -> RhaiResult<Tensor> {
+        run(|| {
+            let n = args::count(num_classes, "one_hot classes")?;
+            if n == 0 {
+                return Err(Error::Invalid("one_hot needs at least one class".into()));
+            }
+            a.one_hot(n)
+        })
+    }
+
+    // ---- values ----------------------------------------------------------------------
+
+    /// The value of a one-element tensor (reads the device: a sync on GPUs).
+    ///
+    /// ```rhai
+    /// log(step, #{ loss: loss.item() });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn item(a: Tensor) -> RhaiResult<f64> {
+        run(|| a.item())
+    }
+
+    /// The values as a nested array (small tensors only: at most 65,536 elements).
+    ///
+    /// ```rhai
+    /// print(x.to_array());
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn to_array(a: Tensor) -> RhaiResult<Array> {
+        run(|| {
+            const LIMIT: usize = 65_536;
+            if a.numel() > LIMIT {
+                return Err(Error::Invalid(format!(
+                    "to_array is for small tensors (at most {LIMIT} elements), got shape {:?}",
+                    a.shape()
+                )));
+            }
+            let values = a.to_f64_vec()?;
+            let int = a.is_int();
+            Ok(nest(&values, &a.shape(), int))
+        })
+    }
+
+    /// `Tensor[2, 3] float`.
+    ///
+    /// ```rhai
+    /// print(x);
+    /// ```
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn to_string(a: &mut Tensor) -> String {
+        format!("Tensor{:?} {}", a.shape(), a.dtype_name())
+    }
+
+    // ---- autodiff ----------------------------------------------------------------------
+
+    /// The same values, cut from the autodiff graph.
+    ///
+    /// ```rhai
+    /// let z = target.forward(x).detach();
+    /// ```
+    pub fn detach(a: Tensor) -> Tensor {
+        a.detach()
+    }
+
+    /// Marks a float tensor as a leaf that collects gradients.
+    ///
+    /// ```rhai
+    /// let w = randn([4, 2]).require_grad();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn require_grad(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.require_grad())
+    }
+
+    /// Gradients of a one-element tensor with respect to every tracked leaf.
+    ///
+    /// ```rhai
+    /// let g = loss.backward();
+    /// let dw = g.get(w);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn backward(a: Tensor) -> RhaiResult<Grads> {
+        run(|| {
+            if a.numel() != 1 {
+                return Err(Error::Shape(format!(
+                    "backward needs a one-element tensor, got shape {:?}",
+                    a.shape()
+                )));
+            }
+            let t = a.float4("backward")?;
+            if !t.is_tracked() {
+                return Err(Error::Invalid(
+                    "backward: this value does not depend on any tensor marked with require_grad()"
+                        .into(),
+                ));
+            }
+            Ok(Rc::new(t.backward()))
+        })
+    }
+
+    /// The gradient of a leaf marked with `require_grad()`.
+    ///
+    /// ```rhai
+    /// let dw = g.get(w);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn get(g: &mut Grads, x: Tensor) -> RhaiResult<Tensor> {
+        run(|| {
+            let t = x.float4("get")?;
+            match t.grad(g) {
+                Some(grad) => Ok(DynTensor::from_float4(grad.autodiff(), x.rank())),
+                None => Err(Error::Invalid(
+                    "this tensor has no gradient: mark the leaf with require_grad() before using it"
+                        .into(),
+                )),
+            }
+        })
+    }
+
+    // ---- helpers (not exported) ----------------------------------------------------------
+
+
+
+}
+
+pub fn tensor_list(arr: &Array, op: &str) -> Result<Vec<DynTensor>> {
+    arr.iter()
+        .map(|v| {
+            v.clone().try_cast::<DynTensor>().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{op} takes an array of tensors, found a {}",
+                    v.type_name()
+                ))
+            })
+        })
+        .collect()
+}
+
+pub fn flatten(
+    v: &Array,
+    depth: usize,
+    shape: &mut Vec<usize>,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    if depth == shape.len() {
+        shape.push(v.len());
+    } else if shape[depth] != v.len() {
+        return Err(Error::Shape(format!(
+            "ragged array: a row of length {} where {} was expected",
+            v.len(),
+            shape[depth]
+        )));
+    }
+    for x in v {
+        if let Some(inner) = x.read_lock::<Array>() {
+            flatten(&inner, depth + 1, shape, out)?;
+        } else if depth + 1 != shape.len() {
+            return Err(Error::Shape("ragged array: numbers mixed with rows".into()));
+        } else {
+            out.push(args::number(x, "tensor element")? as f32);
+        }
+    }
+    Ok(())
+}
+
+pub fn nest(values: &[f64], shape: &[usize], int: bool) -> Array {
+    if shape.len() == 1 {
+        return values
+            .iter()
+            .map(|&v| {
+                if int {
+                    Dynamic::from(v as i64)
+                } else {
+                    Dynamic::from(v)
+                }
+            })
+            .collect();
+    }
+    let stride: usize = shape[1..].iter().product();
+    values
+        .chunks(stride)
+        .map(|c| Dynamic::from(nest(c, &shape[1..], int)))
+        .collect()
+}

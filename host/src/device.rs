@@ -1,0 +1,59 @@
+//! Picking the device: `--device auto|cuda|cpu`, always with autodiff enabled.
+//!
+//! The CPU backend is burn-flex. CUDA is compiled in with the cargo feature `cuda`; `auto`
+//! uses it when a GPU answers and falls back to the CPU otherwise, saying why.
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA if built in and a GPU answers, else the CPU.
+    Auto,
+    /// CUDA, or an error.
+    Cuda,
+    /// The CPU (burn-flex).
+    Cpu,
+}
+
+/// The CPU device with autodiff.
+pub fn cpu() -> Device {
+    Device::flex().autodiff()
+}
+
+/// The device for `choice`, and a sentence saying which it is and why.
+pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
+    match choice {
+        DeviceChoice::Cpu => Ok((cpu(), "cpu (burn-flex): --device cpu".into())),
+        DeviceChoice::Cuda => cuda().map(|d| (d, "cuda:0: --device cuda".into())),
+        DeviceChoice::Auto => match cuda() {
+            Ok(d) => Ok((d, "cuda:0: a GPU answered".into())),
+            Err(why) => Ok((cpu(), format!("cpu (burn-flex): {why}"))),
+        },
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Device> {
+    use burn::tensor::Tensor;
+    // A GPU that cannot run one tiny op (no driver, no device) counts as absent.
+    crate::guard::catch(|| {
+        let device = Device::cuda(0).autodiff();
+        let sum = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
+        if sum == 4.0 {
+            Ok(device)
+        } else {
+            Err(Error::Other(format!("the GPU computed 1+1+1+1 = {sum}")))
+        }
+    })
+    .map_err(|e| Error::Other(format!("CUDA is not usable here ({e})")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Device> {
+    Err(Error::Other(
+        "this binary was built without CUDA (cargo feature `cuda`)".into(),
+    ))
+}

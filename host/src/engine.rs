@@ -1,0 +1,162 @@
+//! The Rhai engine: limits, strict variables, the host package, the stdlib prelude, the module
+//! resolver, `print` routed to tracing, and running a script with located errors.
+//!
+//! The stdlib (`stdlib/*.rhai`) is compiled into the binary and loaded as a prelude: its
+//! functions (`byol_loss`, `cosine_schedule`, ...) are global in every script, and a script's
+//! own function of the same name takes precedence. A folder `stdlib/` in the working
+//! directory overrides the embedded copy file by file, so researchers can edit it without
+//! recompiling. Scripts may also `import "stdlib/losses" as losses;` or import their own
+//! files relative to the script.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection, StaticModuleResolver};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Scope};
+
+use crate::error::{Error, Result, ScriptError};
+use crate::guard;
+use crate::session::{self, Session};
+
+/// The stdlib files embedded in the binary: (module path, source).
+pub const STDLIB: &[(&str, &str)] = &[
+    ("stdlib/losses", include_str!("../../stdlib/losses.rhai")),
+    ("stdlib/heads", include_str!("../../stdlib/heads.rhai")),
+    ("stdlib/schedules", include_str!("../../stdlib/schedules.rhai")),
+];
+
+/// Recursion depth allowed for script functions.
+pub const MAX_CALL_LEVELS: usize = 64;
+/// Nesting depth of expressions (global, in functions).
+pub const MAX_EXPR_DEPTHS: (usize, usize) = (128, 64);
+
+/// A configured engine plus the texts of every source it compiled, for error rendering.
+pub struct ScriptEngine {
+    engine: Engine,
+    sources: HashMap<String, String>,
+}
+
+/// A stdlib file's text: `./stdlib/NAME.rhai` if present, else the embedded copy.
+fn stdlib_text(module: &str, embedded: &str) -> (String, String) {
+    let file = format!("{module}.rhai");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => (file, text),
+        Err(_) => (file, embedded.to_string()),
+    }
+}
+
+impl ScriptEngine {
+    /// An engine whose relative imports resolve from `base_dir`.
+    pub fn new(base_dir: &Path) -> Result<Self> {
+        let mut engine = Engine::new();
+        engine.set_strict_variables(true);
+        engine.set_max_call_levels(MAX_CALL_LEVELS);
+        engine.set_max_expr_depths(MAX_EXPR_DEPTHS.0, MAX_EXPR_DEPTHS.1);
+        engine.set_max_string_size(16 << 20);
+        engine.set_max_array_size(1 << 22);
+        engine.set_max_map_size(1 << 16);
+        engine.on_print(|s| tracing::info!(target: "script", "{s}"));
+        engine.on_debug(|s, src, pos| {
+            tracing::debug!(target: "script", "{}:{pos}: {s}", src.unwrap_or("script"))
+        });
+        crate::api::register(&mut engine);
+
+        let mut sources = HashMap::new();
+        let mut statics = StaticModuleResolver::new();
+        let mut prelude = Module::new();
+        for (module, embedded) in STDLIB {
+            let (file, text) = stdlib_text(module, embedded);
+            let mut ast = engine
+                .compile(&text)
+                .map_err(|e| located(&e.into(), &sources_with(&sources, &file, &text), &file))?;
+            ast.set_source(file.as_str());
+            let m = Module::eval_ast_as_new(Scope::new(), &ast, &engine)
+                .map_err(|e| located(&e, &sources_with(&sources, &file, &text), &file))?;
+            prelude.combine_flatten(m.clone());
+            statics.insert(*module, m);
+            sources.insert(file, text);
+        }
+        engine.register_global_module(prelude.into());
+
+        let mut resolvers = ModuleResolversCollection::new();
+        resolvers.push(statics);
+        resolvers.push(FileModuleResolver::new_with_path(base_dir));
+        engine.set_module_resolver(resolvers);
+        Ok(ScriptEngine { engine, sources })
+    }
+
+    /// The underlying engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles `text` under the source name `name`.
+    pub fn compile(&mut self, name: &str, text: &str) -> Result<AST> {
+        self.sources.insert(name.to_string(), text.to_string());
+        let mut ast = self
+            .engine
+            .compile(text)
+            .map_err(|e| located(&e.into(), &self.sources, name))?;
+        ast.set_source(name);
+        Ok(ast)
+    }
+
+    /// Runs a compiled script to its end; errors come back located in their sources.
+    pub fn run(&self, name: &str, ast: &AST) -> Result<Dynamic> {
+        let mut scope = Scope::new();
+        guard::catch(|| {
+            self.engine
+                .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
+                .map_err(|e| located(&e, &self.sources, name))
+        })
+    }
+}
+
+fn sources_with(
+    sources: &HashMap<String, String>,
+    name: &str,
+    text: &str,
+) -> HashMap<String, String> {
+    let mut s = sources.clone();
+    s.insert(name.to_string(), text.to_string());
+    s
+}
+
+fn located(err: &EvalAltResult, sources: &HashMap<String, String>, name: &str) -> Error {
+    Error::Script(Box::new(ScriptError::from_rhai(err, sources, name)))
+}
+
+/// Reads a script file, naming it in the error if that fails.
+pub fn read_script(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read script: {e}")))
+}
+
+/// The directory relative imports of `path` resolve from.
+fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs the script at `path` in `session` (installed as this thread's session).
+pub fn run_file(path: &Path, session: Session) -> Result<Dynamic> {
+    let text = read_script(path)?;
+    run_source(&path.display().to_string(), &text, &base_dir(path), session)
+}
+
+/// Runs script text under the source name `name`.
+pub fn run_source(name: &str, text: &str, base: &Path, session: Session) -> Result<Dynamic> {
+    session::install(session);
+    let mut engine = ScriptEngine::new(base)?;
+    let ast = engine.compile(name, text)?;
+    engine.run(name, &ast)
+}
+
+/// Compiles the script at `path` (syntax, imports) without running it.
+pub fn check_file(path: &Path) -> Result<()> {
+    let text = read_script(path)?;
+    let mut engine = ScriptEngine::new(&base_dir(path))?;
+    engine.compile(&path.display().to_string(), &text)?;
+    Ok(())
+}

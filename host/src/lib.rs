@@ -1,0 +1,16 @@
+//! sslhost: self-supervised training loops as Rhai scripts over Burn.
+//!
+//! The host owns tensors, autodiff, models, optimisers and devices; scripts own the method.
+//! Modules below `api/` know nothing of Rhai.
+
+pub mod api;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod guard;
+pub mod models;
+pub mod optim;
+pub mod session;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,84 @@
+//! The `sslhost` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sslhost::device::{self, DeviceChoice};
+use sslhost::engine;
+use sslhost::error::{Error, Result};
+use sslhost::session::Session;
+
+/// Self-supervised vision training loops as Rhai scripts.
+#[derive(Parser, Debug)]
+#[command(name = "sslhost", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a script (a recipe or a tool) to its end.
+    Run {
+        /// The script file.
+        script: PathBuf,
+        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Seed of the run's random generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Compile a script (syntax and imports) without running it.
+    Check {
+        /// The script file.
+        script: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    sslhost::guard::install_hook();
+    match execute(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", render(&e));
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn render(e: &Error) -> String {
+    match e {
+        Error::Script(s) => s.to_string(),
+        other => format!("error: {other}"),
+    }
+}
+
+fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run {
+            script,
+            device,
+            seed,
+        } => {
+            let (device, why) = device::select(device)?;
+            tracing::info!("device: {why}");
+            let _ = engine::run_file(&script, Session::new(device, seed))?;
+            Ok(())
+        }
+        Command::Check { script } => {
+            engine::check_file(&script)?;
+            println!("{}: ok", script.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The three layers every model here is built from: convolution, linear and batch norm.
+//!
+//! Weights use PyTorch's layouts and initialisations, so parameter counts, names and the
+//! first steps of training match torchvision. Random initial values come from the host
+//! generator, so a seed gives the same network on every device.
+
+use burn::module::{Flag, Module, Param, ParamId};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::tensor::HostRng;
+
+fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// A buffer: saved, copied and averaged with the weights, but never trained.
+fn buffer(value: Tensor<1>) -> Param<Tensor<1>> {
+    Param::initialized(ParamId::new(), value.set_require_grad(false))
+}
+
+/// Configuration of a [`Conv2d`] without bias (every conv here is followed by batch norm).
+#[derive(Debug, Clone)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+/// A 2-D convolution, weight `[out, in, k, k]`.
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    /// Weight `[out, in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2dConfig {
+    /// A conv config with stride 1 and "same" padding for odd kernels.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Conv2dConfig {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+        }
+    }
+
+    /// Sets the stride.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the padding.
+    pub fn with_padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Kaiming-normal weights, fan-out mode, as torchvision's ResNet.
+    pub fn init(&self, rng: &mut HostRng, device: &Device) -> Conv2d {
+        let shape = [self.out_channels, self.in_channels, self.kernel, self.kernel];
+        let fan_out = self.out_channels * self.kernel * self.kernel;
+        let std = (2.0 / fan_out as f64).sqrt();
+        Conv2d {
+            weight: param(rng.normal_vec(shape.iter().product(), std), shape, device),
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+impl Conv2d {
+    /// `[N, in, H, W] -> [N, out, H', W']`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        burn::tensor::module::conv2d(x, self.weight.val(), None, options)
+    }
+}
+
+/// Configuration of a [`Linear`] layer.
+#[derive(Debug, Clone)]
+pub struct LinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Whether the layer adds a bias.
+    pub bias: bool,
+}
+
+/// `y = x Wᵀ + b`, weight `[out, in]` as in PyTorch.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// Weight `[out, in]`.
+    pub weight: Param<Tensor<2>>,
+    /// Bias `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl LinearConfig {
+    /// A linear layer config with bias.
+    pub fn new(d_input: usize, d_output: usize) -> Self {
+        LinearConfig {
+            d_input,
+            d_output,
+            bias: true,
+        }
+    }
+
+    /// Sets whether the layer has a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// PyTorch's default: weight and bias uniform in `±1/sqrt(d_input)`.
+    pub fn init(&self, rng: &mut HostRng, device: &Device) -> Linear {
+        let bound = 1.0 / (self.d_input as f64).sqrt();
+        let shape = [self.d_output, self.d_input];
+        let weight = param(
+            rng.uniform_vec(self.d_output * self.d_input, -bound, bound),
+            shape,
+            device,
+        );
+        let bias = self.bias.then(|| {
+            param(
+                rng.uniform_vec(self.d_output, -bound, bound),
+                [self.d_output],
+                device,
+            )
+        });
+        Linear { weight, bias }
+    }
+}
+
+impl Linear {
+    /// `[N, in] -> [N, out]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.val().transpose());
+        match &self.bias {
+            Some(b) => y.add(b.val().unsqueeze()),
+            None => y,
+        }
+    }
+}
+
+/// Configuration of a [`BatchNorm`] layer.
+#[derive(Debug, Clone)]
+pub struct BatchNormConfig {
+    /// Channels (dim 1 of the input).
+    pub num_features: usize,
+    /// Added to the variance.
+    pub epsilon: f64,
+    /// Weight of the new batch statistics in the running averages (PyTorch's convention).
+    pub momentum: f64,
+}
+
+/// Batch normalisation over dim 1 of `[N, C]` or `[N, C, H, W]`, with PyTorch's semantics:
+/// running variance is unbiased, `running = (1 - momentum) * running + momentum * batch`.
+///
+/// The running statistics are ordinary (non-trainable) parameters, so cloning a layer gives
+/// the clone its own statistics, and EMA, checkpoints and exports see them by name.
+#[derive(Module, Debug)]
+pub struct BatchNorm {
+    /// Scale `[C]`.
+    pub weight: Param<Tensor<1>>,
+    /// Shift `[C]`.
+    pub bias: Param<Tensor<1>>,
+    /// Running mean `[C]` (buffer).
+    pub running_mean: Param<Tensor<1>>,
+    /// Running unbiased variance `[C]` (buffer).
+    pub running_var: Param<Tensor<1>>,
+    /// Training mode: batch statistics and running-average updates.
+    pub training: Param<Flag>,
+    momentum: f64,
+    epsilon: f64,
+}
+
+impl BatchNormConfig {
+    /// PyTorch's defaults: epsilon 1e-5, momentum 0.1.
+    pub fn new(num_features: usize) -> Self {
+        BatchNormConfig {
+            num_features,
+            epsilon: 1e-5,
+            momentum: 0.1,
+        }
+    }
+
+    /// Weight one, bias zero, running mean zero, running variance one.
+    pub fn init(&self, device: &Device) -> BatchNorm {
+        let c = self.num_features;
+        BatchNorm {
+            weight: Param::from_tensor(Tensor::ones([c], device)),
+            bias: Param::from_tensor(Tensor::zeros([c], device)),
+            running_mean: buffer(Tensor::zeros([c], device)),
+            running_var: buffer(Tensor::ones([c], device)),
+            training: Param::from_bool(true),
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl BatchNorm {
+    /// `[N, C, ..] -> [N, C, ..]`; in training mode also updates the running statistics.
+    pub fn forward<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
+        if !self.training.is_enabled() {
+            return burn::tensor::module::batch_norm(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.val(),
+                self.running_var.val(),
+                self.epsilon,
+            );
+        }
+        let dims = x.dims();
+        let count: usize = dims.iter().product::<usize>() / dims[1];
+        let out =
+            burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
+        let m = self.momentum;
+        let unbiased = if count > 1 {
+            count as f64 / (count as f64 - 1.0)
+        } else {
+            1.0
+        };
+        let mean = out.mean.detach();
+        let var = out.variance.detach().mul_scalar(unbiased);
+        self.running_mean = self
+            .running_mean
+            .clone()
+            .map(|r| r.mul_scalar(1.0 - m).add(mean.mul_scalar(m)));
+        self.running_var = self
+            .running_var
+            .clone()
+            .map(|r| r.mul_scalar(1.0 - m).add(var.mul_scalar(m)));
+        out.output
+    }
+}

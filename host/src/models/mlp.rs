@@ -1,0 +1,104 @@
+//! Multi-layer perceptrons: the projection and prediction heads of SSL methods.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, activation::relu};
+
+use super::layers::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use crate::error::{Error, Result};
+use crate::tensor::HostRng;
+
+/// Configuration of an [`Mlp`].
+#[derive(Debug, Clone)]
+pub struct MlpConfig {
+    /// Widths: input, hidden..., output (at least two entries).
+    pub dims: Vec<usize>,
+    /// Batch norm after every hidden linear layer.
+    pub batch_norm: bool,
+    /// Batch norm after the last linear layer too (SimCLR v2, MoCo v3 style).
+    pub last_batch_norm: bool,
+    /// Whether the linear layers have biases.
+    pub bias: bool,
+}
+
+/// One linear layer with its optional batch norm.
+#[derive(Module, Debug)]
+pub struct MlpLayer {
+    linear: Linear,
+    bn: Option<BatchNorm>,
+}
+
+/// `Linear -> [BN] -> ReLU` for each hidden layer, then `Linear -> [BN]`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    layers: Vec<MlpLayer>,
+}
+
+impl MlpConfig {
+    /// An MLP with biases and hidden batch norm, no batch norm on the output.
+    pub fn new(dims: Vec<usize>) -> Self {
+        MlpConfig {
+            dims,
+            batch_norm: true,
+            last_batch_norm: false,
+            bias: true,
+        }
+    }
+
+    /// Builds the layers.
+    pub fn init(&self, rng: &mut HostRng, device: &Device) -> Result<Mlp> {
+        if self.dims.len() < 2 || self.dims.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "mlp needs at least two positive widths [in, .., out], got {:?}",
+                self.dims
+            )));
+        }
+        let n = self.dims.len() - 1;
+        let layers = self
+            .dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| {
+                let last = i + 1 == n;
+                let with_bn = if last {
+                    self.last_batch_norm
+                } else {
+                    self.batch_norm
+                };
+                MlpLayer {
+                    linear: LinearConfig::new(w[0], w[1])
+                        .with_bias(self.bias)
+                        .init(rng, device),
+                    bn: with_bn.then(|| BatchNormConfig::new(w[1]).init(device)),
+                }
+            })
+            .collect();
+        Ok(Mlp { layers })
+    }
+}
+
+impl Mlp {
+    /// Input width.
+    pub fn d_input(&self) -> usize {
+        self.layers[0].linear.weight.dims()[1]
+    }
+
+    /// Output width.
+    pub fn d_output(&self) -> usize {
+        self.layers[self.layers.len() - 1].linear.weight.dims()[0]
+    }
+
+    /// `[N, in] -> [N, out]`.
+    pub fn forward(&mut self, mut x: Tensor<2>) -> Tensor<2> {
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            x = layer.linear.forward(x);
+            if let Some(bn) = &mut layer.bn {
+                x = bn.forward(x);
+            }
+            if i + 1 < n {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}

@@ -1,0 +1,11 @@
+//! Plain Burn models: layers, ResNets, MLPs, and the shared network handle scripts use.
+
+pub mod layers;
+pub mod mlp;
+pub mod net;
+pub mod params;
+pub mod resnet;
+
+pub use mlp::MlpConfig;
+pub use net::SharedNet;
+pub use resnet::ResNetConfig;

@@ -1,0 +1,338 @@
+//! A network as scripts hold it: a shared handle to a ResNet, an MLP, a linear layer or a
+//! sequence of other networks.
+//!
+//! Handles are shared: `sequential([backbone, head])` keeps `backbone` itself, so training the
+//! sequence trains the backbone the script evaluates later. `deep_copy` gives a network that
+//! shares nothing (the target of momentum methods).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Flag;
+use burn::tensor::{Device, Gradients};
+
+use super::layers::{Linear, LinearConfig};
+use super::mlp::{Mlp, MlpConfig};
+use super::params::{MapFn, is_buffer, map_named, visit_named};
+use super::resnet::{ResNet, ResNetConfig};
+use crate::error::{Error, Result};
+use crate::tensor::{DynTensor, HostRng};
+
+/// What a network is made of.
+#[derive(Debug, Clone)]
+pub enum Net {
+    /// A ResNet backbone, images in, features out.
+    ResNet(ResNet),
+    /// A multi-layer perceptron.
+    Mlp(Mlp),
+    /// One linear layer.
+    Linear(Linear),
+    /// Networks applied one after another.
+    Sequential(Vec<SharedNet>),
+}
+
+#[derive(Debug)]
+struct Node {
+    net: Net,
+    training: bool,
+}
+
+/// A shared, mutable network handle.
+#[derive(Debug, Clone)]
+pub struct SharedNet(Rc<RefCell<Node>>);
+
+/// Applies `$body` to the Burn module inside a leaf net, binding it as `$m`.
+macro_rules! on_leaf {
+    ($net:expr, $m:ident => $body:expr, $seq:ident => $seq_body:expr) => {
+        match $net {
+            Net::ResNet($m) => $body,
+            Net::Mlp($m) => $body,
+            Net::Linear($m) => $body,
+            Net::Sequential($seq) => $seq_body,
+        }
+    };
+}
+
+/// Rebuilds a leaf net from `$body` applied to its module `$m`; sequences are kept as they are.
+macro_rules! map_leaf {
+    ($net:expr, $m:ident => $body:expr) => {
+        match $net {
+            Net::ResNet($m) => Net::ResNet($body),
+            Net::Mlp($m) => Net::Mlp($body),
+            Net::Linear($m) => Net::Linear($body),
+            Net::Sequential(parts) => Net::Sequential(parts),
+        }
+    };
+}
+
+struct TrainingFlags(bool);
+
+impl ModuleMapper for TrainingFlags {
+    fn map_flag(&mut self, flag: Param<Flag>) -> Param<Flag> {
+        flag.with_value(self.0)
+    }
+}
+
+impl SharedNet {
+    fn new(net: Net) -> Self {
+        SharedNet(Rc::new(RefCell::new(Node {
+            net,
+            training: true,
+        })))
+    }
+
+    /// The parts of a sequence (empty for a leaf).
+    fn children(&self) -> Vec<SharedNet> {
+        match &self.0.borrow().net {
+            Net::Sequential(parts) => parts.clone(),
+            _ => vec![],
+        }
+    }
+
+    /// A ResNet backbone.
+    pub fn resnet(config: &ResNetConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
+        Ok(Self::new(Net::ResNet(config.init(rng, device)?)))
+    }
+
+    /// An MLP.
+    pub fn mlp(config: &MlpConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
+        Ok(Self::new(Net::Mlp(config.init(rng, device)?)))
+    }
+
+    /// A linear layer.
+    pub fn linear(config: &LinearConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
+        if config.d_input == 0 || config.d_output == 0 {
+            return Err(Error::Invalid(format!(
+                "linear needs positive sizes, got {} -> {}",
+                config.d_input, config.d_output
+            )));
+        }
+        Ok(Self::new(Net::Linear(config.init(rng, device))))
+    }
+
+    /// A sequence of networks (shared, not copied).
+    pub fn sequential(parts: Vec<SharedNet>) -> Result<Self> {
+        if parts.is_empty() {
+            return Err(Error::Invalid("sequential needs at least one network".into()));
+        }
+        Ok(Self::new(Net::Sequential(parts)))
+    }
+
+    /// True if both handles point at the same network.
+    pub fn same(&self, other: &SharedNet) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// A short description, e.g. `resnet(features 512)`.
+    pub fn describe(&self) -> String {
+        let node = self.0.borrow();
+        match &node.net {
+            Net::ResNet(r) => format!("resnet(features {})", r.features()),
+            Net::Mlp(m) => format!("mlp({} -> {})", m.d_input(), m.d_output()),
+            Net::Linear(l) => {
+                let [o, i] = l.weight.dims();
+                format!("linear({i} -> {o})")
+            }
+            Net::Sequential(parts) => format!("sequential({} parts)", parts.len()),
+        }
+    }
+
+    /// Runs the network. Images `[N, C, H, W]` for ResNets, features `[N, D]` otherwise.
+    pub fn forward(&self, x: &DynTensor) -> Result<DynTensor> {
+        let mut node = self.0.try_borrow_mut().map_err(|_| {
+            Error::Invalid("a network cannot contain itself".into())
+        })?;
+        match &mut node.net {
+            Net::ResNet(r) => {
+                let s = x.shape();
+                if s.len() != 4 || s[1] != r.in_channels() {
+                    return Err(Error::Shape(format!(
+                        "resnet expects images [N, {}, H, W], got shape {s:?}",
+                        r.in_channels()
+                    )));
+                }
+                let min = 8;
+                if s[2] < min || s[3] < min {
+                    return Err(Error::Shape(format!(
+                        "resnet needs images of at least {min}x{min}, got {}x{}",
+                        s[2], s[3]
+                    )));
+                }
+                Ok(DynTensor::from_float(r.forward(x.float_rank::<4>("resnet")?)))
+            }
+            Net::Mlp(m) => {
+                let d = m.d_input();
+                let x = features(x, d, "mlp")?;
+                Ok(DynTensor::from_float(m.forward(x)))
+            }
+            Net::Linear(l) => {
+                let d = l.weight.dims()[1];
+                let x = features(x, d, "linear")?;
+                Ok(DynTensor::from_float(l.forward(x)))
+            }
+            Net::Sequential(parts) => {
+                let parts = parts.clone();
+                drop(node);
+                let mut x = x.clone();
+                for p in &parts {
+                    x = p.forward(&x)?;
+                }
+                Ok(x)
+            }
+        }
+    }
+
+    /// Training mode (batch statistics) or evaluation mode (running statistics), recursively.
+    pub fn set_training(&self, training: bool) {
+        for p in self.children() {
+            p.set_training(training);
+        }
+        let mut node = self.0.borrow_mut();
+        node.training = training;
+        node.net = map_leaf!(node.net.clone(), m => m.map(&mut TrainingFlags(training)));
+    }
+
+    /// Whether the network is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.0.borrow().training
+    }
+
+    /// Calls `f(name, value)` for every parameter and buffer, with dotted names.
+    pub fn visit(&self, f: &mut dyn FnMut(&str, DynTensor)) {
+        self.visit_prefixed("", f);
+    }
+
+    fn visit_prefixed(&self, prefix: &str, f: &mut dyn FnMut(&str, DynTensor)) {
+        let node = self.0.borrow();
+        on_leaf!(&node.net,
+            m => visit_named(m, prefix, f),
+            parts => {
+                for (i, p) in parts.iter().enumerate() {
+                    p.visit_prefixed(&join(prefix, &i.to_string()), f);
+                }
+            }
+        )
+    }
+
+    /// Replaces the parameters for which `f(name, value, grad)` returns a new value
+    /// (see [`MapFn`]); `grads` supplies the gradients of a backward pass, if any.
+    pub fn map(&self, grads: Option<&Gradients>, f: &mut MapFn<'_>) {
+        self.map_prefixed("", grads, f);
+    }
+
+    fn map_prefixed(&self, prefix: &str, grads: Option<&Gradients>, f: &mut MapFn<'_>) {
+        for (i, p) in self.children().iter().enumerate() {
+            p.map_prefixed(&join(prefix, &i.to_string()), grads, f);
+        }
+        let mut node = self.0.borrow_mut();
+        node.net = map_leaf!(node.net.clone(), m => map_named(m, prefix, grads, f));
+    }
+
+    /// All parameters and buffers by name.
+    pub fn parameters(&self) -> Vec<(String, DynTensor)> {
+        let mut out = Vec::new();
+        self.visit(&mut |name, t| out.push((name.to_string(), t)));
+        out
+    }
+
+    /// The number of trainable values (buffers excluded), as torchvision counts.
+    pub fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.visit(&mut |name, t| {
+            if !is_buffer(name) {
+                n += t.numel();
+            }
+        });
+        n
+    }
+
+    /// An independent copy: new handles all the way down, its own batch-norm statistics.
+    pub fn deep_copy(&self) -> SharedNet {
+        let node = self.0.borrow();
+        let net = match &node.net {
+            Net::Sequential(parts) => Net::Sequential(parts.iter().map(|p| p.deep_copy()).collect()),
+            leaf => leaf.clone(),
+        };
+        SharedNet(Rc::new(RefCell::new(Node {
+            net,
+            training: node.training,
+        })))
+    }
+
+    /// A copy that takes no gradients: the target network of BYOL and MoCo.
+    pub fn momentum_copy(&self) -> SharedNet {
+        let copy = self.deep_copy();
+        copy.freeze();
+        copy
+    }
+
+    fn freeze(&self) {
+        for p in self.children() {
+            p.freeze();
+        }
+        let mut node = self.0.borrow_mut();
+        node.net = map_leaf!(node.net.clone(), m => m.no_grad());
+    }
+
+    /// `target = m * target + (1 - m) * online` for every parameter and buffer.
+    pub fn update_momentum(online: &SharedNet, target: &SharedNet, m: f64) -> Result<()> {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(Error::Invalid(format!(
+                "update_momentum: m must be in [0, 1], got {m}"
+            )));
+        }
+        let mut source: HashMap<String, DynTensor> = HashMap::new();
+        online.visit(&mut |name, t| {
+            source.insert(name.to_string(), t);
+        });
+        let mut problem = None;
+        let mut seen = 0;
+        target.visit(&mut |name, t| match source.get(name) {
+            Some(o) if o.shape() == t.shape() => seen += 1,
+            Some(o) => {
+                problem.get_or_insert(format!(
+                    "{name} has shape {:?} in the target but {:?} online",
+                    t.shape(),
+                    o.shape()
+                ));
+            }
+            None => {
+                problem.get_or_insert(format!("{name} is in the target but not online"));
+            }
+        });
+        if let Some(p) = problem.or_else(|| {
+            (seen != source.len()).then(|| "the networks have different parameters".into())
+        }) {
+            return Err(Error::Shape(format!(
+                "update_momentum: target and online differ: {p}"
+            )));
+        }
+        target.map(None, &mut |name, t, _| {
+            let o = source.get(name)?.promoted4().inner();
+            let mixed = t.promoted4().mul_scalar(m).add(o.mul_scalar(1.0 - m));
+            Some(DynTensor::from_float4(mixed, t.rank()))
+        });
+        Ok(())
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Checks that `x` is `[N, d]` and returns it at rank 2.
+fn features(x: &DynTensor, d: usize, what: &str) -> Result<burn::tensor::Tensor<2>> {
+    let s = x.shape();
+    if s.len() != 2 || s[1] != d {
+        return Err(Error::Shape(format!(
+            "{what} expects features [N, {d}], got shape {s:?}"
+        )));
+    }
+    x.float_rank::<2>(what)
+}

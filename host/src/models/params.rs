@@ -1,0 +1,103 @@
+//! Parameters by dotted name (`layer1.0.conv1.weight`), for optimisers, EMA and checkpoints.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Gradients, Tensor};
+
+use crate::tensor::DynTensor;
+
+/// Names of non-trainable buffers (batch-norm running statistics), as in PyTorch.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+struct Visitor<'a> {
+    path: Vec<String>,
+    f: &'a mut dyn FnMut(&str, DynTensor),
+}
+
+impl ModuleVisitor for Visitor<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        (self.f)(&self.path.join("."), DynTensor::from_float(param.val().detach()));
+    }
+}
+
+/// The function a [`map_named`] applies: `(name, value, gradient) -> new value`.
+///
+/// `value` and `gradient` are plain (non-autodiff) tensors, so update arithmetic builds no
+/// graph; the gradient is `None` without gradients or for parameters that took none.
+pub type MapFn<'a> = dyn FnMut(&str, DynTensor, Option<DynTensor>) -> Option<DynTensor> + 'a;
+
+struct Mapper<'a> {
+    path: Vec<String>,
+    grads: Option<&'a Gradients>,
+    f: &'a mut MapFn<'a>,
+}
+
+impl ModuleMapper for Mapper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let old = param.val();
+        let grad = self.grads.and_then(|g| old.grad(g)).map(DynTensor::from_float);
+        let value = DynTensor::from_float(old.clone().inner());
+        let Some(new) = (self.f)(&self.path.join("."), value, grad) else {
+            return param;
+        };
+        let mut new: Tensor<D> = new
+            .float_rank::<D>("parameter update")
+            .expect("a parameter keeps its rank");
+        // The new value is a fresh leaf with the old one's autodiff context and gradient setting.
+        if old.is_autodiff() {
+            new = new.autodiff();
+        }
+        let tracked = old.is_require_grad();
+        param.map(|_| new.detach().set_require_grad(tracked))
+    }
+}
+
+/// Calls `f(name, value)` for every float parameter and buffer of `module`, in order.
+pub fn visit_named<M: Module>(module: &M, prefix: &str, f: &mut dyn FnMut(&str, DynTensor)) {
+    let mut visitor = Visitor {
+        path: prefix_path(prefix),
+        f,
+    };
+    module.visit(&mut visitor);
+}
+
+/// Replaces each parameter for which `f(name, value)` returns a new value of the same shape.
+/// The replacement keeps the parameter's id and whether it requires gradients.
+pub fn map_named<'a, M: Module>(
+    module: M,
+    prefix: &str,
+    grads: Option<&'a Gradients>,
+    f: &'a mut MapFn<'a>,
+) -> M {
+    let mut mapper = Mapper {
+        path: prefix_path(prefix),
+        grads,
+        f,
+    };
+    module.map(&mut mapper)
+}
+
+fn prefix_path(prefix: &str) -> Vec<String> {
+    if prefix.is_empty() {
+        vec![]
+    } else {
+        vec![prefix.to_string()]
+    }
+}

@@ -1,0 +1,221 @@
+//! ResNet-18/34/50 backbones as in torchvision (v1.5: the stride sits on the 3x3 conv),
+//! without the final fully connected layer, plus a CIFAR stem and configurable widths.
+
+use burn::module::Module;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor, activation::relu};
+
+use super::layers::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig};
+use crate::error::{Error, Result};
+use crate::tensor::HostRng;
+
+/// Configuration of a [`ResNet`] backbone.
+#[derive(Debug, Clone)]
+pub struct ResNetConfig {
+    /// 18, 34 or 50.
+    pub depth: usize,
+    /// 3x3 stride-1 first conv and no max-pool (for 32x32 inputs), as in SimCLR's CIFAR setup.
+    pub cifar_stem: bool,
+    /// Input channels (3 for RGB).
+    pub in_channels: usize,
+    /// Channels of the four stages (torchvision: 64, 128, 256, 512).
+    pub widths: [usize; 4],
+}
+
+/// A residual block: basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1; expansion 4).
+#[derive(Module, Debug)]
+pub struct Block {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Option<Conv2d>,
+    bn3: Option<BatchNorm>,
+    downsample: Option<Downsample>,
+}
+
+/// The 1x1 projection of a block's shortcut when its shape changes.
+#[derive(Module, Debug)]
+pub struct Downsample {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+/// A ResNet backbone: `[N, C, H, W] -> [N, features]` after global average pooling.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    layer1: Vec<Block>,
+    layer2: Vec<Block>,
+    layer3: Vec<Block>,
+    layer4: Vec<Block>,
+    cifar_stem: bool,
+    features: usize,
+}
+
+impl ResNetConfig {
+    /// A torchvision-shaped ResNet of the given depth with an ImageNet stem.
+    pub fn new(depth: usize) -> Self {
+        ResNetConfig {
+            depth,
+            cifar_stem: false,
+            in_channels: 3,
+            widths: [64, 128, 256, 512],
+        }
+    }
+
+    /// Blocks per stage and whether blocks are bottlenecks.
+    fn layout(&self) -> Result<([usize; 4], bool)> {
+        match self.depth {
+            18 => Ok(([2, 2, 2, 2], false)),
+            34 => Ok(([3, 4, 6, 3], false)),
+            50 => Ok(([3, 4, 6, 3], true)),
+            d => Err(Error::Invalid(format!(
+                "resnet depth must be 18, 34 or 50, got {d}"
+            ))),
+        }
+    }
+
+    /// The width of the backbone's output.
+    pub fn features(&self) -> Result<usize> {
+        let (_, bottleneck) = self.layout()?;
+        Ok(self.widths[3] * if bottleneck { 4 } else { 1 })
+    }
+
+    /// Builds the network with torchvision's initialisation.
+    pub fn init(&self, rng: &mut HostRng, device: &Device) -> Result<ResNet> {
+        let (blocks, bottleneck) = self.layout()?;
+        if self.in_channels == 0 || self.widths.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "resnet channels must be positive: in_channels {}, widths {:?}",
+                self.in_channels, self.widths
+            )));
+        }
+        let stem = if self.cifar_stem {
+            Conv2dConfig::new(self.in_channels, self.widths[0], 3)
+        } else {
+            Conv2dConfig::new(self.in_channels, self.widths[0], 7).with_stride(2)
+        };
+        let conv1 = stem.init(rng, device);
+        let bn1 = BatchNormConfig::new(self.widths[0]).init(device);
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut in_planes = self.widths[0];
+        let mut stages = Vec::new();
+        for (stage, (&width, &count)) in self.widths.iter().zip(&blocks).enumerate() {
+            let mut layer = Vec::new();
+            for i in 0..count {
+                let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+                layer.push(block(in_planes, width, stride, bottleneck, rng, device));
+                in_planes = width * expansion;
+            }
+            stages.push(layer);
+        }
+        let [layer1, layer2, layer3, layer4]: [Vec<Block>; 4] =
+            stages.try_into().expect("four stages");
+        Ok(ResNet {
+            conv1,
+            bn1,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            cifar_stem: self.cifar_stem,
+            features: in_planes,
+        })
+    }
+}
+
+fn block(
+    in_planes: usize,
+    width: usize,
+    stride: usize,
+    bottleneck: bool,
+    rng: &mut HostRng,
+    device: &Device,
+) -> Block {
+    let out = if bottleneck { width * 4 } else { width };
+    let downsample = (stride != 1 || in_planes != out).then(|| Downsample {
+        conv: Conv2dConfig::new(in_planes, out, 1)
+            .with_stride(stride)
+            .with_padding(0)
+            .init(rng, device),
+        bn: BatchNormConfig::new(out).init(device),
+    });
+    if bottleneck {
+        Block {
+            conv1: Conv2dConfig::new(in_planes, width, 1).init(rng, device),
+            bn1: BatchNormConfig::new(width).init(device),
+            conv2: Conv2dConfig::new(width, width, 3)
+                .with_stride(stride)
+                .init(rng, device),
+            bn2: BatchNormConfig::new(width).init(device),
+            conv3: Some(Conv2dConfig::new(width, out, 1).init(rng, device)),
+            bn3: Some(BatchNormConfig::new(out).init(device)),
+            downsample,
+        }
+    } else {
+        Block {
+            conv1: Conv2dConfig::new(in_planes, width, 3)
+                .with_stride(stride)
+                .init(rng, device),
+            bn1: BatchNormConfig::new(width).init(device),
+            conv2: Conv2dConfig::new(width, width, 3).init(rng, device),
+            bn2: BatchNormConfig::new(width).init(device),
+            conv3: None,
+            bn3: None,
+            downsample,
+        }
+    }
+}
+
+impl Block {
+    /// `[N, in, H, W] -> [N, out, H/stride, W/stride]`.
+    pub fn forward(&mut self, x: Tensor<4>) -> Tensor<4> {
+        let identity = match &mut self.downsample {
+            Some(d) => d.bn.forward(d.conv.forward(x.clone())),
+            None => x.clone(),
+        };
+        let mut out = relu(self.bn1.forward(self.conv1.forward(x)));
+        out = self.bn2.forward(self.conv2.forward(out));
+        if let (Some(conv3), Some(bn3)) = (&self.conv3, &mut self.bn3) {
+            out = bn3.forward(conv3.forward(relu(out)));
+        }
+        relu(out.add(identity))
+    }
+}
+
+impl ResNet {
+    /// The width of the output features.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Input channels the first conv expects.
+    pub fn in_channels(&self) -> usize {
+        self.conv1.weight.dims()[1]
+    }
+
+    /// `[N, C, H, W] -> [N, features]`.
+    pub fn forward(&mut self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        if !self.cifar_stem {
+            let pool = MaxPoolOptions::new([3, 3])
+                .with_stride([2, 2])
+                .with_padding([1, 1]);
+            x = burn::tensor::module::max_pool2d(x, pool);
+        }
+        for layer in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ] {
+            for block in layer.iter_mut() {
+                x = block.forward(x);
+            }
+        }
+        let [n, c, _, _] = x.dims();
+        x.mean_dims(&[2, 3]).reshape([n, c])
+    }
+}

@@ -1,0 +1,55 @@
+//! The state every script function shares in one run: the device and the seeded generator.
+//!
+//! The engine runs on one thread, so the session lives in a thread-local; tests that run on
+//! separate threads get separate sessions.
+
+use std::cell::RefCell;
+
+use burn::tensor::Device;
+
+use crate::tensor::HostRng;
+
+/// Device and random state of a run.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Where tensors and networks live (with autodiff enabled).
+    pub device: Device,
+    /// Seeded generator for initialisation and `randn`.
+    pub rng: HostRng,
+    /// The seed the generator started from.
+    pub seed: u64,
+}
+
+impl Session {
+    /// A session on `device` seeded with `seed`.
+    pub fn new(device: Device, seed: u64) -> Self {
+        Session {
+            device,
+            rng: HostRng::new(seed),
+            seed,
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
+}
+
+/// Makes `session` the current one for this thread.
+pub fn install(session: Session) {
+    CURRENT.with(|c| *c.borrow_mut() = Some(session));
+}
+
+/// Runs `f` with the current session; a CPU session seeded with 0 is created if none is.
+pub fn with<T>(f: impl FnOnce(&mut Session) -> T) -> T {
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let s = c.get_or_insert_with(|| Session::new(crate::device::cpu(), 0));
+        f(s)
+    })
+}
+
+/// The current device.
+pub fn device() -> Device {
+    with(|s| s.device.clone())
+}

@@ -22,7 +22,10 @@ use crate::session::{self, Session};
 pub const STDLIB: &[(&str, &str)] = &[
     ("stdlib/losses", include_str!("../../stdlib/losses.rhai")),
     ("stdlib/heads", include_str!("../../stdlib/heads.rhai")),
-    ("stdlib/schedules", include_str!("../../stdlib/schedules.rhai")),
+    (
+        "stdlib/schedules",
+        include_str!("../../stdlib/schedules.rhai"),
+    ),
 ];
 
 /// Recursion depth allowed for script functions.
@@ -88,6 +91,11 @@ impl ScriptEngine {
     /// The underlying engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The underlying engine, to register more functions (tools, tests).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
     /// Compiles `text` under the source name `name`.

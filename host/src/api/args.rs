@@ -16,7 +16,10 @@ pub fn run<T>(f: impl FnOnce() -> Result<T>) -> RhaiResult<T> {
 
 /// A host error as a Rhai runtime error without a position.
 pub fn to_rhai(e: Error) -> Box<EvalAltResult> {
-    Box::new(EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE))
+    Box::new(EvalAltResult::ErrorRuntime(
+        e.to_string().into(),
+        Position::NONE,
+    ))
 }
 
 /// A number (integer or float) as `f64`.

@@ -129,13 +129,23 @@ pub mod models_api {
         net.set_training(true);
     }
 
-    /// Evaluation mode: batch norm uses running statistics.
+    /// Evaluation mode: batch norm uses running statistics. (`eval` is a reserved word in
+    /// Rhai, hence the name.)
     ///
     /// ```rhai
-    /// backbone.eval();
+    /// backbone.eval_mode();
     /// ```
-    pub fn eval(net: &mut Net) {
+    pub fn eval_mode(net: &mut Net) {
         net.set_training(false);
+    }
+
+    /// Training mode (the same as `train`, named to pair with `eval_mode`).
+    ///
+    /// ```rhai
+    /// backbone.train_mode();
+    /// ```
+    pub fn train_mode(net: &mut Net) {
+        net.set_training(true);
     }
 
     /// An independent copy that takes no gradients (a momentum target).
@@ -190,7 +200,6 @@ pub mod models_api {
     pub fn to_string(net: &mut Net) -> String {
         format!("Net({})", net.describe())
     }
-
 }
 
 pub fn net_list(arr: &Array, op: &str) -> Result<Vec<SharedNet>> {

@@ -77,7 +77,13 @@ pub mod optim_api {
     #[rhai_fn(return_raw)]
     pub fn lars(nets: Dynamic, options: Map) -> RhaiResult<Optimizer> {
         run(|| {
-            let keys = ["lr", "momentum", "weight_decay", "eta", "exclude_bias_and_norm"];
+            let keys = [
+                "lr",
+                "momentum",
+                "weight_decay",
+                "eta",
+                "exclude_bias_and_norm",
+            ];
             let o = Options::new(&options, "lars", &keys)?;
             let d = LarsConfig::default();
             let config = LarsConfig {
@@ -185,7 +191,6 @@ pub mod optim_api {
         let o = opt.inner.borrow();
         format!("Optimizer({}, {} steps)", o.rule().name(), o.steps())
     }
-
 }
 
 pub fn handle(rule: Rule, nets: &Dynamic, lr: f64) -> Result<OptimizerHandle> {
@@ -201,7 +206,10 @@ pub fn handle(rule: Rule, nets: &Dynamic, lr: f64) -> Result<OptimizerHandle> {
         )));
     };
     if !lr.is_finite() || lr < 0.0 {
-        return Err(Error::Invalid(format!("{}: lr must be >= 0, got {lr}", rule.name())));
+        return Err(Error::Invalid(format!(
+            "{}: lr must be >= 0, got {lr}",
+            rule.name()
+        )));
     }
     Ok(OptimizerHandle {
         inner: Rc::new(RefCell::new(HostOptimizer::new(rule, nets)?)),

@@ -635,7 +635,10 @@ pub mod tensor_api {
     /// let n = x.shape()[0];
     /// ```
     pub fn shape(a: &mut Tensor) -> Array {
-        a.shape().into_iter().map(|d| Dynamic::from(d as i64)).collect()
+        a.shape()
+            .into_iter()
+            .map(|d| Dynamic::from(d as i64))
+            .collect()
     }
 
     /// The shape as an array (property form).
@@ -832,9 +835,6 @@ pub mod tensor_api {
     }
 
     // ---- helpers (not exported) ----------------------------------------------------------
-
-
-
 }
 
 pub fn tensor_list(arr: &Array, op: &str) -> Result<Vec<DynTensor>> {
@@ -850,12 +850,7 @@ pub fn tensor_list(arr: &Array, op: &str) -> Result<Vec<DynTensor>> {
         .collect()
 }
 
-pub fn flatten(
-    v: &Array,
-    depth: usize,
-    shape: &mut Vec<usize>,
-    out: &mut Vec<f32>,
-) -> Result<()> {
+pub fn flatten(v: &Array, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f32>) -> Result<()> {
     if depth == shape.len() {
         shape.push(v.len());
     } else if shape[depth] != v.len() {

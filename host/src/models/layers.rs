@@ -69,7 +69,12 @@ impl Conv2dConfig {
 
     /// Kaiming-normal weights, fan-out mode, as torchvision's ResNet.
     pub fn init(&self, rng: &mut HostRng, device: &Device) -> Conv2d {
-        let shape = [self.out_channels, self.in_channels, self.kernel, self.kernel];
+        let shape = [
+            self.out_channels,
+            self.in_channels,
+            self.kernel,
+            self.kernel,
+        ];
         let fan_out = self.out_channels * self.kernel * self.kernel;
         let std = (2.0 / fan_out as f64).sqrt();
         Conv2d {
@@ -227,8 +232,12 @@ impl BatchNorm {
         }
         let dims = x.dims();
         let count: usize = dims.iter().product::<usize>() / dims[1];
-        let out =
-            burn::tensor::module::batch_norm_train(x, self.weight.val(), self.bias.val(), self.epsilon);
+        let out = burn::tensor::module::batch_norm_train(
+            x,
+            self.weight.val(),
+            self.bias.val(),
+            self.epsilon,
+        );
         let m = self.momentum;
         let unbiased = if count > 1 {
             count as f64 / (count as f64 - 1.0)

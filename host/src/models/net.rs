@@ -9,8 +9,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use burn::module::{Module, ModuleMapper, Param};
 use burn::module::Flag;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Gradients};
 
 use super::layers::{Linear, LinearConfig};
@@ -115,7 +115,9 @@ impl SharedNet {
     /// A sequence of networks (shared, not copied).
     pub fn sequential(parts: Vec<SharedNet>) -> Result<Self> {
         if parts.is_empty() {
-            return Err(Error::Invalid("sequential needs at least one network".into()));
+            return Err(Error::Invalid(
+                "sequential needs at least one network".into(),
+            ));
         }
         Ok(Self::new(Net::Sequential(parts)))
     }
@@ -141,9 +143,10 @@ impl SharedNet {
 
     /// Runs the network. Images `[N, C, H, W]` for ResNets, features `[N, D]` otherwise.
     pub fn forward(&self, x: &DynTensor) -> Result<DynTensor> {
-        let mut node = self.0.try_borrow_mut().map_err(|_| {
-            Error::Invalid("a network cannot contain itself".into())
-        })?;
+        let mut node = self
+            .0
+            .try_borrow_mut()
+            .map_err(|_| Error::Invalid("a network cannot contain itself".into()))?;
         match &mut node.net {
             Net::ResNet(r) => {
                 let s = x.shape();
@@ -160,7 +163,9 @@ impl SharedNet {
                         s[2], s[3]
                     )));
                 }
-                Ok(DynTensor::from_float(r.forward(x.float_rank::<4>("resnet")?)))
+                Ok(DynTensor::from_float(
+                    r.forward(x.float_rank::<4>("resnet")?),
+                ))
             }
             Net::Mlp(m) => {
                 let d = m.d_input();
@@ -252,7 +257,9 @@ impl SharedNet {
     pub fn deep_copy(&self) -> SharedNet {
         let node = self.0.borrow();
         let net = match &node.net {
-            Net::Sequential(parts) => Net::Sequential(parts.iter().map(|p| p.deep_copy()).collect()),
+            Net::Sequential(parts) => {
+                Net::Sequential(parts.iter().map(|p| p.deep_copy()).collect())
+            }
             leaf => leaf.clone(),
         };
         SharedNet(Rc::new(RefCell::new(Node {

@@ -25,7 +25,10 @@ impl ModuleVisitor for Visitor<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        (self.f)(&self.path.join("."), DynTensor::from_float(param.val().detach()));
+        (self.f)(
+            &self.path.join("."),
+            DynTensor::from_float(param.val().detach()),
+        );
     }
 }
 
@@ -52,7 +55,10 @@ impl ModuleMapper for Mapper<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let old = param.val();
-        let grad = self.grads.and_then(|g| old.grad(g)).map(DynTensor::from_float);
+        let grad = self
+            .grads
+            .and_then(|g| old.grad(g))
+            .map(DynTensor::from_float);
         let value = DynTensor::from_float(old.clone().inner());
         let Some(new) = (self.f)(&self.path.join("."), value, grad) else {
             return param;

@@ -49,7 +49,9 @@ impl AdamWConfig {
         let g2 = g.powf_scalar(2.0);
         let v = match u.state.second.take() {
             None => g2.mul_scalar(1.0 - self.beta2),
-            Some(v) => v.mul_scalar(self.beta2).add(g2.mul_scalar(1.0 - self.beta2)),
+            Some(v) => v
+                .mul_scalar(self.beta2)
+                .add(g2.mul_scalar(1.0 - self.beta2)),
         };
         let t = (u.state.steps + 1) as i32;
         let c1 = 1.0 - self.beta1.powi(t);

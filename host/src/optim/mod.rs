@@ -96,7 +96,11 @@ pub struct Optimizer {
 
 /// The global norm of a tensor as a `[1, 1, 1, 1]` tensor (stays on the device).
 pub(crate) fn norm4(t: &Tensor<4>) -> Tensor<4> {
-    t.clone().powf_scalar(2.0).sum().sqrt().reshape([1, 1, 1, 1])
+    t.clone()
+        .powf_scalar(2.0)
+        .sum()
+        .sqrt()
+        .reshape([1, 1, 1, 1])
 }
 
 impl Optimizer {

@@ -98,7 +98,10 @@ impl DynTensor {
             )));
         }
         let data = TensorData::new(values, padded(shape));
-        Ok(Self::from_float4(Tensor::from_data(data, device), shape.len()))
+        Ok(Self::from_float4(
+            Tensor::from_data(data, device),
+            shape.len(),
+        ))
     }
 
     /// An integer tensor from row-major values and a shape.
@@ -112,7 +115,10 @@ impl DynTensor {
             )));
         }
         let data = TensorData::new(values, padded(shape));
-        Ok(Self::from_int4(Tensor::from_data(data, device), shape.len()))
+        Ok(Self::from_int4(
+            Tensor::from_data(data, device),
+            shape.len(),
+        ))
     }
 
     /// The logical rank (1–4).

@@ -295,7 +295,12 @@ impl DynTensor {
     pub fn normalize(&self, dim: i64) -> Result<Self> {
         let p = self.physical_dim(dim, "normalize")?;
         let t = self.float4("normalize")?;
-        let norm = t.clone().powf_scalar(2.0).sum_dim(p).sqrt().clamp_min(1e-12);
+        let norm = t
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(p)
+            .sqrt()
+            .clamp_min(1e-12);
         Ok(self.with_float(t.div(norm)))
     }
 
@@ -363,7 +368,10 @@ impl DynTensor {
             }
         }
         if tensors.iter().all(DynTensor::is_int) {
-            let parts = tensors.iter().map(|t| t.int4("cat")).collect::<Result<_>>()?;
+            let parts = tensors
+                .iter()
+                .map(|t| t.int4("cat"))
+                .collect::<Result<_>>()?;
             return Ok(DynTensor::from_int4(Tensor::cat(parts, p), first.rank));
         }
         let parts = tensors.iter().map(DynTensor::promoted4).collect();
@@ -476,7 +484,9 @@ impl DynTensor {
     /// One-hot float rows `[.., num_classes]` from integer labels.
     pub fn one_hot(&self, num_classes: usize) -> Result<Self> {
         if self.rank >= MAX_RANK {
-            return Err(Error::Shape("one_hot of a rank-4 tensor would be rank 5".into()));
+            return Err(Error::Shape(
+                "one_hot of a rank-4 tensor would be rank 5".into(),
+            ));
         }
         let labels = self.labels("one_hot")?;
         let v = self.to_f64_vec()?;

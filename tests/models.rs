@@ -1,0 +1,132 @@
+//! Models: torchvision parameter counts and names, shapes, batch-norm modes.
+
+use sslhost::models::{MlpConfig, ResNetConfig, SharedNet};
+use sslhost::tensor::HostRng;
+
+fn resnet(config: &ResNetConfig) -> SharedNet {
+    SharedNet::resnet(config, &mut HostRng::new(0), &sslhost::device::cpu()).unwrap()
+}
+
+#[test]
+fn parameter_counts_equal_torchvision_without_fc() {
+    assert_eq!(resnet(&ResNetConfig::new(18)).num_params(), 11_176_512);
+    assert_eq!(resnet(&ResNetConfig::new(34)).num_params(), 21_284_672);
+    assert_eq!(resnet(&ResNetConfig::new(50)).num_params(), 23_508_032);
+    // The CIFAR stem swaps the 7x7x3x64 conv (9408) for a 3x3x3x64 one (1728).
+    let cifar = ResNetConfig {
+        cifar_stem: true,
+        ..ResNetConfig::new(18)
+    };
+    assert_eq!(resnet(&cifar).num_params(), 11_176_512 - 9408 + 1728);
+}
+
+#[test]
+fn parameter_names_follow_torchvision() {
+    let names: Vec<String> = resnet(&ResNetConfig::new(18))
+        .parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for want in [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.conv.weight",
+        "layer4.1.bn2.bias",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing {want} in {names:?}"
+        );
+    }
+}
+
+#[test]
+fn forward_shapes() {
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(1);
+    for (depth, features) in [(18, 32), (34, 32), (50, 128)] {
+        let config = ResNetConfig {
+            cifar_stem: true,
+            widths: [4, 8, 16, 32],
+            ..ResNetConfig::new(depth)
+        };
+        let net = resnet(&config);
+        let x = rng.randn(&[2, 3, 16, 16], &device).unwrap();
+        assert_eq!(
+            net.forward(&x).unwrap().shape(),
+            vec![2, features],
+            "depth {depth}"
+        );
+    }
+    let imagenet = resnet(&ResNetConfig {
+        widths: [4, 8, 16, 32],
+        ..ResNetConfig::new(18)
+    });
+    let x = rng.randn(&[2, 3, 32, 32], &device).unwrap();
+    assert_eq!(imagenet.forward(&x).unwrap().shape(), vec![2, 32]);
+}
+
+#[test]
+fn batch_norm_modes_and_running_statistics() {
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(2);
+    let net = SharedNet::mlp(
+        &MlpConfig {
+            last_batch_norm: true,
+            ..MlpConfig::new(vec![3, 4])
+        },
+        &mut rng,
+        &device,
+    )
+    .unwrap();
+    // Inputs with mean 5 per feature: after one training step the running mean moves 10% of
+    // the way from 0 to the batch mean of the linear output.
+    let x = rng
+        .randn(&[64, 3], &device)
+        .unwrap()
+        .binary_scalar(5.0, sslhost::tensor::BinaryOp::Add, false)
+        .unwrap();
+    let train_out = net.forward(&x).unwrap();
+    // Training mode normalises with batch statistics: per-feature mean ≈ 0.
+    let mean = train_out.mean_dim(0, false).unwrap().to_f64_vec().unwrap();
+    assert!(mean.iter().all(|m| m.abs() < 1e-4), "{mean:?}");
+    let params: std::collections::HashMap<_, _> = net.parameters().into_iter().collect();
+    let linear_out_mean = {
+        let w = params["layers.0.linear.weight"].clone();
+        let b = params["layers.0.linear.bias"].clone();
+        x.matmul(&w.t().unwrap())
+            .unwrap()
+            .binary(&b, sslhost::tensor::BinaryOp::Add)
+            .unwrap()
+            .mean_dim(0, false)
+            .unwrap()
+            .to_f64_vec()
+            .unwrap()
+    };
+    let running = params["layers.0.bn.running_mean"].to_f64_vec().unwrap();
+    for (r, m) in running.iter().zip(&linear_out_mean) {
+        assert!(
+            (r - 0.1 * m).abs() < 1e-4,
+            "running mean {r}, batch mean {m}"
+        );
+    }
+    // Evaluation mode uses the running statistics, so the output differs and stats stay.
+    net.set_training(false);
+    let eval_out = net.forward(&x).unwrap();
+    let diff = train_out
+        .binary(&eval_out, sslhost::tensor::BinaryOp::Sub)
+        .unwrap()
+        .norm()
+        .unwrap()
+        .item()
+        .unwrap();
+    assert!(diff > 1.0, "eval output should differ, diff {diff}");
+    let after: std::collections::HashMap<_, _> = net.parameters().into_iter().collect();
+    assert_eq!(
+        after["layers.0.bn.running_mean"].to_f64_vec().unwrap(),
+        running,
+        "evaluation must not update running statistics"
+    );
+}

@@ -13,7 +13,9 @@ use sslhost::session::{self, Session};
 use sslhost::tensor::{DynTensor, HostRng};
 
 /// (name, body of `f(x)`, input shape, input range)
-const CASES: &[(&str, &str, &[usize], (f64, f64))] = &[
+type Case = (&'static str, &'static str, &'static [usize], (f64, f64));
+
+const CASES: &[Case] = &[
     (
         "add",
         "x + tensor([[0.5, -1.0, 2.0]])",

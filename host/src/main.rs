@@ -29,6 +29,9 @@ enum Command {
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Override a key of the script's `config(..)`: `--set batch_size=512` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
     },
     /// Compile a script (syntax and imports) without running it.
     Check {
@@ -56,6 +59,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses `key=value` for `--set`.
+fn parse_set(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
 fn render(e: &Error) -> String {
     match e {
         Error::Script(s) => s.to_string(),
@@ -69,10 +80,19 @@ fn execute(cli: Cli) -> Result<()> {
             script,
             device,
             seed,
+            set,
         } => {
             let (device, why) = device::select(device)?;
             tracing::info!("device: {why}");
-            let _ = engine::run_file(&script, Session::new(device, seed))?;
+            let has_overrides = !set.is_empty();
+            let session = Session::new(device, seed).with_overrides(set);
+            let _ = engine::run_file(&script, session)?;
+            if has_overrides && sslhost::session::resolved_config().is_none() {
+                return Err(Error::Other(format!(
+                    "--set was given but {} never calls config(..), so it had no effect",
+                    script.display()
+                )));
+            }
             Ok(())
         }
         Command::Check { script } => {

@@ -18,6 +18,10 @@ pub struct Session {
     pub rng: HostRng,
     /// The seed the generator started from.
     pub seed: u64,
+    /// `--set key=value` pairs, applied by the script's `config(..)`.
+    pub overrides: Vec<(String, String)>,
+    /// The configuration `config(..)` resolved, once it has run.
+    pub config: Option<serde_json::Value>,
 }
 
 impl Session {
@@ -27,7 +31,15 @@ impl Session {
             device,
             rng: HostRng::new(seed),
             seed,
+            overrides: Vec::new(),
+            config: None,
         }
+    }
+
+    /// The same session with `--set` overrides.
+    pub fn with_overrides(mut self, overrides: Vec<(String, String)>) -> Self {
+        self.overrides = overrides;
+        self
     }
 }
 
@@ -47,6 +59,11 @@ pub fn with<T>(f: impl FnOnce(&mut Session) -> T) -> T {
         let s = c.get_or_insert_with(|| Session::new(crate::device::cpu(), 0));
         f(s)
     })
+}
+
+/// The current session's resolved configuration, if the script called `config(..)`.
+pub fn resolved_config() -> Option<serde_json::Value> {
+    with(|s| s.config.clone())
 }
 
 /// The current device.

@@ -5,6 +5,7 @@
 //! calling script position.
 
 pub mod args;
+pub mod config;
 pub mod models;
 pub mod optim;
 pub mod tensor;
@@ -16,4 +17,5 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(tensor::tensor_api).into());
     engine.register_global_module(exported_module!(models::models_api).into());
     engine.register_global_module(exported_module!(optim::optim_api).into());
+    engine.register_global_module(exported_module!(config::config_api).into());
 }

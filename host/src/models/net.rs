@@ -24,7 +24,7 @@ use crate::tensor::{DynTensor, HostRng};
 #[derive(Debug, Clone)]
 pub enum Net {
     /// A ResNet backbone, images in, features out.
-    ResNet(ResNet),
+    ResNet(Box<ResNet>),
     /// A multi-layer perceptron.
     Mlp(Mlp),
     /// One linear layer.
@@ -47,7 +47,10 @@ pub struct SharedNet(Rc<RefCell<Node>>);
 macro_rules! on_leaf {
     ($net:expr, $m:ident => $body:expr, $seq:ident => $seq_body:expr) => {
         match $net {
-            Net::ResNet($m) => $body,
+            Net::ResNet(boxed) => {
+                let $m = &**boxed;
+                $body
+            }
             Net::Mlp($m) => $body,
             Net::Linear($m) => $body,
             Net::Sequential($seq) => $seq_body,
@@ -59,7 +62,10 @@ macro_rules! on_leaf {
 macro_rules! map_leaf {
     ($net:expr, $m:ident => $body:expr) => {
         match $net {
-            Net::ResNet($m) => Net::ResNet($body),
+            Net::ResNet(boxed) => {
+                let $m = *boxed;
+                Net::ResNet(Box::new($body))
+            }
             Net::Mlp($m) => Net::Mlp($body),
             Net::Linear($m) => Net::Linear($body),
             Net::Sequential(parts) => Net::Sequential(parts),
@@ -93,7 +99,7 @@ impl SharedNet {
 
     /// A ResNet backbone.
     pub fn resnet(config: &ResNetConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
-        Ok(Self::new(Net::ResNet(config.init(rng, device)?)))
+        Ok(Self::new(Net::ResNet(Box::new(config.init(rng, device)?))))
     }
 
     /// An MLP.

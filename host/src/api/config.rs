@@ -1,0 +1,72 @@
+//! `config(#{ defaults })` in scripts: the defaults merged with `--set key=value`.
+
+use rhai::plugin::*;
+use rhai::{Dynamic, Map};
+
+use crate::error::{Error, Result};
+
+/// Run configuration.
+#[export_module]
+pub mod config_api {
+    use rhai::{Dynamic, Map};
+
+    use crate::api::args::{RhaiResult, run};
+    use crate::session;
+
+    use super::resolve;
+
+    /// The script's configuration: `defaults` with every `--set key=value` from the command
+    /// line applied. A `--set` key that is not in `defaults`, or a value that does not parse
+    /// as the default's type (int, float, bool, string), is an error.
+    ///
+    /// ```rhai
+    /// let cfg = config(#{ batch_size: 256, epochs: 100, data: "fashion-mnist" });
+    /// let total = cfg.epochs * 10;
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn config(defaults: Map) -> RhaiResult<Map> {
+        run(|| {
+            let overrides = session::with(|s| s.overrides.clone());
+            let resolved = resolve(defaults, &overrides)?;
+            let json = serde_json::to_value(Dynamic::from_map(resolved.clone()))
+                .map_err(|e| crate::error::Error::Other(format!("config: {e}")))?;
+            session::with(|s| s.config = Some(json));
+            Ok(resolved)
+        })
+    }
+}
+
+/// Applies `key=value` overrides to `defaults`, parsing each value as its default's type.
+pub fn resolve(mut defaults: Map, overrides: &[(String, String)]) -> Result<Map> {
+    for (key, text) in overrides {
+        let Some(old) = defaults.get(key.as_str()) else {
+            let mut known: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
+            known.sort();
+            return Err(Error::Invalid(format!(
+                "--set {key}={text}: `{key}` is not a config key (known: {})",
+                known.join(", ")
+            )));
+        };
+        let wrong = |ty: &str| {
+            Error::Invalid(format!(
+                "--set {key}={text}: `{key}` is {ty} (default {old}), and `{text}` is not"
+            ))
+        };
+        let new = if old.is_int() {
+            Dynamic::from(text.parse::<i64>().map_err(|_| wrong("an integer"))?)
+        } else if old.is_float() {
+            Dynamic::from(text.parse::<f64>().map_err(|_| wrong("a number"))?)
+        } else if old.is_bool() {
+            Dynamic::from(text.parse::<bool>().map_err(|_| wrong("true or false"))?)
+        } else if old.is_string() {
+            Dynamic::from(text.clone())
+        } else {
+            return Err(Error::Invalid(format!(
+                "--set {key}=..: only int, float, bool and string keys can be set, `{key}` is {}",
+                old.type_name()
+            )));
+        };
+        defaults.insert(key.as_str().into(), new);
+    }
+    Ok(defaults)
+}

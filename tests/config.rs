@@ -1,0 +1,98 @@
+//! `config(#{ defaults })` and `--set key=value`.
+
+use std::process::Command;
+
+use rhai::{Dynamic, Map};
+use sslhost::api::config::resolve;
+
+fn defaults() -> Map {
+    let mut m = Map::new();
+    m.insert("batch_size".into(), Dynamic::from(256_i64));
+    m.insert("lr".into(), Dynamic::from(0.1_f64));
+    m.insert("data".into(), Dynamic::from("fashion-mnist".to_string()));
+    m.insert("fast".into(), Dynamic::from(false));
+    m
+}
+
+fn set(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn overrides_parse_as_the_defaults_types() {
+    let m = resolve(
+        defaults(),
+        &set(&[
+            ("batch_size", "32"),
+            ("lr", "1"),
+            ("data", "mnist"),
+            ("fast", "true"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(m["batch_size"].as_int().unwrap(), 32);
+    assert_eq!(m["lr"].as_float().unwrap(), 1.0);
+    assert_eq!(m["data"].clone().into_string().unwrap(), "mnist");
+    assert!(m["fast"].as_bool().unwrap());
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_errors() {
+    let e = resolve(defaults(), &set(&[("batch_sise", "32")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`batch_sise` is not a config key (known: batch_size, data, fast, lr)"),
+        "{e}"
+    );
+    let e = resolve(defaults(), &set(&[("batch_size", "3.5")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`batch_size` is an integer"), "{e}");
+    let e = resolve(defaults(), &set(&[("fast", "yes")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("true or false"), "{e}");
+}
+
+#[test]
+fn the_cli_reports_a_bad_set_at_the_config_line() {
+    let dir = std::env::temp_dir().join(format!("sslhost-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("cfg.rhai");
+    std::fs::write(
+        &script,
+        "// a recipe\nlet cfg = config(#{ epochs: 3 });\nprint(cfg.epochs);\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sslhost"))
+            .args(["run", script.to_str().unwrap(), "--device", "cpu"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--set", "epoch=5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cfg.rhai:2:11"), "{stderr}");
+    assert!(stderr.contains("`epoch` is not a config key"), "{stderr}");
+    let out = run(&["--set", "epochs=5"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" 5\n"));
+
+    std::fs::write(&script, "let x = 1;\n").unwrap();
+    let out = run(&["--set", "epochs=5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("never calls config(..)"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

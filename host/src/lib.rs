@@ -4,6 +4,8 @@
 //! Modules below `api/` know nothing of Rhai.
 
 pub mod api;
+pub mod augment;
+pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;

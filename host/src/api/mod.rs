@@ -5,7 +5,9 @@
 //! calling script position.
 
 pub mod args;
+pub mod augment;
 pub mod config;
+pub mod data;
 pub mod models;
 pub mod optim;
 pub mod tensor;
@@ -18,4 +20,6 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(models::models_api).into());
     engine.register_global_module(exported_module!(optim::optim_api).into());
     engine.register_global_module(exported_module!(config::config_api).into());
+    engine.register_global_module(exported_module!(data::data_api).into());
+    engine.register_global_module(exported_module!(augment::augment_api).into());
 }

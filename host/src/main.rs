@@ -29,6 +29,9 @@ enum Command {
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Directory holding the dataset's files (else $SSLHOST_DATA, then standard places).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
         /// Override a key of the script's `config(..)`: `--set batch_size=512` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
@@ -80,12 +83,15 @@ fn execute(cli: Cli) -> Result<()> {
             script,
             device,
             seed,
+            data,
             set,
         } => {
             let (device, why) = device::select(device)?;
             tracing::info!("device: {why}");
             let has_overrides = !set.is_empty();
-            let session = Session::new(device, seed).with_overrides(set);
+            let session = Session::new(device, seed)
+                .with_overrides(set)
+                .with_data_root(data);
             let _ = engine::run_file(&script, session)?;
             if has_overrides && sslhost::session::resolved_config().is_none() {
                 return Err(Error::Other(format!(

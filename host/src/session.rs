@@ -22,6 +22,8 @@ pub struct Session {
     pub overrides: Vec<(String, String)>,
     /// The configuration `config(..)` resolved, once it has run.
     pub config: Option<serde_json::Value>,
+    /// Where datasets are looked for first (`--data`, else `SSLHOST_DATA`).
+    pub data_root: Option<std::path::PathBuf>,
 }
 
 impl Session {
@@ -33,7 +35,16 @@ impl Session {
             seed,
             overrides: Vec::new(),
             config: None,
+            data_root: std::env::var_os("SSLHOST_DATA").map(Into::into),
         }
+    }
+
+    /// The same session with datasets looked for first in `root` (`--data`).
+    pub fn with_data_root(mut self, root: Option<std::path::PathBuf>) -> Self {
+        if root.is_some() {
+            self.data_root = root;
+        }
+        self
     }
 
     /// The same session with `--set` overrides.

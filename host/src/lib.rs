@@ -14,5 +14,6 @@ pub mod models;
 pub mod optim;
 pub mod session;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

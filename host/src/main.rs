@@ -53,7 +53,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     sslhost::guard::install_hook();
-    match execute(Cli::parse()) {
+    let cli = Cli::parse();
+    // Anything that still panics is reported as an error, never as a panic with a backtrace.
+    match sslhost::guard::catch(|| execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", render(&e));

@@ -248,6 +248,30 @@ impl SharedNet {
         out
     }
 
+    /// Replaces every parameter and buffer with the value of the same name in `values`.
+    /// Every name must be present with the same shape; nothing changes otherwise.
+    pub fn load(&self, values: &HashMap<String, DynTensor>) -> Result<()> {
+        let mut problem = None;
+        self.visit(&mut |name, t| match values.get(name) {
+            Some(v) if v.shape() == t.shape() => {}
+            Some(v) => {
+                problem.get_or_insert(format!(
+                    "{name} has shape {:?} in the network but {:?} in the saved values",
+                    t.shape(),
+                    v.shape()
+                ));
+            }
+            None => {
+                problem.get_or_insert(format!("{name} is missing from the saved values"));
+            }
+        });
+        if let Some(p) = problem {
+            return Err(Error::Shape(format!("cannot load the network: {p}")));
+        }
+        self.map(None, &mut |name, _, _| values.get(name).map(|v| v.detach()));
+        Ok(())
+    }
+
     /// The number of trainable values (buffers excluded), as torchvision counts.
     pub fn num_params(&self) -> usize {
         let mut n = 0;

@@ -136,6 +136,22 @@ impl Optimizer {
         self.steps
     }
 
+    /// The networks this optimiser updates, in order (state names start with their index).
+    pub fn nets(&self) -> &[SharedNet] {
+        &self.nets
+    }
+
+    /// Per-parameter state by `net_index.param_name`, and the step count, for checkpoints.
+    pub fn state(&self) -> (&HashMap<String, ParamState>, u64) {
+        (&self.state, self.steps)
+    }
+
+    /// Restores state saved by [`state`](Self::state).
+    pub fn set_state(&mut self, state: HashMap<String, ParamState>, steps: u64) {
+        self.state = state;
+        self.steps = steps;
+    }
+
     /// Backward from `loss`, then one update of every parameter with a gradient.
     ///
     /// Errors (and changes nothing) if the loss is not a finite one-element tensor.

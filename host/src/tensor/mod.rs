@@ -10,7 +10,7 @@ mod ops;
 mod random;
 
 pub use ops::{BinaryOp, broadcast_shape};
-pub use random::HostRng;
+pub use random::{HostRng, RngState};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 

@@ -21,5 +21,6 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(optim::optim_api).into());
     engine.register_global_module(exported_module!(config::config_api).into());
     engine.register_global_module(exported_module!(data::data_api).into());
+    data::register_iterators(engine);
     engine.register_global_module(exported_module!(augment::augment_api).into());
 }

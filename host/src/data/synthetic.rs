@@ -2,7 +2,7 @@
 //!
 //! Each class has a prototype: an oriented stripe pattern (orientation, spatial frequency)
 //! with its own colour. A sample is its class's prototype with a random phase (a shift of the
-//! stripes), a random contrast and brightness, and pixel noise. Classes differ in structure
+//! stripes), a random contrast and brightness, and uniform pixel noise. Classes differ in structure
 //! that survives crops, flips and colour jitter, so a self-supervised method learns something
 //! measurable in seconds, and no files are needed.
 //!
@@ -10,7 +10,7 @@
 //! images on every machine, and `limit` keeps the first samples unchanged. The prototypes
 //! depend only on `seed`, so the train and test splits share classes.
 
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Dataset, numbered_classes};
@@ -71,11 +71,9 @@ fn prototype(seed: u64, class: usize, classes: usize) -> Prototype {
     }
 }
 
-/// Standard normal from two uniforms (Box–Muller).
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1 = 1.0 - rng.random::<f32>();
-    let u2 = rng.random::<f32>();
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+/// Uniform noise in `[-amplitude, amplitude)` from 32 random bits.
+fn noise(rng: &mut ChaCha8Rng, amplitude: f32) -> f32 {
+    amplitude * ((rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
 }
 
 /// One sample `[channels, size, size]` as bytes.
@@ -100,7 +98,7 @@ fn sample(config: &SyntheticConfig, protos: &[Prototype], index: usize, out: &mu
                 } else {
                     1.0
                 };
-                let v = brightness + contrast * colour * wave + 0.05 * normal(&mut rng);
+                let v = brightness + contrast * colour * wave + noise(&mut rng, 0.08);
                 out[start + c * plane + y * config.size + x] =
                     (v.clamp(0.0, 1.0) * 255.0).round() as u8;
             }

@@ -237,3 +237,29 @@ fn impossible_loaders_are_errors() {
     assert_eq!(l.len(), 1);
     assert!(l.batch_indices(0, 1).is_err());
 }
+
+#[test]
+fn steps_span_epochs_and_resume_at_any_step() {
+    let loader = Loader::new(indexed(30), config(7, true, 2)).unwrap();
+    assert_eq!(loader.len(), 4);
+    let device = sslhost::device::cpu();
+    let key = |b: &sslhost::data::Batch| (b.epoch, b.index, b.step, b.labels.to_f64_vec().unwrap());
+    let all: Vec<_> = loader
+        .steps_on(3, 0, &device)
+        .unwrap()
+        .map(|b| key(&b.unwrap()))
+        .collect();
+    assert_eq!(all.len(), 12);
+    for (i, (epoch, index, step, _)) in all.iter().enumerate() {
+        assert_eq!((*epoch, *index, *step), (i as u64 / 4, i % 4, i as u64));
+    }
+    for start in [1, 4, 6, 11, 12] {
+        let tail: Vec<_> = loader
+            .steps_on(3, start, &device)
+            .unwrap()
+            .map(|b| key(&b.unwrap()))
+            .collect();
+        assert_eq!(tail, all[start as usize..], "from step {start}");
+    }
+    assert!(loader.steps_on(3, 13, &device).is_err());
+}

@@ -93,7 +93,8 @@ pub mod data_api {
 
     /// A dataset with options: `split` (`"train"` or `"test"`, default `"train"`), `rgb`
     /// (expand grey images to 3 channels, default false), `size` (image side for folders and
-    /// synthetic data, default 32), `limit` (keep the first N samples). `"synthetic"` also
+    /// synthetic data, default 32), `limit` (keep the first N samples; image folders list
+    /// class by class, so there the first N come from the first classes). `"synthetic"` also
     /// takes `samples` (default 4096 train / 1024 test), `classes` (10), `channels` (3) and
     /// `seed` (0).
     ///

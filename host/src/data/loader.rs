@@ -237,6 +237,83 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// The batches of `epochs` whole epochs as one stream of steps, starting at global step
+    /// `start_step` (`epoch * len + index`), so a run resumed at a checkpoint's step sees
+    /// exactly the batches it would have seen. Each epoch's threads start when the previous
+    /// epoch ends.
+    pub fn steps_on(&self, epochs: u64, start_step: u64, device: &Device) -> Result<Steps> {
+        let len = self.len() as u64;
+        let total = epochs.saturating_mul(len);
+        if start_step > total {
+            return Err(Error::Invalid(format!(
+                "loader: step {start_step} is past the end of {epochs} epochs of {len} batches"
+            )));
+        }
+        Ok(Steps {
+            loader: self.clone(),
+            device: device.clone(),
+            epochs,
+            next_epoch: start_step / len,
+            next_start: (start_step % len) as usize,
+            current: None,
+        })
+    }
+}
+
+/// Batches over several epochs, from a given step on ([`Loader::steps_on`]).
+pub struct Steps {
+    loader: Loader,
+    device: Device,
+    epochs: u64,
+    next_epoch: u64,
+    next_start: usize,
+    current: Option<DeviceEpoch>,
+}
+
+impl Steps {
+    /// The epochs this stream covers.
+    pub fn epochs(&self) -> u64 {
+        self.epochs
+    }
+}
+
+impl Iterator for Steps {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(epoch) = &mut self.current {
+                match epoch.next() {
+                    Some(Err(e)) => {
+                        // An error ends the stream.
+                        self.next_epoch = self.epochs;
+                        self.current = None;
+                        return Some(Err(e));
+                    }
+                    Some(ok) => return Some(ok),
+                    None => self.current = None,
+                }
+            }
+            if self.next_epoch >= self.epochs {
+                return None;
+            }
+            match self
+                .loader
+                .epoch_on(self.next_epoch, self.next_start, &self.device)
+            {
+                Ok(e) => self.current = Some(e),
+                Err(e) => {
+                    self.next_epoch = self.epochs;
+                    return Some(Err(e));
+                }
+            }
+            self.next_epoch += 1;
+            self.next_start = 0;
+        }
+    }
+}
+
 fn batch_range(order: &[usize], batch_size: usize, index: usize) -> &[usize] {
     let lo = index * batch_size;
     let hi = (lo + batch_size).min(order.len());

@@ -28,7 +28,9 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 use crate::tensor::DynTensor;
 
-pub use loader::{Batch, DeviceEpoch, EpochIter, HostBatch, Loader, LoaderConfig, epoch_order};
+pub use loader::{
+    Batch, DeviceEpoch, EpochIter, HostBatch, Loader, LoaderConfig, Steps, epoch_order,
+};
 pub use resolve::{DatasetOptions, Locations, Split, open};
 pub use synthetic::SyntheticConfig;
 

@@ -16,6 +16,7 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Scope};
 
 use crate::error::{Error, Result, ScriptError};
 use crate::guard;
+use crate::live::{self, LiveFunctions};
 use crate::session::{self, Session};
 
 /// The stdlib files embedded in the binary: (module path, source).
@@ -147,17 +148,41 @@ fn base_dir(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs the script at `path` in `session` (installed as this thread's session).
+/// Runs the script at `path` in `session` (installed as this thread's session), watching
+/// the file for live edits.
 pub fn run_file(path: &Path, session: Session) -> Result<Dynamic> {
     let text = read_script(path)?;
-    run_source(&path.display().to_string(), &text, &base_dir(path), session)
+    run_text(
+        &path.display().to_string(),
+        &text,
+        &base_dir(path),
+        session,
+        Some(path),
+    )
 }
 
-/// Runs script text under the source name `name`.
+/// Runs script text under the source name `name` (no file watched).
 pub fn run_source(name: &str, text: &str, base: &Path, session: Session) -> Result<Dynamic> {
+    run_text(name, text, base, session, None)
+}
+
+fn run_text(
+    name: &str,
+    text: &str,
+    base: &Path,
+    session: Session,
+    watch: Option<&Path>,
+) -> Result<Dynamic> {
     session::install(session);
     let mut engine = ScriptEngine::new(base)?;
     let ast = engine.compile(name, text)?;
+    let mut live = LiveFunctions::new(name, &ast);
+    if let Some(file) = watch
+        && let Err(e) = live.watch(file)
+    {
+        tracing::warn!("live edits are off: {e}");
+    }
+    live::install(live);
     engine.run(name, &ast)
 }
 

@@ -10,6 +10,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod guard;
+pub mod live;
 pub mod models;
 pub mod optim;
 pub mod session;

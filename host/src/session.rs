@@ -24,6 +24,8 @@ pub struct Session {
     pub config: Option<serde_json::Value>,
     /// Where datasets are looked for first (`--data`, else `SSLHOST_DATA`).
     pub data_root: Option<std::path::PathBuf>,
+    /// The current training step, set by the training loop (live swaps happen between steps).
+    pub step: Option<u64>,
 }
 
 impl Session {
@@ -36,6 +38,7 @@ impl Session {
             overrides: Vec::new(),
             config: None,
             data_root: std::env::var_os("SSLHOST_DATA").map(Into::into),
+            step: None,
         }
     }
 

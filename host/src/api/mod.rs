@@ -8,6 +8,7 @@ pub mod args;
 pub mod augment;
 pub mod config;
 pub mod data;
+pub mod live;
 pub mod models;
 pub mod optim;
 pub mod tensor;
@@ -20,6 +21,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(models::models_api).into());
     engine.register_global_module(exported_module!(optim::optim_api).into());
     engine.register_global_module(exported_module!(config::config_api).into());
+    engine.register_global_module(exported_module!(live::live_api).into());
     engine.register_global_module(exported_module!(data::data_api).into());
     data::register_iterators(engine);
     engine.register_global_module(exported_module!(augment::augment_api).into());

@@ -74,7 +74,7 @@ pub fn write(
     }
     let mut head = serde_json::to_vec(&Value::Object(header)).expect("json of plain values");
     // Pad the header with spaces so the data starts 8-byte aligned, as safetensors does.
-    while (8 + head.len()) % 8 != 0 {
+    while !(8 + head.len()).is_multiple_of(8) {
         head.push(b' ');
     }
     let mut bytes = Vec::with_capacity(8 + head.len() + data.len());

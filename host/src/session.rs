@@ -26,6 +26,8 @@ pub struct Session {
     pub data_root: Option<std::path::PathBuf>,
     /// The current training step, set by the training loop (live swaps happen between steps).
     pub step: Option<u64>,
+    /// The step `steps(..)` starts from: 0, or where a resumed run continues.
+    pub start_step: u64,
 }
 
 impl Session {
@@ -39,6 +41,7 @@ impl Session {
             config: None,
             data_root: std::env::var_os("SSLHOST_DATA").map(Into::into),
             step: None,
+            start_step: 0,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod data;
 pub mod live;
 pub mod models;
 pub mod optim;
+pub mod run;
 pub mod tensor;
 
 use rhai::{Engine, exported_module};
@@ -22,6 +23,8 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(optim::optim_api).into());
     engine.register_global_module(exported_module!(config::config_api).into());
     engine.register_global_module(exported_module!(live::live_api).into());
+    engine.register_global_module(exported_module!(run::run_api).into());
+    run::register_iterators(engine);
     engine.register_global_module(exported_module!(data::data_api).into());
     data::register_iterators(engine);
     engine.register_global_module(exported_module!(augment::augment_api).into());

@@ -1,0 +1,118 @@
+//! Live functions in a running process: an edit of `lr` takes effect at a later step, a broken
+//! edit is reported with its location and the last good version keeps running.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+const RECIPE: &str = r#"// live test recipe
+fn lr(step, total) { 0.1 }
+
+let ds = dataset("synthetic", #{ samples: 256, classes: 2, size: 8, channels: 1 });
+let l = loader(ds, #{ batch_size: 32 });
+let net = mlp([64, 16, 2]);
+let opt = sgd([net], #{ momentum: 0.9 });
+let total = 100000 * l.len;
+for b in steps(l, 100000) {
+    let rate = live("lr", b.step, total);
+    let loss = cross_entropy(net.forward(b.images.reshape([32, 64])), b.labels);
+    opt.step(loss, rate);
+    print(`step ${b.step} lr ${rate}`);
+}
+"#;
+
+/// Lines of the child's stderr, with the step and lr parsed where present.
+fn next_line(rx: &Receiver<String>, deadline: Instant) -> String {
+    let left = deadline.saturating_duration_since(Instant::now());
+    rx.recv_timeout(left)
+        .expect("the run stopped printing or the test timed out")
+}
+
+fn parse(line: &str) -> Option<(u64, f64)> {
+    let rest = &line[line.find("step ")? + 5..];
+    let mut it = rest.split_whitespace();
+    let step = it.next()?.parse().ok()?;
+    (it.next()? == "lr").then_some(())?;
+    Some((step, it.next()?.parse().ok()?))
+}
+
+#[test]
+fn an_edit_takes_effect_between_steps_and_a_broken_one_is_rejected() {
+    let dir = std::env::temp_dir().join(format!("sslhost-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Let it run a few steps on the first version.
+        let mut last_step = 0;
+        while last_step < 5 {
+            if let Some((s, lr)) = parse(&next_line(&rx, deadline)) {
+                assert_eq!(lr, 0.1);
+                last_step = s;
+            }
+        }
+        std::fs::write(&recipe, RECIPE.replace("{ 0.1 }", "{ 0.05 }")).unwrap();
+        let edited_at = last_step;
+        // The new value shows up at a later step, and from then on only the new value.
+        let swapped_at = loop {
+            let line = next_line(&rx, deadline);
+            if let Some((s, lr)) = parse(&line) {
+                if lr == 0.05 {
+                    break s;
+                }
+                assert_eq!(lr, 0.1, "{line}");
+            }
+        };
+        assert!(swapped_at > edited_at);
+        // A broken edit: reported with its location, the last good version continues.
+        std::fs::write(&recipe, RECIPE.replace("{ 0.1 }", "{ 0.2 +* }")).unwrap();
+        let mut reported = false;
+        let mut located = false;
+        let mut steps_after_report = 0;
+        while steps_after_report < 20 || !located {
+            let line = next_line(&rx, deadline);
+            if line.contains("edit rejected") {
+                reported = true;
+            }
+            if line.contains("recipe.rhai:2:") {
+                assert!(reported, "the location follows the rejection: {line}");
+                located = true;
+            }
+            if let Some((_, lr)) = parse(&line) {
+                assert_eq!(lr, 0.05, "the last good version keeps running: {line}");
+                if reported {
+                    steps_after_report += 1;
+                }
+            }
+        }
+        swapped_at
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    let archived: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    std::fs::remove_dir_all(&dir).ok();
+    let swapped_at = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!(
+        "swapped at step {swapped_at}; {} files in the run folder",
+        archived.len()
+    );
+}

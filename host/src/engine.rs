@@ -27,6 +27,10 @@ pub const STDLIB: &[(&str, &str)] = &[
         "stdlib/schedules",
         include_str!("../../stdlib/schedules.rhai"),
     ),
+    (
+        "stdlib/transforms",
+        include_str!("../../stdlib/transforms.rhai"),
+    ),
 ];
 
 /// Recursion depth allowed for script functions.

@@ -74,6 +74,30 @@ pub mod data_api {
     /// The batches of one epoch (iterate it with `for`).
     pub type Epoch = super::Epoch;
 
+    // ---- images ----------------------------------------------------------------------
+
+    /// Writes images `[N, C, H, W]` in [0, 1] as one PNG grid. Options: `nrow` (images per
+    /// row, default 8), `padding` (pixels between images, default 2).
+    ///
+    /// ```rhai
+    /// save_image_grid(b.images, "views.png", #{ nrow: 16 });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn save_image_grid(images: DynTensor, path: &str, options: Map) -> RhaiResult<()> {
+        run(|| {
+            let o = Options::new(&options, "save_image_grid", &["nrow", "padding"])?;
+            let nrow = o.usize("nrow", 8)?;
+            let padding = o.number("padding", 2.0)?;
+            if !(0.0..=64.0).contains(&padding) || padding.fract() != 0.0 {
+                return Err(Error::Invalid(format!(
+                    "save_image_grid: padding must be a whole number of pixels in 0..=64, got {padding}"
+                )));
+            }
+            let padding = padding as usize;
+            d::png::save_grid(&images, std::path::Path::new(path), nrow, padding)
+        })
+    }
+
     // ---- datasets ----------------------------------------------------------------------
 
     /// A dataset's train split: `"fashion-mnist"`, `"mnist"`, `"cifar10"`, `"cifar100"`,

@@ -14,6 +14,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod png;
 pub mod resolve;
 pub mod sample;
 pub mod synthetic;

@@ -5,9 +5,10 @@
 //! Images have 1 or 3 channels (torchvision's rule). On one channel, saturation and hue are
 //! no-ops and greyscale is the identity, as in torchvision.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{SubBatchFn, check_len, dims, map_flagged, map_groups, per_sample};
+use super::{SubBatchFn, check_len, dims, map_flagged, map_groups, max2, min2, per_sample, plain};
 use crate::error::{Error, Result};
 
 /// ITU-R 601-2 luma weights, as torchvision (`0.2989, 0.587, 0.114`).
@@ -43,39 +44,60 @@ fn factors_tensor(factors: &[f64], device: &Device) -> Tensor<4> {
     per_sample(&v, device)
 }
 
+// Performance notes (burn-flex, the CPU backend; every kernel runs without autodiff, see
+// `plain`): elementwise ops on strided views (`narrow` on the channel axis, `expand`) and
+// `floor`, `max_dim` are several times slower than plain contiguous ops, and `mask_where` on a
+// uniquely owned operand takes a branchy loop that is slow on random masks. So channels are
+// gathered with `select`, reductions over the three channels are pairwise (`max2`, `min2`),
+// and selections by a mask are arithmetic blends with the mask as 0/1 floats.
+
+/// Channel `i` of `[N, C, H, W]` as a contiguous `[N, 1, H, W]`.
+fn channel(x: Tensor<4>, i: usize) -> Tensor<4> {
+    let device = x.device();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(vec![i as i64], [1]), &device);
+    x.select(1, index)
+}
+
+/// Clamps to `[0, 1]`.
+fn clamp01(x: Tensor<4>) -> Tensor<4> {
+    relu(x).clamp_max(1.0)
+}
+
 /// `ratio·a + (1 − ratio)·b`, clamped to `[0, 1]` (torchvision's `_blend`).
 fn blend(a: Tensor<4>, b: Tensor<4>, ratio: Tensor<4>) -> Tensor<4> {
     let rest = ratio.clone().neg().add_scalar(1.0);
-    (a * ratio + b * rest).clamp(0.0, 1.0)
+    clamp01(a * ratio + b * rest)
 }
 
 /// Luma of `[N, 3, H, W]` (or the image itself for one channel): `[N, 1, H, W]`.
 pub fn rgb_to_grayscale(images: Tensor<4>) -> Result<Tensor<4>> {
     let [_, c, _, _] = dims(&images, "rgb_to_grayscale")?;
     color_channels("rgb_to_grayscale", c)?;
-    Ok(luma(images))
+    plain(images, |x| Ok(luma(x)))
 }
 
 fn luma(x: Tensor<4>) -> Tensor<4> {
-    if x.dims()[1] == 1 {
+    let [n, c, h, w] = x.dims();
+    if c == 1 {
         return x;
     }
-    let r = x.clone().narrow(1, 0, 1);
-    let g = x.clone().narrow(1, 1, 1);
-    let b = x.narrow(1, 2, 1);
-    r.mul_scalar(LUMA[0]) + g.mul_scalar(LUMA[1]) + b.mul_scalar(LUMA[2])
+    // [1, 1, 1, 3] @ [1, N, 3, H·W]: one small matmul instead of five elementwise ops.
+    let weights = Tensor::<4>::from_data(TensorData::new(LUMA.to_vec(), [1, 1, 1, 3]), &x.device());
+    weights
+        .matmul(x.reshape([1, n, 3, h * w]))
+        .reshape([n, 1, h, w])
 }
 
 /// Multiplies sample `n` by `factors[n]` and clamps to `[0, 1]` (`adjust_brightness`).
 pub fn adjust_brightness(images: Tensor<4>, factors: &[f64]) -> Result<Tensor<4>> {
     let [n, ..] = dims(&images, "adjust_brightness")?;
     check_factors("adjust_brightness", factors, n, 0.0, f64::MAX)?;
-    Ok(brightness(images, factors))
+    plain(images, |x| Ok(brightness(x, factors)))
 }
 
 fn brightness(x: Tensor<4>, factors: &[f64]) -> Tensor<4> {
     let f = factors_tensor(factors, &x.device());
-    (x * f).clamp(0.0, 1.0)
+    clamp01(x * f)
 }
 
 /// Blends sample `n` with the mean of its luma by `factors[n]` (`adjust_contrast`).
@@ -83,7 +105,7 @@ pub fn adjust_contrast(images: Tensor<4>, factors: &[f64]) -> Result<Tensor<4>> 
     let [n, c, _, _] = dims(&images, "adjust_contrast")?;
     color_channels("adjust_contrast", c)?;
     check_factors("adjust_contrast", factors, n, 0.0, f64::MAX)?;
-    Ok(contrast(images, factors))
+    plain(images, |x| Ok(contrast(x, factors)))
 }
 
 fn contrast(x: Tensor<4>, factors: &[f64]) -> Tensor<4> {
@@ -98,7 +120,7 @@ pub fn adjust_saturation(images: Tensor<4>, factors: &[f64]) -> Result<Tensor<4>
     let [n, c, _, _] = dims(&images, "adjust_saturation")?;
     color_channels("adjust_saturation", c)?;
     check_factors("adjust_saturation", factors, n, 0.0, f64::MAX)?;
-    Ok(saturation(images, factors))
+    plain(images, |x| Ok(saturation(x, factors)))
 }
 
 fn saturation(x: Tensor<4>, factors: &[f64]) -> Tensor<4> {
@@ -116,67 +138,60 @@ pub fn adjust_hue(images: Tensor<4>, factors: &[f64]) -> Result<Tensor<4>> {
     let [n, c, _, _] = dims(&images, "adjust_hue")?;
     color_channels("adjust_hue", c)?;
     check_factors("adjust_hue", factors, n, -0.5, 0.5)?;
-    Ok(hue(images, factors))
-}
-
-/// `x - floor(x)`: the fractional part, in `[0, 1)` for any sign.
-fn fract(x: Tensor<4>) -> Tensor<4> {
-    x.clone() - x.floor()
+    plain(images, |x| Ok(hue(x, factors)))
 }
 
 fn hue(x: Tensor<4>, factors: &[f64]) -> Tensor<4> {
     if x.dims()[1] == 1 {
         return x;
     }
-    let shift = factors_tensor(factors, &x.device());
-    // RGB -> HSV as torchvision's `_rgb_to_hsv` (after Pillow).
-    let r = x.clone().narrow(1, 0, 1);
-    let g = x.clone().narrow(1, 1, 1);
-    let b = x.clone().narrow(1, 2, 1);
-    let maxc = x.clone().max_dim(1);
-    let minc = x.min_dim(1);
-    let eqc = maxc.clone().equal(minc.clone());
-    let range = maxc.clone() - minc;
-    let s = range.clone() / maxc.clone().mask_fill(eqc.clone(), 1.0);
-    let divisor = range.mask_fill(eqc, 1.0);
-    let rc = (maxc.clone() - r.clone()) / divisor.clone();
-    let gc = (maxc.clone() - g.clone()) / divisor.clone();
-    let bc = (maxc.clone() - b) / divisor;
-    let is_r = maxc.clone().equal(r);
-    let is_g = maxc.clone().equal(g).bool_and(is_r.clone().bool_not());
-    let is_b = is_r.clone().bool_or(is_g.clone()).bool_not();
-    let hr = (bc.clone() - gc.clone()) * is_r.float();
-    let hg = (rc.clone().add_scalar(2.0) - bc) * is_g.float();
-    let hb = (gc.add_scalar(4.0) - rc) * is_b.float();
-    let h = fract((hr + hg + hb).div_scalar(6.0).add_scalar(1.0));
-    let h = fract(h + shift);
-    // HSV -> RGB: channel k is v - v·s·clamp(min(t, 4 - t), 0, 1) with t = (n_k + 6h) mod 6
-    // and n = 5, 3, 1 for r, g, b; the same values as torchvision's sector table.
-    let v = maxc;
-    let vs = v.clone() * s;
-    let h6 = h.mul_scalar(6.0);
-    let channel = |offset: f32| {
-        let t = h6.clone().add_scalar(offset);
-        let t = fract(t.div_scalar(6.0)).mul_scalar(6.0);
-        let k = t.clone().min_pair(t.neg().add_scalar(4.0)).clamp(0.0, 1.0);
-        v.clone() - vs.clone() * k
-    };
-    Tensor::cat(vec![channel(5.0), channel(3.0), channel(1.0)], 1)
+    let device = x.device();
+    let sixths: Vec<f64> = factors.iter().map(|f| 6.0 * f).collect();
+    let shift = factors_tensor(&sixths, &device);
+    let r = channel(x.clone(), 0);
+    let g = channel(x.clone(), 1);
+    let b = channel(x, 2);
+    // HSV value and chroma (v·s).
+    let v = max2(max2(r.clone(), g.clone()), b.clone());
+    let range = v.clone() - min2(min2(r.clone(), g.clone()), b.clone());
+    // The hue in sixths of a turn, as torchvision's `_rgb_to_hsv` (after Pillow): the largest
+    // channel picks the sector, ties going to red, then green. Grey pixels (range 0) get 0.
+    let is_r = v.clone().equal(r.clone()).float();
+    let not_r = is_r.clone().neg().add_scalar(1.0);
+    let is_g = v.clone().equal(g.clone()).float() * not_r.clone();
+    let is_b = not_r - is_g.clone();
+    let from_r = (g.clone() - b.clone()) * is_r;
+    let from_g = (range.clone().mul_scalar(2.0) + b.clone() - r.clone()) * is_g;
+    let from_b = (range.clone().mul_scalar(4.0) + r - g) * is_b;
+    // In [-1, 5] before the shift (at most ±3 sixths): +12 makes it positive, so truncation
+    // is floor, and h6 ends in [0, 6).
+    let h6 = (from_r + from_g + from_b) / range.clone().clamp_min(f32::MIN_POSITIVE)
+        + shift.add_scalar(12.0);
+    let turns = h6.clone().div_scalar(6.0).int().float();
+    let h6 = h6 - turns.mul_scalar(6.0);
+    // HSV -> RGB: channel k is v − range·clamp(min(t, 4 − t), 0, 1) with t = (h6 + n_k) mod 6,
+    // n = 5, 3, 1 for r, g, b: the values of torchvision's sector table (`_hsv_to_rgb`).
+    let offsets = Tensor::<4>::from_data(
+        TensorData::new(vec![5.0f32, 3.0, 1.0], [1, 3, 1, 1]),
+        &device,
+    );
+    let t = h6 + offsets; // in [1, 11)
+    let wrap = t.clone().greater_equal_elem(6.0).float();
+    let t = t - wrap.mul_scalar(6.0);
+    let k = relu(min2(t.clone(), t.neg().add_scalar(4.0))).clamp_max(1.0);
+    v - range * k
 }
 
 /// Replaces the flagged samples by their luma, repeated over the channels (torchvision's
 /// `RandomGrayscale`: the output keeps the input's channel count).
 pub fn grayscale(images: Tensor<4>, flags: &[bool]) -> Result<Tensor<4>> {
-    let [n, c, h, w] = dims(&images, "grayscale")?;
+    let [n, c, _, _] = dims(&images, "grayscale")?;
     color_channels("grayscale", c)?;
     check_len("grayscale", "flags", flags.len(), n)?;
     if c == 1 {
         return Ok(images);
     }
-    map_flagged(images, flags, move |x| {
-        let m = x.dims()[0];
-        Ok(luma(x).expand([m, c, h, w]))
-    })
+    map_flagged(images, flags, move |x| Ok(luma(x).repeat_dim(1, c)))
 }
 
 /// Inverts the pixels `>= threshold` of the flagged samples (torchvision's `solarize`).
@@ -189,9 +204,9 @@ pub fn solarize(images: Tensor<4>, threshold: f64, flags: &[bool]) -> Result<Ten
         )));
     }
     map_flagged(images, flags, move |x| {
-        let mask = x.clone().greater_equal_elem(threshold);
-        let inverted = x.clone().neg().add_scalar(1.0);
-        Ok(x.mask_where(mask, inverted))
+        // x + m·(1 − 2x) with m = [x >= threshold]: 1 − x where m is 1, x where it is 0.
+        let m = x.clone().greater_equal_elem(threshold).float();
+        Ok(x.clone() + m * x.mul_scalar(-2.0).add_scalar(1.0))
     })
 }
 
@@ -220,10 +235,12 @@ pub fn normalize(images: Tensor<4>, mean: &[f64], std: &[f64]) -> Result<Tensor<
     if std.contains(&0.0) {
         return Err(Error::Invalid("normalize: std must not be zero".into()));
     }
-    let device = images.device();
-    let m = Tensor::<4>::from_data(TensorData::new(m, [1, c, 1, 1]), &device);
-    let s = Tensor::<4>::from_data(TensorData::new(s, [1, c, 1, 1]), &device);
-    Ok((images - m) / s)
+    plain(images, |x| {
+        let device = x.device();
+        let m = Tensor::<4>::from_data(TensorData::new(m, [1, c, 1, 1]), &device);
+        let s = Tensor::<4>::from_data(TensorData::new(s, [1, c, 1, 1]), &device);
+        Ok((x - m) / s)
+    })
 }
 
 /// The four adjustments of colour jitter.

@@ -72,6 +72,37 @@ fn index_tensor(idx: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [idx.len()]), device)
 }
 
+/// Runs `f` on `x` without autodiff, unless `x` requires gradients; the result gets the
+/// input's autodiff association back.
+///
+/// Views are data, not part of a model's graph: on the inner backend no op pays autodiff's
+/// bookkeeping, and the backend's own kernels run (with autodiff, burn 0.22 falls back to
+/// generic `clamp`s built on a slow `mask_fill`). Nesting is free: an inner call finds the
+/// tensor already plain.
+pub(crate) fn plain(
+    x: Tensor<4>,
+    f: impl FnOnce(Tensor<4>) -> Result<Tensor<4>>,
+) -> Result<Tensor<4>> {
+    if !x.is_autodiff() || x.is_require_grad() {
+        return f(x);
+    }
+    Ok(f(x.without_autodiff())?.autodiff())
+}
+
+/// `max(a, b)` elementwise. Extra handles keep both operands shared, so burn-flex takes its
+/// vectorised out-of-place path instead of the in-place loop, which branches on every element
+/// (slow on random data).
+pub(crate) fn max2(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    let _shared = (a.clone(), b.clone());
+    a.max_pair(b)
+}
+
+/// `min(a, b)` elementwise; see [`max2`].
+pub(crate) fn min2(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    let _shared = (a.clone(), b.clone());
+    a.min_pair(b)
+}
+
 /// A function applied to a sub-batch.
 pub(crate) type SubBatchFn<'a> = Box<dyn FnOnce(Tensor<4>) -> Result<Tensor<4>> + 'a>;
 
@@ -83,6 +114,10 @@ pub(crate) fn map_groups(
     x: Tensor<4>,
     groups: Vec<(Vec<usize>, SubBatchFn<'_>)>,
 ) -> Result<Tensor<4>> {
+    plain(x, |x| map_groups_plain(x, groups))
+}
+
+fn map_groups_plain(x: Tensor<4>, groups: Vec<(Vec<usize>, SubBatchFn<'_>)>) -> Result<Tensor<4>> {
     let n = x.dims()[0];
     let mut groups: Vec<_> = groups.into_iter().filter(|(i, _)| !i.is_empty()).collect();
     if groups.is_empty() {

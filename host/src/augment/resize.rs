@@ -13,7 +13,7 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::params::CropBox;
-use super::{MAX_SIZE, check_len, dims, map_flagged};
+use super::{MAX_SIZE, check_len, dims, map_flagged, plain};
 use crate::error::{Error, Result};
 
 /// The antialiased bilinear weights torch uses to resize `in_size` samples to `out_size`
@@ -92,7 +92,6 @@ pub fn resized_crop(
             )));
         }
     }
-    let device = images.device();
     let mut rows = Vec::with_capacity(n * sh * h);
     let mut cols_t = Vec::with_capacity(n * w * sw);
     for (b, &flip) in boxes.iter().zip(flips) {
@@ -105,15 +104,18 @@ pub fn resized_crop(
             }
         }
     }
-    let a = Tensor::<4>::from_data(TensorData::new(rows, [n, 1, sh, h]), &device);
-    let bt = Tensor::<4>::from_data(TensorData::new(cols_t, [n, 1, w, sw]), &device);
-    // Pick the cheaper association: rows first or columns first.
-    let rows_first = sh * h * w + sh * w * sw;
-    let cols_first = h * w * sw + sh * h * sw;
-    Ok(if rows_first <= cols_first {
-        a.matmul(images).matmul(bt)
-    } else {
-        a.matmul(images.matmul(bt))
+    plain(images, |x| {
+        let device = x.device();
+        let a = Tensor::<4>::from_data(TensorData::new(rows, [n, 1, sh, h]), &device);
+        let bt = Tensor::<4>::from_data(TensorData::new(cols_t, [n, 1, w, sw]), &device);
+        // Pick the cheaper association: rows first or columns first.
+        let rows_first = sh * h * w + sh * w * sw;
+        let cols_first = h * w * sw + sh * h * sw;
+        Ok(if rows_first <= cols_first {
+            a.matmul(x).matmul(bt)
+        } else {
+            a.matmul(x.matmul(bt))
+        })
     })
 }
 

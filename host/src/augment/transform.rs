@@ -164,6 +164,9 @@ impl Transform {
     /// Parameters are drawn op by op, sample by sample, so a seed gives the same views on
     /// every device. A horizontal flip right after a crop is folded into the crop's
     /// interpolation matrices (the same result, one pass fewer).
+    ///
+    /// The ops run without autodiff (views are data); the result has the input's autodiff
+    /// association but no gradient history, unless the input itself requires gradients.
     pub fn apply(&self, images: Tensor<4>, rng: &mut HostRng) -> Result<Tensor<4>> {
         let [n, c, ..] = dims(&images, "transform")?;
         if self
@@ -178,6 +181,10 @@ impl Transform {
                 images.dims()
             )));
         }
+        super::plain(images, |x| self.apply_plain(x, n, rng))
+    }
+
+    fn apply_plain(&self, images: Tensor<4>, n: usize, rng: &mut HostRng) -> Result<Tensor<4>> {
         let mut x = images;
         let mut i = 0;
         while i < self.ops.len() {

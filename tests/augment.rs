@@ -564,14 +564,12 @@ fn a_crop_larger_than_the_image_and_tiny_images_work() {
 
 // ---- scripts ------------------------------------------------------------------------------
 
-/// Runs `body` after the stdlib presets (prepended, so the test does not depend on how the
-/// prelude is assembled) in a fresh session seeded with `seed`.
+/// Runs `body` in a fresh session seeded with `seed`; the stdlib presets are global.
 fn run_script(body: &str, seed: u64) -> sslhost::Result<rhai::Dynamic> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let presets = std::fs::read_to_string(root.join("stdlib/transforms.rhai")).unwrap();
     sslhost::engine::run_source(
         "augment_test.rhai",
-        &format!("{presets}\n{body}"),
+        body,
         root,
         sslhost::session::Session::new(device(), seed),
     )
@@ -690,5 +688,35 @@ fn script_errors_name_the_problem() {
     ] {
         let err = run_script(body, 0).expect_err(body).to_string();
         assert!(err.contains(want), "{body}: {err}");
+    }
+}
+
+#[test]
+fn every_example_in_the_augment_api_docs_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("host/src/api/augment.rs")).unwrap();
+    let mut examples = Vec::new();
+    let mut current: Option<String> = None;
+    for line in source.lines() {
+        let line = line.trim_start();
+        let Some(doc) = line.strip_prefix("///") else {
+            continue;
+        };
+        let doc = doc.strip_prefix(' ').unwrap_or(doc);
+        match (&mut current, doc.trim()) {
+            (None, "```rhai") => current = Some(String::new()),
+            (Some(_), "```") => examples.push(current.take().unwrap()),
+            (Some(code), _) => {
+                code.push_str(doc);
+                code.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(examples.len() >= 12, "found {} examples", examples.len());
+    for code in examples {
+        if let Err(e) = run_script(&code, 0) {
+            panic!("example failed:\n{code}\n{e}");
+        }
     }
 }

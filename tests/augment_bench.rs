@@ -4,7 +4,7 @@
 //! cargo test --release --test augment_bench -- --ignored --nocapture
 //! ```
 //!
-//! Set `AUG_BENCH_BATCH`, `AUG_BENCH_SIZE` (input side; crops are resized to 32) or
+//! Set `AUG_BENCH_BATCH`, `AUG_BENCH_SIZE` (input side), `AUG_BENCH_OUT` (crop size, 32) or
 //! `AUG_BENCH_STEPS` to change the workload, `AUG_BENCH_ONLY=<op>` to time one op.
 //!
 //! glibc's malloc serves the multi-megabyte tensors of a batch with fresh `mmap`s once its
@@ -69,6 +69,7 @@ fn byol_two_views_throughput() {
     let batch = env("AUG_BENCH_BATCH", 256);
     let side = env("AUG_BENCH_SIZE", 32);
     let steps = env("AUG_BENCH_STEPS", 20);
+    let out = env("AUG_BENCH_OUT", 32);
     let mut rng = HostRng::new(0);
     let x = Tensor::<4>::from_data(
         TensorData::new(
@@ -77,14 +78,14 @@ fn byol_two_views_throughput() {
         ),
         &device,
     );
-    let v1 = Transform::new(view(1.0, 0.0, 32)).unwrap();
-    let v2 = Transform::new(view(0.1, 0.2, 32)).unwrap();
+    let v1 = Transform::new(view(1.0, 0.0, out)).unwrap();
+    let v2 = Transform::new(view(0.1, 0.2, out)).unwrap();
     let (median, min) = time(steps, || {
         sync(v1.apply(x.clone(), &mut rng).unwrap());
         sync(v2.apply(x.clone(), &mut rng).unwrap());
     });
     eprintln!(
-        "BYOL two views, batch {batch}, {side}px -> 32px: {median:.1} ms per batch (min {min:.1}), \
+        "BYOL two views, batch {batch}, {side}px -> {out}px: {median:.1} ms per batch (min {min:.1}), \
          {:.0} images/s ({:.0} views/s) at the median",
         batch as f64 / median * 1e3,
         2.0 * batch as f64 / median * 1e3,
@@ -93,8 +94,8 @@ fn byol_two_views_throughput() {
     // Each op alone, applied with p = 1 to the whole batch, to see where the time goes.
     let ops: Vec<(&str, Augment)> = vec![
         (
-            "crop+flip",
-            Augment::RandomResizedCrop(RandomResizedCrop::new(32)),
+            "crop",
+            Augment::RandomResizedCrop(RandomResizedCrop::new(out)),
         ),
         ("hflip", Augment::HorizontalFlip { p: 0.5 }),
         (

@@ -96,7 +96,11 @@ impl Augment {
 }
 
 fn list(v: &[f64]) -> String {
-    let items: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+    // Four decimals are enough to read a setting (4/3 shows as 1.3333).
+    let items: Vec<String> = v
+        .iter()
+        .map(|x| format!("{}", (x * 1e4).round() / 1e4))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 

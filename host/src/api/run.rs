@@ -44,11 +44,14 @@ pub fn register_iterators(engine: &mut Engine) {
 /// The training loop.
 #[export_module]
 pub mod run_api {
+    use rhai::Map;
+
     use crate::api::args::{RhaiResult, count, run};
-    use crate::data::Loader;
+    use crate::data::{Dataset, Loader};
+    use crate::models::SharedNet;
     use crate::session;
 
-    use super::StepStream;
+    use super::{StepStream, knn};
 
     /// The stream of a run's steps.
     pub type Steps = StepStream;
@@ -73,4 +76,104 @@ pub mod run_api {
             })
         })
     }
+
+    /// Weighted kNN top-1 accuracy of `encoder`'s embeddings: each `test` image votes with
+    /// its `k` most cosine-similar `train` images weighted by `exp(sim / temperature)`.
+    /// Options: `k` (200), `temperature` (0.1), `batch_size` (256), `transform` (applied to
+    /// images before encoding, e.g. resize + normalize as in training). The encoder runs in
+    /// evaluation mode and is put back in the mode it was in.
+    ///
+    /// ```rhai
+    /// let acc = knn_accuracy(backbone, train_ds, test_ds, #{ k: 200, transform: eval_view });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn knn_accuracy(
+        encoder: SharedNet,
+        train: Dataset,
+        test: Dataset,
+        options: Map,
+    ) -> RhaiResult<f64> {
+        run(|| knn(Some(&encoder), &train, &test, &options))
+    }
+
+    /// Weighted kNN accuracy of the raw pixels (flattened): the anchor an encoder must beat.
+    ///
+    /// ```rhai
+    /// let anchor = knn_accuracy(train_ds, test_ds, #{ k: 200 });
+    /// ```
+    #[rhai_fn(name = "knn_accuracy", return_raw)]
+    pub fn knn_accuracy_pixels(train: Dataset, test: Dataset, options: Map) -> RhaiResult<f64> {
+        run(|| knn(None, &train, &test, &options))
+    }
+}
+
+/// kNN accuracy with the options of `knn_accuracy`.
+fn knn(
+    encoder: Option<&crate::models::SharedNet>,
+    train: &crate::data::Dataset,
+    test: &crate::data::Dataset,
+    options: &rhai::Map,
+) -> crate::error::Result<f64> {
+    use crate::train::knn::{KnnConfig, accuracy, embed};
+    let o = crate::api::args::Options::new(
+        options,
+        "knn_accuracy",
+        &["k", "temperature", "batch_size", "transform"],
+    )?;
+    let d = KnnConfig::default();
+    let config = KnnConfig {
+        k: o.usize("k", d.k)?,
+        temperature: o.number("temperature", d.temperature)?,
+        batch_size: o.usize("batch_size", d.batch_size)?,
+    };
+    let transform = match options.get("transform") {
+        None => None,
+        Some(v) => Some(
+            v.clone()
+                .try_cast::<crate::augment::Transform>()
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "knn_accuracy: option `transform` must be a transform, got {}",
+                        v.type_name()
+                    ))
+                })?,
+        ),
+    };
+    if train.classes() != test.classes() {
+        return Err(Error::Invalid(format!(
+            "knn_accuracy: train has {} classes, test {}",
+            train.classes(),
+            test.classes()
+        )));
+    }
+    let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
+    let was_training = encoder.map(|e| e.is_training());
+    if let Some(e) = encoder {
+        e.set_training(false);
+    }
+    let mut encode =
+        |images: crate::tensor::DynTensor| -> crate::error::Result<crate::tensor::DynTensor> {
+            let images = match &transform {
+                Some(t) => crate::tensor::DynTensor::from_float4(
+                    t.apply(images.float4("knn")?, &mut rng)?,
+                    4,
+                ),
+                None => images,
+            };
+            match encoder {
+                Some(e) => Ok(e.forward(&images)?.detach()),
+                None => {
+                    let n = images.shape()[0] as i64;
+                    images.reshape(&[n, -1])
+                }
+            }
+        };
+    let result = embed(train, config.batch_size, &device, &mut encode).and_then(|tr| {
+        let te = embed(test, config.batch_size, &device, &mut encode)?;
+        accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)
+    });
+    if let (Some(e), Some(mode)) = (encoder, was_training) {
+        e.set_training(mode);
+    }
+    result
 }

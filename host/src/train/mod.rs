@@ -1,3 +1,4 @@
-//! Runs: checkpoint files, and (later) the run directory, metrics and evaluation.
+//! Runs: checkpoint files, evaluation (kNN), and (later) the run directory and metrics.
 
+pub mod knn;
 pub mod tensor_file;

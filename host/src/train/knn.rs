@@ -1,0 +1,171 @@
+//! Weighted k-nearest-neighbour accuracy of embeddings: the monitor of self-supervised runs.
+//!
+//! Each test embedding votes with its `k` most cosine-similar training embeddings, each
+//! neighbour weighted by `exp(similarity / temperature)` (Wu et al. 2018, as solo-learn and
+//! lightly monitor runs); the class with the largest total weight is the prediction.
+
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::tensor::DynTensor;
+
+/// Settings of the kNN monitor.
+#[derive(Clone, Debug)]
+pub struct KnnConfig {
+    /// Neighbours that vote (200 in the SSL literature).
+    pub k: usize,
+    /// Temperature of the vote weights (0.1).
+    pub temperature: f64,
+    /// Images encoded (and test rows compared) per batch.
+    pub batch_size: usize,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        KnnConfig {
+            k: 200,
+            temperature: 0.1,
+            batch_size: 256,
+        }
+    }
+}
+
+/// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.
+/// Rows come back L2-normalised, on plain (non-autodiff) tensors.
+pub fn embed(
+    dataset: &Dataset,
+    batch_size: usize,
+    device: &Device,
+    encode: &mut dyn FnMut(DynTensor) -> Result<DynTensor>,
+) -> Result<(Tensor<2>, Tensor<1, Int>)> {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let n = dataset.len();
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let end = (start + batch_size).min(n);
+        let (images, y) = dataset.tensors(start, end, device)?;
+        let f = encode(images)?;
+        let s = f.shape();
+        if s.len() != 2 || s[0] != end - start {
+            return Err(Error::Shape(format!(
+                "knn: the encoder must map a batch of {} images to [{}, D], got {s:?}",
+                end - start,
+                end - start
+            )));
+        }
+        let f = f.float_rank::<2>("knn")?.inner().detach();
+        let norm = f
+            .clone()
+            .powf_scalar(2.0)
+            .sum_dim(1)
+            .sqrt()
+            .clamp_min(1e-12);
+        features.push(f.div(norm));
+        labels.push(y.int_rank::<1>("knn")?.inner());
+    }
+    if features.is_empty() {
+        return Err(Error::Invalid(format!(
+            "knn: dataset {} is empty",
+            dataset.name()
+        )));
+    }
+    Ok((Tensor::cat(features, 0), Tensor::cat(labels, 0)))
+}
+
+/// Top-1 accuracy of the weighted kNN vote of `test` embeddings among `train` embeddings.
+pub fn accuracy(
+    train: (&Tensor<2>, &Tensor<1, Int>),
+    test: (&Tensor<2>, &Tensor<1, Int>),
+    classes: usize,
+    config: &KnnConfig,
+) -> Result<f64> {
+    let (train_f, train_y) = train;
+    let (test_f, test_y) = test;
+    let [n_train, d] = train_f.dims();
+    let [n_test, d2] = test_f.dims();
+    if d != d2 {
+        return Err(Error::Shape(format!(
+            "knn: train features have {d} dims, test features {d2}"
+        )));
+    }
+    if config.k == 0 || config.temperature <= 0.0 {
+        return Err(Error::Invalid(format!(
+            "knn: k must be >= 1 and temperature > 0, got k {} and temperature {}",
+            config.k, config.temperature
+        )));
+    }
+    let k = config.k.min(n_train);
+    let bank = train_f.clone().transpose();
+    let mut correct = 0i64;
+    for start in (0..n_test).step_by(config.batch_size.max(1)) {
+        let b = config.batch_size.min(n_test - start);
+        let sim = test_f.clone().narrow(0, start, b).matmul(bank.clone());
+        let (top_sim, top_idx) = sim.topk_with_indices(k, 1);
+        let neighbour_labels = train_y
+            .clone()
+            .select(0, top_idx.reshape([b * k]))
+            .reshape([b, k]);
+        let votes: Tensor<3> = neighbour_labels.one_hot::<3>(classes).float();
+        let weights = top_sim
+            .div_scalar(config.temperature)
+            .exp()
+            .reshape([b, k, 1]);
+        let scores = votes.mul(weights).sum_dim(1).reshape([b, classes]);
+        let predicted = scores.argmax(1).reshape([b]);
+        let truth = test_y.clone().narrow(0, start, b);
+        correct += predicted.equal(truth).int().sum().into_scalar::<i64>();
+    }
+    Ok(correct as f64 / n_test as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn feats(rows: &[[f32; 2]], device: &Device) -> Tensor<2> {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let t = Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), 2]), device);
+        let norm = t.clone().powf_scalar(2.0).sum_dim(1).sqrt();
+        t.div(norm)
+    }
+
+    fn labels(v: &[i64], device: &Device) -> Tensor<1, Int> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+    }
+
+    #[test]
+    fn weighted_votes_pick_the_heavier_class() {
+        let device = Device::flex();
+        // Class 0 points east, class 1 north; one class-1 point sits close to east.
+        let train = feats(
+            &[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [1.0, 0.05]],
+            &device,
+        );
+        let train_y = labels(&[0, 0, 1, 1, 1], &device);
+        // Test: east (true 0), north (true 1), north-east leaning north (true 1).
+        let test = feats(&[[1.0, 0.02], [0.05, 1.0], [0.6, 1.0]], &device);
+        let test_y = labels(&[0, 1, 1], &device);
+        let config = KnnConfig {
+            k: 3,
+            temperature: 0.1,
+            batch_size: 2,
+        };
+        let acc = accuracy((&train, &train_y), (&test, &test_y), 2, &config).unwrap();
+        // East: neighbours 0, 0, 1 (the close class-1 point): weights favour class 0 (two
+        // votes at similarity ~1). North: 1, 1 and a far 0. North-east: 1, 1 win.
+        assert_eq!(acc, 1.0);
+        // With k = 1 and a test point nearest to the stray class-1 point, the vote flips.
+        let stray = feats(&[[1.0, 0.05]], &device);
+        let one = KnnConfig { k: 1, ..config };
+        let acc = accuracy(
+            (&train, &train_y),
+            (&stray, &labels(&[0], &device)),
+            2,
+            &one,
+        )
+        .unwrap();
+        assert_eq!(acc, 0.0);
+    }
+}

@@ -23,6 +23,15 @@ pub fn cpu() -> Device {
     Device::flex().autodiff()
 }
 
+/// "cpu" or "cuda": what a recipe adapts its defaults to.
+pub fn kind(device: &Device) -> &'static str {
+    if *device == Device::flex() {
+        "cpu"
+    } else {
+        "cuda"
+    }
+}
+
 /// The device for `choice`, and a sentence saying which it is and why.
 pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
     match choice {

@@ -15,6 +15,15 @@ pub mod config_api {
 
     use super::resolve;
 
+    /// The kind of device the run is on, `"cpu"` or `"cuda"`, so a recipe can pick defaults.
+    ///
+    /// ```rhai
+    /// let on_gpu = device_kind() == "cuda";
+    /// ```
+    pub fn device_kind() -> String {
+        crate::device::kind(&session::device()).to_string()
+    }
+
     /// The script's configuration: `defaults` with every `--set key=value` from the command
     /// line applied. A `--set` key that is not in `defaults`, or a value that does not parse
     /// as the default's type (int, float, bool, string), is an error.

@@ -180,8 +180,15 @@ impl Loader {
         let order: Arc<[usize]> = self.order(epoch).into();
         let stop = Arc::new(AtomicBool::new(false));
         let capacity = self.config.prefetch.div_ceil(n_workers.max(1)).max(1);
-        let mut receivers = Vec::with_capacity(n_workers);
-        let mut handles = Vec::with_capacity(n_workers);
+        let mut iter = EpochIter {
+            receivers: Vec::with_capacity(n_workers),
+            handles: Vec::with_capacity(n_workers),
+            stop: stop.clone(),
+            next: start_batch,
+            start: start_batch,
+            end,
+            failed: false,
+        };
         for k in 0..n_workers {
             let (tx, rx) = sync_channel(capacity);
             let job = Job {
@@ -196,35 +203,12 @@ impl Loader {
                 .name(format!("sslhost-loader-{k}"))
                 .spawn(move || job.run(tx))
                 .map_err(|e| Error::Other(format!("loader: cannot start a thread: {e}")));
-            match handle {
-                Ok(h) => {
-                    receivers.push(rx);
-                    handles.push(h);
-                }
-                Err(e) => {
-                    // Dropping what was started stops and joins it.
-                    drop(EpochIter {
-                        receivers,
-                        handles,
-                        stop,
-                        next: start_batch,
-                        start: start_batch,
-                        end,
-                        failed: false,
-                    });
-                    return Err(e);
-                }
-            }
+            // On an error, dropping `iter` stops and joins the threads already started.
+            let h = handle?;
+            iter.receivers.push(rx);
+            iter.handles.push(h);
         }
-        Ok(EpochIter {
-            receivers,
-            handles,
-            stop,
-            next: start_batch,
-            start: start_batch,
-            end,
-            failed: false,
-        })
+        Ok(iter)
     }
 
     /// Like [`Loader::epoch`], uploading each batch to `device` as it is taken.

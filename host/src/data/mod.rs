@@ -115,17 +115,37 @@ impl Dataset {
                 labels.len()
             )));
         }
+        let images = Images::Memory {
+            pixels: pixels.into(),
+            channels,
+        };
+        Self::assemble(
+            name,
+            source.into(),
+            labels,
+            class_names,
+            images,
+            [height, width],
+        )
+    }
+
+    /// A dataset from checked parts (labels are checked against the class count here).
+    fn assemble(
+        name: String,
+        source: String,
+        labels: Vec<i64>,
+        class_names: Vec<String>,
+        images: Images,
+        [height, width]: [usize; 2],
+    ) -> Result<Self> {
         check_labels(&name, &labels, class_names.len())?;
         Ok(Dataset {
             name,
-            source: source.into(),
+            source,
             class_names: class_names.into(),
             len: labels.len(),
             labels: labels.into(),
-            images: Images::Memory {
-                pixels: pixels.into(),
-                channels,
-            },
+            images,
             expand_grey: false,
             height,
             width,
@@ -153,20 +173,17 @@ impl Dataset {
                 labels.len()
             )));
         }
-        check_labels(&name, &labels, class_names.len())?;
-        Ok(Dataset {
+        let images = Images::Files {
+            paths: paths.into(),
+        };
+        Self::assemble(
             name,
-            source: source.into(),
-            class_names: class_names.into(),
-            len: labels.len(),
-            labels: labels.into(),
-            images: Images::Files {
-                paths: paths.into(),
-            },
-            expand_grey: false,
-            height: size,
-            width: size,
-        })
+            source.into(),
+            labels,
+            class_names,
+            images,
+            [size, size],
+        )
     }
 
     /// The same dataset with grey images expanded to three equal channels (colour images

@@ -29,6 +29,9 @@ enum Command {
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Where run directories are created (`<runs>/<recipe>-<time>/`).
+        #[arg(long, value_name = "DIR", default_value = "runs")]
+        runs: PathBuf,
         /// Directory holding the dataset's files (else $SSLHOST_DATA, then standard places).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
@@ -85,6 +88,7 @@ fn execute(cli: Cli) -> Result<()> {
             script,
             device,
             seed,
+            runs,
             data,
             set,
         } => {
@@ -94,6 +98,7 @@ fn execute(cli: Cli) -> Result<()> {
             let session = Session::new(device, seed)
                 .with_overrides(set)
                 .with_data_root(data);
+            sslhost::train::current::begin(&script, &engine::read_script(&script)?, &runs);
             let _ = engine::run_file(&script, session)?;
             if has_overrides && sslhost::session::resolved_config().is_none() {
                 return Err(Error::Other(format!(

@@ -77,6 +77,27 @@ pub mod run_api {
         })
     }
 
+    /// Records metrics for `step`: appended to `metrics.jsonl` in the run directory (created
+    /// on first use, under `runs/`) and printed. Values may be numbers, strings, bools or
+    /// one-element tensors (read with `item()`: a device sync).
+    ///
+    /// ```rhai
+    /// if b.step % 50 == 0 { log(b.step, #{ loss: loss, lr: rate }); }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn log(step: i64, values: Map) -> RhaiResult<()> {
+        run(|| {
+            let step = count(step, "log step")? as u64;
+            let json = super::metrics_json(&values)?;
+            if let Some(written) = crate::train::current::with_dir(|d| d.log(step, &json)) {
+                written?;
+            }
+            let shown: Vec<String> = json.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            tracing::info!("step {step}: {}", shown.join(", "));
+            Ok(())
+        })
+    }
+
     /// Weighted kNN top-1 accuracy of `encoder`'s embeddings: each `test` image votes with
     /// its `k` most cosine-similar `train` images weighted by `exp(sim / temperature)`.
     /// Options: `k` (200), `temperature` (0.1), `batch_size` (256), `transform` (applied to
@@ -176,4 +197,31 @@ fn knn(
         e.set_training(mode);
     }
     result
+}
+
+/// Script metric values as JSON: numbers, strings, bools and one-element tensors.
+fn metrics_json(
+    values: &rhai::Map,
+) -> crate::error::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in values {
+        let value = if let Ok(f) = v.as_float() {
+            serde_json::json!(f)
+        } else if let Ok(i) = v.as_int() {
+            serde_json::json!(i)
+        } else if let Ok(b) = v.as_bool() {
+            serde_json::json!(b)
+        } else if let Some(t) = v.clone().try_cast::<crate::tensor::DynTensor>() {
+            serde_json::json!(t.item()?)
+        } else if v.is_string() {
+            serde_json::json!(v.to_string())
+        } else {
+            return Err(Error::Invalid(format!(
+                "log: `{k}` must be a number, string, bool or one-element tensor, got {}",
+                v.type_name()
+            )));
+        };
+        out.insert(k.to_string(), value);
+    }
+    Ok(out)
 }

@@ -1,4 +1,6 @@
-//! Runs: checkpoint files, evaluation (kNN), and (later) the run directory and metrics.
+//! Runs: the run directory and metrics, checkpoint files, evaluation (kNN).
 
+pub mod current;
 pub mod knn;
+pub mod run_dir;
 pub mod tensor_file;

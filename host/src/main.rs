@@ -29,6 +29,9 @@ enum Command {
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Continue the run in this directory from its last checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
         /// Where run directories are created (`<runs>/<recipe>-<time>/`).
         #[arg(long, value_name = "DIR", default_value = "runs")]
         runs: PathBuf,
@@ -88,6 +91,7 @@ fn execute(cli: Cli) -> Result<()> {
             script,
             device,
             seed,
+            resume,
             runs,
             data,
             set,
@@ -95,10 +99,23 @@ fn execute(cli: Cli) -> Result<()> {
             let (device, why) = device::select(device)?;
             tracing::info!("device: {why}");
             let has_overrides = !set.is_empty();
-            let session = Session::new(device, seed)
+            let mut session = Session::new(device, seed)
                 .with_overrides(set)
                 .with_data_root(data);
-            sslhost::train::current::begin(&script, &engine::read_script(&script)?, &runs);
+            let text = engine::read_script(&script)?;
+            match resume {
+                Some(dir) => {
+                    let run = sslhost::train::run_dir::RunDir::open(&dir)?;
+                    let checkpoint = run.checkpoints_dir().join("last.safetensors");
+                    if !checkpoint.is_file() {
+                        return Err(Error::file(&checkpoint, "no checkpoint to resume from"));
+                    }
+                    session.resume_from = Some(checkpoint);
+                    session.saved_config = Some(run.read_config()?);
+                    sslhost::train::current::resume(run, &script, &text);
+                }
+                None => sslhost::train::current::begin(&script, &text, &runs),
+            }
             let _ = engine::run_file(&script, session)?;
             if has_overrides && sslhost::session::resolved_config().is_none() {
                 return Err(Error::Other(format!(

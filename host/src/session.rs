@@ -28,6 +28,10 @@ pub struct Session {
     pub step: Option<u64>,
     /// The step `steps(..)` starts from: 0, or where a resumed run continues.
     pub start_step: u64,
+    /// The checkpoint a resumed run continues from (`--resume`).
+    pub resume_from: Option<std::path::PathBuf>,
+    /// The resolved configuration of the run being resumed: the base `config(..)` starts from.
+    pub saved_config: Option<serde_json::Value>,
 }
 
 impl Session {
@@ -42,6 +46,8 @@ impl Session {
             data_root: std::env::var_os("SSLHOST_DATA").map(Into::into),
             step: None,
             start_step: 0,
+            resume_from: None,
+            saved_config: None,
         }
     }
 

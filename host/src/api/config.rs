@@ -35,7 +35,12 @@ pub mod config_api {
     #[rhai_fn(return_raw)]
     pub fn config(defaults: Map) -> RhaiResult<Map> {
         run(|| {
-            let overrides = session::with(|s| s.overrides.clone());
+            let (overrides, saved) =
+                session::with(|s| (s.overrides.clone(), s.saved_config.clone()));
+            let defaults = match saved {
+                Some(saved) => super::with_saved(defaults, &saved)?,
+                None => defaults,
+            };
             let resolved = resolve(defaults, &overrides)?;
             let json = serde_json::to_value(Dynamic::from_map(resolved.clone()))
                 .map_err(|e| crate::error::Error::Other(format!("config: {e}")))?;
@@ -76,6 +81,22 @@ pub fn resolve(mut defaults: Map, overrides: &[(String, String)]) -> Result<Map>
             )));
         };
         defaults.insert(key.as_str().into(), new);
+    }
+    Ok(defaults)
+}
+
+/// A resumed run's saved configuration over the recipe's defaults: the run continues with
+/// the values it started with. Keys the recipe no longer has are ignored.
+pub fn with_saved(mut defaults: Map, saved: &serde_json::Value) -> Result<Map> {
+    let Some(saved) = saved.as_object() else {
+        return Ok(defaults);
+    };
+    for (key, value) in saved {
+        if let Some(old) = defaults.get_mut(key.as_str()) {
+            let restored: Dynamic = rhai::serde::to_dynamic(value)
+                .map_err(|e| Error::Invalid(format!("saved config `{key}`: {e}")))?;
+            *old = restored;
+        }
     }
     Ok(defaults)
 }

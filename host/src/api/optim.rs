@@ -18,6 +18,13 @@ pub struct OptimizerHandle {
     lr: f64,
 }
 
+impl OptimizerHandle {
+    /// The shared optimiser (for checkpoints).
+    pub fn shared(&self) -> Rc<RefCell<HostOptimizer>> {
+        self.inner.clone()
+    }
+}
+
 /// Optimisers over one or several networks.
 #[export_module]
 pub mod optim_api {

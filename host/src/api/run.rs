@@ -48,6 +48,7 @@ pub mod run_api {
 
     use crate::api::args::{RhaiResult, count, run};
     use crate::data::{Dataset, Loader};
+    use crate::error::Error;
     use crate::models::SharedNet;
     use crate::session;
 
@@ -95,6 +96,69 @@ pub mod run_api {
             let shown: Vec<String> = json.iter().map(|(k, v)| format!("{k} {v}")).collect();
             tracing::info!("step {step}: {}", shown.join(", "));
             Ok(())
+        })
+    }
+
+    /// Saves a checkpoint of the given networks and optimisers, with the step to continue
+    /// from (the one after the current step) and the random generator's position, to
+    /// `checkpoints/last.safetensors` in the run directory (atomically). Returns its path.
+    ///
+    /// ```rhai
+    /// let state = #{ online: online, target: target, predictor: predictor, opt: opt };
+    /// if (b.step + 1) % 500 == 0 { checkpoint(state); }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn checkpoint(items: Map) -> RhaiResult<String> {
+        run(|| {
+            let items = super::tracked_items(&items)?;
+            let (next, rng) =
+                session::with(|s| (s.step.map_or(s.start_step, |x| x + 1), s.rng.state()));
+            let written = crate::train::current::with_dir(|d| {
+                let path = d.checkpoints_dir().join("last.safetensors");
+                crate::train::checkpoint::save(&path, next, &rng, &items)?;
+                Ok(path)
+            });
+            match written {
+                Some(path) => {
+                    let path = path?;
+                    tracing::info!("checkpoint: {} (resumes at step {next})", path.display());
+                    Ok(path.display().to_string())
+                }
+                None => Err(Error::Invalid(
+                    "checkpoint: no run directory (only `sslhost run` creates one)".into(),
+                )),
+            }
+        })
+    }
+
+    /// On a run started with `--resume RUN_DIR`: loads the networks and optimisers from the
+    /// run's last checkpoint, restores the random generator and makes `steps(..)` continue at
+    /// the saved step. On a fresh run it changes nothing. Returns the step the loop starts at.
+    ///
+    /// ```rhai
+    /// let state = #{ online: online, target: target, predictor: predictor, opt: opt };
+    /// resume(state);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn resume(items: Map) -> RhaiResult<i64> {
+        run(|| {
+            let items = super::tracked_items(&items)?;
+            let (from, device) = session::with(|s| (s.resume_from.clone(), s.device.clone()));
+            let Some(path) = from else {
+                return Ok(0);
+            };
+            let loaded = crate::train::checkpoint::load(&path)?;
+            loaded.restore(&items, &device)?;
+            session::with(|s| {
+                s.rng = crate::tensor::HostRng::from_state(&loaded.rng);
+                s.start_step = loaded.next_step;
+            });
+            tracing::info!(
+                "resumed from {} at step {}",
+                path.display(),
+                loaded.next_step
+            );
+            Ok(loaded.next_step as i64)
         })
     }
 
@@ -197,6 +261,28 @@ fn knn(
         e.set_training(mode);
     }
     result
+}
+
+/// The networks and optimisers of a checkpoint map, sorted by key.
+fn tracked_items(
+    items: &rhai::Map,
+) -> crate::error::Result<Vec<(String, crate::train::checkpoint::Item)>> {
+    use crate::train::checkpoint::Item;
+    let mut out = Vec::new();
+    for (k, v) in items {
+        let item = if let Some(net) = v.clone().try_cast::<crate::models::SharedNet>() {
+            Item::Net(net)
+        } else if let Some(opt) = v.clone().try_cast::<crate::api::optim::OptimizerHandle>() {
+            Item::Optimizer(opt.shared())
+        } else {
+            return Err(Error::Invalid(format!(
+                "checkpoint: `{k}` must be a network or an optimiser, got {}",
+                v.type_name()
+            )));
+        };
+        out.push((k.to_string(), item));
+    }
+    Ok(out)
 }
 
 /// Script metric values as JSON: numbers, strings, bools and one-element tensors.

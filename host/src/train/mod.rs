@@ -1,5 +1,6 @@
 //! Runs: the run directory and metrics, checkpoint files, evaluation (kNN).
 
+pub mod checkpoint;
 pub mod current;
 pub mod knn;
 pub mod run_dir;

@@ -106,6 +106,16 @@ impl RunDir {
         write_atomic(&self.root.join("config.json"), text.as_bytes())
     }
 
+    /// The saved `config.json` (an empty object if the run never wrote one).
+    pub fn read_config(&self) -> Result<serde_json::Value> {
+        let path = self.root.join("config.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::file(&path, format!("not valid JSON: {e}"))),
+            Err(_) => Ok(serde_json::Value::Object(Default::default())),
+        }
+    }
+
     /// Appends one line `{"step": .., "time": .., ..values}` to `metrics.jsonl`.
     pub fn log(
         &mut self,

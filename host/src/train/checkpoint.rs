@@ -1,0 +1,197 @@
+//! Checkpoints: every tracked network and optimiser, the step to continue from and the random
+//! generator's position, in one tensor file written atomically.
+//!
+//! Names: `<key>/<param>` for networks; `<key>/<net>.<param>/first|second|steps` and
+//! `<key>/steps` for optimisers. Metadata: `format`, `next_step`, `rng`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::rc::Rc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::tensor_file::{self, NamedTensor, Values};
+use crate::error::{Error, Result};
+use crate::models::SharedNet;
+use crate::optim::{Optimizer, ParamState};
+use crate::tensor::{DynTensor, RngState};
+
+/// The format tag written into every checkpoint.
+pub const FORMAT: &str = "sslhost-checkpoint-1";
+
+/// Something a checkpoint holds.
+#[derive(Clone)]
+pub enum Item {
+    /// A network's parameters and buffers.
+    Net(SharedNet),
+    /// An optimiser's per-parameter state and step count.
+    Optimizer(Rc<RefCell<Optimizer>>),
+}
+
+/// What a checkpoint file holds besides the tracked items' tensors.
+pub struct Loaded {
+    /// The first step the resumed run executes.
+    pub next_step: u64,
+    /// The random generator's position at that step.
+    pub rng: RngState,
+    tensors: HashMap<String, NamedTensor>,
+    path: String,
+}
+
+fn float(name: String, t: &Tensor<4>) -> Result<NamedTensor> {
+    let shape = t.dims().to_vec();
+    let values = t
+        .to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("{e:?}")))?;
+    Ok(NamedTensor {
+        name,
+        shape,
+        values: Values::F32(values),
+    })
+}
+
+fn int(name: String, v: u64) -> NamedTensor {
+    NamedTensor {
+        name,
+        shape: vec![1],
+        values: Values::I64(vec![v as i64]),
+    }
+}
+
+/// Writes a checkpoint of `items` to `path` (atomically).
+pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)]) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (key, item) in items {
+        match item {
+            Item::Net(net) => {
+                for (name, t) in net.parameters() {
+                    tensors.push(float(format!("{key}/{name}"), &t.promoted4())?);
+                }
+            }
+            Item::Optimizer(opt) => {
+                let opt = opt.borrow();
+                let (state, steps) = opt.state();
+                tensors.push(int(format!("{key}/steps"), steps));
+                for (param, st) in state {
+                    let base = format!("{key}/{param}");
+                    tensors.push(int(format!("{base}/steps"), st.steps));
+                    if let Some(t) = &st.first {
+                        tensors.push(float(format!("{base}/first"), t)?);
+                    }
+                    if let Some(t) = &st.second {
+                        tensors.push(float(format!("{base}/second"), t)?);
+                    }
+                }
+            }
+        }
+    }
+    let metadata = BTreeMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("next_step".to_string(), next_step.to_string()),
+        ("rng".to_string(), rng.encode()),
+    ]);
+    tensor_file::write(path, &tensors, &metadata)
+}
+
+/// Reads a checkpoint written by [`save`].
+pub fn load(path: &Path) -> Result<Loaded> {
+    let (tensors, meta) = tensor_file::read(path)?;
+    let bad = |what: &str| Error::file(path, format!("not an sslhost checkpoint: {what}"));
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad("missing or unknown format tag"));
+    }
+    let next_step = meta
+        .get("next_step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no next_step"))?;
+    let rng = meta
+        .get("rng")
+        .and_then(|s| RngState::decode(s))
+        .ok_or_else(|| bad("no random generator state"))?;
+    Ok(Loaded {
+        next_step,
+        rng,
+        tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        path: path.display().to_string(),
+    })
+}
+
+impl Loaded {
+    fn tensor4(&self, name: &str, device: &Device) -> Result<Tensor<4>> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::file(&self.path, format!("the checkpoint has no `{name}`")))?;
+        match (&t.values, t.shape.as_slice()) {
+            (Values::F32(v), &[a, b, c, d]) => Ok(Tensor::from_data(
+                TensorData::new(v.clone(), [a, b, c, d]),
+                device,
+            )),
+            _ => Err(Error::file(
+                &self.path,
+                format!("`{name}` is not a stored float tensor"),
+            )),
+        }
+    }
+
+    fn count(&self, name: &str) -> Result<u64> {
+        match self.tensors.get(name).map(|t| &t.values) {
+            Some(Values::I64(v)) if v.len() == 1 => Ok(v[0] as u64),
+            _ => Err(Error::file(
+                &self.path,
+                format!("the checkpoint has no count `{name}`"),
+            )),
+        }
+    }
+
+    /// Loads every item from the checkpoint; an item the checkpoint lacks is an error.
+    pub fn restore(&self, items: &[(String, Item)], device: &Device) -> Result<()> {
+        for (key, item) in items {
+            match item {
+                Item::Net(net) => {
+                    let mut values = HashMap::new();
+                    for (name, t) in net.parameters() {
+                        let stored = self.tensor4(&format!("{key}/{name}"), device)?;
+                        values.insert(name, DynTensor::from_float4(stored, t.rank()));
+                    }
+                    net.load(&values)?;
+                }
+                Item::Optimizer(opt) => {
+                    let prefix = format!("{key}/");
+                    let mut state: HashMap<String, ParamState> = HashMap::new();
+                    for name in self.tensors.keys() {
+                        let Some(rest) = name.strip_prefix(&prefix) else {
+                            continue;
+                        };
+                        let Some(param) = rest.strip_suffix("/steps") else {
+                            continue;
+                        };
+                        let base = format!("{prefix}{param}");
+                        let first = format!("{base}/first");
+                        let second = format!("{base}/second");
+                        let st = ParamState {
+                            first: self
+                                .tensors
+                                .contains_key(&first)
+                                .then(|| self.tensor4(&first, device))
+                                .transpose()?,
+                            second: self
+                                .tensors
+                                .contains_key(&second)
+                                .then(|| self.tensor4(&second, device))
+                                .transpose()?,
+                            steps: self.count(name)?,
+                        };
+                        state.insert(param.to_string(), st);
+                    }
+                    let steps = self.count(&format!("{key}/steps"))?;
+                    opt.borrow_mut().set_state(state, steps);
+                }
+            }
+        }
+        Ok(())
+    }
+}

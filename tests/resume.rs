@@ -1,0 +1,116 @@
+//! Exact resume on the CPU: a run killed with SIGKILL and resumed with `--resume` produces
+//! the same per-step losses, bit for bit, as a run that was never interrupted.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const RECIPE: &str = r#"// resume test: augmentation randomness, momentum optimiser, EMA target
+let cfg = config(#{ epochs: 3, batch_size: 16 });
+let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 3 });
+let l = loader(ds, #{ batch_size: cfg.batch_size });
+let views = transform([random_resized_crop(8, #{ scale: [0.5, 1.0] }), hflip(0.5)]);
+let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8] }), linear(8, 4)]);
+let target = momentum_copy(net);
+let opt = sgd([net], #{ momentum: 0.9, weight_decay: 1e-4 });
+let state = #{ net: net, target: target, opt: opt };
+resume(state);
+for b in steps(l, cfg.epochs) {
+    let x = views.apply(b.images);
+    let loss = cross_entropy(net.forward(x), b.labels) + (target.forward(x) - net.forward(x)).pow(2).mean();
+    opt.step(loss, 0.05);
+    update_momentum(net, target, 0.9);
+    log(b.step, #{ loss: loss });
+    checkpoint(state);
+}
+"#;
+
+fn losses(run: &Path) -> BTreeMap<u64, String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = v["step"].as_u64().unwrap();
+        let loss = v["loss"].to_string();
+        // A step logged before the kill and again after the resume must agree too.
+        if let Some(old) = out.insert(step, loss.clone()) {
+            assert_eq!(old, loss, "step {step} logged twice with different losses");
+        }
+    }
+    out
+}
+
+fn only_run(runs: &Path) -> PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir(runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.pop().unwrap()
+}
+
+fn sslhost(recipe: &Path, runs: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sslhost"));
+    c.args([
+        "run",
+        recipe.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+        "--runs",
+    ])
+    .arg(runs);
+    c
+}
+
+#[test]
+fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    let dir = std::env::temp_dir().join(format!("sslhost-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+
+    // The reference: never interrupted.
+    let whole = dir.join("whole");
+    let out = sslhost(&recipe, &whole).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = losses(&only_run(&whole));
+    assert_eq!(reference.len(), 24, "3 epochs of 8 batches");
+
+    // Killed with SIGKILL once step 10 has been logged, then resumed.
+    let split = dir.join("split");
+    let mut child = sslhost(&recipe, &split)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines().map_while(Result::ok) {
+        if line.contains("step 10:") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = only_run(&split);
+    let before = losses(&run);
+    assert!(before.len() < 24, "the run was killed before its end");
+
+    let out = sslhost(&recipe, &split)
+        .arg("--resume")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resumed from"), "{stderr}");
+    let resumed = losses(&run);
+    assert_eq!(resumed, reference, "per-step losses differ after resume");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -22,7 +22,7 @@ for b in steps(l, cfg.epochs) {
     opt.step(loss, 0.05);
     update_momentum(net, target, 0.9);
     log(b.step, #{ loss: loss });
-    checkpoint(state);
+    if (b.step + 1) % 8 == 0 { checkpoint(state); }   // once an epoch
 }
 "#;
 
@@ -65,9 +65,10 @@ fn sslhost(recipe: &Path, runs: &Path) -> Command {
     c
 }
 
-#[test]
-fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
-    let dir = std::env::temp_dir().join(format!("sslhost-resume-{}", std::process::id()));
+/// Runs the recipe whole, then again stopped by `signal` once step 10 is logged, resumed with
+/// `--resume`; the per-step losses of both must be equal.
+fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("sslhost-resume-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = dir.join("recipe.rhai");
     std::fs::write(&recipe, RECIPE).unwrap();
@@ -83,24 +84,40 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let reference = losses(&only_run(&whole));
     assert_eq!(reference.len(), 24, "3 epochs of 8 batches");
 
-    // Killed with SIGKILL once step 10 has been logged, then resumed.
     let split = dir.join("split");
     let mut child = sslhost(&recipe, &split)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines().map_while(Result::ok) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref().map_while(Result::ok) {
         if line.contains("step 10:") {
             break;
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+    let code = child.wait().unwrap().code();
+    // Ctrl-C writes its own checkpoint at the step boundary, and the resume starts there.
+    let interrupted_before = if signal == "-INT" {
+        assert_eq!(code, Some(130), "{rest:?}");
+        let line = rest
+            .iter()
+            .find(|l| l.contains("checkpoint written: continue with --resume"))
+            .unwrap_or_else(|| panic!("{rest:?}"));
+        let n = line.split("interrupted before step ").nth(1).unwrap();
+        Some(n.split(';').next().unwrap().to_string())
+    } else {
+        None
+    };
     let run = only_run(&split);
     let before = losses(&run);
-    assert!(before.len() < 24, "the run was killed before its end");
+    assert!(before.len() < 24, "the run was stopped before its end");
 
     let out = sslhost(&recipe, &split)
         .arg("--resume")
@@ -110,7 +127,23 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resumed from"), "{stderr}");
+    if let Some(n) = interrupted_before {
+        assert!(
+            stderr.contains(&format!("at step {n}")),
+            "resumed elsewhere than {n}: {stderr}"
+        );
+    }
     let resumed = losses(&run);
     assert_eq!(resumed, reference, "per-step losses differ after resume");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
+    interrupted_and_resumed_matches_whole("-KILL", "kill");
+}
+
+#[test]
+fn ctrl_c_checkpoints_at_a_step_boundary_and_resumes_exactly() {
+    interrupted_and_resumed_matches_whole("-INT", "int");
 }

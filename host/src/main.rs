@@ -116,7 +116,16 @@ fn execute(cli: Cli) -> Result<()> {
                 }
                 None => sslhost::train::current::begin(&script, &text, &runs),
             }
-            let _ = engine::run_file(&script, session)?;
+            sslhost::train::current::handle_ctrl_c();
+            let result = engine::run_file(&script, session);
+            if sslhost::train::current::interrupted() {
+                // The message says where the checkpoint went; 130 is the shell's Ctrl-C code.
+                if let Err(e) = result {
+                    eprintln!("{}", render(&e));
+                }
+                std::process::exit(130);
+            }
+            let _ = result?;
             if has_overrides && sslhost::session::resolved_config().is_none() {
                 return Err(Error::Other(format!(
                     "--set was given but {} never calls config(..), so it had no effect",

@@ -26,6 +26,12 @@ impl Iterator for StepStream {
             Ok(g) => g,
             Err(_) => return Some(Err(to_rhai(Error::Other("steps: poisoned".into())))),
         };
+        if crate::train::current::interrupted() {
+            let next_step = session::with(|s| s.step.map_or(s.start_step, |x| x + 1));
+            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt(
+                next_step,
+            ))));
+        }
         let next = crate::guard::catch(|| guard.next().transpose());
         let item = next.transpose()?;
         if let Ok(b) = &item {
@@ -111,6 +117,7 @@ pub mod run_api {
     pub fn checkpoint(items: Map) -> RhaiResult<String> {
         run(|| {
             let items = super::tracked_items(&items)?;
+            crate::train::current::track(&items);
             let (next, rng) =
                 session::with(|s| (s.step.map_or(s.start_step, |x| x + 1), s.rng.state()));
             let written = crate::train::current::with_dir(|d| {
@@ -143,6 +150,7 @@ pub mod run_api {
     pub fn resume(items: Map) -> RhaiResult<i64> {
         run(|| {
             let items = super::tracked_items(&items)?;
+            crate::train::current::track(&items);
             let (from, device) = session::with(|s| (s.resume_from.clone(), s.device.clone()));
             let Some(path) = from else {
                 return Ok(0);

@@ -4,14 +4,75 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::checkpoint::{self, Item};
 use super::run_dir::RunDir;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 struct Current {
     recipe: PathBuf,
     text: String,
     runs_root: PathBuf,
     dir: Option<RunDir>,
+    tracked: Vec<(String, Item)>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C (SIGINT) ask the training loop to stop at the next step boundary, where it
+/// writes a checkpoint of the tracked state. A second Ctrl-C before that exits at once.
+pub fn handle_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: stopping at the next step boundary (Ctrl-C again to quit now)");
+    });
+}
+
+/// Whether Ctrl-C asked the run to stop.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Remembers what a checkpoint holds (`resume(#{..})`, `checkpoint(#{..})`), so Ctrl-C can
+/// save it.
+pub fn track(items: &[(String, Item)]) {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.tracked = items.to_vec();
+        }
+    });
+}
+
+/// Called at a step boundary after Ctrl-C: writes the tracked state (continuing at
+/// `next_step`) and returns the error that ends the script.
+pub fn stop_for_interrupt(next_step: u64) -> Error {
+    let tracked = CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
+    let tracked = tracked.unwrap_or_default();
+    if tracked.is_empty() {
+        return Error::Other(format!(
+            "interrupted before step {next_step}; nothing to checkpoint (the recipe calls \
+             neither resume(#{{..}}) nor checkpoint(#{{..}}))"
+        ));
+    }
+    let rng = crate::session::with(|s| s.rng.state());
+    let saved = with_dir(|d| {
+        let path = d.checkpoints_dir().join("last.safetensors");
+        checkpoint::save(&path, next_step, &rng, &tracked)?;
+        Ok(d.path().to_path_buf())
+    });
+    match saved {
+        Some(Ok(dir)) => Error::Other(format!(
+            "interrupted before step {next_step}; checkpoint written: continue with \
+             --resume {}",
+            dir.display()
+        )),
+        Some(Err(e)) => e,
+        None => Error::Other(format!("interrupted before step {next_step}")),
+    }
 }
 
 thread_local! {
@@ -26,6 +87,7 @@ pub fn begin(recipe: &Path, text: &str, runs_root: &Path) {
             text: text.to_string(),
             runs_root: runs_root.to_path_buf(),
             dir: None,
+            tracked: Vec::new(),
         })
     });
 }
@@ -43,6 +105,7 @@ pub fn resume(dir: RunDir, recipe: &Path, text: &str) {
             text: text.to_string(),
             runs_root,
             dir: Some(dir),
+            tracked: Vec::new(),
         })
     });
 }

@@ -190,10 +190,17 @@ fn run_text(
     engine.run(name, &ast)
 }
 
-/// Compiles the script at `path` (syntax, imports) without running it.
-pub fn check_file(path: &Path) -> Result<()> {
+/// `sslhost check`: compiles the script and runs it on tiny data: datasets cut to a few
+/// hundred samples, small batches, two steps of every training loop, no run directory.
+pub fn check_file(path: &Path, mut session: Session) -> Result<()> {
+    session.check = true;
     let text = read_script(path)?;
-    let mut engine = ScriptEngine::new(&base_dir(path))?;
-    engine.compile(&path.display().to_string(), &text)?;
+    let _ = run_text(
+        &path.display().to_string(),
+        &text,
+        &base_dir(path),
+        session,
+        None,
+    )?;
     Ok(())
 }

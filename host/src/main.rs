@@ -42,10 +42,16 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
-    /// Compile a script (syntax and imports) without running it.
+    /// Compile a script and run it on tiny data: two real steps, no run directory.
     Check {
         /// The script file.
         script: PathBuf,
+        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Override a key of the script's `config(..)` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
     },
 }
 
@@ -134,8 +140,14 @@ fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Check { script } => {
-            engine::check_file(&script)?;
+        Command::Check {
+            script,
+            device,
+            set,
+        } => {
+            let (device, why) = device::select(device)?;
+            tracing::info!("device: {why}");
+            engine::check_file(&script, Session::new(device, 0).with_overrides(set))?;
             println!("{}: ok", script.display());
             Ok(())
         }

@@ -32,7 +32,17 @@ pub struct Session {
     pub resume_from: Option<std::path::PathBuf>,
     /// The resolved configuration of the run being resumed: the base `config(..)` starts from.
     pub saved_config: Option<serde_json::Value>,
+    /// `sslhost check`: datasets cut to [`CHECK_SAMPLES`], batches to [`CHECK_BATCH`], loops
+    /// to [`CHECK_STEPS`] steps, and no run directory.
+    pub check: bool,
 }
+
+/// Samples per dataset under `sslhost check`.
+pub const CHECK_SAMPLES: usize = 256;
+/// Largest batch under `sslhost check`.
+pub const CHECK_BATCH: usize = 16;
+/// Steps of a training loop under `sslhost check`.
+pub const CHECK_STEPS: u64 = 2;
 
 impl Session {
     /// A session on `device` seeded with `seed`.
@@ -48,6 +58,7 @@ impl Session {
             start_step: 0,
             resume_from: None,
             saved_config: None,
+            check: false,
         }
     }
 

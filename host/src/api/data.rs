@@ -171,7 +171,10 @@ pub mod data_api {
                 split,
                 rgb: o.bool("rgb", false)?,
                 size: opt("size")?,
-                limit: opt("limit")?,
+                limit: match (opt("limit")?, session::with(|s| s.check)) {
+                    (limit, true) => Some(limit.unwrap_or(usize::MAX).min(session::CHECK_SAMPLES)),
+                    (limit, false) => limit,
+                },
                 samples: opt("samples")?,
                 classes: opt("classes")?,
                 channels: opt("channels")?,
@@ -336,7 +339,11 @@ pub mod data_api {
                     "loader: option `batch_size` is required".into(),
                 ));
             }
-            let mut config = LoaderConfig::new(o.usize("batch_size", 1)?);
+            let mut batch_size = o.usize("batch_size", 1)?;
+            if session::with(|s| s.check) {
+                batch_size = batch_size.min(session::CHECK_BATCH);
+            }
+            let mut config = LoaderConfig::new(batch_size);
             config.shuffle = o.bool("shuffle", true)?;
             config.drop_last = o.bool("drop_last", true)?;
             config.seed = match options.get("seed") {

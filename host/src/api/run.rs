@@ -32,6 +32,11 @@ impl Iterator for StepStream {
                 next_step,
             ))));
         }
+        let (check, start) = session::with(|s| (s.check, s.start_step));
+        if check && session::with(|s| s.step).is_some_and(|x| x + 1 >= start + session::CHECK_STEPS)
+        {
+            return None;
+        }
         let next = crate::guard::catch(|| guard.next().transpose());
         let item = next.transpose()?;
         if let Ok(b) = &item {
@@ -125,6 +130,17 @@ pub mod run_api {
                 crate::train::checkpoint::save(&path, next, &rng, &items)?;
                 Ok(path)
             });
+            if session::with(|s| s.check) {
+                // `sslhost check`: write and read back a checkpoint in a temporary folder.
+                let dir =
+                    std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
+                let path = dir.join("last.safetensors");
+                let saved = crate::train::checkpoint::save(&path, next, &rng, &items)
+                    .and_then(|()| crate::train::checkpoint::load(&path).map(|_| ()));
+                let _ = std::fs::remove_dir_all(&dir);
+                saved?;
+                return Ok(path.display().to_string());
+            }
             match written {
                 Some(path) => {
                     let path = path?;

@@ -23,6 +23,9 @@ pub mod models_api {
     /// A network handle; copies of the handle share the network.
     pub type Net = SharedNet;
 
+    /// MoCo's queue of keys (shared: copies of the handle enqueue into the same queue).
+    pub type Queue = std::rc::Rc<std::cell::RefCell<crate::models::Queue>>;
+
     /// A torchvision ResNet (18, 34 or 50) without its classifier: images in, features out.
     ///
     /// ```rhai
@@ -189,6 +192,55 @@ pub mod models_api {
             .into_iter()
             .map(|(k, v)| (k.into(), Dynamic::from(v)))
             .collect()
+    }
+
+    /// MoCo's queue of `size` past keys of `dim` values (random unit vectors at first).
+    ///
+    /// ```rhai
+    /// let q = queue(4096, 128);
+    /// let loss = info_nce(q1, k2, q.tensor(), 0.2);
+    /// q.enqueue(k2);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn queue(size: i64, dim: i64) -> RhaiResult<Queue> {
+        run(|| {
+            let (size, dim) = (
+                args::count(size, "queue size")?,
+                args::count(dim, "queue dim")?,
+            );
+            let q = session::with(|s| crate::models::Queue::new(size, dim, &mut s.rng, &s.device))?;
+            Ok(std::rc::Rc::new(std::cell::RefCell::new(q)))
+        })
+    }
+
+    /// The queued keys `[size, dim]`, newest first.
+    ///
+    /// ```rhai
+    /// let negatives = q.tensor();
+    /// ```
+    #[rhai_fn(name = "tensor")]
+    pub fn queue_tensor(q: &mut Queue) -> DynTensor {
+        q.borrow().tensor()
+    }
+
+    /// Adds keys `[n, dim]` at the front, dropping the `n` oldest (keys are detached).
+    ///
+    /// ```rhai
+    /// q.enqueue(cat([k1, k2], 0));
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn enqueue(q: &mut Queue, keys: DynTensor) -> RhaiResult<()> {
+        run(|| q.borrow_mut().enqueue(&keys))
+    }
+
+    /// `Queue[4096, 128]`.
+    ///
+    /// ```rhai
+    /// print(q);
+    /// ```
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn queue_to_string(q: &mut Queue) -> String {
+        format!("Queue{:?}", q.borrow().dims())
     }
 
     /// `Net(resnet(features 512))`.

@@ -298,9 +298,14 @@ fn tracked_items(
             Item::Net(net)
         } else if let Some(opt) = v.clone().try_cast::<crate::api::optim::OptimizerHandle>() {
             Item::Optimizer(opt.shared())
+        } else if let Some(q) = v
+            .clone()
+            .try_cast::<std::rc::Rc<std::cell::RefCell<crate::models::Queue>>>()
+        {
+            Item::Queue(q)
         } else {
             return Err(Error::Invalid(format!(
-                "checkpoint: `{k}` must be a network or an optimiser, got {}",
+                "checkpoint: `{k}` must be a network, an optimiser or a queue, got {}",
                 v.type_name()
             )));
         };

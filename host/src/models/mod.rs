@@ -4,8 +4,10 @@ pub mod layers;
 pub mod mlp;
 pub mod net;
 pub mod params;
+pub mod queue;
 pub mod resnet;
 
 pub use mlp::MlpConfig;
 pub use net::SharedNet;
+pub use queue::Queue;
 pub use resnet::ResNetConfig;

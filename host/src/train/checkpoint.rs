@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::tensor_file::{self, NamedTensor, Values};
 use crate::error::{Error, Result};
-use crate::models::SharedNet;
+use crate::models::{Queue, SharedNet};
 use crate::optim::{Optimizer, ParamState};
 use crate::tensor::{DynTensor, RngState};
 
@@ -27,6 +27,8 @@ pub enum Item {
     Net(SharedNet),
     /// An optimiser's per-parameter state and step count.
     Optimizer(Rc<RefCell<Optimizer>>),
+    /// A MoCo queue's keys.
+    Queue(Rc<RefCell<Queue>>),
 }
 
 /// What a checkpoint file holds besides the tracked items' tensors.
@@ -70,6 +72,11 @@ pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)
                 for (name, t) in net.parameters() {
                     tensors.push(float(format!("{key}/{name}"), &t.promoted4())?);
                 }
+            }
+            Item::Queue(q) => {
+                let keys = q.borrow().keys().clone();
+                let [n, d] = keys.dims();
+                tensors.push(float(format!("{key}/keys"), &keys.reshape([1, 1, n, d]))?);
             }
             Item::Optimizer(opt) => {
                 let opt = opt.borrow();
@@ -158,6 +165,11 @@ impl Loaded {
                         values.insert(name, DynTensor::from_float4(stored, t.rank()));
                     }
                     net.load(&values)?;
+                }
+                Item::Queue(q) => {
+                    let keys = self.tensor4(&format!("{key}/keys"), device)?;
+                    let [_, _, n, d] = keys.dims();
+                    q.borrow_mut().set(keys.reshape([n, d]))?;
                 }
                 Item::Optimizer(opt) => {
                     let prefix = format!("{key}/");

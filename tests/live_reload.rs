@@ -62,12 +62,22 @@ fn an_edit_takes_effect_between_steps_and_a_broken_one_is_rejected() {
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // Let it run a few steps on the first version.
+        // Let it run a few steps on the first version. Reading the recipe, or saving it
+        // unchanged, is not an edit: no swap may happen.
         let mut last_step = 0;
-        while last_step < 5 {
-            if let Some((s, lr)) = parse(&next_line(&rx, deadline)) {
+        let mut touched: Option<Instant> = None;
+        // Three debounce periods after the unchanged save, the run must still be on 0.1.
+        while touched.is_none_or(|t| t.elapsed() < Duration::from_millis(750)) {
+            let line = next_line(&rx, deadline);
+            assert!(!line.contains("accepted"), "a swap without an edit: {line}");
+            if let Some((s, lr)) = parse(&line) {
                 assert_eq!(lr, 0.1);
                 last_step = s;
+                if s >= 2 && touched.is_none() {
+                    let text = std::fs::read_to_string(&recipe).unwrap();
+                    std::fs::write(&recipe, text).unwrap();
+                    touched = Some(Instant::now());
+                }
             }
         }
         std::fs::write(&recipe, RECIPE.replace("{ 0.1 }", "{ 0.05 }")).unwrap();

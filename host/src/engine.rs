@@ -180,7 +180,7 @@ fn run_text(
     session::install(session);
     let mut engine = ScriptEngine::new(base)?;
     let ast = engine.compile(name, text)?;
-    let mut live = LiveFunctions::new(name, &ast);
+    let mut live = LiveFunctions::new(name, &ast).with_text(text);
     if let Some(file) = watch
         && let Err(e) = live.watch(file)
     {

@@ -44,6 +44,8 @@ pub struct Swap {
 /// The live versions of a recipe's functions.
 pub struct LiveFunctions {
     source_name: String,
+    /// The text of the running version, so saving the file unchanged is not an edit.
+    text: Option<String>,
     ast: AST,
     known: HashMap<String, Known>,
     watcher: Option<FileWatcher>,
@@ -77,6 +79,7 @@ impl LiveFunctions {
     pub fn new(source_name: &str, ast: &AST) -> Self {
         LiveFunctions {
             source_name: source_name.to_string(),
+            text: None,
             ast: ast.clone_functions_only(),
             known: HashMap::new(),
             watcher: None,
@@ -85,6 +88,12 @@ impl LiveFunctions {
             swaps: Vec::new(),
             rejected: 0,
         }
+    }
+
+    /// Remembers the text the running version was compiled from.
+    pub fn with_text(mut self, text: &str) -> Self {
+        self.text = Some(text.to_string());
+        self
     }
 
     /// Watches `file` for new versions.
@@ -193,9 +202,13 @@ impl LiveFunctions {
                 return;
             }
         };
+        if self.text.as_deref() == Some(text.as_str()) {
+            return; // saved again without a change
+        }
         match self.validate(engine, &text) {
             Ok(ast) => {
                 self.ast = ast;
+                self.text = Some(text.clone());
                 let archived = self.archive(step, &text);
                 let names: Vec<&str> = self.known.keys().map(String::as_str).collect();
                 tracing::info!(

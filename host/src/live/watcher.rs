@@ -30,7 +30,13 @@ impl FileWatcher {
         let name = file.file_name().map(|n| n.to_os_string());
         let (tx, events) = channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Only writes, creations and renames count: reading the file (as the swap itself
+            // does) must not look like an edit.
             if let Ok(event) = res
+                && matches!(
+                    event.kind,
+                    notify::EventKind::Modify(_) | notify::EventKind::Create(_)
+                )
                 && event
                     .paths
                     .iter()

@@ -1,0 +1,93 @@
+//! The stdlib losses and schedules against values computed by hand.
+
+use std::path::Path;
+
+use sslhost::engine;
+use sslhost::session::Session;
+
+fn eval(expr: &str) -> f64 {
+    let v = engine::run_source(
+        "stdlib-test",
+        expr,
+        Path::new("."),
+        Session::new(sslhost::device::cpu(), 0),
+    )
+    .unwrap_or_else(|e| panic!("{expr}: {e}"));
+    v.as_float()
+        .unwrap_or_else(|_| panic!("{expr}: not a float: {v}"))
+}
+
+fn close(expr: &str, want: f64) {
+    let got = eval(expr);
+    assert!((got - want).abs() < 1e-5, "{expr} = {got}, want {want}");
+}
+
+#[test]
+fn losses() {
+    // BYOL: 2 - 2 cos; orthogonal -> 2, equal -> 0, opposite -> 4, batch mean of the rows.
+    close(
+        "byol_loss(tensor([[1.0, 0.0]]), tensor([[0.0, 3.0]])).item()",
+        2.0,
+    );
+    close(
+        "byol_loss(tensor([[1.0, 2.0]]), tensor([[2.0, 4.0]])).item()",
+        0.0,
+    );
+    close(
+        "byol_loss(tensor([[1.0, 0.0]]), tensor([[-1.0, 0.0]])).item()",
+        4.0,
+    );
+    close(
+        "byol_loss(tensor([[1.0, 0.0], [1.0, 0.0]]), tensor([[0.0, 1.0], [1.0, 0.0]])).item()",
+        1.0,
+    );
+    close(
+        "negative_cosine_similarity(tensor([[1.0, 1.0]]), tensor([[2.0, 2.0]])).item()",
+        -1.0,
+    );
+    // Cross-entropy of equal logits over two classes: ln 2; labels as ints or whole floats.
+    close(
+        "cross_entropy(tensor([[0.0, 0.0]]), tensor([0]).int()).item()",
+        2f64.ln(),
+    );
+    close(
+        "cross_entropy(tensor([[2.0, 0.0]]), tensor([1.0])).item()",
+        2.0 + (1.0 + (-2f64).exp()).ln(),
+    );
+    // NT-Xent with z1 = z2 = I (2x2), T = 1: each view sees its partner at similarity 1 and
+    // two others at 0: -log(e / (e + 2)) = ln(e + 2) - 1.
+    close(
+        "nt_xent(tensor([[1.0, 0.0], [0.0, 1.0]]), tensor([[1.0, 0.0], [0.0, 1.0]]), 1.0).item()",
+        (std::f64::consts::E + 2.0).ln() - 1.0,
+    );
+    // The same at T = 0.5: logits 2 (partner) and 0, 0.
+    close(
+        "nt_xent(tensor([[1.0, 0.0], [0.0, 1.0]]), tensor([[1.0, 0.0], [0.0, 1.0]]), 0.5).item()",
+        (2f64.exp() + 2.0).ln() - 2.0,
+    );
+    // InfoNCE: q = k = [1, 0]; queue [0, 1] and [-1, 0]; T = 1: logits 1, 0, -1.
+    close(
+        "info_nce(tensor([[1.0, 0.0]]), tensor([[2.0, 0.0]]), tensor([[0.0, 1.0], [-1.0, 0.0]]), 1.0).item()",
+        (std::f64::consts::E + 1.0 + (-1f64).exp()).ln() - 1.0,
+    );
+}
+
+#[test]
+fn schedules_at_their_edges() {
+    close("cosine_schedule(0, 10, 1.0, 0.0)", 1.0);
+    close("cosine_schedule(9, 10, 1.0, 0.0)", 0.0);
+    close("cosine_schedule(20, 10, 1.0, 0.0)", 0.0);
+    close("cosine_schedule(5, 11, 0.99, 1.0)", 0.995);
+    // No room for a curve: the end value.
+    close("cosine_schedule(0, 1, 1.0, 0.0)", 0.0);
+    close("cosine_schedule(0, 0, 0.5, 0.25)", 0.25);
+    // Warm-up: peak / warmup at step 0, the peak at the last warm-up step and the first
+    // cosine step, the end value at the last step.
+    close("warmup_cosine(0, 100, 10, 1.0, 0.0)", 0.1);
+    close("warmup_cosine(9, 100, 10, 1.0, 0.0)", 1.0);
+    close("warmup_cosine(10, 100, 10, 1.0, 0.0)", 1.0);
+    close("warmup_cosine(99, 100, 10, 1.0, 0.0)", 0.0);
+    // No warm-up at all, and a warm-up as long as the run.
+    close("warmup_cosine(0, 10, 0, 1.0, 0.0)", 1.0);
+    close("warmup_cosine(4, 5, 5, 2.0, 0.0)", 2.0);
+}

@@ -22,14 +22,8 @@ impl Queue {
         }
         let values = rng.normal_vec(size * dim, 1.0);
         let keys = Tensor::<2>::from_data(TensorData::new(values, [size, dim]), device).inner();
-        let norm = keys
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
         Ok(Queue {
-            keys: keys.div(norm),
+            keys: crate::tensor::unit_rows(keys),
         })
     }
 

@@ -35,6 +35,17 @@ pub struct DynTensor {
     rank: usize,
 }
 
+/// Rows `[N, D]` scaled to unit length (`x / max(‖x‖, 1e-12)`, as `F.normalize(x, dim=1)`).
+pub fn unit_rows(x: Tensor<2>) -> Tensor<2> {
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
+    x.div(norm)
+}
+
 /// Pads a logical shape on the left with ones up to rank 4.
 pub fn padded(shape: &[usize]) -> [usize; 4] {
     let mut out = [1; 4];

@@ -55,13 +55,7 @@ pub fn embed(
             )));
         }
         let f = f.float_rank::<2>("knn")?.inner().detach();
-        let norm = f
-            .clone()
-            .powf_scalar(2.0)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        features.push(f.div(norm));
+        features.push(crate::tensor::unit_rows(f));
         labels.push(y.int_rank::<1>("knn")?.inner());
     }
     if features.is_empty() {

@@ -126,3 +126,73 @@ fn an_edit_takes_effect_between_steps_and_a_broken_one_is_rejected() {
         archived.len()
     );
 }
+
+const LOSS_RECIPE: &str = r#"// live loss test recipe
+fn objective(p, y) { (p - y).pow(2).mean() }
+
+let ds = dataset("synthetic", #{ samples: 256, classes: 2, size: 8, channels: 1 });
+let l = loader(ds, #{ batch_size: 32 });
+let net = linear(64, 1);
+let opt = sgd([net], #{ momentum: 0.9 });
+let probe = tensor([[3.0], [-1.0]]);
+for b in steps(l, 100000) {
+    let p = net.forward(b.images.reshape([32, 64]));
+    let loss = live("objective", p, b.labels.float().reshape([32, 1]));
+    opt.step(loss, 0.01);
+    print(`step ${b.step} probe ${live("objective", probe, zeros([2, 1])).item()}`);
+}
+"#;
+
+#[test]
+fn a_loss_function_can_be_swapped_while_training() {
+    let dir = std::env::temp_dir().join(format!("sslhost-live-loss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, LOSS_RECIPE).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let probe = |line: &str| -> Option<f64> { line.split("probe ").nth(1)?.trim().parse().ok() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Mean squared error of the probe: (9 + 1) / 2 = 5.
+        loop {
+            if let Some(v) = probe(&next_line(&rx, deadline)) {
+                assert_eq!(v, 5.0);
+                break;
+            }
+        }
+        // Swap in the mean absolute error: (3 + 1) / 2 = 2, and training goes on with it.
+        std::fs::write(
+            &recipe,
+            LOSS_RECIPE.replace("(p - y).pow(2).mean()", "(p - y).abs().mean()"),
+        )
+        .unwrap();
+        let mut after = 0;
+        while after < 10 {
+            if let Some(v) = probe(&next_line(&rx, deadline)) {
+                if v == 2.0 {
+                    after += 1;
+                } else {
+                    assert!(after == 0 && v == 5.0, "unexpected probe value {v}");
+                }
+            }
+        }
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&dir).ok();
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+}

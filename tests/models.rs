@@ -130,3 +130,23 @@ fn batch_norm_modes_and_running_statistics() {
         "evaluation must not update running statistics"
     );
 }
+
+#[test]
+fn an_evaluation_copy_builds_no_graph_and_uses_running_statistics() {
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(4);
+    let net = SharedNet::mlp(&MlpConfig::new(vec![3, 8, 2]), &mut rng, &device).unwrap();
+    let x = rng.randn(&[16, 3], &device).unwrap();
+    net.forward(&x).unwrap(); // one training-mode step of running statistics
+    let copy = net.evaluation_copy();
+    let out = copy.forward(&x.without_autodiff()).unwrap();
+    assert!(!out.float4("test").unwrap().is_tracked());
+    assert!(!out.float4("test").unwrap().is_autodiff());
+    assert!(net.is_training(), "the original keeps its mode");
+    net.set_training(false);
+    let want = net.forward(&x).unwrap().to_f64_vec().unwrap();
+    let got = out.to_f64_vec().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+    }
+}

@@ -189,8 +189,8 @@ pub mod run_api {
     /// Weighted kNN top-1 accuracy of `encoder`'s embeddings: each `test` image votes with
     /// its `k` most cosine-similar `train` images weighted by `exp(sim / temperature)`.
     /// Options: `k` (200), `temperature` (0.1), `batch_size` (256), `transform` (applied to
-    /// images before encoding, e.g. resize + normalize as in training). The encoder runs in
-    /// evaluation mode and is put back in the mode it was in.
+    /// images before encoding, e.g. resize + normalize as in training). A copy of the encoder
+    /// runs in evaluation mode, without autodiff; the encoder itself is untouched.
     ///
     /// ```rhai
     /// let acc = knn_accuracy(backbone, train_ds, test_ds, #{ k: 200, transform: eval_view });
@@ -256,10 +256,9 @@ fn knn(
         )));
     }
     let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
-    let was_training = encoder.map(|e| e.is_training());
-    if let Some(e) = encoder {
-        e.set_training(false);
-    }
+    // An evaluation copy: running statistics, and no autodiff graph kept per batch (a
+    // tracked forward over a whole dataset would hold every activation until a backward).
+    let encoder = encoder.map(|e| e.evaluation_copy());
     let mut encode =
         |images: crate::tensor::DynTensor| -> crate::error::Result<crate::tensor::DynTensor> {
             let images = match &transform {
@@ -269,8 +268,9 @@ fn knn(
                 ),
                 None => images,
             };
-            match encoder {
-                Some(e) => Ok(e.forward(&images)?.detach()),
+            let images = images.without_autodiff();
+            match &encoder {
+                Some(e) => e.forward(&images),
                 None => {
                     let n = images.shape()[0] as i64;
                     images.reshape(&[n, -1])
@@ -281,9 +281,6 @@ fn knn(
         let te = embed(test, config.batch_size, &device, &mut encode)?;
         accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)
     });
-    if let (Some(e), Some(mode)) = (encoder, was_training) {
-        e.set_training(mode);
-    }
     result
 }
 

@@ -298,6 +298,23 @@ impl SharedNet {
         })))
     }
 
+    /// A copy for evaluation: evaluation mode, and no autodiff at all, so forwards build no
+    /// graph (Burn keeps an autodiff graph until a backward pass consumes it). Feed it
+    /// tensors without autodiff ([`DynTensor::without_autodiff`]).
+    pub fn evaluation_copy(&self) -> SharedNet {
+        let node = self.0.borrow();
+        let net = match &node.net {
+            Net::Sequential(parts) => {
+                Net::Sequential(parts.iter().map(|p| p.evaluation_copy()).collect())
+            }
+            leaf => map_leaf!(leaf.clone(), m => m.valid()),
+        };
+        SharedNet(Rc::new(RefCell::new(Node {
+            net,
+            training: false,
+        })))
+    }
+
     /// A copy that takes no gradients: the target network of BYOL and MoCo.
     pub fn momentum_copy(&self) -> SharedNet {
         let copy = self.deep_copy();

@@ -515,6 +515,14 @@ impl DynTensor {
         Ok(self.with_float(self.float4("require_grad")?.require_grad()))
     }
 
+    /// The same values outside autodiff: ops on them build no graph.
+    pub fn without_autodiff(&self) -> Self {
+        match &self.values {
+            Values::Float(t) => self.with_float(t.clone().inner()),
+            Values::Int(t) => DynTensor::from_int4(t.clone().inner(), self.rank),
+        }
+    }
+
     /// Moves the tensor to another device.
     pub fn to_device(&self, device: &Device) -> Self {
         match &self.values {

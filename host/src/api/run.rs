@@ -277,11 +277,9 @@ fn knn(
                 }
             }
         };
-    let result = embed(train, config.batch_size, &device, &mut encode).and_then(|tr| {
-        let te = embed(test, config.batch_size, &device, &mut encode)?;
-        accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)
-    });
-    result
+    let tr = embed(train, config.batch_size, &device, &mut encode)?;
+    let te = embed(test, config.batch_size, &device, &mut encode)?;
+    accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)
 }
 
 /// The networks and optimisers of a checkpoint map, sorted by key.

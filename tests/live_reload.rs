@@ -22,7 +22,28 @@ for b in steps(l, 100000) {
 }
 "#;
 
-/// Lines of the child's stderr, with the step and lr parsed where present.
+/// Starts `sslhost run recipe` on the CPU; its stderr arrives line by line on the receiver.
+fn spawn_run(recipe: &std::path::Path) -> (std::process::Child, Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The next line of the child's stderr, or a failure at the deadline.
 fn next_line(rx: &Receiver<String>, deadline: Instant) -> String {
     let left = deadline.saturating_duration_since(Instant::now());
     rx.recv_timeout(left)
@@ -44,22 +65,7 @@ fn an_edit_takes_effect_between_steps_and_a_broken_one_is_rejected() {
     let recipe = dir.join("recipe.rhai");
     std::fs::write(&recipe, RECIPE).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_run(&recipe);
     let deadline = Instant::now() + Duration::from_secs(120);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // Let it run a few steps on the first version. Reading the recipe, or saving it
@@ -149,21 +155,7 @@ fn a_loss_function_can_be_swapped_while_training() {
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = dir.join("recipe.rhai");
     std::fs::write(&recipe, LOSS_RECIPE).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_run(&recipe);
     let deadline = Instant::now() + Duration::from_secs(120);
     let probe = |line: &str| -> Option<f64> { line.split("probe ").nth(1)?.trim().parse().ok() };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

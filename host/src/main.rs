@@ -112,7 +112,7 @@ fn execute(cli: Cli) -> Result<()> {
             match resume {
                 Some(dir) => {
                     let run = sslhost::train::run_dir::RunDir::open(&dir)?;
-                    let checkpoint = run.checkpoints_dir().join("last.safetensors");
+                    let checkpoint = run.last_checkpoint();
                     if !checkpoint.is_file() {
                         return Err(Error::file(&checkpoint, "no checkpoint to resume from"));
                     }

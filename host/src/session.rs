@@ -70,6 +70,12 @@ impl Session {
         self
     }
 
+    /// The step the loop runs next: the one after the current step, or the start step
+    /// before the loop begins. A checkpoint continues from here.
+    pub fn next_step(&self) -> u64 {
+        self.step.map_or(self.start_step, |s| s + 1)
+    }
+
     /// The same session with `--set` overrides.
     pub fn with_overrides(mut self, overrides: Vec<(String, String)>) -> Self {
         self.overrides = overrides;

@@ -27,10 +27,7 @@ impl Iterator for StepStream {
             Err(_) => return Some(Err(to_rhai(Error::Other("steps: poisoned".into())))),
         };
         if crate::train::current::interrupted() {
-            let next_step = session::with(|s| s.step.map_or(s.start_step, |x| x + 1));
-            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt(
-                next_step,
-            ))));
+            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
         }
         let (check, start) = session::with(|s| (s.check, s.start_step));
         if check && session::with(|s| s.step).is_some_and(|x| x + 1 >= start + session::CHECK_STEPS)
@@ -123,15 +120,9 @@ pub mod run_api {
         run(|| {
             let items = super::tracked_items(&items)?;
             crate::train::current::track(&items);
-            let (next, rng) =
-                session::with(|s| (s.step.map_or(s.start_step, |x| x + 1), s.rng.state()));
-            let written = crate::train::current::with_dir(|d| {
-                let path = d.checkpoints_dir().join("last.safetensors");
-                crate::train::checkpoint::save(&path, next, &rng, &items)?;
-                Ok(path)
-            });
             if session::with(|s| s.check) {
                 // `sslhost check`: write and read back a checkpoint in a temporary folder.
+                let (next, rng) = session::with(|s| (s.next_step(), s.rng.state()));
                 let dir =
                     std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
                 let path = dir.join("last.safetensors");
@@ -141,12 +132,8 @@ pub mod run_api {
                 saved?;
                 return Ok(path.display().to_string());
             }
-            match written {
-                Some(path) => {
-                    let path = path?;
-                    tracing::info!("checkpoint: {} (resumes at step {next})", path.display());
-                    Ok(path.display().to_string())
-                }
+            match crate::train::current::save_checkpoint(&items) {
+                Some(path) => Ok(path?.display().to_string()),
                 None => Err(Error::Invalid(
                     "checkpoint: no run directory (only `sslhost run` creates one)".into(),
                 )),

@@ -47,9 +47,22 @@ pub fn track(items: &[(String, Item)]) {
     });
 }
 
-/// Called at a step boundary after Ctrl-C: writes the tracked state (continuing at
-/// `next_step`) and returns the error that ends the script.
-pub fn stop_for_interrupt(next_step: u64) -> Error {
+/// Writes `items` to the run directory's last checkpoint, continuing at the session's next
+/// step with its random state. `None` when there is no run directory.
+pub fn save_checkpoint(items: &[(String, Item)]) -> Option<Result<PathBuf>> {
+    let (next, rng) = crate::session::with(|s| (s.next_step(), s.rng.state()));
+    with_dir(|d| {
+        let path = d.last_checkpoint();
+        checkpoint::save(&path, next, &rng, items)?;
+        tracing::info!("checkpoint: {} (resumes at step {next})", path.display());
+        Ok(path)
+    })
+}
+
+/// Called at a step boundary after Ctrl-C: writes the tracked state and returns the error
+/// that ends the script.
+pub fn stop_for_interrupt() -> Error {
+    let next_step = crate::session::with(|s| s.next_step());
     let tracked = CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
     let tracked = tracked.unwrap_or_default();
     if tracked.is_empty() {
@@ -58,17 +71,11 @@ pub fn stop_for_interrupt(next_step: u64) -> Error {
              neither resume(#{{..}}) nor checkpoint(#{{..}}))"
         ));
     }
-    let rng = crate::session::with(|s| s.rng.state());
-    let saved = with_dir(|d| {
-        let path = d.checkpoints_dir().join("last.safetensors");
-        checkpoint::save(&path, next_step, &rng, &tracked)?;
-        Ok(d.path().to_path_buf())
-    });
-    match saved {
-        Some(Ok(dir)) => Error::Other(format!(
+    match save_checkpoint(&tracked) {
+        Some(Ok(_)) => Error::Other(format!(
             "interrupted before step {next_step}; checkpoint written: continue with \
              --resume {}",
-            dir.display()
+            dir_path().unwrap_or_default().display()
         )),
         Some(Err(e)) => e,
         None => Error::Other(format!("interrupted before step {next_step}")),

@@ -100,6 +100,11 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
+    /// The checkpoint a run continues from: `checkpoints/last.safetensors`.
+    pub fn last_checkpoint(&self) -> PathBuf {
+        self.checkpoints_dir().join("last.safetensors")
+    }
+
     /// Writes the resolved configuration as `config.json`.
     pub fn write_config(&self, config: &serde_json::Value) -> Result<()> {
         let text = serde_json::to_string_pretty(config).expect("json values serialise");

@@ -465,36 +465,26 @@ impl DynTensor {
         }
     }
 
-    /// Integer class labels from an int tensor or a float tensor of whole numbers.
-    pub fn labels(&self, op: &str) -> Result<Tensor<4, Int>> {
-        match &self.values {
-            Values::Int(t) => Ok(t.clone()),
-            Values::Float(_) => {
-                let v = self.to_f64_vec()?;
-                if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
-                    return Err(Error::Dtype(format!(
-                        "{op}: labels must be whole numbers, found {x}"
-                    )));
-                }
-                Ok(self.to_int().int4(op)?)
-            }
-        }
-    }
-
-    /// One-hot float rows `[.., num_classes]` from integer labels.
+    /// One-hot float rows `[.., num_classes]` from integer labels: an int tensor, or a float
+    /// tensor of whole numbers. Reads the labels once to check them.
     pub fn one_hot(&self, num_classes: usize) -> Result<Self> {
         if self.rank >= MAX_RANK {
             return Err(Error::Shape(
                 "one_hot of a rank-4 tensor would be rank 5".into(),
             ));
         }
-        let labels = self.labels("one_hot")?;
         let v = self.to_f64_vec()?;
+        if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+            return Err(Error::Dtype(format!(
+                "one_hot: labels must be whole numbers, found {x}"
+            )));
+        }
         if let Some(x) = v.iter().find(|&&x| x < 0.0 || x >= num_classes as f64) {
             return Err(Error::Invalid(format!(
                 "one_hot: label {x} is outside 0..{num_classes}"
             )));
         }
+        let labels = self.to_int().int4("one_hot")?;
         let flat: Tensor<1, Int> = labels.reshape([self.numel()]);
         let hot: Tensor<2> = flat.one_hot::<2>(num_classes).float();
         let mut s = self.shape();

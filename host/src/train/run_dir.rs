@@ -1,5 +1,6 @@
 //! The run directory: `runs/<recipe>-<UTC time>/` with the resolved config, a copy of the
-//! recipe, metrics as JSON lines, archived live edits and checkpoints.
+//! recipe, metrics as JSON lines (and as TensorBoard scalars), archived live edits and
+//! checkpoints.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -8,11 +9,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::train::tensor_file::write_atomic;
+use crate::train::tensorboard::{self, EventWriter};
 
 /// An open run directory.
 pub struct RunDir {
     root: PathBuf,
     metrics: File,
+    /// This session's TensorBoard event file, created at the first logged scalar (a resumed
+    /// run writes a new one).
+    events: Option<EventWriter>,
 }
 
 /// `YYYY-MM-DDTHH-MM-SS` (UTC) for a time in seconds since the Unix epoch; dashes instead of
@@ -82,6 +87,7 @@ impl RunDir {
         Ok(RunDir {
             root: root.to_path_buf(),
             metrics,
+            events: None,
         })
     }
 
@@ -121,22 +127,33 @@ impl RunDir {
         }
     }
 
-    /// Appends one line `{"step": .., "time": .., ..values}` to `metrics.jsonl`.
+    /// Appends one line `{"step": .., "time": .., ..values}` to `metrics.jsonl`, and the
+    /// numeric values as scalars to the TensorBoard event file.
     pub fn log(
         &mut self,
         step: u64,
         values: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<()> {
+        let time = now_secs();
         let mut line = serde_json::Map::new();
         line.insert("step".into(), step.into());
-        line.insert("time".into(), now_secs().into());
+        line.insert("time".into(), time.into());
         for (k, v) in values {
             line.insert(k.clone(), v.clone());
         }
         let path = self.root.join("metrics.jsonl");
         writeln!(self.metrics, "{}", serde_json::Value::Object(line))
             .and_then(|()| self.metrics.flush())
-            .map_err(|e| Error::file(&path, format!("cannot append: {e}")))
+            .map_err(|e| Error::file(&path, format!("cannot append: {e}")))?;
+        let scalars = tensorboard::scalars(values);
+        if scalars.is_empty() {
+            return Ok(());
+        }
+        let events = match &mut self.events {
+            Some(w) => w,
+            None => self.events.insert(EventWriter::create(&self.root, time)?),
+        };
+        events.add_scalars(step, time, &scalars)
     }
 }
 

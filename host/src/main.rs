@@ -123,7 +123,9 @@ fn execute(cli: Cli) -> Result<()> {
                 None => sslhost::train::current::begin(&script, &text, &runs),
             }
             sslhost::train::current::handle_ctrl_c();
-            let result = engine::run_file(&script, session);
+            let result = sslhost::guard::catch(|| engine::run_file(&script, session));
+            // Every way the script ended: draw the curves.
+            sslhost::train::current::finish();
             if sslhost::train::current::interrupted() {
                 // The message says where the checkpoint went; 130 is the shell's Ctrl-C code.
                 if let Err(e) = result {

@@ -141,6 +141,20 @@ pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>
     })
 }
 
+/// Ends the run, however the script ended (finished, failed, Ctrl-C): if the run directory
+/// exists, draws `curves.png` from its metrics. Drawing never fails the run: a problem is a
+/// warning.
+pub fn finish() {
+    let Some(dir) = dir_path() else {
+        return;
+    };
+    match crate::guard::catch(|| super::curves::render_run(&dir)) {
+        Ok(Some(path)) => tracing::info!("curves: {}", path.display()),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("curves.png not drawn: {e}"),
+    }
+}
+
 /// The run directory's path, if it exists yet.
 pub fn dir_path() -> Option<PathBuf> {
     CURRENT.with(|c| {

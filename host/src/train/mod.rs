@@ -1,8 +1,9 @@
-//! Runs: the run directory and metrics (JSON lines, TensorBoard), checkpoint files,
-//! evaluation (kNN).
+//! Runs: the run directory and metrics (JSON lines, TensorBoard, curves), checkpoint
+//! files, evaluation (kNN).
 
 pub mod checkpoint;
 pub mod current;
+pub mod curves;
 pub mod knn;
 pub mod run_dir;
 pub mod tensor_file;

@@ -21,6 +21,51 @@ fn parameter_counts_equal_torchvision_without_fc() {
 }
 
 #[test]
+fn blocks_and_stem_stride_shape_the_network() {
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(3);
+    let base = ResNetConfig {
+        cifar_stem: true,
+        widths: [4, 8, 16, 32],
+        ..ResNetConfig::new(18)
+    };
+    let full = resnet(&base);
+    let ten = resnet(&ResNetConfig {
+        blocks: Some([1, 1, 1, 1]),
+        ..base.clone()
+    });
+    // One block per stage: each stage loses one basic block: two 3x3 convs and two BNs (weight, bias).
+    let block = |c: usize| 2 * (9 * c * c) + 2 * (2 * c);
+    assert_eq!(
+        full.num_params() - ten.num_params(),
+        block(4) + block(8) + block(16) + block(32)
+    );
+    assert!(
+        !ten.parameters()
+            .into_iter()
+            .any(|(n, _)| n.starts_with("layer1.1."))
+    );
+    // A stride-2 stem halves the 16x16 map; the output stays [N, features].
+    let strided = resnet(&ResNetConfig {
+        stem_stride: 2,
+        ..base.clone()
+    });
+    let x = rng.randn(&[2, 3, 16, 16], &device).unwrap();
+    assert_eq!(strided.forward(&x).unwrap().shape(), vec![2, 32]);
+    assert!(
+        SharedNet::resnet(
+            &ResNetConfig {
+                blocks: Some([1, 0, 1, 1]),
+                ..base
+            },
+            &mut rng,
+            &device
+        )
+        .is_err()
+    );
+}
+
+#[test]
 fn parameter_names_follow_torchvision() {
     let names: Vec<String> = resnet(&ResNetConfig::new(18))
         .parameters()

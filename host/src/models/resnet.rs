@@ -20,6 +20,12 @@ pub struct ResNetConfig {
     pub in_channels: usize,
     /// Channels of the four stages (torchvision: 64, 128, 256, 512).
     pub widths: [usize; 4],
+    /// Blocks per stage instead of the depth's layout (e.g. `[1, 1, 1, 1]`, a ResNet-10);
+    /// the depth still picks basic (18, 34) or bottleneck (50) blocks.
+    pub blocks: Option<[usize; 4]>,
+    /// Stride of the CIFAR stem's 3x3 conv (1 by default; 2 halves every feature map, a 4x
+    /// cheaper network for 28x28 or 32x32 inputs).
+    pub stem_stride: usize,
 }
 
 /// A residual block: basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1; expansion 4).
@@ -62,19 +68,24 @@ impl ResNetConfig {
             cifar_stem: false,
             in_channels: 3,
             widths: [64, 128, 256, 512],
+            blocks: None,
+            stem_stride: 1,
         }
     }
 
     /// Blocks per stage and whether blocks are bottlenecks.
     fn layout(&self) -> Result<([usize; 4], bool)> {
-        match self.depth {
-            18 => Ok(([2, 2, 2, 2], false)),
-            34 => Ok(([3, 4, 6, 3], false)),
-            50 => Ok(([3, 4, 6, 3], true)),
-            d => Err(Error::Invalid(format!(
-                "resnet depth must be 18, 34 or 50, got {d}"
-            ))),
-        }
+        let (blocks, bottleneck) = match self.depth {
+            18 => ([2, 2, 2, 2], false),
+            34 => ([3, 4, 6, 3], false),
+            50 => ([3, 4, 6, 3], true),
+            d => {
+                return Err(Error::Invalid(format!(
+                    "resnet depth must be 18, 34 or 50, got {d}"
+                )));
+            }
+        };
+        Ok((self.blocks.unwrap_or(blocks), bottleneck))
     }
 
     /// The width of the backbone's output.
@@ -92,8 +103,15 @@ impl ResNetConfig {
                 self.in_channels, self.widths
             )));
         }
+        if blocks.contains(&0) || self.stem_stride == 0 {
+            return Err(Error::Invalid(format!(
+                "resnet blocks and stem_stride must be positive: blocks {blocks:?}, \
+                 stem_stride {}",
+                self.stem_stride
+            )));
+        }
         let stem = if self.cifar_stem {
-            Conv2dConfig::new(self.in_channels, self.widths[0], 3)
+            Conv2dConfig::new(self.in_channels, self.widths[0], 3).with_stride(self.stem_stride)
         } else {
             Conv2dConfig::new(self.in_channels, self.widths[0], 7).with_stride(2)
         };

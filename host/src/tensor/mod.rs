@@ -46,6 +46,22 @@ pub fn unit_rows(x: Tensor<2>) -> Tensor<2> {
     x.div(norm)
 }
 
+/// Row-major values of a float tensor of any rank, as `f32` (reads the device).
+pub fn float_values<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
+    x.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("{e:?}")))
+}
+
+/// Row-major values of an integer tensor of any rank, as `i64` (reads the device).
+pub fn int_values<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
+    x.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .map_err(|e| Error::Backend(format!("{e:?}")))
+}
+
 /// Pads a logical shape on the left with ones up to rank 4.
 pub fn padded(shape: &[usize]) -> [usize; 4] {
     let mut out = [1; 4];

@@ -74,6 +74,20 @@ pub fn accuracy(
     classes: usize,
     config: &KnnConfig,
 ) -> Result<f64> {
+    // On the CPU, a partial selection on the host (O(n) per row) beats a full sort of every
+    // row, which is how the backend's top-k works (it took most of a 10-minute run's kNN).
+    let on_host = crate::device::kind(&train.0.device()) == "cpu";
+    vote(train, test, classes, config, on_host)
+}
+
+/// The kNN vote with the top-k taken on the host or on the device.
+fn vote(
+    train: (&Tensor<2>, &Tensor<1, Int>),
+    test: (&Tensor<2>, &Tensor<1, Int>),
+    classes: usize,
+    config: &KnnConfig,
+    on_host: bool,
+) -> Result<f64> {
     let (train_f, train_y) = train;
     let (test_f, test_y) = test;
     let [n_train, d] = train_f.dims();
@@ -91,26 +105,84 @@ pub fn accuracy(
     }
     let k = config.k.min(n_train);
     let bank = train_f.clone().transpose();
+    let host_labels = if on_host {
+        Some(crate::tensor::int_values(train_y.clone())?)
+    } else {
+        None
+    };
     let mut correct = 0i64;
     for start in (0..n_test).step_by(config.batch_size.max(1)) {
         let b = config.batch_size.min(n_test - start);
         let sim = test_f.clone().narrow(0, start, b).matmul(bank.clone());
-        let (top_sim, top_idx) = sim.topk_with_indices(k, 1);
-        let neighbour_labels = train_y
-            .clone()
-            .select(0, top_idx.reshape([b * k]))
-            .reshape([b, k]);
-        let votes: Tensor<3> = neighbour_labels.one_hot::<3>(classes).float();
-        let weights = top_sim
-            .div_scalar(config.temperature)
-            .exp()
-            .reshape([b, k, 1]);
-        let scores = votes.mul(weights).sum_dim(1).reshape([b, classes]);
-        let predicted = scores.argmax(1).reshape([b]);
         let truth = test_y.clone().narrow(0, start, b);
-        correct += predicted.equal(truth).int().sum().into_scalar::<i64>();
+        correct += match &host_labels {
+            Some(labels) => {
+                let sim = crate::tensor::float_values(sim)?;
+                let truth = crate::tensor::int_values(truth)?;
+                let votes = Votes {
+                    labels,
+                    classes,
+                    k,
+                    temperature: config.temperature,
+                };
+                sim.chunks(n_train)
+                    .zip(&truth)
+                    .filter(|(row, t)| votes.predict(row) as i64 == **t)
+                    .count() as i64
+            }
+            None => {
+                let (top_sim, top_idx) = sim.topk_with_indices(k, 1);
+                let neighbour_labels = train_y
+                    .clone()
+                    .select(0, top_idx.reshape([b * k]))
+                    .reshape([b, k]);
+                let votes: Tensor<3> = neighbour_labels.one_hot::<3>(classes).float();
+                let weights = top_sim
+                    .div_scalar(config.temperature)
+                    .exp()
+                    .reshape([b, k, 1]);
+                let scores = votes.mul(weights).sum_dim(1).reshape([b, classes]);
+                let predicted = scores.argmax(1).reshape([b]);
+                predicted.equal(truth).int().sum().into_scalar::<i64>()
+            }
+        };
     }
     Ok(correct as f64 / n_test as f64)
+}
+
+/// The weighted vote of one test row's `k` most similar training rows, on the host.
+struct Votes<'a> {
+    labels: &'a [i64],
+    classes: usize,
+    k: usize,
+    temperature: f64,
+}
+
+impl Votes<'_> {
+    /// The predicted class for one row of similarities to every training embedding.
+    fn predict(&self, similarities: &[f32]) -> usize {
+        let mut order: Vec<u32> = (0..similarities.len() as u32).collect();
+        let by_similarity =
+            |a: &u32, b: &u32| similarities[*b as usize].total_cmp(&similarities[*a as usize]);
+        if self.k < order.len() {
+            order.select_nth_unstable_by(self.k - 1, by_similarity);
+        }
+        let mut scores = vec![0.0f64; self.classes];
+        for &i in &order[..self.k] {
+            let label = self.labels[i as usize];
+            if let Some(score) = usize::try_from(label).ok().and_then(|l| scores.get_mut(l)) {
+                *score += (f64::from(similarities[i as usize]) / self.temperature).exp();
+            }
+        }
+        // The first of the largest scores, as argmax does.
+        let mut best = 0;
+        for (c, &score) in scores.iter().enumerate() {
+            if score > scores[best] {
+                best = c;
+            }
+        }
+        best
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +233,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(acc, 0.0);
+    }
+
+    #[test]
+    fn host_and_device_votes_agree() {
+        let device = Device::flex();
+        let mut rng = crate::tensor::HostRng::new(5);
+        let unit = |n: usize, rng: &mut crate::tensor::HostRng| {
+            let x = rng.randn(&[n, 8], &device).unwrap();
+            crate::tensor::unit_rows(x.float_rank::<2>("test").unwrap())
+        };
+        let train = unit(300, &mut rng);
+        let test = unit(120, &mut rng);
+        let train_y = labels(&(0..300).map(|i| i % 4).collect::<Vec<_>>(), &device);
+        let test_y = labels(&(0..120).map(|i| (i * 7) % 4).collect::<Vec<_>>(), &device);
+        for k in [1, 7, 50, 400] {
+            let config = KnnConfig {
+                k,
+                temperature: 0.1,
+                batch_size: 64,
+            };
+            let host = vote((&train, &train_y), (&test, &test_y), 4, &config, true).unwrap();
+            let dev = vote((&train, &train_y), (&test, &test_y), 4, &config, false).unwrap();
+            assert_eq!(host, dev, "k {k}");
+            assert!(host > 0.0 && host < 1.0);
+        }
     }
 }

@@ -263,3 +263,24 @@ fn steps_span_epochs_and_resume_at_any_step() {
     }
     assert!(loader.steps_on(3, 13, &device).is_err());
 }
+
+#[test]
+fn max_steps_cuts_the_stream_and_sets_its_end() {
+    let loader = Loader::new(indexed(30), config(7, true, 2)).unwrap();
+    let device = sslhost::device::cpu();
+    let steps = |start: u64, max: u64| {
+        let s = loader.steps_on(3, start, &device).unwrap().max_steps(max);
+        let end = s.end();
+        let got: Vec<u64> = s.map(|b| b.unwrap().step).collect();
+        (end, got)
+    };
+    // 3 epochs of 4 batches; 0 is no limit, a limit past the end changes nothing.
+    assert_eq!(steps(0, 0), (12, (0..12).collect()));
+    assert_eq!(steps(0, 100), (12, (0..12).collect()));
+    assert_eq!(steps(0, 5), (5, (0..5).collect()));
+    // Resumed inside the limit, and past it (an empty stream, not an error).
+    assert_eq!(steps(3, 5), (5, vec![3, 4]));
+    assert_eq!(steps(6, 5), (5, vec![]));
+    let s = loader.steps_on(3, 2, &device).unwrap();
+    assert_eq!((s.start(), s.steps_per_epoch(), s.epochs()), (2, 4, 3));
+}

@@ -61,7 +61,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Through the progress bar, which hides itself while a line is written.
+        .with_writer(sslhost::train::progress::StderrWriter)
         .with_target(false)
         .init();
     sslhost::guard::install_hook();
@@ -124,7 +125,7 @@ fn execute(cli: Cli) -> Result<()> {
             }
             sslhost::train::current::handle_ctrl_c();
             let result = sslhost::guard::catch(|| engine::run_file(&script, session));
-            // Every way the script ended: draw the curves.
+            // Every way the script ended: clear the progress bar, draw the curves.
             sslhost::train::current::finish();
             if sslhost::train::current::interrupted() {
                 // The message says where the checkpoint went; 130 is the shell's Ctrl-C code.

@@ -1,7 +1,8 @@
 //! The training loop's spine in scripts: `for b in steps(loader, epochs) { .. }`.
 //!
 //! `steps` streams batches across epochs starting at the run's first step (0, or the step a
-//! resumed run continues from) and marks each step boundary for live functions.
+//! resumed run continues from), marks each step boundary for live functions and reports
+//! progress (a bar on a terminal, else the facts in `log(..)` lines).
 
 use std::sync::{Arc, Mutex};
 
@@ -11,11 +12,33 @@ use crate::api::args::{RhaiResult, to_rhai};
 use crate::data::{Batch, Steps};
 use crate::error::Error;
 use crate::session;
+use crate::train::progress::{self, Progress};
 
 /// The batches of a whole run as a script value: `for b in steps(loader, epochs)`.
 #[derive(Clone)]
 pub struct StepStream {
-    inner: Arc<Mutex<Steps>>,
+    inner: Arc<Mutex<StreamState>>,
+}
+
+/// A stream's batches and, once it started, its progress (cleared when the stream ends,
+/// fails or is dropped).
+struct StreamState {
+    steps: Steps,
+    progress: Option<Progress>,
+    started: bool,
+}
+
+impl StreamState {
+    /// Ends the progress display: with a summary line when the stream ran to its end.
+    fn end_progress(&mut self, completed: bool) {
+        if let Some(mut p) = self.progress.take() {
+            if completed {
+                p.done();
+            } else {
+                p.clear();
+            }
+        }
+    }
 }
 
 impl Iterator for StepStream {
@@ -26,21 +49,51 @@ impl Iterator for StepStream {
             Ok(g) => g,
             Err(_) => return Some(Err(to_rhai(Error::Other("steps: poisoned".into())))),
         };
+        let state = &mut *guard;
         if crate::train::current::interrupted() {
+            state.end_progress(false);
             return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
         }
         let (check, start) = session::with(|s| (s.check, s.start_step));
         if check && session::with(|s| s.step).is_some_and(|x| x + 1 >= start + session::CHECK_STEPS)
         {
+            state.end_progress(true);
             return None;
         }
-        let next = crate::guard::catch(|| guard.next().transpose());
-        let item = next.transpose()?;
-        if let Ok(b) = &item {
-            // A new step begins: live functions may swap before their first call in it.
-            session::with(|s| s.step = Some(b.step));
+        if !state.started {
+            state.started = true;
+            let mut total = state.steps.end();
+            if check {
+                total = total.min(start + session::CHECK_STEPS);
+            }
+            state.progress = Some(Progress::new(
+                state.steps.start(),
+                total,
+                state.steps.epochs(),
+                state.steps.steps_per_epoch(),
+                progress::should_draw(check),
+            ));
         }
-        Some(item.map_err(to_rhai))
+        let next = crate::guard::catch(|| state.steps.next().transpose());
+        match next.transpose() {
+            None => {
+                state.end_progress(true);
+                None
+            }
+            Some(Err(e)) => {
+                state.end_progress(false);
+                Some(Err(to_rhai(e)))
+            }
+            Some(Ok(b)) => {
+                // A new step begins: live functions may swap before their first call in it.
+                session::with(|s| s.step = Some(b.step));
+                if let Some(p) = &mut state.progress {
+                    let size = b.images.shape().first().copied().unwrap_or(0);
+                    p.batch(b.step, b.epoch, size);
+                }
+                Some(Ok(b))
+            }
+        }
     }
 }
 
@@ -66,7 +119,9 @@ pub mod run_api {
     pub type Steps = StepStream;
 
     /// Batches for `epochs` epochs, from the run's first step on (a resumed run continues
-    /// where its checkpoint stopped). `b.step` counts batches from the start of the run.
+    /// where its checkpoint stopped). `b.step` counts batches from the start of the run,
+    /// `b.epoch` the epochs. On a terminal a progress bar shows the epoch, the step, the
+    /// last logged loss, images per second and the time left.
     ///
     /// ```rhai
     /// for b in steps(loader, cfg.epochs) {
@@ -76,13 +131,24 @@ pub mod run_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn steps(loader: &mut Loader, epochs: i64) -> RhaiResult<Steps> {
+        run(|| super::step_stream(loader, epochs, 0))
+    }
+
+    /// Like `steps(loader, epochs)`, ending after step `max_steps - 1` of the run (at most
+    /// `max_steps` steps from step 0; `0` means no limit). Handy for short trials of a long
+    /// schedule: `total` stays what the schedule expects.
+    ///
+    /// ```rhai
+    /// let total = cfg.epochs * loader.len;
+    /// for b in steps(loader, cfg.epochs, cfg.max_steps) {
+    ///     opt.step(objective(b.images), live("lr", b.step, total));
+    /// }
+    /// ```
+    #[rhai_fn(name = "steps", return_raw)]
+    pub fn steps_at_most(loader: &mut Loader, epochs: i64, max_steps: i64) -> RhaiResult<Steps> {
         run(|| {
-            let epochs = count(epochs, "epochs")? as u64;
-            let (start, device) = session::with(|s| (s.start_step, s.device.clone()));
-            let inner = loader.steps_on(epochs, start, &device)?;
-            Ok(StepStream {
-                inner: std::sync::Arc::new(std::sync::Mutex::new(inner)),
-            })
+            let max_steps = count(max_steps, "max_steps")? as u64;
+            super::step_stream(loader, epochs, max_steps)
         })
     }
 
@@ -101,8 +167,16 @@ pub mod run_api {
             if let Some(written) = crate::train::current::with_dir(|d| d.log(step, &json)) {
                 written?;
             }
+            if let Some(loss) = json.get("loss").and_then(serde_json::Value::as_f64) {
+                crate::train::progress::note_loss(loss);
+            }
             let shown: Vec<String> = json.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            tracing::info!("step {step}: {}", shown.join(", "));
+            match crate::train::progress::status().describe() {
+                Some(progress) => {
+                    tracing::info!("step {step}: {} ({progress})", shown.join(", "))
+                }
+                None => tracing::info!("step {step}: {}", shown.join(", ")),
+            }
             Ok(())
         })
     }
@@ -201,6 +275,26 @@ pub mod run_api {
     pub fn knn_accuracy_pixels(train: Dataset, test: Dataset, options: Map) -> RhaiResult<f64> {
         run(|| knn(None, &train, &test, &options))
     }
+}
+
+/// The stream of `steps(loader, epochs, max_steps)`.
+fn step_stream(
+    loader: &crate::data::Loader,
+    epochs: i64,
+    max_steps: u64,
+) -> crate::error::Result<StepStream> {
+    let epochs = crate::api::args::count(epochs, "epochs")? as u64;
+    let (start, device) = session::with(|s| (s.start_step, s.device.clone()));
+    let steps = loader
+        .steps_on(epochs, start, &device)?
+        .max_steps(max_steps);
+    Ok(StepStream {
+        inner: Arc::new(Mutex::new(StreamState {
+            steps,
+            progress: None,
+            started: false,
+        })),
+    })
 }
 
 /// kNN accuracy with the options of `knn_accuracy`.

@@ -241,11 +241,15 @@ impl Loader {
             next_epoch: start_step / len,
             next_start: (start_step % len) as usize,
             current: None,
+            start: start_step,
+            next_step: start_step,
+            end: total,
         })
     }
 }
 
-/// Batches over several epochs, from a given step on ([`Loader::steps_on`]).
+/// Batches over several epochs, from a given step on ([`Loader::steps_on`]), optionally
+/// cut at a step ([`Steps::max_steps`]).
 pub struct Steps {
     loader: Loader,
     device: Device,
@@ -253,6 +257,9 @@ pub struct Steps {
     next_epoch: u64,
     next_start: usize,
     current: Option<DeviceEpoch>,
+    start: u64,
+    next_step: u64,
+    end: u64,
 }
 
 impl Steps {
@@ -260,22 +267,56 @@ impl Steps {
     pub fn epochs(&self) -> u64 {
         self.epochs
     }
+
+    /// Batches per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.loader.len() as u64
+    }
+
+    /// The step the stream started at.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The step the stream ends before: `min(epochs * steps_per_epoch, max_steps)`.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// The same stream ending after `max_steps` steps of the run (steps `0..max_steps`);
+    /// 0 means no limit. A stream already past `max_steps` (a resumed run) is empty.
+    pub fn max_steps(mut self, max_steps: u64) -> Self {
+        if max_steps > 0 {
+            self.end = self.end.min(max_steps);
+        }
+        self
+    }
 }
 
 impl Iterator for Steps {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.next_step >= self.end {
+            // Stops the current epoch's threads, too.
+            self.current = None;
+            self.next_epoch = self.epochs;
+            return None;
+        }
         loop {
             if let Some(epoch) = &mut self.current {
                 match epoch.next() {
                     Some(Err(e)) => {
                         // An error ends the stream.
                         self.next_epoch = self.epochs;
+                        self.end = self.next_step;
                         self.current = None;
                         return Some(Err(e));
                     }
-                    Some(ok) => return Some(ok),
+                    Some(ok) => {
+                        self.next_step += 1;
+                        return Some(ok);
+                    }
                     None => self.current = None,
                 }
             }
@@ -289,6 +330,7 @@ impl Iterator for Steps {
                 Ok(e) => self.current = Some(e),
                 Err(e) => {
                     self.next_epoch = self.epochs;
+                    self.end = self.next_step;
                     return Some(Err(e));
                 }
             }

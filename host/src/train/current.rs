@@ -25,10 +25,13 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub fn handle_ctrl_c() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            super::progress::clear();
             eprintln!("second Ctrl-C: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("Ctrl-C: stopping at the next step boundary (Ctrl-C again to quit now)");
+        super::progress::eprint_line(
+            "Ctrl-C: stopping at the next step boundary (Ctrl-C again to quit now)",
+        );
     });
 }
 
@@ -141,10 +144,11 @@ pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>
     })
 }
 
-/// Ends the run, however the script ended (finished, failed, Ctrl-C): if the run directory
-/// exists, draws `curves.png` from its metrics. Drawing never fails the run: a problem is a
-/// warning.
+/// Ends the run, however the script ended (finished, failed, Ctrl-C): clears any progress
+/// bar and, if the run directory exists, draws `curves.png` from its metrics. Drawing never
+/// fails the run: a problem is a warning.
 pub fn finish() {
+    super::progress::clear();
     let Some(dir) = dir_path() else {
         return;
     };

@@ -1,10 +1,11 @@
-//! Runs: the run directory and metrics (JSON lines, TensorBoard, curves), checkpoint
-//! files, evaluation (kNN).
+//! Runs: the run directory and metrics (JSON lines, TensorBoard, curves), progress,
+//! checkpoint files, evaluation (kNN).
 
 pub mod checkpoint;
 pub mod current;
 pub mod curves;
 pub mod knn;
+pub mod progress;
 pub mod run_dir;
 pub mod tensor_file;
 pub mod tensorboard;

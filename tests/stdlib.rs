@@ -91,3 +91,18 @@ fn schedules_at_their_edges() {
     close("warmup_cosine(0, 10, 0, 1.0, 0.0)", 1.0);
     close("warmup_cosine(4, 5, 5, 2.0, 0.0)", 2.0);
 }
+
+#[test]
+fn embedding_std_separates_collapse_from_spread() {
+    // Every row the same direction (scale does not matter after normalising): collapse, 0.
+    close(
+        "embedding_std(tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])).item()",
+        0.0,
+    );
+    // Rows +e1, -e1, +e2, -e2: dimension 0 holds 1, -1, 0, 0 (std sqrt(1/2)), dimension 1
+    // the same; the mean of the two is sqrt(1/2) = 1 / sqrt(D) for D = 2.
+    close(
+        "embedding_std(tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])).item()",
+        0.5f64.sqrt(),
+    );
+}

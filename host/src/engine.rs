@@ -24,6 +24,10 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("stdlib/losses", include_str!("../../stdlib/losses.rhai")),
     ("stdlib/heads", include_str!("../../stdlib/heads.rhai")),
     (
+        "stdlib/monitors",
+        include_str!("../../stdlib/monitors.rhai"),
+    ),
+    (
         "stdlib/schedules",
         include_str!("../../stdlib/schedules.rhai"),
     ),

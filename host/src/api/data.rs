@@ -117,7 +117,7 @@ pub mod data_api {
 
     /// A dataset with options: `split` (`"train"` or `"test"`, default `"train"`), `rgb`
     /// (expand grey images to 3 channels, default false), `size` (image side for folders and
-    /// synthetic data, default 32), `limit` (keep the first N samples; image folders list
+    /// synthetic data, default 32), `limit` (keep the first N samples, 0 = all; image folders list
     /// class by class, so there the first N come from the first classes). `"synthetic"` also
     /// takes `samples` (default 4096 train / 1024 test), `classes` (10), `channels` (3) and
     /// `seed` (0).
@@ -171,7 +171,14 @@ pub mod data_api {
                 split,
                 rgb: o.bool("rgb", false)?,
                 size: opt("size")?,
-                limit: match (opt("limit")?, session::with(|s| s.check)) {
+                // `limit: 0` means every sample, so a recipe can pass its config through.
+                limit: match (
+                    match options.get("limit").and_then(|v| v.as_int().ok()) {
+                        Some(0) => None,
+                        _ => opt("limit")?,
+                    },
+                    session::with(|s| s.check),
+                ) {
                     (limit, true) => Some(limit.unwrap_or(usize::MAX).min(session::CHECK_SAMPLES)),
                     (limit, false) => limit,
                 },

@@ -12,6 +12,7 @@ pub mod live;
 pub mod models;
 pub mod optim;
 pub mod run;
+pub mod system;
 pub mod tensor;
 
 use rhai::{Engine, exported_module};
@@ -28,4 +29,5 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(data::data_api).into());
     data::register_iterators(engine);
     engine.register_global_module(exported_module!(augment::augment_api).into());
+    engine.register_global_module(exported_module!(system::system_api).into());
 }

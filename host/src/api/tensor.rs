@@ -635,10 +635,12 @@ pub mod tensor_api {
     /// let n = x.shape()[0];
     /// ```
     pub fn shape(a: &mut Tensor) -> Array {
-        a.shape()
-            .into_iter()
-            .map(|d| Dynamic::from(d as i64))
-            .collect()
+        args::host_time(|| {
+            a.shape()
+                .into_iter()
+                .map(|d| Dynamic::from(d as i64))
+                .collect()
+        })
     }
 
     /// The shape as an array (property form).
@@ -677,7 +679,7 @@ pub mod tensor_api {
     /// let y = labels.float();
     /// ```
     pub fn float(a: Tensor) -> Tensor {
-        a.to_float()
+        args::host_time(|| a.to_float())
     }
 
     /// An int copy (floats truncated toward zero).
@@ -686,7 +688,7 @@ pub mod tensor_api {
     /// let labels = tensor([0.0, 1.0]).int();
     /// ```
     pub fn int(a: Tensor) -> Tensor {
-        a.to_int()
+        args::host_time(|| a.to_int())
     }
 
     /// Index of the largest value along `dim` (int tensor).
@@ -776,7 +778,7 @@ pub mod tensor_api {
     /// let z = target.forward(x).detach();
     /// ```
     pub fn detach(a: Tensor) -> Tensor {
-        a.detach()
+        args::host_time(|| a.detach())
     }
 
     /// Marks a float tensor as a leaf that collects gradients.

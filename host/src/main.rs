@@ -1,4 +1,4 @@
-//! The `sslhost` command line.
+//! The `sslhost` command line: run | check | bench.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,12 @@ use sslhost::device::{self, DeviceChoice};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
 use sslhost::session::Session;
+
+/// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
+/// script block counts as host time rather than as time of the Rhai layer.
+#[global_allocator]
+static ALLOCATOR: sslhost::api::system::ReleaseTimingAllocator =
+    sslhost::api::system::ReleaseTimingAllocator;
 
 /// Self-supervised vision training loops as Rhai scripts.
 #[derive(Parser, Debug)]
@@ -53,7 +59,53 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
+    /// Time training steps of a method on random images (the recipes' networks, heads, losses,
+    /// optimisers and views): median and mean step time, images/s, peak memory and the share
+    /// of the Rhai layer. The last line of stdout is the result as JSON.
+    Bench {
+        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// The method whose step is timed.
+        #[arg(long, value_enum, default_value = "byol")]
+        method: BenchMethod,
+        /// ResNet depth (18, 34 or 50).
+        #[arg(long, default_value_t = 18)]
+        depth: i64,
+        /// Images per step (each gives two views).
+        #[arg(long, default_value_t = 256)]
+        batch: i64,
+        /// Side of the (square) images and views.
+        #[arg(long, default_value_t = 32)]
+        image: i64,
+        /// The four stage widths of the ResNet.
+        #[arg(long, default_value = "64,128,256,512")]
+        widths: String,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: i64,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: i64,
+        /// Seed of the run's random generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
+
+/// The methods `sslhost bench` knows.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchMethod {
+    /// BYOL: online + predictor (LARS), EMA target.
+    Byol,
+    /// MoCo v2: query encoder (SGD), momentum key encoder, a queue of 32768 keys.
+    Moco,
+    /// SimCLR: one encoder (LARS), NT-Xent.
+    Simclr,
+}
+
+/// The bench's script: the recipes' step, timed.
+const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -154,5 +206,80 @@ fn execute(cli: Cli) -> Result<()> {
             println!("{}: ok", script.display());
             Ok(())
         }
+        Command::Bench {
+            device,
+            method,
+            depth,
+            batch,
+            image,
+            widths,
+            warmup,
+            steps,
+            seed,
+        } => {
+            if batch < 2 || image < 1 || warmup < 0 || steps < 1 {
+                return Err(Error::Invalid(format!(
+                    "bench needs --batch >= 2, --image >= 1, --warmup >= 0 and --steps >= 1 \
+                     (got {batch}, {image}, {warmup}, {steps})"
+                )));
+            }
+            let (device, why) = device::select(device)?;
+            tracing::info!("device: {why}");
+            let method = match method {
+                BenchMethod::Byol => "byol",
+                BenchMethod::Moco => "moco",
+                BenchMethod::Simclr => "simclr",
+            };
+            let overrides = [
+                ("method", method.to_string()),
+                ("depth", depth.to_string()),
+                ("widths", widths),
+                ("batch", batch.to_string()),
+                ("image", image.to_string()),
+                ("warmup", warmup.to_string()),
+                ("steps", steps.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            sslhost::api::args::set_host_timing(true);
+            let result = engine::run_source(
+                "scripts/bench_step.rhai",
+                BENCH_SCRIPT,
+                std::path::Path::new("."),
+                Session::new(device, seed).with_overrides(overrides),
+            )?;
+            let json = serde_json::to_value(&result)
+                .map_err(|e| Error::Other(format!("bench result: {e}")))?;
+            println!("{}", bench_summary(&json));
+            println!("{json}");
+            Ok(())
+        }
     }
+}
+
+/// The bench's one-line summary: `byol resnet18 cpu batch 64 32x32: median .. ms, ..`.
+fn bench_summary(r: &serde_json::Value) -> String {
+    let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let text = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+    let memory = match r["peak_mem_mb"].as_f64() {
+        Some(mb) => format!("{mb:.0} MiB"),
+        None => "n/a".into(),
+    };
+    format!(
+        "{} {} {} batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, peak memory {}, \
+         Rhai {:.3}% ({:.3} ms/step)",
+        text("method"),
+        text("model"),
+        text("device"),
+        r["batch"],
+        r["image"],
+        r["image"],
+        num("median_ms"),
+        num("mean_ms"),
+        num("img_per_s"),
+        memory,
+        100.0 * num("rhai_share"),
+        num("rhai_ms_per_step"),
+    )
 }

@@ -1,0 +1,117 @@
+//! `sslhost bench` times each method's step on tiny settings and ends with a JSON line whose
+//! fields are present and sane (no timing assertions: the machine may be busy).
+
+use std::path::Path;
+use std::process::Command;
+
+fn bench(method: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--method",
+            method,
+            "--batch",
+            "4",
+            "--image",
+            "16",
+            "--widths",
+            "4,8,16,32",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{method}: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{method}: a summary and a JSON line, got {stdout}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "{method} resnet18[4,8,16,32] cpu batch 4 16x16: median "
+        )),
+        "{}",
+        lines[0]
+    );
+    serde_json::from_str(lines[1]).unwrap_or_else(|e| panic!("{method}: {e}: {}", lines[1]))
+}
+
+fn positive(r: &serde_json::Value, key: &str) -> f64 {
+    let v = r[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number in {r}"));
+    assert!(v.is_finite() && v > 0.0, "`{key}` = {v} in {r}");
+    v
+}
+
+fn check(method: &str) {
+    let r = bench(method);
+    assert_eq!(r["method"], method);
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["model"], "resnet18[4,8,16,32]");
+    assert_eq!(r["batch"], 4);
+    assert_eq!(r["image"], 16);
+    assert_eq!(r["steps"], 2);
+    assert_eq!(r["widths"], serde_json::json!([4, 8, 16, 32]));
+    let median = positive(&r, "median_ms");
+    let mean = positive(&r, "mean_ms");
+    let (min, max) = (positive(&r, "min_ms"), positive(&r, "max_ms"));
+    assert!(
+        min <= median && median <= max && min <= mean && mean <= max,
+        "{r}"
+    );
+    let img_per_s = positive(&r, "img_per_s");
+    assert!(
+        (img_per_s - 4000.0 / median).abs() < 1e-6 * img_per_s,
+        "{r}"
+    );
+    assert_eq!(r["step_ms"].as_array().unwrap().len(), 2);
+    // Peak RSS of the process: more than nothing, less than the whole machine.
+    let mem = positive(&r, "peak_mem_mb");
+    assert!(mem < 1.0e6, "{r}");
+    assert!(positive(&r, "params") >= 1000.0);
+    // The Rhai layer's share is a fraction; host functions take some of the time too.
+    let share = r["rhai_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{r}");
+    let rhai_ms = positive(&r, "rhai_ms_per_step");
+    assert!(rhai_ms < mean, "{r}");
+    let release = r["release_ms_per_step"].as_f64().unwrap();
+    assert!((0.0..mean).contains(&release), "{r}");
+}
+
+#[test]
+fn bench_byol() {
+    check("byol");
+}
+
+#[test]
+fn bench_moco() {
+    check("moco");
+}
+
+#[test]
+fn bench_simclr() {
+    check("simclr");
+}
+
+#[test]
+fn bench_rejects_bad_widths() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args([
+            "bench", "--device", "cpu", "--widths", "8,16", "--steps", "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("four stage widths"), "{stderr}");
+}

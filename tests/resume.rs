@@ -1,10 +1,14 @@
 //! Exact resume on the CPU: a run killed with SIGKILL and resumed with `--resume` produces
 //! the same per-step losses, bit for bit, as a run that was never interrupted.
 
+mod run_common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use run_common::{only_run, sslhost_run};
 
 const RECIPE: &str = r#"// resume test: augmentation randomness, momentum optimiser, EMA target
 let cfg = config(#{ epochs: 3, batch_size: 16 });
@@ -41,27 +45,9 @@ fn losses(run: &Path) -> BTreeMap<u64, String> {
     out
 }
 
-fn only_run(runs: &Path) -> PathBuf {
-    let mut dirs: Vec<_> = std::fs::read_dir(runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.pop().unwrap()
-}
-
 fn sslhost(recipe: &Path, runs: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sslhost"));
-    c.args([
-        "run",
-        recipe.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--seed",
-        "5",
-        "--runs",
-    ])
-    .arg(runs);
+    let mut c = sslhost_run(recipe, runs);
+    c.args(["--seed", "5"]);
     c
 }
 

@@ -1,8 +1,12 @@
 //! What a run leaves besides `metrics.jsonl`: TensorBoard event files and `curves.png`;
 //! `steps(loader, epochs, max_steps)`; and no progress bar when stderr is not a terminal.
 
+mod run_common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use run_common::{only_run, sslhost_run};
 
 use sslhost::engine;
 use sslhost::session::Session;
@@ -62,15 +66,6 @@ checkpoint(state);
 log(5, #{ knn_top1: 0.75 });
 "#;
 
-fn only_run(runs: &Path) -> PathBuf {
-    let mut dirs: Vec<_> = std::fs::read_dir(runs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs.pop().unwrap()
-}
-
 #[test]
 fn a_run_writes_event_files_and_curves_and_no_bar_off_a_terminal() {
     let dir = std::env::temp_dir().join(format!("sslhost-outputs-{}", std::process::id()));
@@ -79,12 +74,7 @@ fn a_run_writes_event_files_and_curves_and_no_bar_off_a_terminal() {
     let recipe = dir.join("outputs.rhai");
     std::fs::write(&recipe, RECIPE).unwrap();
     let runs = dir.join("runs");
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu", "--runs"])
-        .arg(&runs)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = sslhost_run(&recipe, &runs).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 
@@ -169,12 +159,7 @@ fn a_failing_run_still_draws_its_curves() {
     )
     .unwrap();
     let runs = dir.join("runs");
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu", "--runs"])
-        .arg(&runs)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = sslhost_run(&recipe, &runs).output().unwrap();
     assert!(!out.status.success());
     let run = only_run(&runs);
     let curves = image::open(run.join("curves.png")).unwrap();

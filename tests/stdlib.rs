@@ -106,3 +106,19 @@ fn embedding_std_separates_collapse_from_spread() {
         0.5f64.sqrt(),
     );
 }
+
+#[test]
+fn knn_monitor_runs_at_epoch_ends_and_at_the_last_step() {
+    // 10 steps per epoch, 35 steps in all.
+    let due = |step: i64, every: i64| {
+        eval(&format!(
+            "if knn_due({step}, 10, {every}, 35) {{ 1.0 }} else {{ 0.0 }}"
+        )) == 1.0
+    };
+    assert!(due(9, 1) && due(19, 1) && due(29, 1));
+    assert!(!due(10, 1) && !due(0, 1));
+    assert!(!due(9, 2) && due(19, 2));
+    // The last step always evaluates; every = 0 evaluates only there.
+    assert!(due(34, 0) && due(34, 3));
+    assert!(!due(9, 0) && !due(29, 0));
+}

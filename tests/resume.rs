@@ -5,7 +5,7 @@ mod run_common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use run_common::{only_run, sslhost_run};

@@ -155,8 +155,7 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             set,
         } => {
-            let (device, why) = device::select(device)?;
-            tracing::info!("device: {why}");
+            let device = open_device(device)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
                 .with_overrides(set)
@@ -200,8 +199,7 @@ fn execute(cli: Cli) -> Result<()> {
             device,
             set,
         } => {
-            let (device, why) = device::select(device)?;
-            tracing::info!("device: {why}");
+            let device = open_device(device)?;
             engine::check_file(&script, Session::new(device, 0).with_overrides(set))?;
             println!("{}: ok", script.display());
             Ok(())
@@ -223,8 +221,7 @@ fn execute(cli: Cli) -> Result<()> {
                      (got {batch}, {image}, {warmup}, {steps})"
                 )));
             }
-            let (device, why) = device::select(device)?;
-            tracing::info!("device: {why}");
+            let device = open_device(device)?;
             let method = match method {
                 BenchMethod::Byol => "byol",
                 BenchMethod::Moco => "moco",
@@ -256,6 +253,13 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The device for `--device`, with a log line saying which it is and why.
+fn open_device(choice: DeviceChoice) -> Result<burn::tensor::Device> {
+    let (device, why) = device::select(choice)?;
+    tracing::info!("device: {why}");
+    Ok(device)
 }
 
 /// The bench's one-line summary: `byol resnet18 cpu batch 64 32x32: median .. ms, ..`.

@@ -54,24 +54,14 @@ impl Iterator for StepStream {
             state.end_progress(false);
             return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
         }
-        let (check, start) = session::with(|s| (s.check, s.start_step));
-        if check && session::with(|s| s.step).is_some_and(|x| x + 1 >= start + session::CHECK_STEPS)
-        {
-            state.end_progress(true);
-            return None;
-        }
         if !state.started {
             state.started = true;
-            let mut total = state.steps.end();
-            if check {
-                total = total.min(start + session::CHECK_STEPS);
-            }
             state.progress = Some(Progress::new(
                 state.steps.start(),
-                total,
+                state.steps.end(),
                 state.steps.epochs(),
                 state.steps.steps_per_epoch(),
-                progress::should_draw(check),
+                progress::should_draw(session::with(|s| s.check)),
             ));
         }
         let next = crate::guard::catch(|| state.steps.next().transpose());
@@ -284,10 +274,14 @@ fn step_stream(
     max_steps: u64,
 ) -> crate::error::Result<StepStream> {
     let epochs = crate::api::args::count(epochs, "epochs")? as u64;
-    let (start, device) = session::with(|s| (s.start_step, s.device.clone()));
-    let steps = loader
+    let (start, device, check) = session::with(|s| (s.start_step, s.device.clone(), s.check));
+    let mut steps = loader
         .steps_on(epochs, start, &device)?
         .max_steps(max_steps);
+    if check {
+        // `sslhost check`: a couple of real steps are enough.
+        steps = steps.max_steps(start + session::CHECK_STEPS);
+    }
     Ok(StepStream {
         inner: Arc::new(Mutex::new(StreamState {
             steps,

@@ -43,11 +43,7 @@ pub struct Loaded {
 
 fn float(name: String, t: &Tensor<4>) -> Result<NamedTensor> {
     let shape = t.dims().to_vec();
-    let values = t
-        .to_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Backend(format!("{e:?}")))?;
+    let values = crate::tensor::float_values(t.clone())?;
     Ok(NamedTensor {
         name,
         shape,

@@ -38,8 +38,6 @@ pub struct Status {
     pub epoch: Option<u64>,
     /// Epochs of the stream.
     pub epochs: u64,
-    /// The stream's end: `min(epochs * steps_per_epoch, max_steps)`.
-    pub total: u64,
     /// Smoothed images per second, once two batches were taken.
     pub img_per_s: Option<f64>,
     /// The last `loss` given to `log(..)`.
@@ -145,7 +143,6 @@ impl Progress {
         STATUS.with(|s| {
             let mut s = s.borrow_mut();
             s.epochs = epochs;
-            s.total = total;
             s.img_per_s = None;
         });
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -174,11 +171,6 @@ impl Progress {
             batches: 0,
             images: 0,
         }
-    }
-
-    /// Whether a bar is drawn.
-    pub fn is_drawn(&self) -> bool {
-        self.bar.is_some()
     }
 
     /// The stream hands out the batch of `step` (in `epoch`) with `size` images.

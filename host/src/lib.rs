@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod augment;
+pub mod cpu_kernels;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -5,7 +5,6 @@
 //! generator, so a seed gives the same network on every device.
 
 use burn::module::{Flag, Module, Param, ParamId};
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::tensor::HostRng;
@@ -88,8 +87,7 @@ impl Conv2dConfig {
 impl Conv2d {
     /// `[N, in, H, W] -> [N, out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
-        burn::tensor::module::conv2d(x, self.weight.val(), None, options)
+        crate::cpu_kernels::conv2d(x, self.weight.val(), self.stride, self.padding)
     }
 }
 
@@ -232,7 +230,7 @@ impl BatchNorm {
         }
         let dims = x.dims();
         let count: usize = dims.iter().product::<usize>() / dims[1];
-        let out = burn::tensor::module::batch_norm_train(
+        let out = crate::cpu_kernels::batch_norm_train(
             x,
             self.weight.val(),
             self.bias.val(),

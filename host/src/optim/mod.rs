@@ -167,12 +167,6 @@ impl Optimizer {
                 loss.shape()
             )));
         }
-        let value = loss.item()?;
-        if !value.is_finite() {
-            return Err(Error::NonFinite(format!(
-                "the loss is {value}; no update was made"
-            )));
-        }
         let loss4 = loss.float4("opt.step")?;
         if !loss4.is_tracked() {
             return Err(Error::Invalid(
@@ -180,6 +174,15 @@ impl Optimizer {
             ));
         }
         let grads = loss4.backward();
+        // The loss is read after the backward is issued, not before: on CUDA the read is a sync,
+        // and this way the GPU is busy with the backward while the host waits, instead of idle.
+        // Nothing has been updated yet, so a non-finite loss still changes nothing.
+        let value = loss.item()?;
+        if !value.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the loss is {value}; no update was made"
+            )));
+        }
         let excl = self.rule.excludes_bias_and_norm();
         let rule = &self.rule;
         let state = &mut self.state;

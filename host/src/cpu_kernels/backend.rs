@@ -1,0 +1,308 @@
+//! The kernels as a Burn backend extension: forwards for burn-flex and hand-written
+//! backwards for `Autodiff<Flex>`, both on the slice kernels in [`super::conv`] and
+//! [`super::batch_norm`].
+
+use burn::backend::TensorMetadata;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::{Autodiff, NodeId};
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Flex, backend_extension};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, TensorData};
+use burn_flex::FlexTensor;
+
+use super::batch_norm::{self, NormShape};
+use super::conv::{self, ConvShape};
+
+/// The CPU kernels a training step spends its time in.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuKernels: Backend {
+    /// A 2-D convolution without bias, square kernel, equal stride and padding on both axes:
+    /// `x` `[N, C, H, W]`, `weight` `[C_out, C, k, k]` → `[N, C_out, H', W']`.
+    fn gemm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Batch norm with the batch's own statistics: `x` `[N, C, ..]`, `gamma` and `beta` `[C]`
+    /// → (output, mean `[C]`, biased variance `[C]`). Only the output is differentiated.
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The geometry, when both tensors are f32 and the shapes are ones the kernels take.
+fn geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: usize,
+    padding: usize,
+) -> Option<ConvShape> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return None;
+    }
+    let (xs, ws) = (x.shape(), weight.shape());
+    if xs.num_dims() != 4 || ws.num_dims() != 4 || ws[1] != xs[1] || ws[2] != ws[3] {
+        return None;
+    }
+    let s = ConvShape {
+        batch: xs[0],
+        c_in: xs[1],
+        h: xs[2],
+        w: xs[3],
+        c_out: ws[0],
+        k: ws[2],
+        stride,
+        pad: padding,
+    };
+    let nonempty = s.batch > 0 && s.c_in > 0 && s.c_out > 0;
+    (nonempty && s.is_valid()).then_some(s)
+}
+
+fn burn_options(stride: usize, padding: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1)
+}
+
+fn flex(values: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.into()))
+}
+
+/// The `[batch, channels, plane]` view, when every tensor is f32 and `gamma`, `beta` have one
+/// value per channel.
+fn norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<NormShape> {
+    let all_f32 = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
+    let dims = x.shape();
+    if !all_f32 || dims.num_dims() < 2 {
+        return None;
+    }
+    let s = NormShape {
+        batch: dims[0],
+        channels: dims[1],
+        plane: dims.iter().skip(2).product(),
+    };
+    let per_channel = |t: &FlexTensor| t.shape().num_elements() == s.channels;
+    let nonempty = s.batch > 0 && s.channels > 0 && s.plane > 0;
+    (nonempty && per_channel(gamma) && per_channel(beta)).then_some(s)
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.shape().iter().copied().collect()
+}
+
+impl CpuKernels for Flex {
+    fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
+        let Some(s) = geometry(&x, &weight, stride, padding) else {
+            return Flex::conv2d(x, weight, None, burn_options(stride, padding));
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let out = conv::forward(&s, x.storage::<f32>(), weight.storage::<f32>());
+        flex(out, [s.batch, s.c_out, s.oh(), s.ow()])
+    }
+
+    fn fused_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let Some(s) = norm_shape(&x, &gamma, &beta) else {
+            let out = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
+            return (out.output, out.mean, out.variance);
+        };
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        let (out, mean, var) = batch_norm::forward(
+            &s,
+            x.storage::<f32>(),
+            gamma.storage::<f32>(),
+            beta.storage::<f32>(),
+            epsilon,
+        );
+        (
+            flex(out, dims(&x)),
+            flex(mean, [s.channels]),
+            flex(var, [s.channels]),
+        )
+    }
+}
+
+/// The backward step of batch norm: input, `gamma` and `beta` gradients from two passes.
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    /// The input's checkpoint, then `gamma`, the batch mean and variance, and epsilon.
+    type State = (NodeId, FlexTensor, FlexTensor, FlexTensor, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x_state, gamma, mean, var, epsilon) = ops.state;
+        let x = checkpointer
+            .retrieve_node_output::<FlexTensor>(x_state)
+            .to_contiguous();
+        let Some(s) = norm_shape(&x, &gamma, &gamma) else {
+            unreachable!(
+                "fused_batch_norm_train recorded a backward for a shape it does not handle"
+            );
+        };
+        let (dx, dgamma, dbeta) = batch_norm::backward(
+            &s,
+            x.storage::<f32>(),
+            gamma.storage::<f32>(),
+            mean.storage::<f32>(),
+            var.storage::<f32>(),
+            epsilon,
+            dy.storage::<f32>(),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex(dx, dims(&x)));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex(dgamma, [s.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex(dbeta, [s.channels]));
+        }
+    }
+}
+
+/// The backward step: both gradients in one pass over the column matrices.
+#[derive(Debug)]
+struct GemmConvBackward;
+
+impl Backward<Flex, 2> for GemmConvBackward {
+    type State = (NodeId, NodeId, usize, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, stride, padding) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+
+        let Some(s) = geometry(&x, &weight, stride, padding) else {
+            // Shapes the kernels do not take never reach here: the forward sent them to
+            // burn's own conv, whose backward node is burn's too.
+            unreachable!("gemm_conv2d recorded a backward for a shape it does not handle");
+        };
+        let (x, weight, dy) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            dy.to_contiguous(),
+        );
+        let (dw, dx) = conv::backward(
+            &s,
+            x.storage::<f32>(),
+            weight.storage::<f32>(),
+            dy.storage::<f32>(),
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, flex(dx, [s.batch, s.c_in, s.h, s.w]));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<Flex>(node.id, flex(dw, [s.c_out, s.c_in, s.k, s.k]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
+    fn gemm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        if geometry(x.primitive(), weight.primitive(), stride, padding).is_none() {
+            return <Self as ModuleOps<Self>>::conv2d(
+                x,
+                weight,
+                None,
+                burn_options(stride, padding),
+            );
+        }
+        match GemmConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let out =
+                    Flex::gemm_conv2d(x.into_primitive(), weight.into_primitive(), stride, padding);
+                prep.finish((x_state, weight_state, stride, padding), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::gemm_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                stride,
+                padding,
+            )),
+        }
+    }
+
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        if norm_shape(x.primitive(), gamma.primitive(), beta.primitive()).is_none() {
+            let out = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
+            return (out.output, out.mean, out.variance);
+        }
+        // The statistics leave as constants: callers only feed them to running averages.
+        let constant = FloatTensor::<Self>::new;
+        match BatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_value = gamma.primitive().clone();
+                let (out, mean, var) = Flex::fused_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let state = (x_state, gamma_value, mean.clone(), var.clone(), epsilon);
+                (prep.finish(state, out), constant(mean), constant(var))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, mean, var) = Flex::fused_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                (prep.finish(out), constant(mean), constant(var))
+            }
+        }
+    }
+}

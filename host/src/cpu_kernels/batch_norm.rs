@@ -1,0 +1,285 @@
+//! Training-mode batch norm on plain `f32` slices laid out `[batch, channels, plane]`.
+//!
+//! Burn's generic batch norm swaps the batch and channel axes (a full copy) for each of its
+//! statistics and runs about a dozen separate elementwise passes between forward and backward.
+//! Here every pass walks the NCHW data in place, one contiguous `plane` at a time, in parallel
+//! over images: three passes forward (mean, variance, output), two backward (two sums, then
+//! the input gradient in one fused expression).
+//!
+//! Statistics are accumulated per plane in f32 and across planes in f64, so a large batch
+//! does not lose precision in the running sum.
+
+use rayon::prelude::*;
+
+/// Sizes of a `[batch, channels, plane]` tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormShape {
+    /// Samples (images).
+    pub batch: usize,
+    /// Channels: one mean and variance each.
+    pub channels: usize,
+    /// Elements per sample and channel (height × width for images, 1 for vectors).
+    pub plane: usize,
+}
+
+impl NormShape {
+    /// Values each statistic is taken over.
+    fn count(&self) -> f64 {
+        (self.batch * self.plane) as f64
+    }
+}
+
+/// `Σ f(a[i], b[i])` in 16 independent lanes (vectorises, unlike a sequential f32 sum).
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    let mut lanes = [0.0f32; 16];
+    for (a, b) in a16.zip(b16) {
+        for i in 0..16 {
+            lanes[i] += f(a[i], b[i]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Per-channel sums over every image of `f(image, channel)`, which returns two plane sums.
+///
+/// Each thread sums one fixed run of images and the runs are added in order, so the result
+/// is the same bits on every call.
+fn channel_sums(s: &NormShape, f: impl Fn(usize, usize) -> [f32; 2] + Sync) -> Vec<[f64; 2]> {
+    let partials: Vec<Vec<[f64; 2]>> = super::conv::split_batch(s.batch)
+        .into_par_iter()
+        .map(|(first, end)| {
+            let mut acc = vec![[0.0f64; 2]; s.channels];
+            for img in first..end {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let [a, b] = f(img, c);
+                    acc[0] += a as f64;
+                    acc[1] += b as f64;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![[0.0f64; 2]; s.channels];
+    for part in &partials {
+        for (t, p) in total.iter_mut().zip(part) {
+            t[0] += p[0];
+            t[1] += p[1];
+        }
+    }
+    total
+}
+
+fn plane<'a>(s: &NormShape, data: &'a [f32], img: usize, c: usize) -> &'a [f32] {
+    &data[(img * s.channels + c) * s.plane..][..s.plane]
+}
+
+/// `out = x · a[c] + b[c]` (and `+ y · d[c]` when `y` is given), image by image in parallel.
+fn per_channel_affine(s: &NormShape, x: &[f32], y: Option<&[f32]>, coef: &[[f32; 3]]) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    let image = s.channels * s.plane;
+    out.par_chunks_mut(image)
+        .enumerate()
+        .for_each(|(img, out)| {
+            for (c, out) in out.chunks_exact_mut(s.plane).enumerate() {
+                let [a, b, d] = coef[c];
+                let xs = plane(s, x, img, c);
+                match y {
+                    Some(y) => {
+                        let ys = plane(s, y, img, c);
+                        for ((o, x), y) in out.iter_mut().zip(xs).zip(ys) {
+                            *o = x * a + b + y * d;
+                        }
+                    }
+                    None => {
+                        for (o, x) in out.iter_mut().zip(xs) {
+                            *o = x * a + b;
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Normalises `x` with its own batch statistics and applies `gamma`, `beta`.
+///
+/// Returns the output, the per-channel mean and the biased variance (what the running
+/// statistics are updated from).
+pub fn forward(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = s.count();
+    let sums = channel_sums(s, |img, c| {
+        let xs = plane(s, x, img, c);
+        [lane_sum(xs, xs, |x, _| x), 0.0]
+    });
+    let mean: Vec<f64> = sums.iter().map(|[sum, _]| sum / n).collect();
+    let sq = channel_sums(s, |img, c| {
+        let (xs, m) = (plane(s, x, img, c), mean[c] as f32);
+        [lane_sum(xs, xs, |x, _| (x - m) * (x - m)), 0.0]
+    });
+    let var: Vec<f64> = sq.iter().map(|[sq, _]| sq / n).collect();
+    let coef: Vec<[f32; 3]> = (0..s.channels)
+        .map(|c| {
+            let scale = gamma[c] as f64 / (var[c] + eps).sqrt();
+            [scale as f32, (beta[c] as f64 - mean[c] * scale) as f32, 0.0]
+        })
+        .collect();
+    let out = per_channel_affine(s, x, None, &coef);
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (out, to_f32(mean), to_f32(var))
+}
+
+/// Gradients of [`forward`] for the output gradient `dy`: input, `gamma` and `beta`.
+pub fn backward(
+    s: &NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n = s.count();
+    // Σ dy and Σ dy·(x − mean), per channel.
+    let sums = channel_sums(s, |img, c| {
+        let (xs, ds, m) = (plane(s, x, img, c), plane(s, dy, img, c), mean[c]);
+        [
+            lane_sum(ds, ds, |d, _| d),
+            lane_sum(xs, ds, |x, d| (x - m) * d),
+        ]
+    });
+    let mut dgamma = Vec::with_capacity(s.channels);
+    let mut dbeta = Vec::with_capacity(s.channels);
+    // dx = γ·σ⁻¹·(dy − mean(dy) − x̂·mean(dy·x̂)), written as dy·a + x·b' + d with x̂ = (x−μ)σ⁻¹.
+    let coef: Vec<[f32; 3]> = (0..s.channels)
+        .map(|c| {
+            let inv_std = 1.0 / (var[c] as f64 + eps).sqrt();
+            let [sum_dy, sum_dy_xc] = sums[c];
+            dgamma.push((sum_dy_xc * inv_std) as f32);
+            dbeta.push(sum_dy as f32);
+            let a = gamma[c] as f64 * inv_std;
+            let b = -a * inv_std * inv_std * sum_dy_xc / n;
+            let d = -a * sum_dy / n - b * mean[c] as f64;
+            // per_channel_affine computes x·[0] + [1] + y·[2]: here x is dy and y is x.
+            [a as f32, d as f32, b as f32]
+        })
+        .collect();
+    let dx = per_channel_affine(s, dy, Some(x), &coef);
+    (dx, dgamma, dbeta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 250.0
+                    - 1.5
+            })
+            .collect()
+    }
+
+    /// The loss `Σ w · bn(x)` in f64, straight from the definition.
+    fn loss(s: &NormShape, x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], eps: f64) -> f64 {
+        let n = s.count();
+        let mut total = 0.0;
+        for c in 0..s.channels {
+            let idx = |img: usize, p: usize| (img * s.channels + c) * s.plane + p;
+            let all = || (0..s.batch).flat_map(move |i| (0..s.plane).map(move |p| idx(i, p)));
+            let mean = all().map(|i| x[i]).sum::<f64>() / n;
+            let var = all().map(|i| (x[i] - mean).powi(2)).sum::<f64>() / n;
+            for i in all() {
+                total += w[i] * ((x[i] - mean) / (var + eps).sqrt() * gamma[c] + beta[c]);
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn forward_normalises_each_channel() {
+        let s = NormShape {
+            batch: 5,
+            channels: 3,
+            plane: 7,
+        };
+        let x = values(105, 1);
+        let (out, mean, var) = forward(&s, &x, &[1.0, 2.0, 0.5], &[0.0, 1.0, -1.0], 1e-5);
+        for c in 0..3 {
+            let xs: Vec<f64> = (0..5)
+                .flat_map(|i| (0..7).map(move |p| (i * 3 + c) * 7 + p))
+                .map(|i| x[i] as f64)
+                .collect();
+            let m = xs.iter().sum::<f64>() / 35.0;
+            let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 35.0;
+            assert!((mean[c] as f64 - m).abs() < 1e-5 && (var[c] as f64 - v).abs() < 1e-5);
+            let ys: Vec<f64> = (0..5)
+                .flat_map(|i| (0..7).map(move |p| (i * 3 + c) * 7 + p))
+                .map(|i| out[i] as f64)
+                .collect();
+            let ym = ys.iter().sum::<f64>() / 35.0;
+            assert!(
+                (ym - [0.0, 1.0, -1.0][c]).abs() < 1e-4,
+                "channel {c} mean {ym}"
+            );
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        for s in [
+            NormShape {
+                batch: 4,
+                channels: 3,
+                plane: 5,
+            },
+            NormShape {
+                batch: 6,
+                channels: 4,
+                plane: 1,
+            },
+        ] {
+            let len = s.batch * s.channels * s.plane;
+            let (x, w) = (values(len, 2), values(len, 3));
+            let gamma: Vec<f32> = (0..s.channels).map(|c| 0.5 + c as f32).collect();
+            let beta: Vec<f32> = (0..s.channels).map(|c| c as f32 - 1.0).collect();
+            let eps = 1e-5;
+            let (_, mean, var) = forward(&s, &x, &gamma, &beta, eps);
+            let (dx, dgamma, dbeta) = backward(&s, &x, &gamma, &mean, &var, eps, &w);
+            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            let (xd, gd, bd, wd) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&w));
+            let h = 1e-5;
+            let numeric = |which: usize, i: usize| {
+                let mut p = [xd.clone(), gd.clone(), bd.clone()];
+                let mut m = p.clone();
+                p[which][i] += h;
+                m[which][i] -= h;
+                (loss(&s, &p[0], &p[1], &p[2], &wd, eps) - loss(&s, &m[0], &m[1], &m[2], &wd, eps))
+                    / (2.0 * h)
+            };
+            for (which, analytic) in [(0, &dx), (1, &dgamma), (2, &dbeta)] {
+                for (i, &a) in analytic.iter().enumerate() {
+                    let n = numeric(which, i);
+                    assert!(
+                        (a as f64 - n).abs() < 2e-3 * (1.0 + n.abs()),
+                        "{s:?} grad {which}[{i}]: {a} vs {n}"
+                    );
+                }
+            }
+        }
+    }
+}

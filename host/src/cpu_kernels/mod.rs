@@ -1,0 +1,76 @@
+//! CPU kernels, with backwards of our own, for the two layers a ResNet training step spends
+//! most of its CPU time in: convolution and batch norm.
+//!
+//! burn-flex's convolution copies every activation to NHWC and back, and computes the input
+//! gradient as a transposed convolution with the same copies; burn's generic batch norm
+//! transposes for each statistic and runs a dozen elementwise passes. On a 2-core machine those
+//! copies cost more than the arithmetic (docs/PERFORMANCE.md). These kernels keep NCHW end to
+//! end: the convolution gives each thread one wide GEMM per group of images ([`conv`]) and
+//! batch norm walks each channel plane in place ([`batch_norm`]).
+//!
+//! [`conv2d`] and [`batch_norm_train`] are what the models call. On CUDA, and when the
+//! environment sets `SSLHOST_CPU_KERNELS=burn` (to compare against burn's own path), they are
+//! burn's `conv2d` and `batch_norm_train`; shapes or dtypes the kernels do not take go to
+//! burn's too.
+
+mod backend;
+mod batch_norm;
+mod conv;
+
+use std::sync::OnceLock;
+
+use burn::backend::Dispatch;
+use burn::tensor::module::BatchNormTrainOutput;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor};
+
+pub use backend::CpuKernels;
+
+/// Whether tensors on `device` take these kernels: the CPU, unless `SSLHOST_CPU_KERNELS=burn`.
+fn ours(device: &Device) -> bool {
+    static BURN: OnceLock<bool> = OnceLock::new();
+    let burn =
+        *BURN.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "burn"));
+    *device == Device::flex() && !burn
+}
+
+/// `[N, C, H, W]` with weight `[C_out, C, k, k]` → `[N, C_out, H', W']`: no bias, square
+/// kernel, the same stride and zero padding on both axes.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    if ours(&x.device()) {
+        let out = <Dispatch as CpuKernels>::gemm_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            stride,
+            padding,
+        );
+        Tensor::from_dispatch(out)
+    } else {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        burn::tensor::module::conv2d(x, weight, None, options)
+    }
+}
+
+/// Batch norm with the batch's statistics: `x` `[N, C, ..]`, `gamma`, `beta` `[C]` → the output,
+/// and the batch mean and biased variance `[C]`, detached.
+pub fn batch_norm_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BatchNormTrainOutput<D> {
+    if !ours(&x.device()) {
+        return burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+    }
+    let (output, mean, variance) = <Dispatch as CpuKernels>::fused_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    BatchNormTrainOutput {
+        output: Tensor::from_dispatch(output),
+        mean: Tensor::from_dispatch(mean),
+        variance: Tensor::from_dispatch(variance),
+    }
+}

@@ -116,13 +116,23 @@ LAYOUTS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (
 
 
 class ResNet(nn.Module):
-    """torchvision's ResNet without the classifier; CIFAR stem: 3x3 conv stride 1, no max-pool."""
+    """torchvision's ResNet without the classifier; CIFAR stem: 3x3 conv stride 1, no max-pool.
 
-    def __init__(self, depth: int, widths, cifar_stem: bool = True) -> None:
+    `blocks` (four counts) replaces the depth's blocks per stage, as sslhost's
+    `resnet(depth, #{ blocks })` (the depth still picks basic or bottleneck blocks);
+    `stem_stride` is the stride of the CIFAR stem's conv (sslhost's `stem_stride`).
+    """
+
+    def __init__(self, depth: int, widths, cifar_stem: bool = True, blocks=None, stem_stride: int = 1) -> None:
         super().__init__()
         block, counts = LAYOUTS[depth]
+        if blocks is not None:
+            counts = list(blocks)
+        if len(counts) != 4 or min(counts) < 1 or stem_stride < 1:
+            raise ValueError(f"resnet: blocks must be four counts >= 1 and stem_stride >= 1, "
+                             f"got {counts} and {stem_stride}")
         if cifar_stem:
-            self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(3, widths[0], 3, stem_stride, 1, bias=False)
             self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)

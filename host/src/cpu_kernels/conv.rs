@@ -14,9 +14,12 @@
 
 use rayon::prelude::*;
 
-/// Output pixels per GEMM we aim for: large enough to amortise packing, small enough that
-/// the column matrix of one group stays in L2/L3 and every thread gets groups.
-const COLS_PER_GROUP: usize = 1024;
+/// Output pixels per GEMM we aim for: enough to amortise packing in the late 4x4 and 2x2
+/// stages, few enough that the column matrix stays in cache and that 16x16 and larger maps
+/// take one image per GEMM, written straight into the output with no reordering. Measured
+/// on the small-ResNet bench (2 cores): 1024 → 256 columns cut the SimCLR step 640 → 550 ms;
+/// 128 was no better than 256.
+const COLS_PER_GROUP: usize = 256;
 
 /// Geometry of one 2-D convolution: square kernel, same stride and padding on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +99,7 @@ impl ConvShape {
     }
 }
 
-/// `C[m, n] (+)= A · B` on strided row-major views; `accumulate` adds to what `C` holds.
+/// `C[m, n] (+)= A · B` on strided views; `accumulate` adds to what `C` holds.
 ///
 /// Strides are in elements: `(row, col)` for each matrix.
 #[allow(clippy::too_many_arguments)]
@@ -104,8 +107,7 @@ fn gemm(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [f32],
-    c_rs: usize,
+    (c, (c_rs, c_cs)): (&mut [f32], (usize, usize)),
     a: &[f32],
     (a_rs, a_cs): (usize, usize),
     b: &[f32],
@@ -117,13 +119,15 @@ fn gemm(
     }
     // Every element the strides can reach must lie inside the slices: this is what makes
     // the raw-pointer call below sound.
-    assert!(c.len() > (m - 1) * c_rs + (n - 1));
+    assert!(c.len() > (m - 1) * c_rs + (n - 1) * c_cs);
     if k > 0 {
         assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
         assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     } else if !accumulate {
         for row in 0..m {
-            c[row * c_rs..row * c_rs + n].fill(0.0);
+            for col in 0..n {
+                c[row * c_rs + col * c_cs] = 0.0;
+            }
         }
         return;
     }
@@ -135,7 +139,7 @@ fn gemm(
             n,
             k,
             c.as_mut_ptr(),
-            1,
+            c_cs as isize,
             c_rs as isize,
             accumulate,
             a.as_ptr(),
@@ -154,10 +158,101 @@ fn gemm(
     }
 }
 
+/// A stride-1 "same" convolution (output as large as the input): each kernel tap reads the
+/// whole input plane shifted by a fixed offset. One contiguous copy (or add) per plane and
+/// tap, then the few entries that wrapped around a row edge are cleared, instead of one short
+/// copy per output row (4 to 32 values in these networks).
+#[derive(Debug, Clone, Copy)]
+struct Shift {
+    h: usize,
+    w: usize,
+    pad: usize,
+}
+
+impl Shift {
+    fn same_size(s: &ConvShape) -> Option<Shift> {
+        (s.stride == 1 && s.oh() == s.h && s.ow() == s.w).then_some(Shift {
+            h: s.h,
+            w: s.w,
+            pad: s.pad,
+        })
+    }
+
+    /// For tap `(kh, kw)`: the output rows `[first, end)` that read a row inside the image.
+    fn rows(&self, kh: usize) -> (usize, usize) {
+        let dy = kh as isize - self.pad as isize;
+        let h = self.h as isize;
+        let first = (-dy).clamp(0, h);
+        (first as usize, (h - dy).clamp(first, h) as usize)
+    }
+
+    /// For tap `(kh, kw)`: the output index range whose source `i + offset` lies in those
+    /// rows (and in the plane), and that offset.
+    fn span(&self, kh: usize, kw: usize) -> (usize, usize, isize) {
+        let (first, end) = self.rows(kh);
+        let plane = (self.h * self.w) as isize;
+        let offset =
+            (kh as isize - self.pad as isize) * self.w as isize + kw as isize - self.pad as isize;
+        let lo = ((first * self.w) as isize).max(-offset).clamp(0, plane);
+        let hi = ((end * self.w) as isize).min(plane - offset).max(lo);
+        (lo as usize, hi as usize, offset)
+    }
+
+    /// Zeroes the output entries of tap `(kh, kw)` that read padding: rows above or below the
+    /// image, and the columns that a plain shift would wrap onto the neighbouring row.
+    fn clear_padding(&self, kh: usize, kw: usize, plane: &mut [f32]) {
+        let w = self.w;
+        let (first, end) = self.rows(kh);
+        plane[..first * w].fill(0.0);
+        plane[end * w..].fill(0.0);
+        let left = self.pad.saturating_sub(kw).min(w);
+        let right = kw.saturating_sub(self.pad).min(w);
+        if left > 0 || right > 0 {
+            for row in plane[first * w..end * w].chunks_exact_mut(w) {
+                row[..left].fill(0.0);
+                row[w - right..].fill(0.0);
+            }
+        }
+    }
+
+    /// `dst[i] = src[i + offset]` for tap `(kh, kw)`, zero where that reads padding.
+    fn copy(&self, kh: usize, kw: usize, src: &[f32], dst: &mut [f32]) {
+        let (lo, hi, offset) = self.span(kh, kw);
+        if lo < hi {
+            let from = (lo as isize + offset) as usize;
+            dst[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
+        }
+        self.clear_padding(kh, kw, dst);
+    }
+
+    /// `dst[i + offset] += src[i]` for tap `(kh, kw)`, skipping entries that read padding
+    /// (they are zeroed in `src` first).
+    fn add(&self, kh: usize, kw: usize, src: &mut [f32], dst: &mut [f32]) {
+        self.clear_padding(kh, kw, src);
+        let (lo, hi, offset) = self.span(kh, kw);
+        if lo < hi {
+            let from = (lo as isize + offset) as usize;
+            for (d, v) in dst[from..from + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                *d += v;
+            }
+        }
+    }
+}
+
 /// Fills `col` (`[taps, nb·oh·ow]`) from the `nb` images of `x` (`[nb, c_in, h, w]`).
 fn im2col(s: &ConvShape, x: &[f32], nb: usize, col: &mut [f32]) {
     let (k, stride, pad) = (s.k, s.stride, s.pad);
     let (ow, plane, cols) = (s.ow(), s.out_plane(), nb * s.out_plane());
+    if let Some(shift) = Shift::same_size(s) {
+        for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
+            let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+            for (img, dst) in row.chunks_exact_mut(plane).enumerate() {
+                let src = &x[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
+                shift.copy(kh, kw, src, dst);
+            }
+        }
+        return;
+    }
     for c in 0..s.c_in {
         for kh in 0..k {
             for kw in 0..k {
@@ -191,9 +286,21 @@ fn im2col(s: &ConvShape, x: &[f32], nb: usize, col: &mut [f32]) {
 
 /// Adds each column of `col` (`[taps, nb·oh·ow]`) back onto the input pixel it was read from,
 /// into `dx` (`[nb, c_in, h, w]`).
-fn col2im(s: &ConvShape, col: &[f32], nb: usize, dx: &mut [f32]) {
+///
+/// `col` is scratch: the stride-1 path zeroes the entries that read padding before adding.
+fn col2im(s: &ConvShape, col: &mut [f32], nb: usize, dx: &mut [f32]) {
     let (k, stride, pad) = (s.k, s.stride, s.pad);
     let (ow, plane, cols) = (s.ow(), s.out_plane(), nb * s.out_plane());
+    if let Some(shift) = Shift::same_size(s) {
+        for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
+            let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+            for (img, src) in row.chunks_exact_mut(plane).enumerate() {
+                let dst = &mut dx[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
+                shift.add(kh, kw, src, dst);
+            }
+        }
+        return;
+    }
     for c in 0..s.c_in {
         for kh in 0..k {
             for kw in 0..k {
@@ -225,6 +332,20 @@ fn col2im(s: &ConvShape, col: &[f32], nb: usize, dx: &mut [f32]) {
     }
 }
 
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`, in cache-sized tiles.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
 /// Reorders `nb` images of `[nb, c, plane]` into `[c, nb·plane]`.
 fn images_to_rows(src: &[f32], nb: usize, c: usize, plane: usize, dst: &mut [f32]) {
     for ch in 0..c {
@@ -250,6 +371,8 @@ fn rows_to_images(src: &[f32], nb: usize, c: usize, plane: usize, dst: &mut [f32
 struct Scratch {
     col: Vec<f32>,
     rows: Vec<f32>,
+    col_t: Vec<f32>,
+    dy_t: Vec<f32>,
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -261,6 +384,11 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let (taps, plane, c_out) = (s.taps(), s.out_plane(), s.c_out);
     let nb = s.images_per_group();
+    // The GEMM reads the weight along output channels; laid out `[taps, c_out]` once here,
+    // that read is contiguous, instead of every group's GEMM gathering it at stride `taps`.
+    let mut weight_t = vec![0.0f32; taps * c_out];
+    transpose_into(weight, c_out, taps, &mut weight_t);
+    let weight = (&weight_t[..], (1, c_out));
     let mut out = vec![0.0f32; s.batch * c_out * plane];
     out.par_chunks_mut(nb * c_out * plane)
         .zip(x.par_chunks(nb * s.c_in * s.in_plane()))
@@ -274,10 +402,9 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
                     c_out,
                     cols,
                     taps,
-                    out,
-                    cols,
-                    weight,
-                    (taps, 1),
+                    (out, (cols, 1)),
+                    weight.0,
+                    weight.1,
                     col,
                     (cols, 1),
                     false,
@@ -288,10 +415,9 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
                     c_out,
                     cols,
                     taps,
-                    rows,
-                    cols,
-                    weight,
-                    (taps, 1),
+                    (rows, (cols, 1)),
+                    weight.0,
+                    weight.1,
                     col,
                     (cols, 1),
                     false,
@@ -347,17 +473,22 @@ pub fn backward(
                 };
                 let col = resize(&mut scratch.col, taps * cols);
                 im2col(s, x, nb, col);
-                // dW[co, t] += Σ_cols dY[co, col] · col[t, col]
+                // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the summed
+                // axis contiguously, which the GEMM would have to gather element by element;
+                // tiled transposes into [cols, t] and [cols, co] first are cheaper.
+                let col_t = resize(&mut scratch.col_t, cols * taps);
+                transpose_into(col, taps, cols, col_t);
+                let dy_t = resize(&mut scratch.dy_t, cols * c_out);
+                transpose_into(dy_rows, c_out, cols, dy_t);
                 gemm(
+                    taps,
                     c_out,
-                    taps,
                     cols,
-                    &mut dw,
-                    taps,
-                    dy_rows,
-                    (cols, 1),
-                    col,
-                    (1, cols),
+                    (&mut dw, (1, taps)),
+                    col_t,
+                    (1, taps),
+                    dy_t,
+                    (c_out, 1),
                     true,
                 );
                 if let Some(dx) = dx.as_deref_mut() {
@@ -366,8 +497,7 @@ pub fn backward(
                         taps,
                         cols,
                         c_out,
-                        col,
-                        cols,
+                        (col, (cols, 1)),
                         weight,
                         (1, taps),
                         dy_rows,
@@ -472,8 +602,9 @@ mod tests {
             (7, 2, 3),
             (3, 1, 0),
             (2, 2, 1),
+            (5, 1, 2),
         ] {
-            for (batch, h, w) in [(1, 5, 5), (3, 6, 7), (5, 2, 2)] {
+            for (batch, h, w) in [(1, 5, 5), (3, 6, 7), (5, 2, 2), (2, 1, 3)] {
                 let s = ConvShape {
                     batch,
                     c_in: 3,

@@ -166,3 +166,58 @@ fn a_failing_run_still_draws_its_curves() {
     assert_eq!((curves.width(), curves.height()), (400, 250));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A second Ctrl-C exits at once (no checkpoint) and still leaves the curves of what was
+/// logged. The script never reaches a step boundary, so the first Ctrl-C alone cannot stop it.
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_draws_the_curves() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = std::env::temp_dir().join(format!("sslhost-outputs-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("busy.rhai");
+    std::fs::write(
+        &recipe,
+        "for i in 0..4 { log(i, #{ loss: 1.0 / (i + 1) }); }\n\
+         let x = randn([256, 256]);\n\
+         loop { let y = x.matmul(x); }\n",
+    )
+    .unwrap();
+    let runs = dir.join("runs");
+    let mut child = sslhost_run(&recipe, &runs)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        let logged = line.contains("step 3: ");
+        seen.push(line);
+        if logged {
+            break;
+        }
+    }
+    let interrupt = || {
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    interrupt();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    interrupt();
+    seen.extend(stderr.map_while(Result::ok));
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{seen:?}");
+    assert!(seen.iter().any(|l| l.contains("second Ctrl-C")), "{seen:?}");
+    let run = only_run(&runs);
+    assert!(run.join("curves.png").exists(), "{seen:?}");
+    assert!(!run.join("checkpoints").join("last.safetensors").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

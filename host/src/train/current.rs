@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::checkpoint::{self, Item};
@@ -20,13 +21,22 @@ struct Current {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The run directory once it exists, for the Ctrl-C handler's thread (the rest of the run
+/// state belongs to the script's thread).
+static RUN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
 /// Makes Ctrl-C (SIGINT) ask the training loop to stop at the next step boundary, where it
-/// writes a checkpoint of the tracked state. A second Ctrl-C before that exits at once.
+/// writes a checkpoint of the tracked state. A second Ctrl-C before that exits at once,
+/// without a checkpoint but with `curves.png` drawn from the metrics logged so far.
 pub fn handle_ctrl_c() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
             super::progress::clear();
             eprintln!("second Ctrl-C: exiting without a checkpoint");
+            let dir = RUN_DIR.lock().ok().and_then(|d| d.clone());
+            if let Some(dir) = dir {
+                draw_curves(&dir);
+            }
             std::process::exit(130);
         }
         super::progress::eprint_line(
@@ -136,7 +146,12 @@ pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>
                 Ok(d)
             });
             match created {
-                Ok(d) => cur.dir = Some(d),
+                Ok(d) => {
+                    if let Ok(mut shared) = RUN_DIR.lock() {
+                        *shared = Some(d.path().to_path_buf());
+                    }
+                    cur.dir = Some(d)
+                }
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -149,10 +164,14 @@ pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>
 /// fails the run: a problem is a warning.
 pub fn finish() {
     super::progress::clear();
-    let Some(dir) = dir_path() else {
-        return;
-    };
-    match crate::guard::catch(|| super::curves::render_run(&dir)) {
+    if let Some(dir) = dir_path() {
+        draw_curves(&dir);
+    }
+}
+
+/// Draws `curves.png` in `dir` from its metrics; a problem is a warning, never an error.
+fn draw_curves(dir: &Path) {
+    match crate::guard::catch(|| super::curves::render_run(dir)) {
         Ok(Some(path)) => tracing::info!("curves: {}", path.display()),
         Ok(None) => {}
         Err(e) => tracing::warn!("curves.png not drawn: {e}"),

@@ -185,13 +185,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 250.0
-                    - 1.5
-            })
-            .collect()
+        super::super::test_values(n, seed, -1.5, 2.5)
     }
 
     /// The loss `Σ w · bn(x)` in f64, straight from the definition.

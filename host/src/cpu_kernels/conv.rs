@@ -583,13 +583,7 @@ mod tests {
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
-                    / 500.0
-                    - 1.0
-            })
-            .collect()
+        super::super::test_values(n, seed, -1.0, 1.0)
     }
 
     fn shapes() -> Vec<ConvShape> {

@@ -17,6 +17,15 @@ mod backend;
 mod batch_norm;
 mod conv;
 
+/// Deterministic, evenly spread values in `[lo, hi)` for the kernels' unit tests.
+#[cfg(test)]
+fn test_values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let hash = |i: usize| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000;
+    (0..n)
+        .map(|i| lo + (hi - lo) * hash(i) as f32 / 1000.0)
+        .collect()
+}
+
 use std::sync::OnceLock;
 
 use burn::backend::Dispatch;

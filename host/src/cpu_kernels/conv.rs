@@ -371,7 +371,6 @@ fn rows_to_images(src: &[f32], nb: usize, c: usize, plane: usize, dst: &mut [f32
 struct Scratch {
     col: Vec<f32>,
     rows: Vec<f32>,
-    col_t: Vec<f32>,
     dy_t: Vec<f32>,
 }
 
@@ -457,7 +456,7 @@ pub fn backward(
         .into_par_iter()
         .zip(runs.par_iter())
         .map(|(mut dx, &(first, end))| {
-            let mut dw = vec![0.0f32; c_out * taps];
+            let mut dw_t = vec![0.0f32; taps * c_out];
             let mut scratch = Scratch::default();
             for lo in (first..end).step_by(nb) {
                 let nb = nb.min(end - lo);
@@ -474,21 +473,20 @@ pub fn backward(
                 let col = resize(&mut scratch.col, taps * cols);
                 im2col(s, x, nb, col);
                 // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the summed
-                // axis contiguously, which the GEMM would have to gather element by element;
-                // tiled transposes into [cols, t] and [cols, co] first are cheaper.
-                let col_t = resize(&mut scratch.col_t, cols * taps);
-                transpose_into(col, taps, cols, col_t);
+                // axis contiguously, so one must be read across it: with dY transposed to
+                // [cols, co] (small) and the result kept as dWᵀ [t, co], that one is the
+                // column matrix, which the GEMM packs six rows at a time.
                 let dy_t = resize(&mut scratch.dy_t, cols * c_out);
                 transpose_into(dy_rows, c_out, cols, dy_t);
                 gemm(
-                    taps,
                     c_out,
+                    taps,
                     cols,
-                    (&mut dw, (1, taps)),
-                    col_t,
-                    (1, taps),
+                    (&mut dw_t, (1, c_out)),
                     dy_t,
-                    (c_out, 1),
+                    (1, c_out),
+                    col,
+                    (1, cols),
                     true,
                 );
                 if let Some(dx) = dx.as_deref_mut() {
@@ -512,13 +510,15 @@ pub fn backward(
                     );
                 }
             }
-            dw
+            dw_t
         })
         .collect();
-    let mut dw = vec![0.0f32; c_out * taps];
+    let mut dw_t = vec![0.0f32; taps * c_out];
     for part in &partials {
-        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        dw_t.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
+    let mut dw = vec![0.0f32; c_out * taps];
+    transpose_into(&dw_t, taps, c_out, &mut dw);
     (dw, dx)
 }
 

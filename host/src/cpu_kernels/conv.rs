@@ -636,6 +636,17 @@ mod tests {
         }
     }
 
+    /// Each entry of `grad` against `expected(i)`.
+    fn check_entries(s: &ConvShape, name: &str, grad: &[f32], expected: impl Fn(usize) -> f32) {
+        for (i, &g) in grad.iter().enumerate() {
+            let expect = expected(i);
+            assert!(
+                (g - expect).abs() < 1e-3,
+                "{s:?} {name}[{i}]: {g} vs {expect}"
+            );
+        }
+    }
+
     /// The gradients are the adjoint of the forward map: `<dy, conv(x, w)>` is linear in
     /// both, so `<dy, conv(e_i, w)> = dx_i` and `<dy, conv(x, e_j)> = dw_j`.
     #[test]
@@ -646,27 +657,18 @@ mod tests {
             let dy = values(s.batch * s.c_out * s.oh() * s.ow(), 5);
             let (dw, dx) = backward(&s, &x, &w, &dy, true);
             let dot = |v: &[f32]| v.iter().zip(&dy).map(|(a, b)| a * b).sum::<f32>();
-            let dx = dx.unwrap();
-            for i in 0..x.len() {
-                let mut e = vec![0.0; x.len()];
+            let unit = |n: usize, i: usize| {
+                let mut e = vec![0.0; n];
                 e[i] = 1.0;
-                let expect = dot(&naive_forward(&s, &e, &w));
-                assert!(
-                    (dx[i] - expect).abs() < 1e-3,
-                    "{s:?} dx[{i}]: {} vs {expect}",
-                    dx[i]
-                );
-            }
-            for j in 0..w.len() {
-                let mut e = vec![0.0; w.len()];
-                e[j] = 1.0;
-                let expect = dot(&naive_forward(&s, &x, &e));
-                assert!(
-                    (dw[j] - expect).abs() < 1e-3,
-                    "{s:?} dw[{j}]: {} vs {expect}",
-                    dw[j]
-                );
-            }
+                e
+            };
+            let dx = dx.unwrap();
+            check_entries(&s, "dx", &dx, |i| {
+                dot(&naive_forward(&s, &unit(x.len(), i), &w))
+            });
+            check_entries(&s, "dw", &dw, |j| {
+                dot(&naive_forward(&s, &x, &unit(w.len(), j)))
+            });
             let (dw_only, none) = backward(&s, &x, &w, &dy, false);
             assert!(none.is_none());
             assert_eq!(dw_only, dw);

@@ -7,7 +7,7 @@ use rhai::plugin::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Largest `bytes_reserved` of the device's memory pool seen by [`peak_memory_mb`].
+/// Largest `bytes_reserved` of the device's memory pool seen by `peak_memory_mb`.
 static DEVICE_PEAK_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes per MiB.

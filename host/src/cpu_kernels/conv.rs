@@ -8,9 +8,13 @@
 //! stages) and the groups run in parallel, one single-threaded GEMM per thread.
 //!
 //! - forward: `out[co, cols] = W[co, K] · col[K, cols]`
-//! - weight gradient: `dW[co, K] += dY[co, cols] · col[K, cols]ᵀ` (summed over groups)
+//! - weight gradient: `dW[co, K] += dY[co, cols] · col[K, cols]ᵀ`, accumulated as `dWᵀ` per
+//!   thread over a fixed run of images, the runs added in order (the same bits every time)
 //! - input gradient: `dcol[K, cols] = Wᵀ[K, co] · dY[co, cols]`, then col2im adds `dcol`
 //!   back onto the input pixels each column read.
+//!
+//! Stride-1 convolutions that keep the map's size (the 3x3 blocks) build and scatter their
+//! column rows as one shifted copy per plane ([`Shift`]); the others go row by row.
 
 use rayon::prelude::*;
 

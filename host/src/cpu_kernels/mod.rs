@@ -5,8 +5,8 @@
 //! gradient as a transposed convolution with the same copies; burn's generic batch norm
 //! transposes for each statistic and runs a dozen elementwise passes. On a 2-core machine those
 //! copies cost more than the arithmetic (docs/PERFORMANCE.md). These kernels keep NCHW end to
-//! end: the convolution gives each thread one wide GEMM per group of images ([`conv`]) and
-//! batch norm walks each channel plane in place ([`batch_norm`]).
+//! end: the convolution gives each thread one wide GEMM per group of images (`conv.rs`) and
+//! batch norm walks each channel plane in place (`batch_norm.rs`).
 //!
 //! [`conv2d`] and [`batch_norm_train`] are what the models call. On CUDA, and when the
 //! environment sets `SSLHOST_CPU_KERNELS=burn` (to compare against burn's own path), they are

@@ -109,7 +109,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Reads a file written by [`write`] (or any safetensors file of F32/I64 tensors).
+/// Reads a file written by [`write()`] (or any safetensors file of F32/I64 tensors).
 pub fn read(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     let bad = |what: &str| Error::file(path, format!("not a valid tensor file: {what}"));

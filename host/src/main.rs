@@ -124,8 +124,8 @@ fn main() -> ExitCode {
     // The script runs on a worker of the thread pool the CPU kernels use (RAYON_NUM_THREADS
     // threads, the cores by default), so each parallel op starts on this thread at once and
     // only wakes the others, instead of handing every op to the pool and sleeping until it is
-    // done: the small ResNet's SimCLR step 419 -> 389 ms, the BYOL CPU preset about 15% more
-    // steps a minute. A large stack, as the main thread's, for deep scripts.
+    // done: the small ResNet's SimCLR step 414-424 -> 382-395 ms, the BYOL CPU preset 8.9 -> 7.5
+    // minutes. A large stack, as the main thread's, for deep scripts.
     let result = match rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build() {
         Ok(pool) => pool.install(run),
         Err(_) => run(),

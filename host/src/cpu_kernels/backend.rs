@@ -68,7 +68,8 @@ fn geometry(
     (nonempty && s.is_valid()).then_some(s)
 }
 
-fn burn_options(stride: usize, padding: usize) -> ConvOptions<2> {
+/// Burn's options for the same convolution, for the shapes and devices that go to burn's.
+pub(super) fn burn_options(stride: usize, padding: usize) -> ConvOptions<2> {
     ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1)
 }
 
@@ -158,6 +159,7 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let x = checkpointer
             .retrieve_node_output::<FlexTensor>(x_state)
             .to_contiguous();
+        // beta is not kept for the backward; gamma has the same `[C]` shape.
         let Some(s) = norm_shape(&x, &gamma, &gamma) else {
             unreachable!(
                 "fused_batch_norm_train recorded a backward for a shape it does not handle"

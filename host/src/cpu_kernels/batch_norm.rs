@@ -52,7 +52,7 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 /// Each thread sums one fixed run of images and the runs are added in order, so the result
 /// is the same bits on every call.
 fn channel_sums(s: &NormShape, f: impl Fn(usize, usize) -> [f32; 2] + Sync) -> Vec<[f64; 2]> {
-    let partials: Vec<Vec<[f64; 2]>> = super::conv::split_batch(s.batch)
+    let partials: Vec<Vec<[f64; 2]>> = super::split_batch(s.batch)
         .into_par_iter()
         .map(|(first, end)| {
             let mut acc = vec![[0.0f64; 2]; s.channels];

@@ -391,7 +391,6 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
     // that read is contiguous, instead of every group's GEMM gathering it at stride `taps`.
     let mut weight_t = vec![0.0f32; taps * c_out];
     transpose_into(weight, c_out, taps, &mut weight_t);
-    let weight = (&weight_t[..], (1, c_out));
     let mut out = vec![0.0f32; s.batch * c_out * plane];
     out.par_chunks_mut(nb * c_out * plane)
         .zip(x.par_chunks(nb * s.c_in * s.in_plane()))
@@ -400,32 +399,26 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
             let cols = nb * plane;
             let col = resize(&mut scratch.col, taps * cols);
             im2col(s, x, nb, col);
-            if nb == 1 {
-                gemm(
-                    c_out,
-                    cols,
-                    taps,
-                    (out, (cols, 1)),
-                    weight.0,
-                    weight.1,
-                    col,
-                    (cols, 1),
-                    false,
-                );
+            // One image: the GEMM writes the output directly. Several: it writes
+            // `[c_out, nb·plane]` rows, reordered into images after.
+            let dst = if nb == 1 {
+                &mut *out
             } else {
-                let rows = resize(&mut scratch.rows, c_out * cols);
-                gemm(
-                    c_out,
-                    cols,
-                    taps,
-                    (rows, (cols, 1)),
-                    weight.0,
-                    weight.1,
-                    col,
-                    (cols, 1),
-                    false,
-                );
-                rows_to_images(rows, nb, c_out, plane, out);
+                resize(&mut scratch.rows, c_out * cols)
+            };
+            gemm(
+                c_out,
+                cols,
+                taps,
+                (dst, (cols, 1)),
+                &weight_t,
+                (1, c_out),
+                col,
+                (cols, 1),
+                false,
+            );
+            if nb > 1 {
+                rows_to_images(&scratch.rows, nb, c_out, plane, out);
             }
         });
     out
@@ -447,7 +440,7 @@ pub fn backward(
     let (taps, plane, c_out) = (s.taps(), s.out_plane(), s.c_out);
     let (in_image, out_image) = (s.c_in * s.in_plane(), c_out * plane);
     let nb = s.images_per_group();
-    let runs = split_batch(s.batch);
+    let runs = super::split_batch(s.batch);
     let mut dx = want_dx.then(|| vec![0.0f32; s.batch * in_image]);
     let dx_runs: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(dx) => split_at_images(dx, in_image, &runs)
@@ -467,13 +460,6 @@ pub fn backward(
                 let cols = nb * plane;
                 let x = &x[lo * in_image..][..nb * in_image];
                 let dy = &dy[lo * out_image..][..nb * out_image];
-                let dy_rows: &[f32] = if nb == 1 {
-                    dy
-                } else {
-                    let rows = resize(&mut scratch.rows, c_out * cols);
-                    images_to_rows(dy, nb, c_out, plane, rows);
-                    rows
-                };
                 let col = resize(&mut scratch.col, taps * cols);
                 im2col(s, x, nb, col);
                 // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the summed
@@ -481,7 +467,14 @@ pub fn backward(
                 // [cols, co] (small) and the result kept as dWᵀ [t, co], that one is the
                 // column matrix, which the GEMM packs six rows at a time.
                 let dy_t = resize(&mut scratch.dy_t, cols * c_out);
-                transpose_into(dy_rows, c_out, cols, dy_t);
+                for (img, dy) in dy.chunks_exact(out_image).enumerate() {
+                    transpose_into(
+                        dy,
+                        c_out,
+                        plane,
+                        &mut dy_t[img * plane * c_out..][..plane * c_out],
+                    );
+                }
                 gemm(
                     c_out,
                     taps,
@@ -494,6 +487,13 @@ pub fn backward(
                     true,
                 );
                 if let Some(dx) = dx.as_deref_mut() {
+                    let dy_rows: &[f32] = if nb == 1 {
+                        dy
+                    } else {
+                        let rows = resize(&mut scratch.rows, c_out * cols);
+                        images_to_rows(dy, nb, c_out, plane, rows);
+                        rows
+                    };
                     // dcol[t, col] = Σ_co W[co, t] · dY[co, col], written over the column matrix.
                     gemm(
                         taps,
@@ -524,15 +524,6 @@ pub fn backward(
     let mut dw = vec![0.0f32; c_out * taps];
     transpose_into(&dw_t, taps, c_out, &mut dw);
     (dw, dx)
-}
-
-/// The batch as one run of consecutive images `[first, end)` per thread (fewer when the batch
-/// is smaller than the pool).
-pub(crate) fn split_batch(batch: usize) -> Vec<(usize, usize)> {
-    let runs = rayon::current_num_threads().clamp(1, batch.max(1));
-    (0..runs)
-        .map(|r| (r * batch / runs, (r + 1) * batch / runs))
-        .collect()
 }
 
 /// `data` (`image` values per image) cut into one mutable slice per run.

@@ -17,20 +17,10 @@ mod backend;
 mod batch_norm;
 mod conv;
 
-/// Deterministic, evenly spread values in `[lo, hi)` for the kernels' unit tests.
-#[cfg(test)]
-fn test_values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
-    let hash = |i: usize| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000;
-    (0..n)
-        .map(|i| lo + (hi - lo) * hash(i) as f32 / 1000.0)
-        .collect()
-}
-
 use std::sync::OnceLock;
 
 use burn::backend::Dispatch;
 use burn::tensor::module::BatchNormTrainOutput;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 pub use backend::CpuKernels;
@@ -55,8 +45,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) ->
         );
         Tensor::from_dispatch(out)
     } else {
-        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
-        burn::tensor::module::conv2d(x, weight, None, options)
+        burn::tensor::module::conv2d(x, weight, None, backend::burn_options(stride, padding))
     }
 }
 
@@ -82,4 +71,23 @@ pub fn batch_norm_train<const D: usize>(
         mean: Tensor::from_dispatch(mean),
         variance: Tensor::from_dispatch(variance),
     }
+}
+
+/// The batch as one run of consecutive images `[first, end)` per thread (fewer when the batch
+/// is smaller than the pool). The kernels reduce over the batch run by run and add the runs
+/// in order, so their sums are the same bits on every call.
+fn split_batch(batch: usize) -> Vec<(usize, usize)> {
+    let runs = rayon::current_num_threads().clamp(1, batch.max(1));
+    (0..runs)
+        .map(|r| (r * batch / runs, (r + 1) * batch / runs))
+        .collect()
+}
+
+/// Deterministic, evenly spread values in `[lo, hi)` for the kernels' unit tests.
+#[cfg(test)]
+fn test_values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let hash = |i: usize| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000;
+    (0..n)
+        .map(|i| lo + (hi - lo) * hash(i) as f32 / 1000.0)
+        .collect()
 }

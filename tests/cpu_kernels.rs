@@ -4,7 +4,8 @@
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use sslhost::cpu_kernels::conv2d;
+use burn::tensor::activation::relu;
+use sslhost::cpu_kernels::{NormEpilogue, batch_norm_train, conv2d};
 use sslhost::tensor::HostRng;
 
 fn tensor(rng: &mut HostRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -114,13 +115,33 @@ fn batch_norm_matches_burn() {
         .mul_scalar(3.0)
         .add_scalar(1.0);
     let vectors: Tensor<2> = tensor(&mut rng, [16, 12, 1, 1], &device).flatten(1, 3);
-    check_batch_norm("[N, C, H, W]", image, &mut rng);
-    check_batch_norm("[N, C]", vectors, &mut rng);
+    for epilogue in [Epilogue::None, Epilogue::Relu, Epilogue::AddRelu] {
+        check_batch_norm("[N, C, H, W]", image.clone(), epilogue, &mut rng);
+        check_batch_norm("[N, C]", vectors.clone(), epilogue, &mut rng);
+    }
 }
 
-fn check_batch_norm<const D: usize>(what: &str, x: Tensor<D>, rng: &mut HostRng) {
+/// What follows the normalisation: [`NormEpilogue`] without its tensor.
+#[derive(Debug, Clone, Copy)]
+enum Epilogue {
+    None,
+    Relu,
+    AddRelu,
+}
+
+fn check_batch_norm<const D: usize>(
+    what: &str,
+    x: Tensor<D>,
+    epilogue: Epilogue,
+    rng: &mut HostRng,
+) {
+    let what = format!("{what} {epilogue:?}");
     let device = x.device();
     let channels = x.dims()[1];
+    let residual: Tensor<D> = Tensor::from_data(
+        TensorData::new(rng.normal_vec(x.dims().iter().product(), 1.0), x.dims()),
+        &device,
+    );
     let gamma: Tensor<1> = Tensor::from_data(
         TensorData::new(rng.normal_vec(channels, 1.0), [channels]),
         &device,
@@ -129,18 +150,40 @@ fn check_batch_norm<const D: usize>(what: &str, x: Tensor<D>, rng: &mut HostRng)
         TensorData::new(rng.normal_vec(channels, 1.0), [channels]),
         &device,
     );
+    let weights: Tensor<D> = Tensor::from_data(
+        TensorData::new(rng.normal_vec(x.dims().iter().product(), 1.0), x.dims()),
+        &device,
+    );
     let run = |ours: bool| {
-        let (x, gamma, beta) = (
+        let (x, gamma, beta, residual) = (
             x.clone().require_grad(),
             gamma.clone().require_grad(),
             beta.clone().require_grad(),
+            residual.clone().require_grad(),
         );
         let out = if ours {
-            sslhost::cpu_kernels::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+            let then = match epilogue {
+                Epilogue::None => NormEpilogue::None,
+                Epilogue::Relu => NormEpilogue::Relu,
+                Epilogue::AddRelu => NormEpilogue::AddRelu(residual.clone()),
+            };
+            batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5, then)
         } else {
-            burn::tensor::module::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5)
+            let mut out = burn::tensor::module::batch_norm_train(
+                x.clone(),
+                gamma.clone(),
+                beta.clone(),
+                1e-5,
+            );
+            out.output = match epilogue {
+                Epilogue::None => out.output,
+                Epilogue::Relu => relu(out.output),
+                Epilogue::AddRelu => relu(out.output + residual.clone()),
+            };
+            out
         };
-        let weights = out.output.clone().detach().sin();
+        // Fixed weights, so the loss's gradient is not zero where a ReLU zeroed the output.
+        let weights = weights.clone();
         let grads = (out.output.clone() * weights).sum().backward();
         let flat = |t: Tensor<D>| t.into_data().try_to_vec::<f32>().unwrap();
         let flat1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
@@ -164,6 +207,15 @@ fn check_batch_norm<const D: usize>(what: &str, x: Tensor<D>, rng: &mut HostRng)
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap(),
+            match epilogue {
+                Epilogue::AddRelu => residual
+                    .grad(&grads)
+                    .expect("residual gradient")
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+                _ => Vec::new(),
+            },
         ]
     };
     let (ours, theirs) = (run(true), run(false));
@@ -174,6 +226,7 @@ fn check_batch_norm<const D: usize>(what: &str, x: Tensor<D>, rng: &mut HostRng)
         "input gradient",
         "gamma gradient",
         "beta gradient",
+        "residual gradient",
     ]
     .iter()
     .zip(ours.iter().zip(&theirs))

@@ -6,7 +6,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
@@ -15,7 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
-use super::batch_norm::{self, NormShape};
+use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 
 /// The CPU kernels a training step spends its time in.
@@ -30,12 +30,24 @@ pub trait CpuKernels: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// Batch norm with the batch's own statistics: `x` `[N, C, ..]`, `gamma` and `beta` `[C]`
-    /// → (output, mean `[C]`, biased variance `[C]`). Only the output is differentiated.
+    /// Batch norm with the batch's own statistics, then ReLU when `relu` (in the same pass):
+    /// `x` `[N, C, ..]`, `gamma` and `beta` `[C]` → (output, mean `[C]`, biased variance
+    /// `[C]`). Only the output is differentiated.
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        relu: bool,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// [`fused_batch_norm_train`](CpuKernels::fused_batch_norm_train) with `residual` (the
+    /// shape of `x`) added before the ReLU: the end of a ResNet block, in one pass.
+    fn fused_batch_norm_add_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
@@ -77,12 +89,20 @@ fn flex(values: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.into()))
 }
 
-/// The `[batch, channels, plane]` view, when every tensor is f32 and `gamma`, `beta` have one
-/// value per channel.
-fn norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<NormShape> {
-    let all_f32 = [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32);
+/// The `[batch, channels, plane]` view, when every tensor is f32, `gamma`, `beta` have one
+/// value per channel and `residual` (if any) has the shape of `x`.
+fn norm_shape(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    residual: Option<&FlexTensor>,
+) -> Option<NormShape> {
+    let all_f32 = [x, gamma, beta]
+        .into_iter()
+        .chain(residual)
+        .all(|t| t.dtype() == DType::F32);
     let dims = x.shape();
-    if !all_f32 || dims.num_dims() < 2 {
+    if !all_f32 || dims.num_dims() < 2 || residual.is_some_and(|r| r.shape() != dims) {
         return None;
     }
     let s = NormShape {
@@ -93,6 +113,19 @@ fn norm_shape(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor) -> Option<N
     let per_channel = |t: &FlexTensor| t.shape().num_elements() == s.channels;
     let nonempty = s.batch > 0 && s.channels > 0 && s.plane > 0;
     (nonempty && per_channel(gamma) && per_channel(beta)).then_some(s)
+}
+
+/// `relu?(out + residual)` with the backend's own ops, for what the kernels do not take.
+fn burn_epilogue<B: Backend>(
+    out: FloatTensor<B>,
+    residual: Option<FloatTensor<B>>,
+    relu: bool,
+) -> FloatTensor<B> {
+    let out = match residual {
+        Some(r) => B::float_add(out, r),
+        None => out,
+    };
+    if relu { B::relu(out) } else { out }
 }
 
 fn dims(t: &FlexTensor) -> Vec<usize> {
@@ -113,54 +146,110 @@ impl CpuKernels for Flex {
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        relu: bool,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let Some(s) = norm_shape(&x, &gamma, &beta) else {
-            let out = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
-            return (out.output, out.mean, out.variance);
-        };
-        let (x, gamma, beta) = (
-            x.to_contiguous(),
-            gamma.to_contiguous(),
-            beta.to_contiguous(),
-        );
-        let (out, mean, var) = batch_norm::forward(
-            &s,
-            x.storage::<f32>(),
-            gamma.storage::<f32>(),
-            beta.storage::<f32>(),
-            epsilon,
-        );
-        (
-            flex(out, dims(&x)),
-            flex(mean, [s.channels]),
-            flex(var, [s.channels]),
-        )
+        flex_batch_norm(x, gamma, beta, None, relu, epsilon)
+    }
+
+    fn fused_batch_norm_add_relu_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        residual: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        flex_batch_norm(x, gamma, beta, Some(residual), true, epsilon)
     }
 }
 
-/// The backward step of batch norm: input, `gamma` and `beta` gradients from two passes.
-#[derive(Debug)]
-struct BatchNormBackward;
+/// Batch norm and its epilogue on burn-flex: the kernel, or burn's ops for what it does not
+/// take.
+fn flex_batch_norm(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    residual: Option<FlexTensor>,
+    relu: bool,
+    epsilon: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let Some(s) = norm_shape(&x, &gamma, &beta, residual.as_ref()) else {
+        let out = <Flex as ModuleOps<Flex>>::batch_norm_train(x, gamma, beta, epsilon);
+        let output = burn_epilogue::<Flex>(out.output, residual, relu);
+        return (output, out.mean, out.variance);
+    };
+    let (x, gamma, beta) = (
+        x.to_contiguous(),
+        gamma.to_contiguous(),
+        beta.to_contiguous(),
+    );
+    let residual = residual.map(|r| r.to_contiguous());
+    let epilogue = Epilogue {
+        residual: residual.as_ref().map(|r| r.storage::<f32>()),
+        relu,
+    };
+    let (out, mean, var) = batch_norm::forward(
+        &s,
+        x.storage::<f32>(),
+        gamma.storage::<f32>(),
+        beta.storage::<f32>(),
+        epilogue,
+        epsilon,
+    );
+    (
+        flex(out, dims(&x)),
+        flex(mean, [s.channels]),
+        flex(var, [s.channels]),
+    )
+}
 
-impl Backward<Flex, 3> for BatchNormBackward {
-    /// The input's checkpoint, then `gamma`, the batch mean and variance, and epsilon.
-    type State = (NodeId, FlexTensor, FlexTensor, FlexTensor, f64);
+/// The backward step of batch norm and its epilogue: the input, `gamma`, `beta` and (with
+/// `N = 4`) residual gradients.
+#[derive(Debug)]
+struct BatchNormBackward<const N: usize>;
+
+/// What [`BatchNormBackward`] keeps from the forward.
+#[derive(Debug, Clone)]
+struct BatchNormState {
+    /// The input's checkpoint.
+    x: NodeId,
+    gamma: FlexTensor,
+    mean: FlexTensor,
+    var: FlexTensor,
+    epsilon: f64,
+    /// The output, when a ReLU was applied: where it is positive, gradients pass.
+    relu_out: Option<FlexTensor>,
+}
+
+impl<const N: usize> Backward<Flex, N> for BatchNormBackward<N> {
+    type State = BatchNormState;
 
     fn backward(
         self,
-        ops: Ops<Self::State, 3>,
+        ops: Ops<Self::State, N>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x_state, gamma, mean, var, epsilon) = ops.state;
+        // Parents: x, gamma, beta, and the residual when N is 4.
+        let mut parents = ops.parents.into_iter();
+        let mut parent = || parents.next().flatten();
+        let (node_x, node_gamma, node_beta, node_residual) =
+            (parent(), parent(), parent(), parent());
+        let state = ops.state;
+        let mut dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        if let Some(out) = &state.relu_out {
+            let out = out.to_contiguous();
+            let dz = batch_norm::relu_backward(dy.storage::<f32>(), out.storage::<f32>());
+            dy = flex(dz, dims(&out));
+        }
+        if let Some(node) = node_residual {
+            grads.register::<Flex>(node.id, dy.clone());
+        }
         let x = checkpointer
-            .retrieve_node_output::<FlexTensor>(x_state)
+            .retrieve_node_output::<FlexTensor>(state.x)
             .to_contiguous();
         // beta is not kept for the backward; gamma has the same `[C]` shape.
-        let Some(s) = norm_shape(&x, &gamma, &gamma) else {
+        let Some(s) = norm_shape(&x, &state.gamma, &state.gamma, None) else {
             unreachable!(
                 "fused_batch_norm_train recorded a backward for a shape it does not handle"
             );
@@ -168,10 +257,10 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let (dx, dgamma, dbeta) = batch_norm::backward(
             &s,
             x.storage::<f32>(),
-            gamma.storage::<f32>(),
-            mean.storage::<f32>(),
-            var.storage::<f32>(),
-            epsilon,
+            state.gamma.storage::<f32>(),
+            state.mean.storage::<f32>(),
+            state.var.storage::<f32>(),
+            state.epsilon,
             dy.storage::<f32>(),
         );
         if let Some(node) = node_x {
@@ -271,40 +360,108 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        relu: bool,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        if norm_shape(x.primitive(), gamma.primitive(), beta.primitive()).is_none() {
-            let out = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
-            return (out.output, out.mean, out.variance);
+        autodiff_batch_norm::<C>(x, gamma, beta, None, relu, epsilon)
+    }
+
+    fn fused_batch_norm_add_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        autodiff_batch_norm::<C>(x, gamma, beta, Some(residual), true, epsilon)
+    }
+}
+
+type AutodiffFloat<C> = FloatTensor<Autodiff<Flex, C>>;
+
+/// Batch norm and its epilogue on `Autodiff<Flex>`: recorded with [`BatchNormBackward`], or
+/// burn's ops for what the kernel does not take.
+fn autodiff_batch_norm<C: CheckpointStrategy>(
+    x: AutodiffFloat<C>,
+    gamma: AutodiffFloat<C>,
+    beta: AutodiffFloat<C>,
+    residual: Option<AutodiffFloat<C>>,
+    relu: bool,
+    epsilon: f64,
+) -> (AutodiffFloat<C>, AutodiffFloat<C>, AutodiffFloat<C>) {
+    type B<C> = Autodiff<Flex, C>;
+    let shape = norm_shape(
+        x.primitive(),
+        gamma.primitive(),
+        beta.primitive(),
+        residual.as_ref().map(|r| r.primitive()),
+    );
+    if shape.is_none() {
+        let out = <B<C> as ModuleOps<B<C>>>::batch_norm_train(x, gamma, beta, epsilon);
+        let output = burn_epilogue::<B<C>>(out.output, residual, relu);
+        return (output, out.mean, out.variance);
+    }
+    let (out, mean, var) = match residual {
+        None => {
+            let nodes = [x.node(), gamma.node(), beta.node()];
+            batch_norm_tracked::<C, 3>(nodes, (x, gamma, beta), None, relu, epsilon)
         }
-        // The statistics leave as constants: callers only feed them to running averages.
-        let constant = FloatTensor::<Self>::new;
-        match BatchNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let gamma_value = gamma.primitive().clone();
-                let (out, mean, var) = Flex::fused_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                let state = (x_state, gamma_value, mean.clone(), var.clone(), epsilon);
-                (prep.finish(state, out), constant(mean), constant(var))
-            }
-            OpsKind::UnTracked(prep) => {
-                let (out, mean, var) = Flex::fused_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                (prep.finish(out), constant(mean), constant(var))
-            }
+        Some(r) => {
+            let nodes = [x.node(), gamma.node(), beta.node(), r.node()];
+            let r = Some(r.into_primitive());
+            batch_norm_tracked::<C, 4>(nodes, (x, gamma, beta), r, relu, epsilon)
+        }
+    };
+    // The statistics leave as constants: callers only feed them to running averages.
+    let constant = AutodiffFloat::<C>::new;
+    (out, constant(mean), constant(var))
+}
+
+/// Records the fused batch norm on the autodiff graph, `nodes` being the parents in the
+/// order [`BatchNormBackward`] reads them.
+fn batch_norm_tracked<C: CheckpointStrategy, const N: usize>(
+    nodes: [NodeGuard; N],
+    (x, gamma, beta): (AutodiffFloat<C>, AutodiffFloat<C>, AutodiffFloat<C>),
+    residual: Option<FlexTensor>,
+    relu: bool,
+    epsilon: f64,
+) -> (AutodiffFloat<C>, FlexTensor, FlexTensor) {
+    match BatchNormBackward::<N>
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let gamma_value = gamma.primitive().clone();
+            let (out, mean, var) = flex_batch_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                residual,
+                relu,
+                epsilon,
+            );
+            let state = BatchNormState {
+                x: x_state,
+                gamma: gamma_value,
+                mean: mean.clone(),
+                var: var.clone(),
+                epsilon,
+                relu_out: relu.then(|| out.clone()),
+            };
+            (prep.finish(state, out), mean, var)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (out, mean, var) = flex_batch_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                residual,
+                relu,
+                epsilon,
+            );
+            (prep.finish(out), mean, var)
         }
     }
 }

@@ -80,35 +80,31 @@ fn plane<'a>(s: &NormShape, data: &'a [f32], img: usize, c: usize) -> &'a [f32] 
     &data[(img * s.channels + c) * s.plane..][..s.plane]
 }
 
-/// `out = x · a[c] + b[c]` (and `+ y · d[c]` when `y` is given), image by image in parallel.
-fn per_channel_affine(s: &NormShape, x: &[f32], y: Option<&[f32]>, coef: &[[f32; 3]]) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    let image = s.channels * s.plane;
-    out.par_chunks_mut(image)
+/// A new `[batch, channels, plane]` buffer, each plane written by `f(image, channel, plane)`,
+/// image by image in parallel.
+fn per_plane(s: &NormShape, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; s.batch * s.channels * s.plane];
+    out.par_chunks_mut(s.channels * s.plane)
         .enumerate()
         .for_each(|(img, out)| {
             for (c, out) in out.chunks_exact_mut(s.plane).enumerate() {
-                let [a, b, d] = coef[c];
-                let xs = plane(s, x, img, c);
-                match y {
-                    Some(y) => {
-                        let ys = plane(s, y, img, c);
-                        for ((o, x), y) in out.iter_mut().zip(xs).zip(ys) {
-                            *o = x * a + b + y * d;
-                        }
-                    }
-                    None => {
-                        for (o, x) in out.iter_mut().zip(xs) {
-                            *o = x * a + b;
-                        }
-                    }
-                }
+                f(img, c, out);
             }
         });
     out
 }
 
-/// Normalises `x` with its own batch statistics and applies `gamma`, `beta`.
+/// What is applied after the normalisation, in the same pass: a residual added, then ReLU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to the normalised output, same shape as `x` (a ResNet block's shortcut).
+    pub residual: Option<&'a [f32]>,
+    /// `max(·, 0)` last.
+    pub relu: bool,
+}
+
+/// Normalises `x` with its own batch statistics, applies `gamma`, `beta` and then the
+/// epilogue: `out = relu?(γ·x̂ + β (+ residual))`.
 ///
 /// Returns the output, the per-channel mean and the biased variance (what the running
 /// statistics are updated from).
@@ -117,6 +113,7 @@ pub fn forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    epilogue: Epilogue,
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = s.count();
@@ -130,15 +127,49 @@ pub fn forward(
         [lane_sum(xs, xs, |x, _| (x - m) * (x - m)), 0.0]
     });
     let var: Vec<f64> = sq.iter().map(|[sq, _]| sq / n).collect();
-    let coef: Vec<[f32; 3]> = (0..s.channels)
+    let coef: Vec<[f32; 2]> = (0..s.channels)
         .map(|c| {
             let scale = gamma[c] as f64 / (var[c] + eps).sqrt();
-            [scale as f32, (beta[c] as f64 - mean[c] * scale) as f32, 0.0]
+            [scale as f32, (beta[c] as f64 - mean[c] * scale) as f32]
         })
         .collect();
-    let out = per_channel_affine(s, x, None, &coef);
+    // As burn's ReLU: values ≤ 0 become 0 and NaN passes through (the step's NaN guard
+    // must still see it).
+    let relu = epilogue.relu;
+    let act = move |v: f32| if relu && v <= 0.0 { 0.0 } else { v };
+    let out = per_plane(s, |img, c, out| {
+        let [a, b] = coef[c];
+        let xs = plane(s, x, img, c);
+        match epilogue.residual {
+            Some(r) => {
+                let rs = plane(s, r, img, c);
+                for ((o, x), r) in out.iter_mut().zip(xs).zip(rs) {
+                    *o = act(x * a + b + r);
+                }
+            }
+            None => {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = act(x * a + b);
+                }
+            }
+        }
+    });
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
     (out, to_f32(mean), to_f32(var))
+}
+
+/// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
+pub fn relu_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![0.0f32; dy.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        .for_each(|(out, (dy, y))| {
+            for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
+                *o = if y > 0.0 { d } else { 0.0 };
+            }
+        });
+    out
 }
 
 /// Gradients of [`forward`] for the output gradient `dy`: input, `gamma` and `beta`.
@@ -172,11 +203,16 @@ pub fn backward(
             let a = gamma[c] as f64 * inv_std;
             let b = -a * inv_std * inv_std * sum_dy_xc / n;
             let d = -a * sum_dy / n - b * mean[c] as f64;
-            // per_channel_affine computes x·[0] + [1] + y·[2]: here x is dy and y is x.
-            [a as f32, d as f32, b as f32]
+            [a as f32, b as f32, d as f32]
         })
         .collect();
-    let dx = per_channel_affine(s, dy, Some(x), &coef);
+    let dx = per_plane(s, |img, c, out| {
+        let [a, b, d] = coef[c];
+        let (xs, ds) = (plane(s, x, img, c), plane(s, dy, img, c));
+        for ((o, x), dy) in out.iter_mut().zip(xs).zip(ds) {
+            *o = dy * a + d + x * b;
+        }
+    });
     (dx, dgamma, dbeta)
 }
 
@@ -212,7 +248,14 @@ mod tests {
             plane: 7,
         };
         let x = values(105, 1);
-        let (out, mean, var) = forward(&s, &x, &[1.0, 2.0, 0.5], &[0.0, 1.0, -1.0], 1e-5);
+        let (out, mean, var) = forward(
+            &s,
+            &x,
+            &[1.0, 2.0, 0.5],
+            &[0.0, 1.0, -1.0],
+            Epilogue::default(),
+            1e-5,
+        );
         for c in 0..3 {
             let xs: Vec<f64> = (0..5)
                 .flat_map(|i| (0..7).map(move |p| (i * 3 + c) * 7 + p))
@@ -252,7 +295,7 @@ mod tests {
             let gamma: Vec<f32> = (0..s.channels).map(|c| 0.5 + c as f32).collect();
             let beta: Vec<f32> = (0..s.channels).map(|c| c as f32 - 1.0).collect();
             let eps = 1e-5;
-            let (_, mean, var) = forward(&s, &x, &gamma, &beta, eps);
+            let (_, mean, var) = forward(&s, &x, &gamma, &beta, Epilogue::default(), eps);
             let (dx, dgamma, dbeta) = backward(&s, &x, &gamma, &mean, &var, eps, &w);
             let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
             let (xd, gd, bd, wd) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&w));

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use burn::backend::Dispatch;
 use burn::tensor::module::BatchNormTrainOutput;
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 pub use backend::CpuKernels;
@@ -49,23 +50,57 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) ->
     }
 }
 
-/// Batch norm with the batch's statistics: `x` `[N, C, ..]`, `gamma`, `beta` `[C]` → the output,
-/// and the batch mean and biased variance `[C]`, detached.
+/// What a batch norm applies to its output in the same pass.
+pub enum NormEpilogue<const D: usize> {
+    /// The normalised output as it is.
+    None,
+    /// `relu(bn(x))`.
+    Relu,
+    /// `relu(bn(x) + residual)`: the end of a ResNet block.
+    AddRelu(Tensor<D>),
+}
+
+impl<const D: usize> NormEpilogue<D> {
+    /// The epilogue as separate tensor ops, for a batch norm computed elsewhere.
+    pub fn apply(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            NormEpilogue::None => x,
+            NormEpilogue::Relu => relu(x),
+            NormEpilogue::AddRelu(residual) => relu(x.add(residual)),
+        }
+    }
+}
+
+/// Batch norm with the batch's statistics, then its epilogue: `x` `[N, C, ..]`, `gamma`,
+/// `beta` `[C]` → the output, and the batch mean and biased variance `[C]`, detached.
 pub fn batch_norm_train<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
+    epilogue: NormEpilogue<D>,
 ) -> BatchNormTrainOutput<D> {
     if !ours(&x.device()) {
-        return burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        let output = epilogue.apply(out.output);
+        return BatchNormTrainOutput { output, ..out };
     }
-    let (output, mean, variance) = <Dispatch as CpuKernels>::fused_batch_norm_train(
-        x.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-        epsilon,
-    );
+    let (x, gamma, beta) = (x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch());
+    let (output, mean, variance) = match epilogue {
+        NormEpilogue::None => {
+            <Dispatch as CpuKernels>::fused_batch_norm_train(x, gamma, beta, false, epsilon)
+        }
+        NormEpilogue::Relu => {
+            <Dispatch as CpuKernels>::fused_batch_norm_train(x, gamma, beta, true, epsilon)
+        }
+        NormEpilogue::AddRelu(residual) => <Dispatch as CpuKernels>::fused_batch_norm_add_relu_train(
+            x,
+            gamma,
+            beta,
+            residual.into_dispatch(),
+            epsilon,
+        ),
+    };
     BatchNormTrainOutput {
         output: Tensor::from_dispatch(output),
         mean: Tensor::from_dispatch(mean),

@@ -7,6 +7,7 @@
 use burn::module::{Flag, Module, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::cpu_kernels::NormEpilogue;
 use crate::tensor::HostRng;
 
 fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
@@ -218,15 +219,33 @@ impl BatchNormConfig {
 impl BatchNorm {
     /// `[N, C, ..] -> [N, C, ..]`; in training mode also updates the running statistics.
     pub fn forward<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_then(x, NormEpilogue::None)
+    }
+
+    /// `relu(bn(x))`, in one pass over the activations when training on the CPU.
+    pub fn forward_relu<const D: usize>(&mut self, x: Tensor<D>) -> Tensor<D> {
+        self.forward_then(x, NormEpilogue::Relu)
+    }
+
+    /// `relu(bn(x) + residual)`, in one pass over the activations when training on the CPU.
+    pub fn forward_add_relu<const D: usize>(
+        &mut self,
+        x: Tensor<D>,
+        residual: Tensor<D>,
+    ) -> Tensor<D> {
+        self.forward_then(x, NormEpilogue::AddRelu(residual))
+    }
+
+    fn forward_then<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
         if !self.training.is_enabled() {
-            return burn::tensor::module::batch_norm(
+            return then.apply(burn::tensor::module::batch_norm(
                 x,
                 self.weight.val(),
                 self.bias.val(),
                 self.running_mean.val(),
                 self.running_var.val(),
                 self.epsilon,
-            );
+            ));
         }
         let dims = x.dims();
         let count: usize = dims.iter().product::<usize>() / dims[1];
@@ -235,6 +254,7 @@ impl BatchNorm {
             self.weight.val(),
             self.bias.val(),
             self.epsilon,
+            then,
         );
         let m = self.momentum;
         let unbiased = if count > 1 {

@@ -92,12 +92,13 @@ impl Mlp {
         let n = self.layers.len();
         for (i, layer) in self.layers.iter_mut().enumerate() {
             x = layer.linear.forward(x);
-            if let Some(bn) = &mut layer.bn {
-                x = bn.forward(x);
-            }
-            if i + 1 < n {
-                x = relu(x);
-            }
+            let hidden = i + 1 < n;
+            x = match (&mut layer.bn, hidden) {
+                (Some(bn), true) => bn.forward_relu(x),
+                (Some(bn), false) => bn.forward(x),
+                (None, true) => relu(x),
+                (None, false) => x,
+            };
         }
         x
     }

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::ops::MaxPoolOptions;
-use burn::tensor::{Device, Tensor, activation::relu};
+use burn::tensor::{Device, Tensor};
 
 use super::layers::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig};
 use crate::error::{Error, Result};
@@ -194,12 +194,15 @@ impl Block {
             Some(d) => d.bn.forward(d.conv.forward(x.clone())),
             None => x.clone(),
         };
-        let mut out = relu(self.bn1.forward(self.conv1.forward(x)));
-        out = self.bn2.forward(self.conv2.forward(out));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &mut self.bn3) {
-            out = bn3.forward(conv3.forward(relu(out)));
+        let out = self.bn1.forward_relu(self.conv1.forward(x));
+        let out = self.conv2.forward(out);
+        match (&self.conv3, &mut self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = conv3.forward(self.bn2.forward_relu(out));
+                bn3.forward_add_relu(out, identity)
+            }
+            _ => self.bn2.forward_add_relu(out, identity),
         }
-        relu(out.add(identity))
     }
 }
 
@@ -216,7 +219,7 @@ impl ResNet {
 
     /// `[N, C, H, W] -> [N, features]`.
     pub fn forward(&mut self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let mut x = self.bn1.forward_relu(self.conv1.forward(x));
         if !self.cifar_stem {
             let pool = MaxPoolOptions::new([3, 3])
                 .with_stride([2, 2])

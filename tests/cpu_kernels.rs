@@ -1,10 +1,10 @@
 //! The CPU convolution (im2col + GEMM with its own backward) against burn's: same outputs and
 //! the same gradients through autodiff, for the kernel shapes the ResNets use.
 
+use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use burn::tensor::activation::relu;
 use sslhost::cpu_kernels::{NormEpilogue, batch_norm_train, conv2d};
 use sslhost::tensor::HostRng;
 

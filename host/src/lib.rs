@@ -3,6 +3,7 @@
 //! The host owns tensors, autodiff, models, optimisers and devices; scripts own the method.
 //! Modules below `api/` know nothing of Rhai.
 
+pub mod allocator;
 pub mod api;
 pub mod augment;
 pub mod cpu_kernels;

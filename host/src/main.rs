@@ -108,6 +108,7 @@ enum BenchMethod {
 const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");
 
 fn main() -> ExitCode {
+    sslhost::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -20,8 +20,8 @@ mod conv;
 use std::sync::OnceLock;
 
 use burn::backend::Dispatch;
-use burn::tensor::module::BatchNormTrainOutput;
 use burn::tensor::activation::relu;
+use burn::tensor::module::BatchNormTrainOutput;
 use burn::tensor::{Device, Tensor};
 
 pub use backend::CpuKernels;
@@ -51,6 +51,9 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) ->
 }
 
 /// What a batch norm applies to its output in the same pass.
+// Built and consumed within one call, never stored: boxing the tensor would only add an
+// allocation per layer.
+#[allow(clippy::large_enum_variant)]
 pub enum NormEpilogue<const D: usize> {
     /// The normalised output as it is.
     None,
@@ -85,7 +88,11 @@ pub fn batch_norm_train<const D: usize>(
         let output = epilogue.apply(out.output);
         return BatchNormTrainOutput { output, ..out };
     }
-    let (x, gamma, beta) = (x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch());
+    let (x, gamma, beta) = (
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+    );
     let (output, mean, variance) = match epilogue {
         NormEpilogue::None => {
             <Dispatch as CpuKernels>::fused_batch_norm_train(x, gamma, beta, false, epsilon)
@@ -93,13 +100,15 @@ pub fn batch_norm_train<const D: usize>(
         NormEpilogue::Relu => {
             <Dispatch as CpuKernels>::fused_batch_norm_train(x, gamma, beta, true, epsilon)
         }
-        NormEpilogue::AddRelu(residual) => <Dispatch as CpuKernels>::fused_batch_norm_add_relu_train(
-            x,
-            gamma,
-            beta,
-            residual.into_dispatch(),
-            epsilon,
-        ),
+        NormEpilogue::AddRelu(residual) => {
+            <Dispatch as CpuKernels>::fused_batch_norm_add_relu_train(
+                x,
+                gamma,
+                beta,
+                residual.into_dispatch(),
+                epsilon,
+            )
+        }
     };
     BatchNormTrainOutput {
         output: Tensor::from_dispatch(output),

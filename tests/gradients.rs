@@ -67,6 +67,12 @@ const CASES: &[Case] = &[
         (-1.0, 1.0),
     ),
     (
+        "cross_entropy_per_row",
+        "x.cross_entropy_per_row(tensor([3.0, 0.0, 1.0]))",
+        &[3, 5],
+        (-2.0, 2.0),
+    ),
+    (
         "cross_entropy",
         "cross_entropy(x, tensor([2, 0]).int()) * ones([1])",
         &[2, 3],

@@ -122,3 +122,35 @@ fn knn_monitor_runs_at_epoch_ends_and_at_the_last_step() {
     assert!(due(34, 0) && due(34, 3));
     assert!(!due(9, 0) && !due(29, 0));
 }
+
+#[test]
+fn cross_entropy_rejects_bad_labels() {
+    for (expr, says) in [
+        (
+            "cross_entropy(tensor([[0.0, 0.0]]), tensor([2]).int())",
+            "outside 0..2",
+        ),
+        (
+            "cross_entropy(tensor([[0.0, 0.0]]), tensor([0.5]))",
+            "whole numbers",
+        ),
+        (
+            "cross_entropy(tensor([[0.0, 0.0], [1.0, 1.0]]), tensor([0]).int())",
+            "labels of shape [2]",
+        ),
+        (
+            "cross_entropy(tensor([0.0, 0.0]), tensor([0]).int())",
+            "[N, C]",
+        ),
+    ] {
+        let err = engine::run_source(
+            "stdlib-test",
+            expr,
+            Path::new("."),
+            Session::new(sslhost::device::cpu(), 0),
+        )
+        .expect_err(expr)
+        .to_string();
+        assert!(err.contains(says), "{expr}: {err}");
+    }
+}

@@ -587,6 +587,18 @@ pub mod tensor_api {
         run(|| a.log_softmax(dim))
     }
 
+    /// Cross-entropy of each row of logits `[N, C]` against its label (`labels` `[N]`: an
+    /// int tensor, or a float tensor of whole numbers in `0..C`), `[N]`. On the CPU one fused
+    /// op (two passes forward, one backward); the stdlib's `cross_entropy` is its mean.
+    ///
+    /// ```rhai
+    /// let per_sample = logits.cross_entropy_per_row(labels);   // [N]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn cross_entropy_per_row(logits: Tensor, labels: Tensor) -> RhaiResult<Tensor> {
+        run(|| logits.cross_entropy_per_row(&labels))
+    }
+
     // ---- structure ----------------------------------------------------------------------
 
     /// Concatenates tensors along `dim`.

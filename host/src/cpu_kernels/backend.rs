@@ -17,6 +17,7 @@ use burn_flex::FlexTensor;
 
 use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
+use super::cross_entropy;
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -50,6 +51,13 @@ pub trait CpuKernels: Backend {
         residual: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Per-row cross-entropy of f32 `logits` `[N, C]` against `targets` `[N]` (f32 class
+    /// indices, each below `C`): `logsumexp(row) − row[target]` `[N]`.
+    fn fused_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// The geometry, when both tensors are f32 and the shapes are ones the kernels take.
@@ -161,6 +169,30 @@ impl CpuKernels for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         flex_batch_norm(x, gamma, beta, Some(residual), true, epsilon)
     }
+
+    fn fused_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> FlexTensor {
+        flex_cross_entropy(logits, targets).0
+    }
+}
+
+/// The class indices of a `[N]` f32 tensor.
+fn class_indices(targets: &FlexTensor) -> Vec<usize> {
+    let targets = targets.to_contiguous();
+    targets
+        .storage::<f32>()
+        .iter()
+        .map(|&t| t as usize)
+        .collect()
+}
+
+/// Per-row cross-entropy on burn-flex, and each row's log-sum-exp (for the backward).
+fn flex_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+    let logits = logits.to_contiguous();
+    let classes = logits.shape()[1];
+    let targets = class_indices(&targets);
+    let (losses, lse) = cross_entropy::forward(logits.storage::<f32>(), classes, &targets);
+    let rows = targets.len();
+    (flex(losses, [rows]), flex(lse, [rows]))
 }
 
 /// Batch norm and its epilogue on burn-flex: the kernel, or burn's ops for what it does not
@@ -374,6 +406,63 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         autodiff_batch_norm::<C>(x, gamma, beta, Some(residual), true, epsilon)
+    }
+
+    fn fused_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match CrossEntropyBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let logits_state = prep.checkpoint(&logits);
+                let indices = class_indices(targets.primitive());
+                let (losses, lse) =
+                    flex_cross_entropy(logits.into_primitive(), targets.into_primitive());
+                prep.finish((logits_state, indices, lse), losses)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(flex_cross_entropy(logits.into_primitive(), targets.into_primitive()).0)
+            }
+        }
+    }
+}
+
+/// The backward step of cross-entropy: `dloss · (softmax − one-hot)`, one pass.
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<Flex, 1> for CrossEntropyBackward {
+    /// The logits' checkpoint, the class indices and each row's log-sum-exp.
+    type State = (NodeId, Vec<usize>, FlexTensor);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_logits] = ops.parents;
+        let dloss = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let Some(node) = node_logits else {
+            return;
+        };
+        let (logits_state, targets, lse) = ops.state;
+        let logits = checkpointer
+            .retrieve_node_output::<FlexTensor>(logits_state)
+            .to_contiguous();
+        let shape = dims(&logits);
+        let grad = cross_entropy::backward(
+            logits.storage::<f32>(),
+            shape[1],
+            &targets,
+            lse.storage::<f32>(),
+            dloss.storage::<f32>(),
+        );
+        grads.register::<Flex>(node.id, flex(grad, shape));
     }
 }
 

@@ -16,13 +16,14 @@
 mod backend;
 mod batch_norm;
 mod conv;
+mod cross_entropy;
 
 use std::sync::OnceLock;
 
 use burn::backend::Dispatch;
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::BatchNormTrainOutput;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use backend::CpuKernels;
 
@@ -115,6 +116,29 @@ pub fn batch_norm_train<const D: usize>(
         mean: Tensor::from_dispatch(mean),
         variance: Tensor::from_dispatch(variance),
     }
+}
+
+/// Per-row cross-entropy of `logits` `[N, C]` against class indices `targets` (`N` of them,
+/// each below `C`): `logsumexp(row) − row[target]`, `[N]`.
+pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+    let device = logits.device();
+    let [rows, _] = logits.dims();
+    debug_assert_eq!(rows, targets.len());
+    if ours(&device) && logits.dtype() == DType::F32 {
+        let indices: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
+        let indices = Tensor::<1>::from_data(TensorData::new(indices, [rows]), &device);
+        let out = <Dispatch as CpuKernels>::fused_cross_entropy(
+            logits.into_dispatch(),
+            indices.into_dispatch(),
+        );
+        return Tensor::from_dispatch(out);
+    }
+    let indices: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let indices = Tensor::<2, Int>::from_data(TensorData::new(indices, [rows, 1]), &device);
+    log_softmax(logits, 1)
+        .gather(1, indices)
+        .neg()
+        .reshape([rows])
 }
 
 /// The batch as one run of consecutive images `[first, end)` per thread (fewer when the batch

@@ -473,23 +473,51 @@ impl DynTensor {
                 "one_hot of a rank-4 tensor would be rank 5".into(),
             ));
         }
-        let v = self.to_f64_vec()?;
-        if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
-            return Err(Error::Dtype(format!(
-                "one_hot: labels must be whole numbers, found {x}"
-            )));
-        }
-        if let Some(x) = v.iter().find(|&&x| x < 0.0 || x >= num_classes as f64) {
-            return Err(Error::Invalid(format!(
-                "one_hot: label {x} is outside 0..{num_classes}"
-            )));
-        }
+        self.class_labels(num_classes, "one_hot")?;
         let labels = self.to_int().int4("one_hot")?;
         let flat: Tensor<1, Int> = labels.reshape([self.numel()]);
         let hot: Tensor<2> = flat.one_hot::<2>(num_classes).float();
         let mut s = self.shape();
         s.push(num_classes);
         Ok(DynTensor::from_float4(hot.reshape(padded(&s)), s.len()))
+    }
+
+    /// The values as class indices in `0..classes` (reads the device): an error names `op`
+    /// when one is not a whole number or is out of range.
+    fn class_labels(&self, classes: usize, op: &str) -> Result<Vec<usize>> {
+        let v = self.to_f64_vec()?;
+        if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+            return Err(Error::Dtype(format!(
+                "{op}: labels must be whole numbers, found {x}"
+            )));
+        }
+        if let Some(x) = v.iter().find(|&&x| x < 0.0 || x >= classes as f64) {
+            return Err(Error::Invalid(format!(
+                "{op}: label {x} is outside 0..{classes}"
+            )));
+        }
+        Ok(v.into_iter().map(|x| x as usize).collect())
+    }
+
+    /// Cross-entropy of each row of `logits` `[N, C]` against its label (`labels` `[N]`,
+    /// whole numbers in `0..C`): `logsumexp(row) − row[label]`, `[N]`.
+    pub fn cross_entropy_per_row(&self, labels: &DynTensor) -> Result<Self> {
+        let shape = self.shape();
+        let &[rows, classes] = shape.as_slice() else {
+            return Err(Error::Shape(format!(
+                "cross_entropy: logits must be [N, C], got {shape:?}"
+            )));
+        };
+        if labels.shape() != [rows] {
+            return Err(Error::Shape(format!(
+                "cross_entropy: {rows} rows of logits need labels of shape [{rows}], got {:?}",
+                labels.shape()
+            )));
+        }
+        let targets = labels.class_labels(classes, "cross_entropy")?;
+        let logits: Tensor<2> = self.float4("cross_entropy")?.reshape([rows, classes]);
+        let losses = crate::cpu_kernels::cross_entropy(logits, &targets);
+        Ok(DynTensor::from_float4(losses.reshape([1, 1, 1, rows]), 1))
     }
 
     /// The same values, cut from the autodiff graph.

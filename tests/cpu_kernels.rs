@@ -28,12 +28,14 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
     }
 }
 
-/// (batch, c_in, side, c_out, kernel, stride, padding): a stem, 3x3 blocks, strided 3x3,
+/// (batch, c_in, side, c_out, kernel, stride, padding): a stem, 3x3 blocks (small planes and
+/// 16x16, which read their taps differently), strided 3x3,
 /// 1x1 shortcuts, and late 2x2 stages where a group holds many images.
 const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (4, 1, 28, 8, 3, 2, 1),
     (3, 3, 16, 8, 7, 2, 3),
     (5, 8, 9, 12, 3, 1, 1),
+    (2, 4, 16, 8, 3, 1, 1),
     (6, 8, 8, 16, 3, 2, 1),
     (6, 8, 8, 16, 1, 2, 0),
     (33, 16, 2, 16, 3, 1, 1),
@@ -232,5 +234,50 @@ fn check_batch_norm<const D: usize>(
     .zip(ours.iter().zip(&theirs))
     {
         assert_close(&format!("batch norm {what} {name}"), a, b);
+    }
+}
+
+/// The linear layer's product against burn's `x.matmul(w.transpose())`: output and both
+/// gradients, with the layer applied twice in one graph (two views) so the weight's two
+/// gradients are added.
+#[test]
+fn linear_matches_burn() {
+    let device = Device::flex().autodiff();
+    let mut rng = HostRng::new(5);
+    for (rows, d_in, d_out) in [(3, 4, 5), (64, 300, 200)] {
+        let matrix = |rng: &mut HostRng, r: usize, c: usize| -> Tensor<2> {
+            Tensor::from_data(TensorData::new(rng.normal_vec(r * c, 1.0), [r, c]), &device)
+        };
+        let (a, b) = (matrix(&mut rng, rows, d_in), matrix(&mut rng, rows, d_in));
+        let w = matrix(&mut rng, d_out, d_in);
+        let weights = matrix(&mut rng, rows, d_out);
+        let run = |ours: bool| {
+            let (a, b, w) = (
+                a.clone().require_grad(),
+                b.clone().require_grad(),
+                w.clone().require_grad(),
+            );
+            let apply = |x: Tensor<2>| {
+                if ours {
+                    sslhost::cpu_kernels::linear(x, w.clone())
+                } else {
+                    x.matmul(w.clone().transpose())
+                }
+            };
+            let (ya, yb) = (apply(a.clone()), apply(b.clone()));
+            let grads = ((ya.clone() + yb * 0.5) * weights.clone()).sum().backward();
+            [
+                values(ya.inner()),
+                values(a.grad(&grads).expect("input gradient")),
+                values(w.grad(&grads).expect("weight gradient")),
+            ]
+        };
+        let (ours, theirs) = (run(true), run(false));
+        for (name, (o, t)) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+        {
+            assert_close(&format!("linear [{rows}, {d_in}] -> {d_out} {name}"), o, t);
+        }
     }
 }

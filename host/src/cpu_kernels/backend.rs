@@ -18,6 +18,7 @@ use burn_flex::FlexTensor;
 use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 use super::cross_entropy;
+use super::linear::{self, LinearShape};
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -51,6 +52,10 @@ pub trait CpuKernels: Backend {
         residual: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// A linear layer without bias, the weight in PyTorch's layout: `x` `[N, in]`, `weight`
+    /// `[out, in]` → `x · weightᵀ` `[N, out]`.
+    fn gemm_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Per-row cross-entropy of f32 `logits` `[N, C]` against `targets` `[N]` (f32 class
     /// indices, each below `C`): `logsumexp(row) − row[target]` `[N]`.
@@ -86,6 +91,26 @@ fn geometry(
     };
     let nonempty = s.batch > 0 && s.c_in > 0 && s.c_out > 0;
     (nonempty && s.is_valid()).then_some(s)
+}
+
+/// The sizes, when both tensors are f32 matrices with matching inner sizes.
+fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> Option<LinearShape> {
+    let (xs, ws) = (x.shape(), weight.shape());
+    let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if !f32s || xs.num_dims() != 2 || ws.num_dims() != 2 || xs[1] != ws[1] {
+        return None;
+    }
+    let s = LinearShape {
+        rows: xs[0],
+        d_in: xs[1],
+        d_out: ws[0],
+    };
+    (s.rows > 0 && s.d_in > 0 && s.d_out > 0).then_some(s)
+}
+
+/// `x · weightᵀ` with burn's own ops, for what the kernel does not take.
+fn burn_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_matmul(x, B::float_transpose(weight))
 }
 
 /// Burn's options for the same convolution, for the shapes and devices that go to burn's.
@@ -168,6 +193,15 @@ impl CpuKernels for Flex {
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         flex_batch_norm(x, gamma, beta, Some(residual), true, epsilon)
+    }
+
+    fn gemm_linear(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        let Some(s) = linear_shape(&x, &weight) else {
+            return burn_linear::<Flex>(x, weight);
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = linear::forward(&s, x.storage::<f32>(), weight.storage::<f32>());
+        flex(y, [s.rows, s.d_out])
     }
 
     fn fused_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> FlexTensor {
@@ -408,6 +442,28 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         autodiff_batch_norm::<C>(x, gamma, beta, Some(residual), true, epsilon)
     }
 
+    fn gemm_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        if linear_shape(x.primitive(), weight.primitive()).is_none() {
+            return burn_linear::<Self>(x, weight);
+        }
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let y = Flex::gemm_linear(x.into_primitive(), weight.into_primitive());
+                prep.finish((x_state, weight_state), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::gemm_linear(
+                x.into_primitive(),
+                weight.into_primitive(),
+            )),
+        }
+    }
+
     fn fused_cross_entropy(
         logits: FloatTensor<Self>,
         targets: FloatTensor<Self>,
@@ -427,6 +483,45 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => {
                 prep.finish(flex_cross_entropy(logits.into_primitive(), targets.into_primitive()).0)
             }
+        }
+    }
+}
+
+/// The backward step of a linear layer: both gradients, contiguous.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    /// The checkpoints of the input and the weight.
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x_state, weight_state) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+        let Some(s) = linear_shape(&x, &weight) else {
+            unreachable!("gemm_linear recorded a backward for a shape it does not handle");
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let (dw, dx) = linear::backward(
+            &s,
+            x.storage::<f32>(),
+            weight.storage::<f32>(),
+            dy.storage::<f32>(),
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, flex(dx, [s.rows, s.d_in]));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<Flex>(node.id, flex(dw, [s.d_out, s.d_in]));
         }
     }
 }

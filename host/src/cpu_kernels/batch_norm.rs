@@ -82,16 +82,18 @@ fn plane<'a>(s: &NormShape, data: &'a [f32], img: usize, c: usize) -> &'a [f32] 
 
 /// A new `[batch, channels, plane]` buffer, each plane written by `f(image, channel, plane)`,
 /// image by image in parallel.
-fn per_plane(s: &NormShape, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0.0f32; s.batch * s.channels * s.plane];
-    out.par_chunks_mut(s.channels * s.plane)
-        .enumerate()
-        .for_each(|(img, out)| {
+fn per_plane(s: &NormShape, f: impl Fn(usize, usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let image = s.channels * s.plane;
+    super::par_new(
+        s.batch * image,
+        image,
+        || (),
+        |_, img, out| {
             for (c, out) in out.chunks_exact_mut(s.plane).enumerate() {
                 f(img, c, out);
             }
-        });
-    out
+        },
+    )
 }
 
 /// What is applied after the normalisation, in the same pass: a residual added, then ReLU.
@@ -161,15 +163,17 @@ pub fn forward(
 /// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
 pub fn relu_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
     const CHUNK: usize = 1 << 14;
-    let mut out = vec![0.0f32; dy.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(out, (dy, y))| {
+    super::par_new(
+        dy.len(),
+        CHUNK,
+        || (),
+        |_, i, out| {
+            let (dy, y) = (&dy[i * CHUNK..], &y[i * CHUNK..]);
             for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
                 *o = if y > 0.0 { d } else { 0.0 };
             }
-        });
-    out
+        },
+    )
 }
 
 /// Gradients of [`forward`] for the output gradient `dy`: input, `gamma` and `beta`.

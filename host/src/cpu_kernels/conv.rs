@@ -18,6 +18,8 @@
 
 use rayon::prelude::*;
 
+use super::matmul::gemm;
+
 /// Output pixels per GEMM we aim for: enough to amortise packing in the late 4x4 and 2x2
 /// stages, few enough that the column matrix stays in cache and that 16x16 and larger maps
 /// take one image per GEMM, written straight into the output with no reordering. Measured
@@ -83,82 +85,6 @@ impl ConvShape {
         let threads = rayon::current_num_threads().max(1);
         let per_thread = self.batch.div_ceil(threads).max(1);
         (COLS_PER_GROUP / self.out_plane().max(1)).clamp(1, per_thread)
-    }
-
-    /// The output columns `[lo, hi)` of one row whose input column `ow·stride + kw − pad` lies
-    /// inside the image; the others read padding.
-    fn valid_cols(&self, kw: usize) -> (usize, usize) {
-        let (s, ow) = (self.stride, self.ow());
-        let lo = if self.pad > kw {
-            (self.pad - kw).div_ceil(s)
-        } else {
-            0
-        };
-        let hi = if self.w + self.pad > kw {
-            (self.w + self.pad - kw).div_ceil(s).min(ow)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
-}
-
-/// `C[m, n] (+)= A · B` on strided views; `accumulate` adds to what `C` holds.
-///
-/// Strides are in elements: `(row, col)` for each matrix.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    (c, (c_rs, c_cs)): (&mut [f32], (usize, usize)),
-    a: &[f32],
-    (a_rs, a_cs): (usize, usize),
-    b: &[f32],
-    (b_rs, b_cs): (usize, usize),
-    accumulate: bool,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // Every element the strides can reach must lie inside the slices: this is what makes
-    // the raw-pointer call below sound.
-    assert!(c.len() > (m - 1) * c_rs + (n - 1) * c_cs);
-    if k > 0 {
-        assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-        assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    } else if !accumulate {
-        for row in 0..m {
-            for col in 0..n {
-                c[row * c_rs + col * c_cs] = 0.0;
-            }
-        }
-        return;
-    }
-    // SAFETY: the asserts above bound every index gemm forms from these strides, and `c`
-    // is borrowed mutably, so it aliases neither `a` nor `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            c_cs as isize,
-            c_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -245,43 +171,126 @@ impl Shift {
     }
 }
 
-/// Fills `col` (`[taps, nb·oh·ow]`) from the `nb` images of `x` (`[nb, c_in, h, w]`).
-fn im2col(s: &ConvShape, x: &[f32], nb: usize, col: &mut [f32]) {
-    let (k, stride, pad) = (s.k, s.stride, s.pad);
-    let (ow, plane, cols) = (s.ow(), s.out_plane(), nb * s.out_plane());
-    if let Some(shift) = Shift::same_size(s) {
-        for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
-            let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
-            for (img, dst) in row.chunks_exact_mut(plane).enumerate() {
-                let src = &x[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                shift.copy(kh, kw, src, dst);
+/// Strided and other size-changing convolutions: for every kernel tap, the index each output
+/// pixel reads in the zero-padded input plane. A plane is padded once (in a per-thread
+/// buffer) and then each of its `k·k` column rows is one gather, with no per-row bounds
+/// logic (the row-by-row copies it replaced ran a scalar loop with bounds checks and a
+/// `memset` call per row edge for stride 2).
+#[derive(Debug)]
+struct Gather {
+    /// `[k·k, oh·ow]`: the padded-plane index each output pixel reads, tap by tap.
+    index: Vec<u32>,
+    /// Side lengths of the padded plane.
+    padded_h: usize,
+    padded_w: usize,
+    pad: usize,
+}
+
+impl Gather {
+    fn new(s: &ConvShape) -> Gather {
+        let (padded_h, padded_w) = (s.h + 2 * s.pad, s.w + 2 * s.pad);
+        let mut index = Vec::with_capacity(s.k * s.k * s.out_plane());
+        for kh in 0..s.k {
+            for kw in 0..s.k {
+                for oy in 0..s.oh() {
+                    for ox in 0..s.ow() {
+                        let at = (oy * s.stride + kh) * padded_w + ox * s.stride + kw;
+                        index.push(at as u32);
+                    }
+                }
             }
         }
-        return;
+        Gather {
+            index,
+            padded_h,
+            padded_w,
+            pad: s.pad,
+        }
     }
-    for c in 0..s.c_in {
-        for kh in 0..k {
-            for kw in 0..k {
-                let row = &mut col[((c * k + kh) * k + kw) * cols..][..cols];
-                let (lo, hi) = s.valid_cols(kw);
-                for img in 0..nb {
+
+    fn padded_plane(&self) -> usize {
+        self.padded_h * self.padded_w
+    }
+
+    /// The index rows of each tap, `oh·ow` entries each.
+    fn taps(&self, plane: usize) -> std::slice::ChunksExact<'_, u32> {
+        self.index.chunks_exact(plane)
+    }
+
+    /// Copies `src` (one `h × w` plane) into the interior of `padded`, whose border is zero.
+    fn pad_into(&self, src: &[f32], w: usize, padded: &mut [f32]) {
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            let at = (y + self.pad) * self.padded_w + self.pad;
+            padded[at..at + w].copy_from_slice(row);
+        }
+    }
+
+    /// Adds the interior of `padded` onto `dst` (one `h × w` plane).
+    fn add_interior(&self, padded: &[f32], w: usize, dst: &mut [f32]) {
+        for (y, row) in dst.chunks_exact_mut(w).enumerate() {
+            let at = (y + self.pad) * self.padded_w + self.pad;
+            for (d, v) in row.iter_mut().zip(&padded[at..at + w]) {
+                *d += v;
+            }
+        }
+    }
+}
+
+/// How column rows are read from the input: [`Shift`]'s plane copies for stride-1 "same"
+/// convolutions, [`Gather`] for the rest.
+#[derive(Debug)]
+enum TapReader {
+    Shift(Shift),
+    Gather(Gather),
+}
+
+impl TapReader {
+    fn new(s: &ConvShape) -> TapReader {
+        match Shift::same_size(s) {
+            Some(shift) => TapReader::Shift(shift),
+            None => TapReader::Gather(Gather::new(s)),
+        }
+    }
+}
+
+/// Fills `col` (`[taps, nb·oh·ow]`) from the `nb` images of `x` (`[nb, c_in, h, w]`).
+/// `padded` is scratch for [`Gather`].
+fn im2col(
+    s: &ConvShape,
+    reader: &TapReader,
+    x: &[f32],
+    nb: usize,
+    col: &mut [f32],
+    padded: &mut Vec<f32>,
+) {
+    let (k, plane, cols) = (s.k, s.out_plane(), nb * s.out_plane());
+    match reader {
+        TapReader::Shift(shift) => {
+            for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
+                let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+                for (img, dst) in row.chunks_exact_mut(plane).enumerate() {
                     let src = &x[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                    let dst = &mut row[img * plane..][..plane];
-                    for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                        let iy = (oy * stride + kh).wrapping_sub(pad);
-                        if iy >= s.h {
-                            drow.fill(0.0);
-                            continue;
-                        }
-                        let srow = &src[iy * s.w..][..s.w];
-                        drow[..lo].fill(0.0);
-                        drow[hi..].fill(0.0);
-                        if stride == 1 {
-                            drow[lo..hi].copy_from_slice(&srow[lo + kw - pad..hi + kw - pad]);
-                        } else {
-                            for (ox, d) in (lo..hi).zip(&mut drow[lo..hi]) {
-                                *d = srow[ox * stride + kw - pad];
-                            }
+                    shift.copy(kh, kw, src, dst);
+                }
+            }
+        }
+        TapReader::Gather(gather) => {
+            // Zeroed once: each plane then overwrites only the interior.
+            padded.clear();
+            padded.resize(gather.padded_plane(), 0.0);
+            for img in 0..nb {
+                for c in 0..s.c_in {
+                    let src = &x[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
+                    let source: &[f32] = if gather.pad == 0 {
+                        src
+                    } else {
+                        gather.pad_into(src, s.w, padded);
+                        padded
+                    };
+                    for (tap, index) in gather.taps(plane).enumerate() {
+                        let row = &mut col[(c * k * k + tap) * cols + img * plane..][..plane];
+                        for (d, &i) in row.iter_mut().zip(index) {
+                            *d = source[i as usize];
                         }
                     }
                 }
@@ -291,46 +300,50 @@ fn im2col(s: &ConvShape, x: &[f32], nb: usize, col: &mut [f32]) {
 }
 
 /// Adds each column of `col` (`[taps, nb·oh·ow]`) back onto the input pixel it was read from,
-/// into `dx` (`[nb, c_in, h, w]`).
+/// into `dx` (`[nb, c_in, h, w]`). `padded` is scratch for [`Gather`].
 ///
 /// `col` is scratch: the stride-1 path zeroes the entries that read padding before adding.
-fn col2im(s: &ConvShape, col: &mut [f32], nb: usize, dx: &mut [f32]) {
-    let (k, stride, pad) = (s.k, s.stride, s.pad);
-    let (ow, plane, cols) = (s.ow(), s.out_plane(), nb * s.out_plane());
-    if let Some(shift) = Shift::same_size(s) {
-        for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
-            let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
-            for (img, src) in row.chunks_exact_mut(plane).enumerate() {
-                let dst = &mut dx[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                shift.add(kh, kw, src, dst);
+fn col2im(
+    s: &ConvShape,
+    reader: &TapReader,
+    col: &mut [f32],
+    nb: usize,
+    dx: &mut [f32],
+    padded: &mut Vec<f32>,
+) {
+    let (k, plane, cols) = (s.k, s.out_plane(), nb * s.out_plane());
+    match reader {
+        TapReader::Shift(shift) => {
+            for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
+                let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+                for (img, src) in row.chunks_exact_mut(plane).enumerate() {
+                    let dst = &mut dx[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
+                    shift.add(kh, kw, src, dst);
+                }
             }
         }
-        return;
-    }
-    for c in 0..s.c_in {
-        for kh in 0..k {
-            for kw in 0..k {
-                let row = &col[((c * k + kh) * k + kw) * cols..][..cols];
-                let (lo, hi) = s.valid_cols(kw);
-                for img in 0..nb {
+        TapReader::Gather(gather) => {
+            padded.resize(gather.padded_plane(), 0.0);
+            for img in 0..nb {
+                for c in 0..s.c_in {
                     let dst = &mut dx[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                    let src = &row[img * plane..][..plane];
-                    for (oy, srow) in src.chunks_exact(ow).enumerate() {
-                        let iy = (oy * stride + kh).wrapping_sub(pad);
-                        if iy >= s.h {
-                            continue;
+                    // Without padding the indices are the input plane's own: add in place.
+                    let sink: &mut [f32] = if gather.pad == 0 {
+                        dst
+                    } else {
+                        padded.fill(0.0);
+                        padded
+                    };
+                    // For one tap no two output pixels read the same input pixel, so these
+                    // adds never collide; the taps are added one after another.
+                    for (tap, index) in gather.taps(plane).enumerate() {
+                        let row = &col[(c * k * k + tap) * cols + img * plane..][..plane];
+                        for (v, &i) in row.iter().zip(index) {
+                            sink[i as usize] += v;
                         }
-                        let drow = &mut dst[iy * s.w..][..s.w];
-                        if stride == 1 {
-                            let d = &mut drow[lo + kw - pad..hi + kw - pad];
-                            for (d, v) in d.iter_mut().zip(&srow[lo..hi]) {
-                                *d += v;
-                            }
-                        } else {
-                            for ox in lo..hi {
-                                drow[ox * stride + kw - pad] += srow[ox];
-                            }
-                        }
+                    }
+                    if gather.pad != 0 {
+                        gather.add_interior(padded, s.w, dst);
                     }
                 }
             }
@@ -378,6 +391,8 @@ struct Scratch {
     col: Vec<f32>,
     rows: Vec<f32>,
     dy_t: Vec<f32>,
+    /// One zero-padded input plane ([`Gather`]).
+    padded: Vec<f32>,
 }
 
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -389,18 +404,22 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let (taps, plane, c_out) = (s.taps(), s.out_plane(), s.c_out);
     let nb = s.images_per_group();
+    let reader = TapReader::new(s);
     // The GEMM reads the weight along output channels; laid out `[taps, c_out]` once here,
     // that read is contiguous, instead of every group's GEMM gathering it at stride `taps`.
     let mut weight_t = vec![0.0f32; taps * c_out];
     transpose_into(weight, c_out, taps, &mut weight_t);
-    let mut out = vec![0.0f32; s.batch * c_out * plane];
-    out.par_chunks_mut(nb * c_out * plane)
-        .zip(x.par_chunks(nb * s.c_in * s.in_plane()))
-        .for_each_init(Scratch::default, |scratch, (out, x)| {
+    let group_in = nb * s.c_in * s.in_plane();
+    super::par_new(
+        s.batch * c_out * plane,
+        nb * c_out * plane,
+        Scratch::default,
+        |scratch, group, out| {
+            let x = &x[group * group_in..][..out.len() / (c_out * plane) * s.c_in * s.in_plane()];
             let nb = out.len() / (c_out * plane);
             let cols = nb * plane;
             let col = resize(&mut scratch.col, taps * cols);
-            im2col(s, x, nb, col);
+            im2col(s, &reader, x, nb, col, &mut scratch.padded);
             // One image: the GEMM writes the output directly. Several: it writes
             // `[c_out, nb·plane]` rows, reordered into images after.
             let dst = if nb == 1 {
@@ -418,12 +437,13 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
                 col,
                 (cols, 1),
                 false,
+                false,
             );
             if nb > 1 {
                 rows_to_images(&scratch.rows, nb, c_out, plane, out);
             }
-        });
-    out
+        },
+    )
 }
 
 /// Both gradients of [`forward`] for the output gradient `dy` `[batch, c_out, oh, ow]`:
@@ -442,8 +462,10 @@ pub fn backward(
     let (taps, plane, c_out) = (s.taps(), s.out_plane(), s.c_out);
     let (in_image, out_image) = (s.c_in * s.in_plane(), c_out * plane);
     let nb = s.images_per_group();
+    let reader = TapReader::new(s);
     let runs = super::split_batch(s.batch);
-    let mut dx = want_dx.then(|| vec![0.0f32; s.batch * in_image]);
+    // Zeroed in parallel, image by image: col2im adds into it.
+    let mut dx = want_dx.then(|| super::par_new(s.batch * in_image, in_image, || (), |_, _, _| {}));
     let dx_runs: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(dx) => split_at_images(dx, in_image, &runs)
             .into_iter()
@@ -463,7 +485,7 @@ pub fn backward(
                 let x = &x[lo * in_image..][..nb * in_image];
                 let dy = &dy[lo * out_image..][..nb * out_image];
                 let col = resize(&mut scratch.col, taps * cols);
-                im2col(s, x, nb, col);
+                im2col(s, &reader, x, nb, col, &mut scratch.padded);
                 // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the summed
                 // axis contiguously, so one must be read across it: with dY transposed to
                 // [cols, co] (small) and the result kept as dWᵀ [t, co], that one is the
@@ -487,6 +509,7 @@ pub fn backward(
                     col,
                     (1, cols),
                     true,
+                    false,
                 );
                 if let Some(dx) = dx.as_deref_mut() {
                     let dy_rows: &[f32] = if nb == 1 {
@@ -507,12 +530,15 @@ pub fn backward(
                         dy_rows,
                         (cols, 1),
                         false,
+                        false,
                     );
                     col2im(
                         s,
+                        &reader,
                         col,
                         nb,
                         &mut dx[(lo - first) * in_image..][..nb * in_image],
+                        &mut scratch.padded,
                     );
                 }
             }
@@ -595,7 +621,15 @@ mod tests {
             (2, 2, 1),
             (5, 1, 2),
         ] {
-            for (batch, h, w) in [(1, 5, 5), (3, 6, 7), (5, 2, 2), (2, 1, 3)] {
+            // Planes of one row, of a few pixels, and larger ones (16x16, 17x20).
+            for (batch, h, w) in [
+                (1, 5, 5),
+                (3, 6, 7),
+                (5, 2, 2),
+                (2, 1, 3),
+                (2, 16, 16),
+                (1, 17, 20),
+            ] {
                 let s = ConvShape {
                     batch,
                     c_in: 3,

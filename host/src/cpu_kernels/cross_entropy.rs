@@ -68,18 +68,26 @@ pub fn backward(
     lse: &[f32],
     dloss: &[f32],
 ) -> Vec<f32> {
-    let mut grad = vec![0.0f32; logits.len()];
-    grad.par_chunks_mut(classes)
-        .with_min_len(ROWS_PER_TASK)
-        .zip(logits.par_chunks(classes))
-        .zip(targets.par_iter().zip(lse).zip(dloss))
-        .for_each(|((grad, row), ((&t, &lse), &d))| {
-            for (g, &x) in grad.iter_mut().zip(row) {
-                *g = d * (x - lse).exp();
+    let task = ROWS_PER_TASK * classes;
+    super::par_new(
+        logits.len(),
+        task,
+        || (),
+        |_, i, grad| {
+            let first = i * ROWS_PER_TASK;
+            for (r, grad) in grad.chunks_exact_mut(classes).enumerate() {
+                let (row, d) = (
+                    &logits[(first + r) * classes..][..classes],
+                    dloss[first + r],
+                );
+                let lse = lse[first + r];
+                for (g, &x) in grad.iter_mut().zip(row) {
+                    *g = d * (x - lse).exp();
+                }
+                grad[targets[first + r]] -= d;
             }
-            grad[t] -= d;
-        });
-    grad
+        },
+    )
 }
 
 #[cfg(test)]

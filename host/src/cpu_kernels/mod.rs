@@ -17,8 +17,12 @@ mod backend;
 mod batch_norm;
 mod conv;
 mod cross_entropy;
+mod linear;
+mod matmul;
 
 use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, relu};
@@ -118,6 +122,17 @@ pub fn batch_norm_train<const D: usize>(
     }
 }
 
+/// A linear layer's product without bias: `x` `[N, in]`, `weight` `[out, in]` (PyTorch's
+/// layout) → `x · weightᵀ` `[N, out]`.
+pub fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    if ours(&x.device()) {
+        let out = <Dispatch as CpuKernels>::gemm_linear(x.into_dispatch(), weight.into_dispatch());
+        Tensor::from_dispatch(out)
+    } else {
+        x.matmul(weight.transpose())
+    }
+}
+
 /// Per-row cross-entropy of `logits` `[N, C]` against class indices `targets` (`N` of them,
 /// each below `C`): `logsumexp(row) − row[target]`, `[N]`.
 pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
@@ -149,6 +164,35 @@ fn split_batch(batch: usize) -> Vec<(usize, usize)> {
     (0..runs)
         .map(|r| (r * batch / runs, (r + 1) * batch / runs))
         .collect()
+}
+
+/// A new buffer of `len` values written piece by piece in parallel: `fill(state, i, piece)`
+/// gets the `i`-th run of `piece_len` values (the last may be shorter), zeroed by the same
+/// thread just before. Zeroing the whole buffer first (`vec![0.0; len]`) was a serial pass
+/// over every output of the kernels, the other core idle meanwhile. `init` makes each task's
+/// scratch state.
+fn par_new<S>(
+    len: usize,
+    piece_len: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use std::mem::MaybeUninit;
+
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(piece_len.max(1))
+        .enumerate()
+        .for_each_init(init, |state, (i, piece)| {
+            piece.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `piece` was initialised on the line above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            fill(state, i, piece);
+        });
+    // SAFETY: the pieces cover `0..len`, and each was initialised above.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Deterministic, evenly spread values in `[lo, hi)` for the kernels' unit tests.

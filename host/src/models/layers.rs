@@ -151,7 +151,7 @@ impl LinearConfig {
 impl Linear {
     /// `[N, in] -> [N, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.val().transpose());
+        let y = crate::cpu_kernels::linear(x, self.weight.val());
         match &self.bias {
             Some(b) => y.add(b.val().unsqueeze()),
             None => y,

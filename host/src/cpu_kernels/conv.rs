@@ -351,17 +351,32 @@ fn col2im(
     }
 }
 
-/// `src` `[rows, cols]` → `dst` `[cols, rows]`, in cache-sized tiles.
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`, in cache-sized tiles; large matrices (the
+/// weights of the late stages) split over the pool's threads by blocks of `dst` rows.
 fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 16;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+    const PARALLEL_FROM: usize = 1 << 15;
+    let block = |c0: usize, dst: &mut [f32]| {
+        let c1 = (c0 + TILE).min(cols);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
+            for c in c0..c1 {
+                let out = &mut dst[(c - c0) * rows + r0..][..r1 - r0];
+                for (o, r) in out.iter_mut().zip(r0..r1) {
+                    *o = src[r * cols + c];
                 }
             }
         }
+    };
+    let dst = &mut dst[..rows * cols];
+    if rows * cols >= PARALLEL_FROM {
+        dst.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(i, d)| block(i * TILE, d));
+    } else {
+        dst.chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(i, d)| block(i * TILE, d));
     }
 }
 

@@ -103,8 +103,8 @@ mod tests {
             // Large enough to take the parallel GEMM.
             LinearShape {
                 rows: 64,
-                d_in: 300,
-                d_out: 400,
+                d_in: 400,
+                d_out: 300,
             },
         ] {
             let x = super::super::test_values(s.rows * s.d_in, 1, -1.0, 1.0);

@@ -90,81 +90,94 @@ impl ConvShape {
 
 /// A stride-1 "same" convolution (output as large as the input): each kernel tap reads the
 /// whole input plane shifted by a fixed offset. One contiguous copy (or add) per plane and
-/// tap, then the few entries that wrapped around a row edge are cleared, instead of one short
-/// copy per output row (4 to 32 values in these networks).
-#[derive(Debug, Clone, Copy)]
+/// tap, then the entries that read padding are zeroed from a list made once per call (rows
+/// above or below the image, and the columns a plain shift wraps onto the neighbouring row),
+/// instead of one short copy per output row (4 to 32 values in these networks) or a `memset`
+/// call per row edge.
+#[derive(Debug)]
 struct Shift {
-    h: usize,
-    w: usize,
-    pad: usize,
+    /// Per tap `(kh, kw)`, row-major: the output range `[lo, hi)` that reads the plane at
+    /// `i + offset`, and the range of [`Shift::zeros`] holding the tap's padding entries.
+    taps: Vec<ShiftTap>,
+    /// Output indices that read padding, tap after tap.
+    zeros: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ShiftTap {
+    lo: usize,
+    hi: usize,
+    offset: isize,
+    zeros: (usize, usize),
 }
 
 impl Shift {
     fn same_size(s: &ConvShape) -> Option<Shift> {
-        (s.stride == 1 && s.oh() == s.h && s.ow() == s.w).then_some(Shift {
-            h: s.h,
-            w: s.w,
-            pad: s.pad,
-        })
-    }
-
-    /// For tap `(kh, kw)`: the output rows `[first, end)` that read a row inside the image.
-    fn rows(&self, kh: usize) -> (usize, usize) {
-        let dy = kh as isize - self.pad as isize;
-        let h = self.h as isize;
-        let first = (-dy).clamp(0, h);
-        (first as usize, (h - dy).clamp(first, h) as usize)
-    }
-
-    /// For tap `(kh, kw)`: the output index range whose source `i + offset` lies in those
-    /// rows (and in the plane), and that offset.
-    fn span(&self, kh: usize, kw: usize) -> (usize, usize, isize) {
-        let (first, end) = self.rows(kh);
-        let plane = (self.h * self.w) as isize;
-        let offset =
-            (kh as isize - self.pad as isize) * self.w as isize + kw as isize - self.pad as isize;
-        let lo = ((first * self.w) as isize).max(-offset).clamp(0, plane);
-        let hi = ((end * self.w) as isize).min(plane - offset).max(lo);
-        (lo as usize, hi as usize, offset)
-    }
-
-    /// Zeroes the output entries of tap `(kh, kw)` that read padding: rows above or below the
-    /// image, and the columns that a plain shift would wrap onto the neighbouring row.
-    fn clear_padding(&self, kh: usize, kw: usize, plane: &mut [f32]) {
-        let w = self.w;
-        let (first, end) = self.rows(kh);
-        plane[..first * w].fill(0.0);
-        plane[end * w..].fill(0.0);
-        // The wrapped columns are one or two per row: cleared column by column with strided
-        // writes, not with a `memset` call per row (those calls were 3% of a BYOL step).
-        let left = self.pad.saturating_sub(kw).min(w);
-        let right = kw.saturating_sub(self.pad).min(w);
-        let rows = &mut plane[first * w..end * w];
-        for col in (0..left).chain(w - right..w) {
-            for v in rows.iter_mut().skip(col).step_by(w) {
-                *v = 0.0;
+        if !(s.stride == 1 && s.oh() == s.h && s.ow() == s.w) {
+            return None;
+        }
+        let (h, w, pad) = (s.h as isize, s.w as isize, s.pad as isize);
+        let (mut taps, mut zeros) = (Vec::new(), Vec::new());
+        for kh in 0..s.k as isize {
+            for kw in 0..s.k as isize {
+                let (dy, dx) = (kh - pad, kw - pad);
+                let offset = dy * w + dx;
+                // Output rows whose source row lies in the image, then the index range whose
+                // source `i + offset` lies in those rows.
+                let first = (-dy).clamp(0, h);
+                let end = (h - dy).clamp(first, h);
+                let lo = (first * w).max(-offset).clamp(0, h * w);
+                let hi = (end * w).min(h * w - offset).max(lo);
+                let start = zeros.len();
+                for y in 0..h {
+                    for x in 0..w {
+                        let (sy, sx) = (y + dy, x + dx);
+                        if !(0..h).contains(&sy) || !(0..w).contains(&sx) {
+                            zeros.push((y * w + x) as u32);
+                        }
+                    }
+                }
+                taps.push(ShiftTap {
+                    lo: lo as usize,
+                    hi: hi as usize,
+                    offset,
+                    zeros: (start, zeros.len()),
+                });
             }
         }
+        Some(Shift { taps, zeros })
     }
 
-    /// `dst[i] = src[i + offset]` for tap `(kh, kw)`, zero where that reads padding.
-    fn copy(&self, kh: usize, kw: usize, src: &[f32], dst: &mut [f32]) {
-        let (lo, hi, offset) = self.span(kh, kw);
-        if lo < hi {
-            let from = (lo as isize + offset) as usize;
-            dst[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
+    /// Zeroes the output entries of `tap` that read padding.
+    fn clear_padding(&self, tap: &ShiftTap, plane: &mut [f32]) {
+        for &i in &self.zeros[tap.zeros.0..tap.zeros.1] {
+            plane[i as usize] = 0.0;
         }
-        self.clear_padding(kh, kw, dst);
     }
 
-    /// `dst[i + offset] += src[i]` for tap `(kh, kw)`, skipping entries that read padding
+    /// `dst[i] = src[i + offset]` for kernel tap `tap` (`kh·k + kw`), zero where that reads
+    /// padding.
+    fn copy(&self, tap: usize, src: &[f32], dst: &mut [f32]) {
+        let t = &self.taps[tap];
+        if t.lo < t.hi {
+            let from = (t.lo as isize + t.offset) as usize;
+            dst[t.lo..t.hi].copy_from_slice(&src[from..from + (t.hi - t.lo)]);
+        }
+        // Outside [lo, hi) everything reads padding; the list covers those entries too.
+        self.clear_padding(t, dst);
+    }
+
+    /// `dst[i + offset] += src[i]` for kernel tap `tap`, skipping entries that read padding
     /// (they are zeroed in `src` first).
-    fn add(&self, kh: usize, kw: usize, src: &mut [f32], dst: &mut [f32]) {
-        self.clear_padding(kh, kw, src);
-        let (lo, hi, offset) = self.span(kh, kw);
-        if lo < hi {
-            let from = (lo as isize + offset) as usize;
-            for (d, v) in dst[from..from + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+    fn add(&self, tap: usize, src: &mut [f32], dst: &mut [f32]) {
+        let t = &self.taps[tap];
+        self.clear_padding(t, src);
+        if t.lo < t.hi {
+            let from = (t.lo as isize + t.offset) as usize;
+            for (d, v) in dst[from..from + (t.hi - t.lo)]
+                .iter_mut()
+                .zip(&src[t.lo..t.hi])
+            {
                 *d += v;
             }
         }
@@ -200,6 +213,9 @@ impl Gather {
                 }
             }
         }
+        // What makes the unchecked reads in im2col and col2im sound: the last tap's last
+        // pixel reads row `(oh−1)·stride + k−1 < h + 2·pad` and likewise for columns.
+        assert!(index.iter().all(|&i| (i as usize) < padded_h * padded_w));
         Gather {
             index,
             padded_h,
@@ -210,6 +226,16 @@ impl Gather {
 
     fn padded_plane(&self) -> usize {
         self.padded_h * self.padded_w
+    }
+
+    /// The length of the plane the indices read: the padded plane, or without padding the
+    /// input plane itself. Every index is below it.
+    fn source_len(&self, s: &ConvShape) -> usize {
+        if self.pad == 0 {
+            s.in_plane()
+        } else {
+            self.padded_plane()
+        }
     }
 
     /// The index rows of each tap, `oh·ow` entries each.
@@ -267,10 +293,10 @@ fn im2col(
     match reader {
         TapReader::Shift(shift) => {
             for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
-                let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+                let c = tap / (k * k);
                 for (img, dst) in row.chunks_exact_mut(plane).enumerate() {
                     let src = &x[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                    shift.copy(kh, kw, src, dst);
+                    shift.copy(tap % (k * k), src, dst);
                 }
             }
         }
@@ -287,10 +313,15 @@ fn im2col(
                         gather.pad_into(src, s.w, padded);
                         padded
                     };
+                    // Every index is below the padded plane's size, and the source holds at
+                    // least that many values: checked once here, not per value.
+                    assert!(source.len() >= gather.source_len(s));
                     for (tap, index) in gather.taps(plane).enumerate() {
                         let row = &mut col[(c * k * k + tap) * cols + img * plane..][..plane];
                         for (d, &i) in row.iter_mut().zip(index) {
-                            *d = source[i as usize];
+                            // SAFETY: `i < gather.source_len(s) <= source.len()` (Gather::new
+                            // and the assert above).
+                            *d = unsafe { *source.get_unchecked(i as usize) };
                         }
                     }
                 }
@@ -315,10 +346,10 @@ fn col2im(
     match reader {
         TapReader::Shift(shift) => {
             for (tap, row) in col.chunks_exact_mut(cols).enumerate() {
-                let (c, kh, kw) = (tap / (k * k), tap / k % k, tap % k);
+                let c = tap / (k * k);
                 for (img, src) in row.chunks_exact_mut(plane).enumerate() {
                     let dst = &mut dx[(img * s.c_in + c) * s.in_plane()..][..s.in_plane()];
-                    shift.add(kh, kw, src, dst);
+                    shift.add(tap % (k * k), src, dst);
                 }
             }
         }
@@ -336,10 +367,13 @@ fn col2im(
                     };
                     // For one tap no two output pixels read the same input pixel, so these
                     // adds never collide; the taps are added one after another.
+                    assert!(sink.len() >= gather.source_len(s));
                     for (tap, index) in gather.taps(plane).enumerate() {
                         let row = &col[(c * k * k + tap) * cols + img * plane..][..plane];
                         for (v, &i) in row.iter().zip(index) {
-                            sink[i as usize] += v;
+                            // SAFETY: `i < gather.source_len(s) <= sink.len()` (Gather::new
+                            // and the assert above).
+                            unsafe { *sink.get_unchecked_mut(i as usize) += v };
                         }
                     }
                     if gather.pad != 0 {
@@ -351,20 +385,20 @@ fn col2im(
     }
 }
 
-/// `src` `[rows, cols]` → `dst` `[cols, rows]`, in cache-sized tiles; large matrices (the
-/// weights of the late stages) split over the pool's threads by blocks of `dst` rows.
+/// Columns per block of [`transpose_into`].
+const TILE: usize = 16;
+
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`, by blocks of [`TILE`] columns (rows of
+/// `dst`, which stay in cache while they fill); large matrices (the weights of the late
+/// stages) split those blocks over the pool's threads.
 fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const TILE: usize = 16;
     const PARALLEL_FROM: usize = 1 << 15;
     let block = |c0: usize, dst: &mut [f32]| {
         let c1 = (c0 + TILE).min(cols);
-        for r0 in (0..rows).step_by(TILE) {
-            let r1 = (r0 + TILE).min(rows);
-            for c in c0..c1 {
-                let out = &mut dst[(c - c0) * rows + r0..][..r1 - r0];
-                for (o, r) in out.iter_mut().zip(r0..r1) {
-                    *o = src[r * cols + c];
-                }
+        for r in 0..rows {
+            let row = &src[r * cols + c0..r * cols + c1];
+            for (c, &v) in row.iter().enumerate() {
+                dst[c * rows + r] = v;
             }
         }
     };

@@ -346,6 +346,7 @@ impl<const N: usize> Backward<Flex, N> for BatchNormBackward<N> {
 struct GemmConvBackward;
 
 impl Backward<Flex, 2> for GemmConvBackward {
+    /// The checkpoints of the input and the weight, the stride and the padding.
     type State = (NodeId, NodeId, usize, usize);
 
     fn backward(
@@ -354,35 +355,65 @@ impl Backward<Flex, 2> for GemmConvBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, stride, padding) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+        let (stride, padding) = (ops.state.2, ops.state.3);
+        input_and_weight_backward(
+            ops,
+            grads,
+            checkpointer,
+            |state| (state.0, state.1),
+            |x, weight, dy, want_dx| {
+                let Some(s) = geometry(x, weight, stride, padding) else {
+                    // Shapes the kernels do not take never reach here: the forward sent them
+                    // to burn's own conv, whose backward node is burn's too.
+                    unreachable!("gemm_conv2d recorded a backward for a shape it does not handle");
+                };
+                let (dw, dx) = conv::backward(
+                    &s,
+                    x.storage::<f32>(),
+                    weight.storage::<f32>(),
+                    dy.storage::<f32>(),
+                    want_dx,
+                );
+                (
+                    flex(dw, [s.c_out, s.c_in, s.k, s.k]),
+                    dx.map(|dx| flex(dx, [s.batch, s.c_in, s.h, s.w])),
+                )
+            },
+        );
+    }
+}
 
-        let Some(s) = geometry(&x, &weight, stride, padding) else {
-            // Shapes the kernels do not take never reach here: the forward sent them to
-            // burn's own conv, whose backward node is burn's too.
-            unreachable!("gemm_conv2d recorded a backward for a shape it does not handle");
-        };
-        let (x, weight, dy) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            dy.to_contiguous(),
-        );
-        let (dw, dx) = conv::backward(
-            &s,
-            x.storage::<f32>(),
-            weight.storage::<f32>(),
-            dy.storage::<f32>(),
-            node_x.is_some(),
-        );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, flex(dx, [s.batch, s.c_in, s.h, s.w]));
-        }
-        if let Some(node) = node_weight {
-            grads.register::<Flex>(node.id, flex(dw, [s.c_out, s.c_in, s.k, s.k]));
-        }
+/// The backward of an op on an input and a weight (the convolution, the linear layer):
+/// takes the output's gradient, retrieves both checkpoints (`checkpoints` names them in the
+/// state), and registers what `gradients(x, weight, dy, want_dx)` returns: the weight's
+/// gradient and, when asked, the input's. All three tensors come contiguous.
+fn input_and_weight_backward<S>(
+    ops: Ops<S, 2>,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+    checkpoints: impl FnOnce(&S) -> (NodeId, NodeId),
+    gradients: impl FnOnce(
+        &FlexTensor,
+        &FlexTensor,
+        &FlexTensor,
+        bool,
+    ) -> (FlexTensor, Option<FlexTensor>),
+) {
+    let [node_x, node_weight] = ops.parents;
+    let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
+    let (x_state, weight_state) = checkpoints(&ops.state);
+    let x = checkpointer
+        .retrieve_node_output::<FlexTensor>(x_state)
+        .to_contiguous();
+    let weight = checkpointer
+        .retrieve_node_output::<FlexTensor>(weight_state)
+        .to_contiguous();
+    let (dw, dx) = gradients(&x, &weight, &dy, node_x.is_some());
+    if let (Some(node), Some(dx)) = (node_x, dx) {
+        grads.register::<Flex>(node.id, dx);
+    }
+    if let Some(node) = node_weight {
+        grads.register::<Flex>(node.id, dw);
     }
 }
 
@@ -501,28 +532,28 @@ impl Backward<Flex, 2> for LinearBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x_state, weight_state) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
-        let Some(s) = linear_shape(&x, &weight) else {
-            unreachable!("gemm_linear recorded a backward for a shape it does not handle");
-        };
-        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let (dw, dx) = linear::backward(
-            &s,
-            x.storage::<f32>(),
-            weight.storage::<f32>(),
-            dy.storage::<f32>(),
-            node_x.is_some(),
+        input_and_weight_backward(
+            ops,
+            grads,
+            checkpointer,
+            |&state| state,
+            |x, weight, dy, want_dx| {
+                let Some(s) = linear_shape(x, weight) else {
+                    unreachable!("gemm_linear recorded a backward for a shape it does not handle");
+                };
+                let (dw, dx) = linear::backward(
+                    &s,
+                    x.storage::<f32>(),
+                    weight.storage::<f32>(),
+                    dy.storage::<f32>(),
+                    want_dx,
+                );
+                (
+                    flex(dw, [s.d_out, s.d_in]),
+                    dx.map(|dx| flex(dx, [s.rows, s.d_in])),
+                )
+            },
         );
-        if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, flex(dx, [s.rows, s.d_in]));
-        }
-        if let Some(node) = node_weight {
-            grads.register::<Flex>(node.id, flex(dw, [s.d_out, s.d_in]));
-        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! glibc's defaults, freed memory at the top of the heap is handed back to the kernel (above a
 //! 128 KiB trim threshold that only slowly adapts) and large blocks are `mmap`ed afresh, so the
 //! next step faults the same pages back in and the kernel zeroes each one: about 14 000 page
-//! faults a step on the small-ResNet BYOL bench. Keeping freed memory in the process cuts that
-//! to about 4 000 and the step by 5–8% (docs/PERFORMANCE.md); peak memory is unchanged, and the
-//! process simply holds on to its peak until it exits.
+//! faults a step on the small-ResNet BYOL bench. Keeping freed memory in the process leaves
+//! none in the steady state (a 10- and a 20-step bench fault the same 61 500 pages, all at
+//! start-up) and took 5–8% off the step (docs/PERFORMANCE.md); peak memory is unchanged, and
+//! the process simply holds on to its peak until it exits.
 
 /// Keeps freed memory for reuse instead of returning it to the kernel after every step.
 /// Call before the first large allocation; elsewhere than glibc this does nothing.

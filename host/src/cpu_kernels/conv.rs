@@ -14,7 +14,8 @@
 //!   back onto the input pixels each column read.
 //!
 //! Stride-1 convolutions that keep the map's size (the 3x3 blocks) build and scatter their
-//! column rows as one shifted copy per plane ([`Shift`]); the others go row by row.
+//! column rows as one shifted copy per plane ([`Shift`]); the others (strided, stems) by index
+//! gathers from a zero-padded plane ([`Gather`]).
 
 use rayon::prelude::*;
 

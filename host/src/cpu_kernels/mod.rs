@@ -1,17 +1,22 @@
-//! CPU kernels, with backwards of our own, for the two layers a ResNet training step spends
-//! most of its CPU time in: convolution and batch norm.
+//! CPU kernels, with backwards of our own, for what a training step spends its CPU time in:
+//! convolution, batch norm (with the ReLU and residual add after it), the heads' linear
+//! layers and cross-entropy.
 //!
 //! burn-flex's convolution copies every activation to NHWC and back, and computes the input
 //! gradient as a transposed convolution with the same copies; burn's generic batch norm
 //! transposes for each statistic and runs a dozen elementwise passes. On a 2-core machine those
 //! copies cost more than the arithmetic (docs/PERFORMANCE.md). These kernels keep NCHW end to
-//! end: the convolution gives each thread one wide GEMM per group of images (`conv.rs`) and
-//! batch norm walks each channel plane in place (`batch_norm.rs`).
+//! end: the convolution gives each thread one wide GEMM per group of images (`conv.rs`), batch
+//! norm walks each channel plane in place and applies its epilogue in the output pass
+//! (`batch_norm.rs`), a linear layer is one GEMM each way with contiguous gradients
+//! (`linear.rs`), and cross-entropy makes two passes over the logits forward and one back
+//! (`cross_entropy.rs`). Every GEMM goes through `matmul.rs`; outputs are written in parallel
+//! (`par_new`) so no serial pass zeroes them first.
 //!
-//! [`conv2d`] and [`batch_norm_train`] are what the models call. On CUDA, and when the
-//! environment sets `SSLHOST_CPU_KERNELS=burn` (to compare against burn's own path), they are
-//! burn's `conv2d` and `batch_norm_train`; shapes or dtypes the kernels do not take go to
-//! burn's too.
+//! [`conv2d`], [`batch_norm_train`], [`linear`] and [`cross_entropy`] are what the models and
+//! the tensor API call. On CUDA, and when the environment sets `SSLHOST_CPU_KERNELS=burn` (to
+//! compare against burn's own path), they are burn's own ops; shapes or dtypes the kernels do
+//! not take go to burn's too.
 
 mod backend;
 mod batch_norm;
@@ -137,9 +142,10 @@ pub fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
 /// each below `C`): `logsumexp(row) − row[target]`, `[N]`.
 pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
     let device = logits.device();
-    let [rows, _] = logits.dims();
+    let [rows, classes] = logits.dims();
     debug_assert_eq!(rows, targets.len());
-    if ours(&device) && logits.dtype() == DType::F32 {
+    // The kernel takes the class indices as f32, exact below 2^24.
+    if ours(&device) && logits.dtype() == DType::F32 && classes <= 1 << 24 {
         let indices: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
         let indices = Tensor::<1>::from_data(TensorData::new(indices, [rows]), &device);
         let out = <Dispatch as CpuKernels>::fused_cross_entropy(

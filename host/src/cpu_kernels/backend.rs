@@ -205,7 +205,7 @@ impl CpuKernels for Flex {
     }
 
     fn fused_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> FlexTensor {
-        flex_cross_entropy(logits, targets).0
+        flex_cross_entropy(logits, &class_indices(&targets)).0
     }
 }
 
@@ -219,12 +219,12 @@ fn class_indices(targets: &FlexTensor) -> Vec<usize> {
         .collect()
 }
 
-/// Per-row cross-entropy on burn-flex, and each row's log-sum-exp (for the backward).
-fn flex_cross_entropy(logits: FlexTensor, targets: FlexTensor) -> (FlexTensor, FlexTensor) {
+/// Per-row cross-entropy on burn-flex against class indices, and each row's log-sum-exp
+/// (for the backward).
+fn flex_cross_entropy(logits: FlexTensor, targets: &[usize]) -> (FlexTensor, FlexTensor) {
     let logits = logits.to_contiguous();
     let classes = logits.shape()[1];
-    let targets = class_indices(&targets);
-    let (losses, lse) = cross_entropy::forward(logits.storage::<f32>(), classes, &targets);
+    let (losses, lse) = cross_entropy::forward(logits.storage::<f32>(), classes, targets);
     let rows = targets.len();
     (flex(losses, [rows]), flex(lse, [rows]))
 }
@@ -499,6 +499,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         logits: FloatTensor<Self>,
         targets: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
+        let indices = class_indices(targets.primitive());
         match CrossEntropyBackward
             .prepare::<C>([logits.node()])
             .compute_bound()
@@ -506,13 +507,11 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(mut prep) => {
                 let logits_state = prep.checkpoint(&logits);
-                let indices = class_indices(targets.primitive());
-                let (losses, lse) =
-                    flex_cross_entropy(logits.into_primitive(), targets.into_primitive());
+                let (losses, lse) = flex_cross_entropy(logits.into_primitive(), &indices);
                 prep.finish((logits_state, indices, lse), losses)
             }
             OpsKind::UnTracked(prep) => {
-                prep.finish(flex_cross_entropy(logits.into_primitive(), targets.into_primitive()).0)
+                prep.finish(flex_cross_entropy(logits.into_primitive(), &indices).0)
             }
         }
     }

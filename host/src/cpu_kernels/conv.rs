@@ -465,8 +465,8 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
         nb * c_out * plane,
         Scratch::default,
         |scratch, group, out| {
-            let x = &x[group * group_in..][..out.len() / (c_out * plane) * s.c_in * s.in_plane()];
             let nb = out.len() / (c_out * plane);
+            let x = &x[group * group_in..][..nb * s.c_in * s.in_plane()];
             let cols = nb * plane;
             let col = resize(&mut scratch.col, taps * cols);
             im2col(s, &reader, x, nb, col, &mut scratch.padded);

@@ -6,7 +6,8 @@
 #   scripts/bench.sh --device cuda                    # CUDA: batch 256, ResNet-18
 #   scripts/bench.sh --threads 4 --methods byol --widths 16,32,64,128 --steps 10
 #
-# Options (each passed to both benches): --device cpu|cuda, --methods LIST, --depth N,
+# Options (each passed to both benches): --device cpu|cuda, --precision auto|f32|bf16 (auto:
+# bf16 products on CUDA, f32 on the CPU), --methods LIST, --depth N,
 # --batch N, --image N, --widths W1,W2,W3,W4 (repeatable: one row per network), --warmup N,
 # --steps N; and --threads N (OMP_NUM_THREADS, MKL_NUM_THREADS, RAYON_NUM_THREADS and torch's
 # threads), --sslhost BIN (default target/release/sslhost), --out FILE (every result as a JSON
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device=cpu
+precision=auto
 threads=2
 methods=byol,moco,simclr
 depth=18
@@ -29,6 +31,7 @@ out=target/bench-results.jsonl
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device=$2; shift 2 ;;
+        --precision) precision=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --methods) methods=$2; shift 2 ;;
         --depth) depth=$2; shift 2 ;;
@@ -39,7 +42,7 @@ while [ $# -gt 0 ]; do
         --steps) steps=$2; shift 2 ;;
         --sslhost) sslhost=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,7 +60,7 @@ fi
 
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
 : > "$out"
-common=(--device "$device" --depth "$depth" --batch "$batch" --image "$image"
+common=(--device "$device" --precision "$precision" --depth "$depth" --batch "$batch" --image "$image"
         --warmup "$warmup" --steps "$steps")
 for w in "${widths[@]}"; do
     for method in ${methods//,/ }; do
@@ -77,7 +80,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 ours = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "sslhost"}
 torch = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "pytorch"}
-print(f"\n{rows[0]['device']}, {sys.argv[2]} threads, {rows[0]['image']}x{rows[0]['image']}, "
+print(f"\n{rows[0]['device']} ({rows[0]['precision']} products), {sys.argv[2]} threads, {rows[0]['image']}x{rows[0]['image']}, "
       f"median of {rows[0]['steps']} steps after {rows[0]['warmup']} warm-up\n")
 print("| method | model | batch | sslhost ms | PyTorch ms | ratio | sslhost img/s | Rhai share |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")

@@ -4,13 +4,15 @@
 use std::path::Path;
 use std::process::Command;
 
-fn bench(method: &str) -> serde_json::Value {
+fn bench(method: &str, precision: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
         .args([
             "bench",
             "--device",
             "cpu",
+            "--precision",
+            precision,
             "--method",
             method,
             "--batch",
@@ -37,7 +39,12 @@ fn bench(method: &str) -> serde_json::Value {
     );
     assert!(
         lines[0].starts_with(&format!(
-            "{method} resnet18[4,8,16,32] cpu batch 4 16x16: median "
+            "{method} resnet18[4,8,16,32] cpu {} batch 4 16x16: median ",
+            if precision == "auto" {
+                "f32"
+            } else {
+                precision
+            }
         )),
         "{}",
         lines[0]
@@ -53,10 +60,17 @@ fn positive(r: &serde_json::Value, key: &str) -> f64 {
     v
 }
 
-fn check(method: &str) {
-    let r = bench(method);
+fn check(method: &str, precision: &str) {
+    let r = bench(method, precision);
     assert_eq!(r["method"], method);
     assert_eq!(r["device"], "cpu");
+    // `auto` is f32 on the CPU.
+    let expected = if precision == "auto" {
+        "f32"
+    } else {
+        precision
+    };
+    assert_eq!(r["precision"], expected);
     assert_eq!(r["model"], "resnet18[4,8,16,32]");
     assert_eq!(r["batch"], 4);
     assert_eq!(r["image"], 16);
@@ -90,17 +104,23 @@ fn check(method: &str) {
 
 #[test]
 fn bench_byol() {
-    check("byol");
+    check("byol", "auto");
 }
 
 #[test]
 fn bench_moco() {
-    check("moco");
+    check("moco", "auto");
 }
 
 #[test]
 fn bench_simclr() {
-    check("simclr");
+    check("simclr", "auto");
+}
+
+#[test]
+fn bench_bf16_products() {
+    check("byol", "bf16");
+    check("moco", "bf16");
 }
 
 #[test]

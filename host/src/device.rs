@@ -6,6 +6,7 @@
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
+use crate::models::precision::Precision;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,6 +17,27 @@ pub enum DeviceChoice {
     Cuda,
     /// The CPU (burn-flex).
     Cpu,
+}
+
+/// What the user asked convolutions and linear layers to multiply in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionChoice {
+    /// bf16 on CUDA (as torch.autocast), f32 on the CPU.
+    Auto,
+    /// f32 everywhere.
+    F32,
+    /// bf16 products with f32 weights, gradients and optimiser state (on the CPU too, slowly:
+    /// for checking what a GPU run computes).
+    Bf16,
+}
+
+/// The precision `choice` means on `device`.
+pub fn precision(choice: PrecisionChoice, device: &Device) -> Precision {
+    match choice {
+        PrecisionChoice::Auto if kind(device) == "cuda" => Precision::Bf16,
+        PrecisionChoice::Auto | PrecisionChoice::F32 => Precision::F32,
+        PrecisionChoice::Bf16 => Precision::Bf16,
+    }
 }
 
 /// The CPU device with autodiff.

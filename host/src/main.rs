@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sslhost::device::{self, DeviceChoice};
+use sslhost::device::{self, DeviceChoice, PrecisionChoice};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
+use sslhost::models::precision::Precision;
 use sslhost::session::Session;
 
 /// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
@@ -32,6 +33,10 @@ enum Command {
         /// Where tensors live: auto (CUDA if present), cuda or cpu.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
+        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: PrecisionChoice,
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -55,6 +60,10 @@ enum Command {
         /// Where tensors live: auto (CUDA if present), cuda or cpu.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
+        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: PrecisionChoice,
         /// Override a key of the script's `config(..)` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
@@ -66,6 +75,10 @@ enum Command {
         /// Where tensors live: auto (CUDA if present), cuda or cpu.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
+        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: PrecisionChoice,
         /// The method whose step is timed.
         #[arg(long, value_enum, default_value = "byol")]
         method: BenchMethod,
@@ -160,15 +173,17 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Run {
             script,
             device,
+            precision,
             seed,
             resume,
             runs,
             data,
             set,
         } => {
-            let device = open_device(device)?;
+            let (device, precision) = open_device(device, precision)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
+                .with_precision(precision)
                 .with_overrides(set)
                 .with_data_root(data);
             let text = engine::read_script(&script)?;
@@ -208,15 +223,20 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Check {
             script,
             device,
+            precision,
             set,
         } => {
-            let device = open_device(device)?;
-            engine::check_file(&script, Session::new(device, 0).with_overrides(set))?;
+            let (device, precision) = open_device(device, precision)?;
+            let session = Session::new(device, 0)
+                .with_precision(precision)
+                .with_overrides(set);
+            engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
             Ok(())
         }
         Command::Bench {
             device,
+            precision,
             method,
             depth,
             batch,
@@ -232,7 +252,7 @@ fn execute(cli: Cli) -> Result<()> {
                      (got {batch}, {image}, {warmup}, {steps})"
                 )));
             }
-            let device = open_device(device)?;
+            let (device, precision) = open_device(device, precision)?;
             let method = match method {
                 BenchMethod::Byol => "byol",
                 BenchMethod::Moco => "moco",
@@ -255,7 +275,9 @@ fn execute(cli: Cli) -> Result<()> {
                 "scripts/bench_step.rhai",
                 BENCH_SCRIPT,
                 std::path::Path::new("."),
-                Session::new(device, seed).with_overrides(overrides),
+                Session::new(device, seed)
+                    .with_precision(precision)
+                    .with_overrides(overrides),
             )?;
             let json = serde_json::to_value(&result)
                 .map_err(|e| Error::Other(format!("bench result: {e}")))?;
@@ -266,14 +288,19 @@ fn execute(cli: Cli) -> Result<()> {
     }
 }
 
-/// The device for `--device`, with a log line saying which it is and why.
-fn open_device(choice: DeviceChoice) -> Result<burn::tensor::Device> {
+/// The device for `--device` and the precision `--precision` means there, with a log line
+/// saying which they are and why.
+fn open_device(
+    choice: DeviceChoice,
+    precision: PrecisionChoice,
+) -> Result<(burn::tensor::Device, Precision)> {
     let (device, why) = device::select(choice)?;
-    tracing::info!("device: {why}");
-    Ok(device)
+    let precision = device::precision(precision, &device);
+    tracing::info!("device: {why}; products in {}", precision.name());
+    Ok((device, precision))
 }
 
-/// The bench's one-line summary: `byol resnet18 cpu batch 64 32x32: median .. ms, ..`.
+/// The bench's one-line summary: `byol resnet18 cpu f32 batch 64 32x32: median .. ms, ..`.
 fn bench_summary(r: &serde_json::Value) -> String {
     let num = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let text = |k: &str| r[k].as_str().unwrap_or("?").to_string();
@@ -282,11 +309,12 @@ fn bench_summary(r: &serde_json::Value) -> String {
         None => "n/a".into(),
     };
     format!(
-        "{} {} {} batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, peak memory {}, \
+        "{} {} {} {} batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, peak memory {}, \
          Rhai {:.3}% ({:.3} ms/step)",
         text("method"),
         text("model"),
         text("device"),
+        text("precision"),
         r["batch"],
         r["image"],
         r["image"],

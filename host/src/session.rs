@@ -1,4 +1,5 @@
-//! The state every script function shares in one run: the device and the seeded generator.
+//! The state every script function shares in one run: the device, its precision and the seeded
+//! generator.
 //!
 //! The engine runs on one thread, so the session lives in a thread-local; tests that run on
 //! separate threads get separate sessions.
@@ -7,6 +8,7 @@ use std::cell::RefCell;
 
 use burn::tensor::Device;
 
+use crate::models::precision::{self, Precision};
 use crate::tensor::HostRng;
 
 /// Device and random state of a run.
@@ -14,6 +16,8 @@ use crate::tensor::HostRng;
 pub struct Session {
     /// Where tensors and networks live (with autodiff enabled).
     pub device: Device,
+    /// What convolutions and linear layers multiply in (`--precision`).
+    pub precision: Precision,
     /// Seeded generator for initialisation and `randn`.
     pub rng: HostRng,
     /// The seed the generator started from.
@@ -49,6 +53,7 @@ impl Session {
     pub fn new(device: Device, seed: u64) -> Self {
         Session {
             device,
+            precision: Precision::F32,
             rng: HostRng::new(seed),
             seed,
             overrides: Vec::new(),
@@ -76,6 +81,12 @@ impl Session {
         self.step.map_or(self.start_step, |s| s + 1)
     }
 
+    /// The same session multiplying in `precision` (`--precision`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// The same session with `--set` overrides.
     pub fn with_overrides(mut self, overrides: Vec<(String, String)>) -> Self {
         self.overrides = overrides;
@@ -87,8 +98,9 @@ thread_local! {
     static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
 }
 
-/// Makes `session` the current one for this thread.
+/// Makes `session` the current one for this thread, with its precision.
 pub fn install(session: Session) {
+    precision::set(session.precision);
     CURRENT.with(|c| *c.borrow_mut() = Some(session));
 }
 

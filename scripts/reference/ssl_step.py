@@ -39,7 +39,8 @@ What differs (same kind of work, not the same numbers):
   * The MoCo queue is a ring buffer (one slice assignment per step) and is not re-normalised
     in the loss (its keys are stored normalised, as in MoCo's code); sslhost's stdlib
     info_nce normalises the queue on every call and its queue is rebuilt by a cat.
-  * On CUDA the forwards and losses run under bf16 autocast (sslhost runs f32).
+  * On CUDA the forwards and losses run under bf16 autocast (sslhost's --precision auto: its
+    convolutions and linear layers in bf16, batch norm and losses in f32).
   * The loss is read (the one host sync) after the update; sslhost reads it inside opt.step,
     before the backward.
 """
@@ -496,7 +497,8 @@ def main():
     ap.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                     help="auto: channels_last, except NCHW on the CPU when a stage is narrower than "
                          "16 channels (torch 2.15's CPU channels_last backward corrupts memory there)")
-    ap.add_argument("--no-amp", action="store_true", help="f32 on CUDA too")
+    ap.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"],
+                    help="auto: bf16 autocast on CUDA, f32 on the CPU (as sslhost's --precision)")
     args = ap.parse_args()
 
     widths = [int(w) for w in args.widths.split(",")]
@@ -506,7 +508,7 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    amp = device.type == "cuda" and not args.no_amp
+    amp = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -539,6 +541,7 @@ def main():
         impl="pytorch", torch=torch.__version__, method=args.method, model=model,
         device=device.type, depth=args.depth, widths=widths, batch=args.batch, image=args.image,
         warmup=args.warmup, steps=args.steps, threads=torch.get_num_threads(), amp=amp,
+        precision="bf16" if amp else "f32",
         channels_last=channels_last, params=params, median_ms=median,
         mean_ms=statistics.fmean(times), min_ms=min(times), max_ms=max(times),
         img_per_s=args.batch * 1000 / median, peak_mem_mb=peak_memory_mb(device), step_ms=times,

@@ -24,6 +24,16 @@ pub mod config_api {
         crate::device::kind(&session::device()).to_string()
     }
 
+    /// What convolutions and linear layers multiply in, `"f32"` or `"bf16"` (`--precision`;
+    /// bf16 on CUDA by default). Weights, gradients and losses are f32 either way.
+    ///
+    /// ```rhai
+    /// print(`matrix products in ${precision()}`);
+    /// ```
+    pub fn precision() -> String {
+        session::with(|s| s.precision.name().to_string())
+    }
+
     /// The script's configuration: `defaults` with every `--set key=value` from the command
     /// line applied. A `--set` key that is not in `defaults`, or a value that does not parse
     /// as the default's type (int, float, bool, string), is an error.

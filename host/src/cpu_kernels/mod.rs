@@ -36,18 +36,18 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use backend::CpuKernels;
 
-/// Whether tensors on `device` take these kernels: the CPU, unless `SSLHOST_CPU_KERNELS=burn`.
-fn ours(device: &Device) -> bool {
+/// Whether `x` takes these kernels: f32 on the CPU, unless `SSLHOST_CPU_KERNELS=burn`.
+fn ours<const D: usize>(x: &Tensor<D>) -> bool {
     static BURN: OnceLock<bool> = OnceLock::new();
     let burn =
         *BURN.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "burn"));
-    *device == Device::flex() && !burn
+    x.dtype() == DType::F32 && x.device() == Device::flex() && !burn
 }
 
 /// `[N, C, H, W]` with weight `[C_out, C, k, k]` → `[N, C_out, H', W']`: no bias, square
 /// kernel, the same stride and zero padding on both axes.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
-    if ours(&x.device()) {
+    if ours(&x) {
         let out = <Dispatch as CpuKernels>::gemm_conv2d(
             x.into_dispatch(),
             weight.into_dispatch(),
@@ -93,7 +93,7 @@ pub fn batch_norm_train<const D: usize>(
     epsilon: f64,
     epilogue: NormEpilogue<D>,
 ) -> BatchNormTrainOutput<D> {
-    if !ours(&x.device()) {
+    if !ours(&x) {
         let out = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
         let output = epilogue.apply(out.output);
         return BatchNormTrainOutput { output, ..out };
@@ -130,7 +130,7 @@ pub fn batch_norm_train<const D: usize>(
 /// A linear layer's product without bias: `x` `[N, in]`, `weight` `[out, in]` (PyTorch's
 /// layout) → `x · weightᵀ` `[N, out]`.
 pub fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
-    if ours(&x.device()) {
+    if ours(&x) {
         let out = <Dispatch as CpuKernels>::gemm_linear(x.into_dispatch(), weight.into_dispatch());
         Tensor::from_dispatch(out)
     } else {
@@ -145,7 +145,7 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
     let [rows, classes] = logits.dims();
     debug_assert_eq!(rows, targets.len());
     // The kernel takes the class indices as f32, exact below 2^24.
-    if ours(&device) && logits.dtype() == DType::F32 && classes <= 1 << 24 {
+    if ours(&logits) && classes <= 1 << 24 {
         let indices: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
         let indices = Tensor::<1>::from_data(TensorData::new(indices, [rows]), &device);
         let out = <Dispatch as CpuKernels>::fused_cross_entropy(

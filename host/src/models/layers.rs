@@ -7,6 +7,7 @@
 use burn::module::{Flag, Module, Param, ParamId};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::precision;
 use crate::cpu_kernels::NormEpilogue;
 use crate::tensor::HostRng;
 
@@ -88,7 +89,10 @@ impl Conv2dConfig {
 impl Conv2d {
     /// `[N, in, H, W] -> [N, out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::cpu_kernels::conv2d(x, self.weight.val(), self.stride, self.padding)
+        let (stride, padding) = (self.stride, self.padding);
+        precision::matrix_op(x, self.weight.val(), |x, w| {
+            crate::cpu_kernels::conv2d(x, w, stride, padding)
+        })
     }
 }
 
@@ -151,7 +155,7 @@ impl LinearConfig {
 impl Linear {
     /// `[N, in] -> [N, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = crate::cpu_kernels::linear(x, self.weight.val());
+        let y = precision::matrix_op(x, self.weight.val(), crate::cpu_kernels::linear);
         match &self.bias {
             Some(b) => y.add(b.val().unsqueeze()),
             None => y,

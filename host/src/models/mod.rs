@@ -4,6 +4,7 @@ pub mod layers;
 pub mod mlp;
 pub mod net;
 pub mod params;
+pub mod precision;
 pub mod queue;
 pub mod resnet;
 

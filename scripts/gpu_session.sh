@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CUDA measurements of a session that is lent a GPU, in as few device calls as possible.
+# The device machine has PyTorch and the driver but no cargo and no registries, so the binary is
+# built here and travels in device-carry/ (listed in .git/info/exclude).
+#
+#   scripts/gpu_session.sh pack      # here: build the CUDA binary (~25 min cold, minutes warm),
+#                                    # strip and compress it with Fashion-MNIST into device-carry/
+#   scripts/gpu_session.sh bench     # there: unpack, the GPU's state, then scripts/bench.sh on
+#                                    # CUDA (batch 256, ResNet-18) in bf16 and in f32: two tables
+#   scripts/gpu_session.sh quality   # there: BYOL's CUDA recipe for EPOCHS epochs (default 2),
+#                                    # bf16 and f32, kNN accuracy and wall time of each
+#
+# Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]).
+# Every result also lands in $OUT (bench-*.jsonl, quality-*.log) when OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+carry=device-carry
+out=${OUT:-target/gpu-session}
+mkdir -p "$out"
+
+unpack() {
+    if [ ! -f "$carry/sslhost.zst" ]; then
+        echo "gpu_session.sh: $carry/sslhost.zst is missing: run scripts/gpu_session.sh pack here" >&2
+        exit 2
+    fi
+    zstd -q -d -f "$carry/sslhost.zst" -o /tmp/sslhost
+    chmod +x /tmp/sslhost
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+        --format=csv,noheader || true
+    python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+}
+
+case "${1:-}" in
+    pack)
+        grep -qx 'device-carry/' .git/info/exclude || echo 'device-carry/' >> .git/info/exclude
+        scripts/offline-llvm.sh
+        CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=target-cuda \
+            cargo build --release --features cuda
+        mkdir -p "$carry/fashion-mnist"
+        strip -o /tmp/sslhost-cuda target-cuda/release/sslhost
+        zstd -q -10 -T0 -f /tmp/sslhost-cuda -o "$carry/sslhost.zst"
+        cp /usr/share/datasets/fashion-mnist/*-ubyte.gz "$carry/fashion-mnist/"
+        du -sh "$carry" "$carry"/*
+        echo "gpu_session.sh: packed; the device call carries [\"$carry\"] (64 MiB at most)"
+        ;;
+    bench)
+        unpack
+        for precision in auto f32; do
+            scripts/bench.sh --device cuda --precision "$precision" --sslhost /tmp/sslhost \
+                --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
+        done
+        ;;
+    quality)
+        unpack
+        epochs=${EPOCHS:-2}
+        for precision in bf16 f32; do
+            start=$(date +%s)
+            /tmp/sslhost run recipes/byol.rhai --device cuda --precision "$precision" \
+                --data "$carry/fashion-mnist" --runs /tmp/runs --set epochs="$epochs" \
+                --set knn_every=0 2>&1 | tee "$out/quality-$precision.log" | grep -E "knn|error" || true
+            echo "byol cuda $precision: $epochs epochs in $(( $(date +%s) - start )) s"
+        done
+        ;;
+    *)
+        sed -n '2,15p' "$0"
+        exit 2
+        ;;
+esac

@@ -98,6 +98,9 @@ fn check(method: &str, precision: &str) {
     assert!(share > 0.0 && share < 1.0, "{r}");
     let rhai_ms = positive(&r, "rhai_ms_per_step");
     assert!(rhai_ms < mean, "{r}");
+    // One device read a step (the loss, in opt.step): on a GPU nothing else waits for the
+    // queued work mid-step.
+    assert_eq!(r["device_reads_per_step"].as_f64(), Some(1.0), "{r}");
     let release = r["release_ms_per_step"].as_f64().unwrap();
     assert!((0.0..mean).contains(&release), "{r}");
 }

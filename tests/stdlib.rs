@@ -154,3 +154,39 @@ fn cross_entropy_rejects_bad_labels() {
         assert!(err.contains(says), "{expr}: {err}");
     }
 }
+
+#[test]
+fn contrastive_losses_read_the_device_only_for_their_value() {
+    // nt_xent's and info_nce's labels are vectors the host made (arange, zeros, cat of them):
+    // checking them reads the host's copy, so building a loss costs no device read (on a GPU,
+    // a sync that waits for the forwards) and the step's one read is its value.
+    let reads = eval(
+        "let z1 = randn([8, 4]); let z2 = randn([8, 4]); let queue = randn([16, 4]);
+         let before = device_reads();
+         let loss = nt_xent(z1, z2, 0.5) + info_nce(z1, z2, queue, 0.2);
+         let built = device_reads();
+         let value = loss.item();
+         ((built - before) * 10 + device_reads() - built).to_float()",
+    );
+    assert_eq!(
+        reads, 1.0,
+        "reads while building the losses * 10 + reads of the value"
+    );
+    // The host's copy holds the device's values: the same loss with labels only the device
+    // knows (`* 1` makes a new tensor) is equal.
+    for labels in [
+        "cat([arange(3, 5), arange(0, 1), arange(5, 6)], 0)",
+        "zeros([4])",
+    ] {
+        close(
+            &format!(
+                "let logits = randn([4, 6]);
+                 let labels = {labels};
+                 let here = cross_entropy(logits, labels).item();
+                 let there = cross_entropy(logits, labels * 1).item();
+                 if here == there {{ 0.0 }} else {{ 1.0 }}"
+            ),
+            0.0,
+        );
+    }
+}

@@ -120,6 +120,21 @@ pub mod system_api {
         args::host_nanos() as f64 / 1e6
     }
 
+    /// How many times values have been read back from the device so far: `item()`,
+    /// `to_array()`, a loss checked by `opt.step`, labels the host did not make. On a GPU each
+    /// read waits for all the work queued before it, so a step that reads once keeps the GPU
+    /// busy while the host queues the next. (Small vectors the host made, such as
+    /// `arange(0, n)` or a batch's labels, are read from the host's copy and not counted.)
+    ///
+    /// ```rhai
+    /// let before = device_reads();
+    /// let loss_value = loss.item();
+    /// print(`reads: ${device_reads() - before}`);
+    /// ```
+    pub fn device_reads() -> i64 {
+        crate::tensor::device_reads() as i64
+    }
+
     /// The part of `host_time_ms()` spent freeing tensor memory when script variables went
     /// out of scope (counted only in the `sslhost` binary, whose allocator measures it).
     ///

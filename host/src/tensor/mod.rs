@@ -12,6 +12,9 @@ mod random;
 pub use ops::{BinaryOp, broadcast_shape};
 pub use random::{HostRng, RngState};
 
+use std::cell::Cell;
+use std::sync::Arc;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -33,6 +36,28 @@ pub enum Values {
 pub struct DynTensor {
     values: Values,
     rank: usize,
+    /// The values as the host made them, for small vectors (labels, `arange`, `zeros`): ops
+    /// that need a vector on the host (class labels) read this instead of the device, which
+    /// on a GPU would wait for every op queued before it.
+    host: Option<Arc<[f64]>>,
+}
+
+/// The longest vector whose values a [`DynTensor`] keeps on the host as well.
+const HOST_COPY_LIMIT: usize = 1 << 16;
+
+thread_local! {
+    /// Device reads so far (values copied back to the host) on this thread.
+    static DEVICE_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times this thread has read values back from a device: on a GPU each read waits
+/// for the work queued before it, so a training step should read once (its loss).
+pub fn device_reads() -> u64 {
+    DEVICE_READS.with(Cell::get)
+}
+
+fn note_device_read() {
+    DEVICE_READS.with(|c| c.set(c.get() + 1));
 }
 
 /// Rows `[N, D]` scaled to unit length (`x / max(‖x‖, 1e-12)`, as `F.normalize(x, dim=1)`).
@@ -48,6 +73,7 @@ pub fn unit_rows(x: Tensor<2>) -> Tensor<2> {
 
 /// Row-major values of a float tensor of any rank, as `f32` (reads the device).
 pub fn float_values<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
+    note_device_read();
     x.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
@@ -56,10 +82,16 @@ pub fn float_values<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
 
 /// Row-major values of an integer tensor of any rank, as `i64` (reads the device).
 pub fn int_values<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
+    note_device_read();
     x.into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
         .map_err(|e| Error::Backend(format!("{e:?}")))
+}
+
+/// `values()` kept on the host for a vector of at most [`HOST_COPY_LIMIT`] values.
+fn host_copy(shape: &[usize], values: impl FnOnce() -> Vec<f64>) -> Option<Arc<[f64]>> {
+    (shape.len() == 1 && shape[0] <= HOST_COPY_LIMIT).then(|| values().into())
 }
 
 /// Pads a logical shape on the left with ones up to rank 4.
@@ -91,6 +123,7 @@ impl DynTensor {
         DynTensor {
             values: Values::Float(t),
             rank,
+            host: None,
         }
     }
 
@@ -99,6 +132,7 @@ impl DynTensor {
         DynTensor {
             values: Values::Int(t),
             rank,
+            host: None,
         }
     }
 
@@ -124,11 +158,9 @@ impl DynTensor {
                 values.len()
             )));
         }
+        let host = host_copy(shape, || values.iter().map(|&v| v as f64).collect());
         let data = TensorData::new(values, padded(shape));
-        Ok(Self::from_float4(
-            Tensor::from_data(data, device),
-            shape.len(),
-        ))
+        Ok(Self::from_float4(Tensor::from_data(data, device), shape.len()).with_host(host))
     }
 
     /// An integer tensor from row-major values and a shape.
@@ -141,11 +173,20 @@ impl DynTensor {
                 values.len()
             )));
         }
+        let host = host_copy(shape, || values.iter().map(|&v| v as f64).collect());
         let data = TensorData::new(values, padded(shape));
-        Ok(Self::from_int4(
-            Tensor::from_data(data, device),
-            shape.len(),
-        ))
+        Ok(Self::from_int4(Tensor::from_data(data, device), shape.len()).with_host(host))
+    }
+
+    /// The same tensor, with `host` as its values on the host (see [`HOST_COPY_LIMIT`]).
+    fn with_host(mut self, host: Option<Arc<[f64]>>) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The values of a small vector the host made, without reading the device.
+    pub fn host_values(&self) -> Option<&[f64]> {
+        self.host.as_deref()
     }
 
     /// The logical rank (1–4).
@@ -243,6 +284,10 @@ impl DynTensor {
 
     /// Row-major values as `f64` (converting integers). Reads the device.
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        if let Some(v) = &self.host {
+            return Ok(v.to_vec());
+        }
+        note_device_read();
         let data = self.promoted4().into_data();
         data.convert::<f64>()
             .try_into_vec::<f64>()

@@ -5,7 +5,7 @@
 
 use burn::tensor::{Device, Int, Tensor, activation};
 
-use super::{DynTensor, MAX_RANK, Values, check_shape, padded};
+use super::{DynTensor, MAX_RANK, Values, check_shape, host_copy, padded};
 use crate::error::{Error, Result};
 
 /// Elementwise binary operations.
@@ -367,15 +367,21 @@ impl DynTensor {
                 )));
             }
         }
+        // Vectors the host made stay known on the host.
+        let host = tensors
+            .iter()
+            .map(DynTensor::host_values)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|parts| host_copy(&[parts.iter().map(|v| v.len()).sum()], || parts.concat()));
         if tensors.iter().all(DynTensor::is_int) {
             let parts = tensors
                 .iter()
                 .map(|t| t.int4("cat"))
                 .collect::<Result<_>>()?;
-            return Ok(DynTensor::from_int4(Tensor::cat(parts, p), first.rank));
+            return Ok(DynTensor::from_int4(Tensor::cat(parts, p), first.rank).with_host(host));
         }
         let parts = tensors.iter().map(DynTensor::promoted4).collect();
-        Ok(DynTensor::from_float4(Tensor::cat(parts, p), first.rank))
+        Ok(DynTensor::from_float4(Tensor::cat(parts, p), first.rank).with_host(host))
     }
 
     /// Stacks tensors of one shape along a new dim `dim` (0..=rank).
@@ -553,7 +559,10 @@ impl DynTensor {
     pub fn all_finite(&self) -> Result<bool> {
         match &self.values {
             Values::Int(_) => Ok(true),
-            Values::Float(t) => Ok(t.clone().is_finite().all().into_scalar::<bool>()),
+            Values::Float(t) => {
+                super::note_device_read();
+                Ok(t.clone().is_finite().all().into_scalar::<bool>())
+            }
         }
     }
 }
@@ -563,19 +572,21 @@ impl DynTensor {
     /// Zeros of a shape.
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
         check_shape(shape)?;
-        Ok(DynTensor::from_float4(
-            Tensor::zeros(padded(shape), device),
-            shape.len(),
-        ))
+        let host = host_copy(shape, || vec![0.0; shape[0]]);
+        Ok(
+            DynTensor::from_float4(Tensor::zeros(padded(shape), device), shape.len())
+                .with_host(host),
+        )
     }
 
     /// Ones of a shape.
     pub fn ones(shape: &[usize], device: &Device) -> Result<Self> {
         check_shape(shape)?;
-        Ok(DynTensor::from_float4(
-            Tensor::ones(padded(shape), device),
-            shape.len(),
-        ))
+        let host = host_copy(shape, || vec![1.0; shape[0]]);
+        Ok(
+            DynTensor::from_float4(Tensor::ones(padded(shape), device), shape.len())
+                .with_host(host),
+        )
     }
 
     /// The identity matrix.
@@ -591,9 +602,9 @@ impl DynTensor {
                 "arange({start}, {end}) is empty: end must be greater than start"
             )));
         }
-        Ok(DynTensor::from_int(Tensor::<1, Int>::arange(
-            start..end,
-            device,
-        )))
+        let host = host_copy(&[(end - start) as usize], || {
+            (start..end).map(|v| v as f64).collect()
+        });
+        Ok(DynTensor::from_int(Tensor::<1, Int>::arange(start..end, device)).with_host(host))
     }
 }

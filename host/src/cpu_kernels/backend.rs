@@ -19,6 +19,7 @@ use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 use super::cross_entropy;
 use super::linear::{self, LinearShape};
+use super::winograd;
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -171,7 +172,12 @@ impl CpuKernels for Flex {
             return Flex::conv2d(x, weight, None, burn_options(stride, padding));
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let out = conv::forward(&s, x.storage::<f32>(), weight.storage::<f32>());
+        let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
+        let out = if winograd::pays(&s) {
+            winograd::forward(&s, x, weight)
+        } else {
+            conv::forward(&s, x, weight)
+        };
         flex(out, [s.batch, s.c_out, s.oh(), s.ow()])
     }
 
@@ -367,13 +373,17 @@ impl Backward<Flex, 2> for GemmConvBackward {
                     // to burn's own conv, whose backward node is burn's too.
                     unreachable!("gemm_conv2d recorded a backward for a shape it does not handle");
                 };
-                let (dw, dx) = conv::backward(
-                    &s,
+                let (x, weight, dy) = (
                     x.storage::<f32>(),
                     weight.storage::<f32>(),
                     dy.storage::<f32>(),
-                    want_dx,
                 );
+                let (dw, dx) = if winograd::pays(&s) {
+                    let dx = want_dx.then(|| winograd::input_gradient(&s, weight, dy));
+                    (winograd::weight_gradient(&s, x, dy), dx)
+                } else {
+                    conv::backward(&s, x, weight, dy, want_dx)
+                };
                 (
                     flex(dw, [s.c_out, s.c_in, s.k, s.k]),
                     dx.map(|dx| flex(dx, [s.batch, s.c_in, s.h, s.w])),

@@ -6,7 +6,9 @@
 //! gradient as a transposed convolution with the same copies; burn's generic batch norm
 //! transposes for each statistic and runs a dozen elementwise passes. On a 2-core machine those
 //! copies cost more than the arithmetic (docs/PERFORMANCE.md). These kernels keep NCHW end to
-//! end: the convolution gives each thread one wide GEMM per group of images (`conv.rs`), batch
+//! end: the convolution gives each thread one wide GEMM per group of images (`conv.rs`; the
+//! 3x3 block convolutions of 64 channels and more take Winograd's F(2x2, 3x3), 16 GEMMs of
+//! 2.25x fewer multiply-adds, `winograd.rs`), batch
 //! norm walks each channel plane in place and applies its epilogue in the output pass
 //! (`batch_norm.rs`), a linear layer is one GEMM each way with contiguous gradients
 //! (`linear.rs`), and cross-entropy makes two passes over the logits forward and one back
@@ -24,6 +26,7 @@ mod conv;
 mod cross_entropy;
 mod linear;
 mod matmul;
+mod winograd;
 
 use std::sync::OnceLock;
 

@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::matmul::gemm;
+use super::resize;
 
 /// Output pixels per GEMM we aim for: enough to amortise packing in the late 4x4 and 2x2
 /// stages, few enough that the column matrix stays in cache and that 16x16 and larger maps
@@ -443,11 +444,6 @@ struct Scratch {
     dy_t: Vec<f32>,
     /// One zero-padded input plane ([`Gather`]).
     padded: Vec<f32>,
-}
-
-fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
-    &mut buf[..len]
 }
 
 /// Forward: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k, k]` → `[batch, c_out, oh, ow]`.

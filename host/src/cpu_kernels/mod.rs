@@ -175,6 +175,13 @@ fn split_batch(batch: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// `buf` as `len` values: a scratch buffer a thread reuses, grown when needed (what it held
+/// before stays, so callers overwrite or clear what they read).
+fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
 /// A new buffer of `len` values written piece by piece in parallel: `fill(state, i, piece)`
 /// gets the `i`-th run of `piece_len` values (the last may be shorter), zeroed by the same
 /// thread just before. Zeroing the whole buffer first (`vec![0.0; len]`) was a serial pass

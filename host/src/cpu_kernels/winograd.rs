@@ -23,6 +23,7 @@
 
 use super::conv::ConvShape;
 use super::matmul::gemm;
+use super::resize;
 
 /// Tiles per group (one GEMM column each), so that a group's `V` and `M` stay in cache: with
 /// 256 the 16x16 and 8x8 layers ran 10–15% slower.
@@ -102,9 +103,18 @@ struct Scratch {
     rows: Vec<f32>,
 }
 
-fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
-    &mut buf[..len]
+/// The four runs of `len` values at `first`, `first + stride`, `first + 2·stride` and
+/// `first + 3·stride` of `buf` (four streams of `V` or `M`, or four rows).
+fn four_runs(buf: &mut [f32], first: usize, stride: usize, len: usize) -> [&mut [f32]; 4] {
+    let (r0, rest) = buf[first..].split_at_mut(stride);
+    let (r1, rest) = rest.split_at_mut(stride);
+    let (r2, r3) = rest.split_at_mut(stride);
+    [
+        &mut r0[..len],
+        &mut r1[..len],
+        &mut r2[..len],
+        &mut r3[..len],
+    ]
 }
 
 // The vector loops of the transforms, each over a row of tiles. Each is a function of its own
@@ -213,9 +223,7 @@ fn transform_input(s: &ConvShape, x: &[f32], nb: usize, scratch: &mut Scratch) {
                 deinterleave(row, &mut odd[..s.w.div_ceil(2)], &mut even[1..=s.w / 2]);
             }
             // d B: [ph][tw] for each of its four columns.
-            let (db0, rest) = db.split_at_mut(ph * tw);
-            let (db1, rest) = rest.split_at_mut(ph * tw);
-            let (db2, db3) = rest.split_at_mut(ph * tw);
+            let [db0, db1, db2, db3] = four_runs(db, 0, ph * tw, ph * tw);
             let rows = padded
                 .chunks_exact(2 * half)
                 .zip(db0.chunks_exact_mut(tw))
@@ -245,19 +253,8 @@ fn transform_input(s: &ConvShape, x: &[f32], nb: usize, scratch: &mut Scratch) {
                     let (r1, rest) = rest.split_at(tw);
                     let (r2, r3) = rest.split_at(tw);
                     let first = (j * s.c_in + ci) * group_tiles + t0;
-                    let (v0, rest) = v[first..].split_at_mut(4 * stride);
-                    let (v1, rest) = rest.split_at_mut(4 * stride);
-                    let (v2, v3) = rest.split_at_mut(4 * stride);
-                    b_step(
-                        &mut v0[..tw],
-                        &mut v1[..tw],
-                        &mut v2[..tw],
-                        &mut v3[..tw],
-                        r0,
-                        r1,
-                        r2,
-                        r3,
-                    );
+                    let [v0, v1, v2, v3] = four_runs(v, first, 4 * stride, tw);
+                    b_step(v0, v1, v2, v3, r0, r1, r2, r3);
                 }
             }
         }
@@ -353,32 +350,16 @@ fn transform_gradient(s: &ConvShape, dy: &[f32], nb: usize, m: &mut Vec<f32>, ro
                 // A dY down the columns (even and odd apart) …
                 let (e0, o0) = top.split_at(tw);
                 let (e1, o1) = bottom.split_at(tw);
-                {
-                    let (p0, rest) = pe.split_at_mut(tw);
-                    let (p1, rest) = rest.split_at_mut(tw);
-                    let (p2, p3) = rest.split_at_mut(tw);
-                    g_step(p0, p1, p2, p3, e0, e1);
-                    let (p0, rest) = po.split_at_mut(tw);
-                    let (p1, rest) = rest.split_at_mut(tw);
-                    let (p2, p3) = rest.split_at_mut(tw);
-                    g_step(p0, p1, p2, p3, o0, o1);
-                }
+                let [p0, p1, p2, p3] = four_runs(pe, 0, tw, tw);
+                g_step(p0, p1, p2, p3, e0, e1);
+                let [p0, p1, p2, p3] = four_runs(po, 0, tw, tw);
+                g_step(p0, p1, p2, p3, o0, o1);
                 // … then Aᵀ across each tile's two columns, into the 16 streams.
                 let t0 = co * group_tiles + img * tiles_per_image + ty * tw;
                 for i in 0..4 {
                     let (even, odd) = (&pe[i * tw..][..tw], &po[i * tw..][..tw]);
-                    let first = 4 * i * stride + t0;
-                    let (m0, rest) = m[first..].split_at_mut(stride);
-                    let (m1, rest) = rest.split_at_mut(stride);
-                    let (m2, m3) = rest.split_at_mut(stride);
-                    g_step(
-                        &mut m0[..tw],
-                        &mut m1[..tw],
-                        &mut m2[..tw],
-                        &mut m3[..tw],
-                        even,
-                        odd,
-                    );
+                    let [m0, m1, m2, m3] = four_runs(m, 4 * i * stride + t0, stride, tw);
+                    g_step(m0, m1, m2, m3, even, odd);
                 }
             }
         }

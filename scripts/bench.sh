@@ -3,21 +3,22 @@
 # same settings, back to back, one Markdown table at the end.
 #
 #   scripts/bench.sh                                  # CPU, 2 threads, batch 64, 32x32, small + ResNet-18
-#   scripts/bench.sh --device cuda                    # CUDA: batch 256, ResNet-18
+#   scripts/bench.sh --device cuda                    # CUDA: batch 256, ResNet-18, all cores
 #   scripts/bench.sh --threads 4 --methods byol --widths 16,32,64,128 --steps 10
 #
 # Options (each passed to both benches): --device cpu|cuda, --precision auto|f32|bf16 (auto:
 # bf16 products on CUDA, f32 on the CPU), --methods LIST, --depth N,
 # --batch N, --image N, --widths W1,W2,W3,W4 (repeatable: one row per network), --warmup N,
-# --steps N; and --threads N (OMP_NUM_THREADS, MKL_NUM_THREADS, RAYON_NUM_THREADS and torch's
-# threads), --sslhost BIN (default target/release/sslhost), --out FILE (every result as a JSON
-# line; default target/bench-results.jsonl).
+# --steps N; and --threads N (default 2 on the CPU, all cores on CUDA: OMP_NUM_THREADS,
+# MKL_NUM_THREADS, RAYON_NUM_THREADS and torch's threads), --sslhost BIN (default
+# target/release/sslhost), --out FILE (every result as a JSON line; default
+# target/bench-results.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 device=cpu
 precision=auto
-threads=2
+threads=
 methods=byol,moco,simclr
 depth=18
 batch=
@@ -42,15 +43,17 @@ while [ $# -gt 0 ]; do
         --steps) steps=$2; shift 2 ;;
         --sslhost) sslhost=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 if [ "$device" = cpu ]; then
     batch=${batch:-64}
+    threads=${threads:-2}
     [ ${#widths[@]} -gt 0 ] || widths=(16,32,64,128 64,128,256,512)
 else
     batch=${batch:-256}
+    threads=${threads:-$(nproc)}   # host threads feeding the GPU
     [ ${#widths[@]} -gt 0 ] || widths=(64,128,256,512)
 fi
 if [ ! -x "$sslhost" ]; then

@@ -5,12 +5,14 @@
 #
 #   scripts/gpu_session.sh pack      # here: build the CUDA binary (~25 min cold, minutes warm),
 #                                    # strip and compress it with Fashion-MNIST into device-carry/
-#   scripts/gpu_session.sh bench     # there: unpack, the GPU's state, then scripts/bench.sh on
-#                                    # CUDA (batch 256, ResNet-18) in bf16 and in f32: two tables
+#   scripts/gpu_session.sh bench [auto|f32|bf16] [METHODS]
+#                                    # there: unpack, the GPU's state, then scripts/bench.sh on
+#                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
 #   scripts/gpu_session.sh quality   # there: BYOL's CUDA recipe for EPOCHS epochs (default 2),
 #                                    # bf16 and f32, kNN accuracy and wall time of each
 #
-# Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]).
+# Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
+# one precision a call (a call has 10 minutes, and the first CUDA steps compile kernels).
 # Every result also lands in $OUT (bench-*.jsonl, quality-*.log) when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,10 +48,9 @@ case "${1:-}" in
         ;;
     bench)
         unpack
-        for precision in auto f32; do
-            scripts/bench.sh --device cuda --precision "$precision" --sslhost /tmp/sslhost \
-                --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
-        done
+        precision=${2:-auto}
+        scripts/bench.sh --device cuda --precision "$precision" --methods "${3:-byol,moco,simclr}" \
+            --sslhost /tmp/sslhost --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
         ;;
     quality)
         unpack

@@ -69,8 +69,9 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
     use burn::tensor::Tensor;
-    // A GPU that cannot run one tiny op (no driver, no device) counts as absent.
-    crate::guard::catch(|| {
+    // A GPU that cannot run one tiny op (no driver, no device) counts as absent. Burn runs
+    // the device on a thread of its own, whose panic (say, no libcuda) is the cause to report.
+    crate::guard::catch_any_thread(|| {
         let device = Device::cuda(0).autodiff();
         let sum = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
         if sum == 4.0 {
@@ -79,7 +80,12 @@ fn cuda() -> Result<Device> {
             Err(Error::Other(format!("the GPU computed 1+1+1+1 = {sum}")))
         }
     })
-    .map_err(|e| Error::Other(format!("CUDA is not usable here ({e})")))
+    .map_err(|e| {
+        // cudarc's "cannot load libcuda" lists every file name it tried: keep the sentence.
+        let why = e.to_string();
+        let why = why.split(" - searched for").next().unwrap_or(&why);
+        Error::Other(format!("CUDA is not usable here ({why})"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]

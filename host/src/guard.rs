@@ -6,7 +6,8 @@
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 
 use crate::error::{Error, Result};
 
@@ -14,17 +15,51 @@ thread_local! {
     static CATCHING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Installs the panic hook once: panics inside [`catch`] are silent, others print as usual.
+/// How many [`catch_any_thread`] calls are running: while one is, panics on every thread are
+/// silent and the first one's message is kept in [`FIRST_ELSEWHERE`].
+static QUIET_EVERYWHERE: AtomicUsize = AtomicUsize::new(0);
+static FIRST_ELSEWHERE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Installs the panic hook once: panics inside [`catch`] (and on any thread during
+/// [`catch_any_thread`]) are silent, others print as usual.
 pub fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if CATCHING.with(Cell::get) == 0 {
+            if QUIET_EVERYWHERE.load(Ordering::SeqCst) > 0 {
+                // The first panic is the cause; later ones follow from it.
+                if let Ok(mut last) = FIRST_ELSEWHERE.lock() {
+                    last.get_or_insert_with(|| payload_message(info.payload()));
+                }
+            } else if CATCHING.with(Cell::get) == 0 {
                 default(info);
             }
         }));
     });
+}
+
+fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// [`catch`] for work that other threads do for `f` (a backend's device thread): while `f`
+/// runs, a panic on any thread is silent, and if `f` fails the error names the panic that
+/// another thread raised meanwhile (the cause; `f` itself only sees a closed channel).
+pub fn catch_any_thread<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    install_hook();
+    QUIET_EVERYWHERE.fetch_add(1, Ordering::SeqCst);
+    let out = catch(f);
+    QUIET_EVERYWHERE.fetch_sub(1, Ordering::SeqCst);
+    let elsewhere = FIRST_ELSEWHERE.lock().ok().and_then(|mut last| last.take());
+    match (out, elsewhere) {
+        (Err(_), Some(cause)) => Err(Error::Backend(cause)),
+        (out, _) => out,
+    }
 }
 
 /// Runs `f`, converting a panic into [`Error::Backend`] with the panic's message.
@@ -33,12 +68,25 @@ pub fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     CATCHING.with(|c| c.set(c.get() + 1));
     let out = panic::catch_unwind(AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(c.get() - 1));
-    out.unwrap_or_else(|payload| {
-        let msg = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(Error::Backend(msg))
-    })
+    out.unwrap_or_else(|payload| Err(Error::Backend(payload_message(payload.as_ref()))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_threads_panic_is_the_reported_cause() {
+        let out: Result<()> = catch_any_thread(|| {
+            let worker = std::thread::spawn(|| panic!("no driver on the device thread"));
+            match worker.join() {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::Other("the channel closed".into())),
+            }
+        });
+        let err = out.unwrap_err().to_string();
+        assert!(err.contains("no driver on the device thread"), "{err}");
+        // Success passes through untouched, and the kept message does not leak into it.
+        assert_eq!(catch_any_thread(|| Ok(7)).unwrap(), 7);
+    }
 }

@@ -29,9 +29,9 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
 }
 
 /// (batch, c_in, side, c_out, kernel, stride, padding): a stem, 3x3 blocks (small planes and
-/// 16x16, which read their taps differently; 64 channels at 8x8 and more, and an odd 9x9
-/// side, which take Winograd), strided 3x3, 1x1 shortcuts, and late 2x2 stages where a group
-/// holds many images.
+/// 16x16, which read their taps differently; Winograd's: 64 channels at 16x16 for all three
+/// passes, at 8x8 and an odd 9x9 side for the forward and input gradient, 256 at 4x4),
+/// strided 3x3, 1x1 shortcuts, and late 2x2 stages where a group holds many images.
 const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (4, 1, 28, 8, 3, 2, 1),
     (3, 3, 16, 8, 7, 2, 3),
@@ -41,8 +41,10 @@ const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (6, 8, 8, 16, 1, 2, 0),
     (33, 16, 2, 16, 3, 1, 1),
     (2, 4, 5, 4, 1, 1, 0),
+    (2, 64, 16, 64, 3, 1, 1),
     (3, 64, 8, 64, 3, 1, 1),
     (2, 64, 9, 72, 3, 1, 1),
+    (2, 256, 4, 256, 3, 1, 1),
 ];
 
 #[test]

@@ -378,11 +378,16 @@ impl Backward<Flex, 2> for GemmConvBackward {
                     weight.storage::<f32>(),
                     dy.storage::<f32>(),
                 );
-                let (dw, dx) = if winograd::pays(&s) {
-                    let dx = want_dx.then(|| winograd::input_gradient(&s, weight, dy));
-                    (winograd::weight_gradient(&s, x, dy), dx)
+                // Each gradient by Winograd where it pays, else by im2col + GEMM.
+                let dx_winograd = want_dx && winograd::pays(&s);
+                let (dw, dx) = if winograd::pays_weight(&s) {
+                    (winograd::weight_gradient(&s, x, dy), None)
                 } else {
-                    conv::backward(&s, x, weight, dy, want_dx)
+                    conv::backward(&s, x, weight, dy, want_dx && !dx_winograd)
+                };
+                let dx = match dx_winograd {
+                    true => Some(winograd::input_gradient(&s, weight, dy)),
+                    false => dx,
                 };
                 (
                     flex(dw, [s.c_out, s.c_in, s.k, s.k]),

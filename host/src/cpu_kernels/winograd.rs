@@ -18,8 +18,8 @@
 //! `U_ξ` is `Σ_t Ŷ_ξ[co, t] · V_ξ[ci, t]` with `Ŷ = A dY Aᵀ` per tile (16 GEMMs over the
 //! tiles), and the kernel's is `Gᵀ dU G`.
 //!
-//! The backend takes this path where [`pays`] says so; elsewhere the convolution is im2col +
-//! GEMM (`conv.rs`).
+//! The backend takes this path where [`pays`] (forward, input gradient) and [`pays_weight`]
+//! say so; elsewhere the convolution is im2col + GEMM (`conv.rs`).
 
 use super::conv::ConvShape;
 use super::matmul::gemm;
@@ -34,19 +34,37 @@ pub fn applies(s: &ConvShape) -> bool {
     s.k == 3 && s.stride == 1 && s.pad == 1
 }
 
-/// Whether this path beats im2col + GEMM for `s`: at least 64 channels in and out, so each of
-/// the 16 GEMMs has a useful depth, and at least 8x8 maps, so the transforms run over rows
-/// of four tiles or more. Measured per layer of a batch of 128 (2 cores; forward, input
-/// gradient, weight gradient; ms, im2col → Winograd): 64 channels at 32x32 75 → 57, 72 → 61,
-/// 67 → 53; 128 at 16x16 54 → 36, 58 → 38, 57 → 39; 256 at 8x8 66 → 47, 72 → 43, 59 → 51.
-/// Below those it was no faster (16 at 32x32, 32 at 16x16, 64 at 8x8) or slower (128 at 4x4,
-/// 4.2 → 5.6 forward; 512 at 4x4, 63 → 71). `SSLHOST_CPU_KERNELS=im2col` turns it off, for
-/// comparisons.
+/// Whether Winograd beats im2col + GEMM for the forward pass and the input gradient of `s`:
+/// at least 64 channels in and out, so each of the 16 GEMMs has a useful depth, on maps of
+/// 8x8 or more, or 4x4 with 256 channels or more (where the GEMMs outweigh the per-plane
+/// overhead of four tiles). Measured per layer of a batch of 128 (2 cores; ms, im2col →
+/// Winograd, forward / input gradient): 64 channels at 32x32 75 → 57 / 72 → 61; 128 at 16x16
+/// 54 → 36 / 58 → 38; 256 at 8x8 49 → 30 / 53 → 30; 512 at 4x4 63 → 48 / 48 → 44 and 56 → 44
+/// / 55 → 52. No faster: 16 channels at 32x32, 32 at 16x16, 64 at 8x8; slower: 128 at 4x4.
+/// `SSLHOST_CPU_KERNELS=im2col` turns Winograd off, for comparisons.
 pub fn pays(s: &ConvShape) -> bool {
+    let side = s.h.min(s.w);
+    enabled() && channels(s) >= 64 && (side >= 8 || (side >= 4 && channels(s) >= 256))
+}
+
+/// The same for the weight gradient, whose Winograd form pays on larger maps only: 16x16 or
+/// more, or 8x8 with 128 channels or more. Measured (ms, as above): 64 channels at 32x32
+/// 67 → 53, 128 at 16x16 57 → 39, 256 at 8x8 51 → 44 and 57 → 52; slower: 64 at 8x8 (3.6 →
+/// 4.1), 256 at 4x4 (15 → 19), and 512 at 4x4 went both ways (65 → 56, 65 → 74).
+pub fn pays_weight(s: &ConvShape) -> bool {
+    let side = s.h.min(s.w);
+    enabled() && channels(s) >= 64 && (side >= 16 || (side >= 8 && channels(s) >= 128))
+}
+
+/// The narrower of the two channel counts of a shape Winograd takes (0 for others).
+fn channels(s: &ConvShape) -> usize {
+    if applies(s) { s.c_in.min(s.c_out) } else { 0 }
+}
+
+/// Winograd is on unless `SSLHOST_CPU_KERNELS=im2col`.
+fn enabled() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off =
-        *OFF.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "im2col"));
-    !off && applies(s) && s.c_in >= 64 && s.c_out >= 64 && s.h.min(s.w) >= 8
+    !*OFF.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "im2col"))
 }
 
 /// Tiles along each axis.
@@ -54,40 +72,49 @@ fn tiles(s: &ConvShape) -> (usize, usize) {
     (s.h.div_ceil(2), s.w.div_ceil(2))
 }
 
-/// `U_ξ = G g Gᵀ` of every kernel, laid out `[16][c_in][c_out]` (the GEMM reads each `U_ξ`
-/// down its output channels). `kernel(co, ci)` gives the 3x3 kernel `[kh][kw]`.
+/// `U_ξ = G g Gᵀ` of every kernel, laid out `[c_in][16][c_out]`: the GEMM reads `U_ξ` down
+/// its output channels (stride 1) and across input channels (stride `16·c_out`). `kernel(co,
+/// ci)` gives the 3x3 kernel `[kh][kw]`.
+///
+/// Input channels in parallel, each writing its 16 rows of output channels in order: written
+/// one kernel at a time with a stride of `c_out` between writes, the 512-channel layers took
+/// 19 ms on one thread, a third of the layer's forward pass.
 fn transform_kernels(
     c_out: usize,
     c_in: usize,
-    kernel: impl Fn(usize, usize) -> [f32; 9],
+    kernel: impl Fn(usize, usize) -> [f32; 9] + Sync,
 ) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * c_in * c_out];
-    for co in 0..c_out {
-        for ci in 0..c_in {
-            let g = kernel(co, ci);
-            // G g: 4x3, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
-            let mut t = [[0.0f32; 3]; 4];
-            for j in 0..3 {
-                let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
-                t[0][j] = a;
-                t[1][j] = 0.5 * (a + b + c);
-                t[2][j] = 0.5 * (a - b + c);
-                t[3][j] = c;
-            }
-            for (i, r) in t.iter().enumerate() {
-                let row = [
-                    r[0],
-                    0.5 * (r[0] + r[1] + r[2]),
-                    0.5 * (r[0] - r[1] + r[2]),
-                    r[2],
-                ];
-                for (j, v) in row.into_iter().enumerate() {
-                    u[((i * 4 + j) * c_in + ci) * c_out + co] = v;
+    super::par_new(
+        16 * c_in * c_out,
+        16 * c_out,
+        || (),
+        |_, ci, rows| {
+            for co in 0..c_out {
+                let g = kernel(co, ci);
+                // G g: 4x3, G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1].
+                let mut t = [[0.0f32; 3]; 4];
+                for j in 0..3 {
+                    let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
+                    t[0][j] = a;
+                    t[1][j] = 0.5 * (a + b + c);
+                    t[2][j] = 0.5 * (a - b + c);
+                    t[3][j] = c;
+                }
+                // … times Gᵀ.
+                for (i, r) in t.iter().enumerate() {
+                    let row = [
+                        r[0],
+                        0.5 * (r[0] + r[1] + r[2]),
+                        0.5 * (r[0] - r[1] + r[2]),
+                        r[2],
+                    ];
+                    for (j, v) in row.into_iter().enumerate() {
+                        rows[(i * 4 + j) * c_out + co] = v;
+                    }
                 }
             }
-        }
-    }
-    u
+        },
+    )
 }
 
 /// Scratch space one thread reuses across its groups.
@@ -367,7 +394,7 @@ fn transform_gradient(s: &ConvShape, dy: &[f32], nb: usize, m: &mut Vec<f32>, ro
 }
 
 /// The convolution of `x` `[batch, c_in, h, w]` with the transformed kernels `u`
-/// `[16][c_in][c_out]`, into `[batch, c_out, h, w]`: groups of images in parallel, each thread
+/// `[c_in][16][c_out]`, into `[batch, c_out, h, w]`: groups of images in parallel, each thread
 /// transforming its group's input, running the 16 GEMMs and transforming their output.
 fn convolve(s: &ConvShape, x: &[f32], u: &[f32]) -> Vec<f32> {
     let (th, tw) = tiles(s);
@@ -390,8 +417,8 @@ fn convolve(s: &ConvShape, x: &[f32], u: &[f32]) -> Vec<f32> {
                     cols,
                     s.c_in,
                     (&mut m[xi * s.c_out * cols..][..s.c_out * cols], (cols, 1)),
-                    &u[xi * s.c_in * s.c_out..][..s.c_in * s.c_out],
-                    (1, s.c_out),
+                    &u[xi * s.c_out..],
+                    (1, 16 * s.c_out),
                     &scratch.v[xi * s.c_in * cols..][..s.c_in * cols],
                     (cols, 1),
                     false,

@@ -122,11 +122,12 @@ fn transform_kernels(
 struct Scratch {
     /// `V`: `[16][c_in][tiles]`.
     v: Vec<f32>,
-    /// `M`: `[16][c_out][tiles]`.
+    /// `M` (or the output gradient's `Ŷ`): `[16][c_out][tiles]`.
     m: Vec<f32>,
     /// One input plane, zero-padded and split into its even and odd columns.
     plane: Vec<f32>,
-    /// `d B` of one plane (four `[ph, tw]` parts), or `Aᵀ M` of one row of tiles.
+    /// `d B` of one plane (four `[ph, tw]` parts), or the rows one row of tiles passes
+    /// through in the output and gradient transforms.
     rows: Vec<f32>,
 }
 

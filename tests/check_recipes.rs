@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn every_recipe_passes_check() {
+/// Every recipe under `--precision precision` (bf16: the products a GPU run makes, on the CPU).
+fn check_every_recipe(precision: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut recipes: Vec<_> = std::fs::read_dir(root.join("recipes"))
         .unwrap()
@@ -17,11 +17,19 @@ fn every_recipe_passes_check() {
         let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
             .current_dir(root)
             .args(["check", recipe.to_str().unwrap(), "--device", "cpu"])
+            .args(["--precision", precision])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{}: {stderr}", recipe.display());
         assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+        // `auto` is f32 on the CPU.
+        let products = if precision == "bf16" { "bf16" } else { "f32" };
+        assert!(
+            stderr.contains(&format!("products in {products}")),
+            "{}: {stderr}",
+            recipe.display()
+        );
         // Two steps, then the end of the loop.
         assert!(stderr.contains("step 0"), "{}: {stderr}", recipe.display());
         assert!(
@@ -29,4 +37,14 @@ fn every_recipe_passes_check() {
             "check must not create a run directory"
         );
     }
+}
+
+#[test]
+fn every_recipe_passes_check() {
+    check_every_recipe("auto");
+}
+
+#[test]
+fn every_recipe_passes_check_in_bf16() {
+    check_every_recipe("bf16");
 }

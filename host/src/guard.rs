@@ -29,8 +29,8 @@ pub fn install_hook() {
         panic::set_hook(Box::new(move |info| {
             if QUIET_EVERYWHERE.load(Ordering::SeqCst) > 0 {
                 // The first panic is the cause; later ones follow from it.
-                if let Ok(mut last) = FIRST_ELSEWHERE.lock() {
-                    last.get_or_insert_with(|| payload_message(info.payload()));
+                if let Ok(mut first) = FIRST_ELSEWHERE.lock() {
+                    first.get_or_insert_with(|| payload_message(info.payload()));
                 }
             } else if CATCHING.with(Cell::get) == 0 {
                 default(info);
@@ -55,7 +55,10 @@ pub fn catch_any_thread<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     QUIET_EVERYWHERE.fetch_add(1, Ordering::SeqCst);
     let out = catch(f);
     QUIET_EVERYWHERE.fetch_sub(1, Ordering::SeqCst);
-    let elsewhere = FIRST_ELSEWHERE.lock().ok().and_then(|mut last| last.take());
+    let elsewhere = FIRST_ELSEWHERE
+        .lock()
+        .ok()
+        .and_then(|mut first| first.take());
     match (out, elsewhere) {
         (Err(_), Some(cause)) => Err(Error::Backend(cause)),
         (out, _) => out,

@@ -66,9 +66,35 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
     }
 }
 
+/// Whether the NVIDIA driver's library loads. Asked first, so that a machine without one gets
+/// a one-line answer instead of burn's device thread panicking (and logging the dozens of file
+/// names cudarc tried). Elsewhere than glibc the probe below answers alone.
+#[cfg(feature = "cuda")]
+fn driver_present() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        [c"libcuda.so.1", c"libcuda.so"].iter().any(|name| {
+            // SAFETY: `name` is a valid C string; a handle that opens is closed at once.
+            unsafe {
+                let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+                !handle.is_null() && libc::dlclose(handle) == 0
+            }
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        true
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<Device> {
     use burn::tensor::Tensor;
+    if !driver_present() {
+        return Err(Error::Other(
+            "CUDA is not usable here (no NVIDIA driver: libcuda.so.1 does not load)".into(),
+        ));
+    }
     // A GPU that cannot run one tiny op (no driver, no device) counts as absent. Burn runs
     // the device on a thread of its own, whose panic (say, no libcuda) is the cause to report.
     crate::guard::catch_any_thread(|| {

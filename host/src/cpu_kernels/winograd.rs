@@ -199,7 +199,8 @@ fn a_step(o0: &mut [f32], o1: &mut [f32], m0: &[f32], m1: &[f32], m2: &[f32], m3
     }
 }
 
-/// `row[2i]` into `even[i]`, `row[2i + 1]` into `odd[i]` (a last odd value into `even`).
+/// `row[2i]` into `even[i]`, `row[2i + 1]` into `odd[i]` (for an odd length, the last value goes
+/// to `even[len / 2]`).
 #[inline(never)]
 fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.chunks_exact(2);

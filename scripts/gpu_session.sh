@@ -26,6 +26,7 @@ unpack() {
         echo "gpu_session.sh: $carry/sslhost.zst is missing: run scripts/gpu_session.sh pack here" >&2
         exit 2
     fi
+    command -v zstd > /dev/null || { echo "gpu_session.sh: no zstd on this machine" >&2; exit 2; }
     zstd -q -d -f "$carry/sslhost.zst" -o /tmp/sslhost
     chmod +x /tmp/sslhost
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \

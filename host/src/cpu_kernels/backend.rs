@@ -432,6 +432,33 @@ fn input_and_weight_backward<S>(
     }
 }
 
+/// The forward of an op on an input and a weight (the convolution, the linear layer) under
+/// autodiff: when either needs a gradient, both are checkpointed for `backward`, whose state
+/// `state(x_checkpoint, weight_checkpoint)` builds; `forward` computes the output either way.
+fn input_and_weight_op<C: CheckpointStrategy, K: Backward<Flex, 2>>(
+    backward: K,
+    x: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    state: impl FnOnce(NodeId, NodeId) -> K::State,
+    forward: impl FnOnce(FlexTensor, FlexTensor) -> FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match backward
+        .prepare::<C>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let x_state = prep.checkpoint(&x);
+            let weight_state = prep.checkpoint(&weight);
+            let out = forward(x.into_primitive(), weight.into_primitive());
+            prep.finish(state(x_state, weight_state), out)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward(x.into_primitive(), weight.into_primitive()))
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
     fn gemm_conv2d(
         x: FloatTensor<Self>,
@@ -447,25 +474,13 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 burn_options(stride, padding),
             );
         }
-        match GemmConvBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let out =
-                    Flex::gemm_conv2d(x.into_primitive(), weight.into_primitive(), stride, padding);
-                prep.finish((x_state, weight_state, stride, padding), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::gemm_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                stride,
-                padding,
-            )),
-        }
+        input_and_weight_op::<C, _>(
+            GemmConvBackward,
+            x,
+            weight,
+            |x, weight| (x, weight, stride, padding),
+            |x, weight| Flex::gemm_conv2d(x, weight, stride, padding),
+        )
     }
 
     fn fused_batch_norm_train(
@@ -492,22 +507,13 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
         if linear_shape(x.primitive(), weight.primitive()).is_none() {
             return burn_linear::<Self>(x, weight);
         }
-        match LinearBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let y = Flex::gemm_linear(x.into_primitive(), weight.into_primitive());
-                prep.finish((x_state, weight_state), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::gemm_linear(
-                x.into_primitive(),
-                weight.into_primitive(),
-            )),
-        }
+        input_and_weight_op::<C, _>(
+            LinearBackward,
+            x,
+            weight,
+            |x, weight| (x, weight),
+            Flex::gemm_linear,
+        )
     }
 
     fn fused_cross_entropy(

@@ -5,6 +5,10 @@
 #
 #   scripts/gpu_session.sh pack      # here: build the CUDA binary (~25 min cold, minutes warm),
 #                                    # strip and compress it with Fashion-MNIST into device-carry/
+#   scripts/gpu_session.sh smoke [METHOD]
+#                                    # there: one short CUDA bench of sslhost alone (3 steps),
+#                                    # with backtraces: does the CUDA path run, how long the
+#                                    # first steps take to compile
 #   scripts/gpu_session.sh bench [auto|f32|bf16] [METHODS]
 #                                    # there: unpack, the GPU's state, then scripts/bench.sh on
 #                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
@@ -22,13 +26,24 @@ out=${OUT:-target/gpu-session}
 mkdir -p "$out"
 
 unpack() {
-    if [ ! -f "$carry/sslhost.zst" ]; then
-        echo "gpu_session.sh: $carry/sslhost.zst is missing: run scripts/gpu_session.sh pack here" >&2
+    if [ ! -f "$carry/sslhost.xz" ]; then
+        echo "gpu_session.sh: $carry/sslhost.xz is missing: run scripts/gpu_session.sh pack here" >&2
         exit 2
     fi
-    command -v zstd > /dev/null || { echo "gpu_session.sh: no zstd on this machine" >&2; exit 2; }
-    zstd -q -d -f "$carry/sslhost.zst" -o /tmp/sslhost
+    # xz where the machine has it, else Python's lzma (always there).
+    if command -v xz > /dev/null; then
+        xz -d -c "$carry/sslhost.xz" > /tmp/sslhost
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open("/tmp/sslhost", "wb"))' \
+            "$carry/sslhost.xz"
+    fi
     chmod +x /tmp/sslhost
+    # cudarc loads libcuda and libnvrtc at run time: make sure the loader finds NVRTC.
+    if ! ldconfig -p | grep -q 'libnvrtc\.so'; then
+        nvrtc=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' 2> /dev/null | head -n 1)
+        [ -z "$nvrtc" ] || export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "gpu_session.sh: NVRTC from ${nvrtc:-nowhere}"
+    fi
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
         --format=csv,noheader || true
     python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
@@ -42,9 +57,10 @@ case "${1:-}" in
             cargo build --release --features cuda
         mkdir -p "$carry/fashion-mnist"
         strip -o /tmp/sslhost-cuda target-cuda/release/sslhost
-        # -19: about 29.6 MB (-10: 33.3), which keeps binary + data + tree under the 64 MiB a
-        # device call carries.
-        zstd -q -19 -T0 -f /tmp/sslhost-cuda -o "$carry/sslhost.zst"
+        # xz -9e: 26.2 MB (zstd -19: 29.6), which keeps binary + data + tree under the 64 MiB a
+        # device call carries; the device machine may lack zstd but always has Python's lzma.
+        rm -f "$carry/sslhost.zst"
+        xz -9e -T2 -c /tmp/sslhost-cuda > "$carry/sslhost.xz"
         cp /usr/share/datasets/fashion-mnist/*-ubyte.gz "$carry/fashion-mnist/"
         tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
         total=$(( $(du -sb "$carry" | cut -f1) + tree ))
@@ -56,6 +72,13 @@ case "${1:-}" in
         precision=${2:-auto}
         scripts/bench.sh --device cuda --precision "$precision" --methods "${3:-byol,moco,simclr}" \
             --sslhost /tmp/sslhost --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
+        ;;
+    smoke)
+        unpack
+        start=$(date +%s)
+        RUST_BACKTRACE=1 timeout 300 /tmp/sslhost bench --device cuda --method "${2:-byol}" \
+            --warmup 1 --steps 3 2>&1 | tee "$out/smoke.log"
+        echo "gpu_session.sh: smoke took $(( $(date +%s) - start )) s"
         ;;
     quality)
         unpack

@@ -12,8 +12,14 @@
 #   scripts/gpu_session.sh bench [auto|f32|bf16] [METHODS]
 #                                    # there: unpack, the GPU's state, then scripts/bench.sh on
 #                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
+#   scripts/gpu_session.sh ab [METHOD]
+#                                    # there: sslhost's CUDA step with burn's batch norm, then
+#                                    # with SSLHOST_GPU_BATCH_NORM=rows (VARIANTS to change)
+#   scripts/gpu_session.sh probe [METHOD]
+#                                    # there: op_time.rhai in bf16 and f32, then a bench with
+#                                    # cubecl's profiler: GPU time and compiles per step
 #   scripts/gpu_session.sh quality   # there: BYOL's CUDA recipe for EPOCHS epochs (default 2),
-#                                    # bf16 and f32, kNN accuracy and wall time of each
+#                                    # in PRECISIONS (default "bf16 f32"), kNN accuracy and wall time
 #
 # Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
 # one precision a call (a call has 10 minutes, and the first CUDA steps compile kernels).
@@ -80,10 +86,40 @@ case "${1:-}" in
             --warmup 1 --steps 3 2>&1 | tee "$out/smoke.log"
         echo "gpu_session.sh: smoke took $(( $(date +%s) - start )) s"
         ;;
+    ab)
+        # Batch norm on the GPU: burn's op against models/batch_norm_rows.rs, sslhost alone,
+        # one process each (each autotunes its kernels first: about 2 minutes).
+        unpack
+        for variant in ${VARIANTS:-burn rows}; do
+            SSLHOST_GPU_BATCH_NORM=$variant /tmp/sslhost bench --device cuda --method "${2:-byol}" \
+                --warmup 5 --steps 20 | tail -n 1 | sed "s/^{/{\"batch_norm\":\"$variant\",/" \
+                | tee -a "$out/ab.jsonl" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); print(r["batch_norm"], r["method"], "median", round(r["median_ms"], 1), "ms")'
+        done
+        ;;
+    probe)
+        # Where a slow step's time goes. First the building blocks (scripts/op_time.rhai) in
+        # each precision; then one bench with cubecl's profiler on, which times every kernel
+        # (it waits on each, so the kernels' sum is what the GPU does, the wall time more) and
+        # logs every kernel compiled, so a step that recompiles shows.
+        unpack
+        for precision in ${OPS_PRECISIONS-bf16 f32}; do    # OPS_PRECISIONS= skips op_time
+            /tmp/sslhost run scripts/op_time.rhai --device cuda --precision "$precision" 2>&1 \
+                | tee -a "$out/probe.log"
+        done
+        method=${2:-byol}
+        printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl.log"\n[compilation.logger]\nlevel = "basic"\nfile = "/tmp/cubecl.log"\n' \
+            > cubecl.toml
+        /tmp/sslhost bench --device cuda --method "$method" --warmup 3 --steps 3 | tail -n 1 \
+            | tee -a "$out/probe.log"
+        rm -f cubecl.toml
+        python3 scripts/profile_summary.py /tmp/cubecl.log \
+            | tee -a "$out/probe.log"
+        xz -T0 -c /tmp/cubecl.log > "$out/cubecl.log.xz" 2> /dev/null || true
+        ;;
     quality)
         unpack
         epochs=${EPOCHS:-2}
-        for precision in bf16 f32; do
+        for precision in ${PRECISIONS:-bf16 f32}; do
             start=$(date +%s)
             /tmp/sslhost run recipes/byol.rhai --device cuda --precision "$precision" \
                 --data "$carry/fashion-mnist" --runs /tmp/runs --set epochs="$epochs" \

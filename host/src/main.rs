@@ -125,7 +125,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // Our own lines at info, the libraries' at warn: burn's CUDA compiler (pliron)
+                // logs every kernel's IR after every pass at info, megabytes a step.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,sslhost=info,script=info")
+                }),
         )
         // Through the progress bar, which hides itself while a line is written.
         .with_writer(sslhost::train::progress::StderrWriter)

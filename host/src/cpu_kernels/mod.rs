@@ -97,7 +97,11 @@ pub fn batch_norm_train<const D: usize>(
     epilogue: NormEpilogue<D>,
 ) -> BatchNormTrainOutput<D> {
     if !ours(&x) {
-        let out = burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon);
+        let out = if crate::models::batch_norm_rows::rows_chosen() {
+            crate::models::batch_norm_rows::batch_norm_train_rows(x, gamma, beta, epsilon)
+        } else {
+            burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon)
+        };
         let output = epilogue.apply(out.output);
         return BatchNormTrainOutput { output, ..out };
     }

@@ -33,30 +33,48 @@ impl Default for KnnConfig {
 
 /// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.
 /// Rows come back L2-normalised, on plain (non-autodiff) tensors.
+///
+/// With `same_shape`, every batch `encode` sees has `batch_size` images: a short last batch
+/// is widened backwards over images already encoded, and only its new rows are kept. A GPU
+/// backend compiles and autotunes its kernels per input shape (about 100 s for ResNet-18 on
+/// CUDA), so a short last batch would pay that again twice (train and test) for a handful
+/// of images. `encode` must treat images independently (an evaluation copy does).
 pub fn embed(
     dataset: &Dataset,
     batch_size: usize,
+    same_shape: bool,
     device: &Device,
     encode: &mut dyn FnMut(DynTensor) -> Result<DynTensor>,
 ) -> Result<(Tensor<2>, Tensor<1, Int>)> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
     let n = dataset.len();
-    for start in (0..n).step_by(batch_size.max(1)) {
+    let batch_size = batch_size.max(1);
+    for start in (0..n).step_by(batch_size) {
         let end = (start + batch_size).min(n);
-        let (images, y) = dataset.tensors(start, end, device)?;
+        let from = if same_shape && n >= batch_size {
+            end - batch_size
+        } else {
+            start
+        };
+        let (images, y) = dataset.tensors(from, end, device)?;
         let f = encode(images)?;
         let s = f.shape();
-        if s.len() != 2 || s[0] != end - start {
+        if s.len() != 2 || s[0] != end - from {
             return Err(Error::Shape(format!(
                 "knn: the encoder must map a batch of {} images to [{}, D], got {s:?}",
-                end - start,
-                end - start
+                end - from,
+                end - from
             )));
         }
-        let f = f.float_rank::<2>("knn")?.inner().detach();
+        let keep = |t: Tensor<2>| t.narrow(0, start - from, end - start);
+        let f = keep(f.float_rank::<2>("knn")?.inner().detach());
         features.push(crate::tensor::unit_rows(f));
-        labels.push(y.int_rank::<1>("knn")?.inner());
+        labels.push(
+            y.int_rank::<1>("knn")?
+                .inner()
+                .narrow(0, start - from, end - start),
+        );
     }
     if features.is_empty() {
         return Err(Error::Invalid(format!(
@@ -199,6 +217,43 @@ mod tests {
 
     fn labels(v: &[i64], device: &Device) -> Tensor<1, Int> {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
+    }
+
+    #[test]
+    fn same_shape_batches_embed_the_same_rows() {
+        let device = Device::flex();
+        // 10 images of 1x1x2 pixels, batches of 4: the last batch holds 2 images.
+        let pixels: Vec<u8> = (0..20u8).map(|v| v * 7 % 23).collect();
+        let labels: Vec<i64> = (0..10).map(|i| i % 3).collect();
+        let data = Dataset::from_memory(
+            "tiny",
+            "test",
+            pixels,
+            [1, 1, 2],
+            labels.clone(),
+            crate::data::numbered_classes(3),
+        )
+        .unwrap();
+        let run = |same_shape: bool| {
+            let mut sizes = Vec::new();
+            let mut encode = |images: DynTensor| {
+                sizes.push(images.shape()[0]);
+                let n = images.shape()[0] as i64;
+                images.reshape(&[n, -1])
+            };
+            let (f, y) = embed(&data, 4, same_shape, &device, &mut encode).unwrap();
+            let f = crate::tensor::float_values(f).unwrap();
+            let y = crate::tensor::int_values(y).unwrap();
+            (f, y, sizes)
+        };
+        let (f_short, y_short, sizes_short) = run(false);
+        let (f_same, y_same, sizes_same) = run(true);
+        assert_eq!(sizes_short, [4, 4, 2]);
+        assert_eq!(sizes_same, [4, 4, 4]);
+        assert_eq!(f_short.len(), 20);
+        assert_eq!(f_short, f_same);
+        assert_eq!(y_short, labels);
+        assert_eq!(y_same, labels);
     }
 
     #[test]

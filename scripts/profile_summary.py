@@ -1,62 +1,61 @@
 #!/usr/bin/env python3
-"""Reads the log cubecl writes with its profiler and compilation logger on (see
-`scripts/gpu_session.sh probe`) and prints, for each device sync (one per training step), how
-many kernels ran, their summed GPU time and how many kernels were compiled; then the last
-sync's heaviest kernels.
+"""Sums the per-kernel GPU times in the log cubecl writes with its profiler and compilation
+logger on (see `scripts/gpu_session.sh probe`): kernels grouped by name, heaviest first, and
+how many kernels were compiled.
 
-    python3 scripts/profile_summary.py /tmp/cubecl.log [TOP]
+    python3 scripts/profile_summary.py /tmp/cubecl.log [--steps N] [--top 25]
 
-The log holds three kinds of line: "[Compiling kernel] NAME", one "| DURATION | NAME" line per
-kernel run, and at every sync a table summing the kernels since the last one.
+The log holds "[Compiling kernel] NAME" lines, one "| DURATION | NAME" entry per kernel run
+(a name with generics can run over several lines), and at each explicit sync a table of the
+kernels since the last one. Only the entries after the last table are summed (the run's own
+steps; earlier tables come from the throughput probes cubecl runs at start-up). With --steps,
+the times and counts are also given per step.
 """
+import argparse
 import re
-import sys
+from collections import defaultdict
 
 UNITS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
-DURATION = re.compile(r"^([0-9.]+)(ns|µs|us|ms|s)$")
+ENTRY = re.compile(r"^\| ([0-9.]+)(ns|µs|us|ms|s) +\| (.*)$")
 
 
-def ms(text):
-    m = DURATION.match(text.strip())
-    return float(m.group(1)) * UNITS[m.group(2)] if m else None
+def group(name):
+    """A kernel's family: its base name without generics or hash, and the matmul family."""
+    base = re.sub(r"_[0-9a-f]{8}$", "", re.split(r"[<{ ]", name.strip())[0])
+    family = re.search(r"(\w+MatmulFamily|FusedMatmul\w*)", name)
+    return f"{base} {family.group(1)}" if family else base
 
 
 def main():
-    path = sys.argv[1]
-    top = int(sys.argv[2]) if len(sys.argv) > 2 else 25
-    syncs = []  # (kernels run, GPU ms, kernels compiled, the sync's table rows)
-    runs, gpu, compiled, table = 0, 0.0, 0, []
-    for line in open(path, encoding="utf-8", errors="replace"):
-        line = line.rstrip("\n")
-        if line.startswith("[Compiling kernel]"):
-            compiled += 1
-            continue
-        if not line.startswith("| "):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 2 and ms(cells[0]) is not None:
-            runs += 1
-            gpu += ms(cells[0])
-        elif len(cells) == 4 and cells[0] == "Total":
-            syncs.append((runs, gpu, compiled, table))
-            runs, gpu, compiled, table = 0, 0.0, 0, []
-        elif len(cells) == 4 and cells[0] != "Name":
-            table.append(cells)
-    if runs or compiled:
-        syncs.append((runs, gpu, compiled, table))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("--steps", type=int, default=0, help="steps the logged run took")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
 
-    print("sync | kernels run | GPU ms (summed) | kernels compiled")
-    for i, (r, g, c, _) in enumerate(syncs):
-        print(f"{i:4} | {r:11} | {g:15.2f} | {c:16}")
-    last = next((s for s in reversed(syncs) if s[3]), None)
-    if last is None:
-        print("no profile table in the log")
-        return
-    print(f"\nthe last step's heaviest kernels (of {len(last[3])} distinct):")
-    print("GPU ms | runs | share | kernel")
-    for name, duration, count, ratio in last[3][:top]:
-        d = ms(duration)
-        print(f"{d if d is not None else float('nan'):8.3f} | {count:>4} | {ratio:>5} | {name[:150]}")
+    lines = open(args.log, encoding="utf-8", errors="replace").read().split("\n")
+    compiled = sum(1 for line in lines if line.startswith("[Compiling kernel]"))
+    last_table = max((i for i, line in enumerate(lines) if line.startswith("| Total")), default=-1)
+    entries = []  # [ms, name]
+    for line in lines[last_table + 1:]:
+        m = ENTRY.match(line)
+        if m:
+            entries.append([float(m.group(1)) * UNITS[m.group(2)], m.group(3)])
+        elif entries and line and not line.startswith(("[Compiling", "|")):
+            entries[-1][1] += " " + line.strip()
+    totals = defaultdict(lambda: [0, 0.0])
+    for ms, name in entries:
+        t = totals[group(name)]
+        t[0] += 1
+        t[1] += ms
+    gpu = sum(ms for ms, _ in entries)
+    per = max(args.steps, 1)
+    print(f"{len(entries)} kernel runs, {gpu:.1f} GPU ms summed, {compiled} kernels compiled")
+    if args.steps:
+        print(f"per step ({args.steps}): {len(entries) / per:.0f} kernel runs, {gpu / per:.1f} GPU ms")
+    print(f"\n{'GPU ms' + (' a step' if args.steps else ''):>14} | {'runs':>7} | share | kernel")
+    for name, (count, ms) in sorted(totals.items(), key=lambda kv: -kv[1][1])[: args.top]:
+        print(f"{ms / per:14.2f} | {count / per:7.1f} | {100 * ms / max(gpu, 1e-9):4.0f}% | {name[:120]}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ fn check(method: &str, precision: &str) {
         "{r}"
     );
     assert_eq!(r["step_ms"].as_array().unwrap().len(), 2);
+    // The first (warm-up) step, timed on its own: what compiling and autotuning cost on a GPU.
+    positive(&r, "first_step_ms");
     // Peak RSS of the process: more than nothing, less than the whole machine.
     let mem = positive(&r, "peak_mem_mb");
     assert!(mem < 1.0e6, "{r}");

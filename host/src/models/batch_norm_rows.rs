@@ -40,7 +40,7 @@ pub fn batch_norm_train_rows<const D: usize>(
 
 /// Whether batch norms that do not take the CPU kernels use [`batch_norm_train_rows`]:
 /// `SSLHOST_GPU_BATCH_NORM=rows`. The default stays burn's own op until a GPU run has
-/// measured the two (`scripts/gpu_session.sh bench` runs both).
+/// measured the two (`scripts/gpu_session.sh ab` runs both).
 pub fn rows_chosen() -> bool {
     static ROWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| std::env::var("SSLHOST_GPU_BATCH_NORM").is_ok_and(|v| v == "rows"))

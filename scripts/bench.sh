@@ -85,12 +85,13 @@ ours = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "
 torch = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "pytorch"}
 print(f"\n{rows[0]['device']} ({rows[0]['precision']} products), {sys.argv[2]} threads, {rows[0]['image']}x{rows[0]['image']}, "
       f"median of {rows[0]['steps']} steps after {rows[0]['warmup']} warm-up\n")
-print("| method | model | batch | sslhost ms | PyTorch ms | ratio | sslhost img/s | Rhai share |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+print("| method | model | batch | sslhost ms | PyTorch ms | ratio | sslhost img/s | Rhai share | sslhost first step |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for key, r in ours.items():
     t = torch.get(key)
     theirs = f"{t['median_ms']:.0f}" if t else "n/a"
     ratio = f"{r['median_ms'] / t['median_ms']:.2f}x" if t else "n/a"
     print(f"| {r['method']} | {r['model']} | {r['batch']} | {r['median_ms']:.0f} | {theirs} | "
-          f"{ratio} | {r['img_per_s']:.1f} | {100 * r['rhai_share']:.3f}% |")
+          f"{ratio} | {r['img_per_s']:.1f} | {100 * r['rhai_share']:.3f}% | "
+          f"{r.get('first_step_ms', float('nan')) / 1000:.1f} s |")
 EOF

@@ -129,10 +129,19 @@ fn vote(
         None
     };
     let mut correct = 0i64;
-    for start in (0..n_test).step_by(config.batch_size.max(1)) {
-        let b = config.batch_size.min(n_test - start);
-        let sim = test_f.clone().narrow(0, start, b).matmul(bank.clone());
-        let truth = test_y.clone().narrow(0, start, b);
+    let batch_size = config.batch_size.max(1);
+    for start in (0..n_test).step_by(batch_size) {
+        let b = batch_size.min(n_test - start);
+        // On the device every batch has the same shape (as in `embed`): a short last batch
+        // is widened backwards, and only its new rows are counted.
+        let from = if on_host || n_test < batch_size {
+            start
+        } else {
+            start + b - batch_size
+        };
+        let rows = start + b - from;
+        let sim = test_f.clone().narrow(0, from, rows).matmul(bank.clone());
+        let truth = test_y.clone().narrow(0, from, rows);
         correct += match &host_labels {
             Some(labels) => {
                 let sim = crate::tensor::float_values(sim)?;
@@ -152,16 +161,17 @@ fn vote(
                 let (top_sim, top_idx) = sim.topk_with_indices(k, 1);
                 let neighbour_labels = train_y
                     .clone()
-                    .select(0, top_idx.reshape([b * k]))
-                    .reshape([b, k]);
+                    .select(0, top_idx.reshape([rows * k]))
+                    .reshape([rows, k]);
                 let votes: Tensor<3> = neighbour_labels.one_hot::<3>(classes).float();
                 let weights = top_sim
                     .div_scalar(config.temperature)
                     .exp()
-                    .reshape([b, k, 1]);
-                let scores = votes.mul(weights).sum_dim(1).reshape([b, classes]);
-                let predicted = scores.argmax(1).reshape([b]);
-                predicted.equal(truth).int().sum().into_scalar::<i64>()
+                    .reshape([rows, k, 1]);
+                let scores = votes.mul(weights).sum_dim(1).reshape([rows, classes]);
+                let predicted = scores.argmax(1).reshape([rows]);
+                let hits = predicted.equal(truth).int();
+                hits.narrow(0, rows - b, b).sum().into_scalar::<i64>()
             }
         };
     }

@@ -31,25 +31,27 @@ carry=device-carry
 out=${OUT:-target/gpu-session}
 mkdir -p "$out"
 
+# unxz SRC DST: xz where the machine has it, else Python's lzma (always there).
+unxz() {
+    if command -v xz > /dev/null; then
+        xz -d -c "$1" > "$2"
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+    fi
+}
+
 unpack() {
     if [ ! -f "$carry/sslhost.xz" ]; then
         echo "gpu_session.sh: $carry/sslhost.xz is missing: run scripts/gpu_session.sh pack here" >&2
         exit 2
     fi
-    # xz where the machine has it, else Python's lzma (always there).
-    if command -v xz > /dev/null; then
-        xz -d -c "$carry/sslhost.xz" > /tmp/sslhost
-    else
-        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open("/tmp/sslhost", "wb"))' \
-            "$carry/sslhost.xz"
-    fi
+    unxz "$carry/sslhost.xz" /tmp/sslhost
     chmod +x /tmp/sslhost
     # Fashion-MNIST back to plain idx files, which sslhost reads as they are.
     mkdir -p /tmp/fashion-mnist
     for f in "$carry"/fashion-mnist/*.xz; do
         [ -e "$f" ] || continue
-        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-            "$f" "/tmp/fashion-mnist/$(basename "$f" .xz)"
+        unxz "$f" "/tmp/fashion-mnist/$(basename "$f" .xz)"
     done
     # cudarc loads libcuda and libnvrtc at run time: make sure the loader finds NVRTC.
     if ! ldconfig -p | grep -q 'libnvrtc\.so'; then

@@ -19,7 +19,8 @@
 #                                    # there: op_time.rhai in bf16 and f32, then a bench with
 #                                    # cubecl's profiler: GPU time and compiles per step
 #   scripts/gpu_session.sh quality   # there: BYOL's CUDA recipe for EPOCHS epochs (default 2),
-#                                    # in PRECISIONS (default "bf16 f32"), kNN accuracy and wall time
+#                                    # in PRECISIONS (default "bf16 f32"), then the PyTorch
+#                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
 #
 # Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
 # one precision a call (a call has 10 minutes, and the first CUDA steps compile kernels).
@@ -142,6 +143,11 @@ case "${1:-}" in
                 --set knn_every=0 2>&1 | tee "$out/quality-$precision.log" | grep -E "knn|error" || true
             echo "byol cuda $precision: $epochs epochs in $(( $(date +%s) - start )) s"
         done
+        # The PyTorch reference: the same recipe, epochs and data, bf16 autocast (TORCH=0 skips).
+        if [ "${TORCH:-1}" = 1 ]; then
+            python3 scripts/reference/train_byol.py --device cuda --epochs "$epochs" \
+                --data /tmp/fashion-mnist 2>&1 | tee "$out/quality-pytorch.log" | grep -E "kNN|wall|Error" || true
+        fi
         ;;
     *)
         sed -n '2,15p' "$0"

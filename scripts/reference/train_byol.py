@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""BYOL on Fashion-MNIST in PyTorch, as `sslhost run recipes/byol.rhai` trains it on the CPU.
+"""BYOL on Fashion-MNIST in PyTorch, as `sslhost run recipes/byol.rhai` trains it.
 
-The recipe's CPU quick preset, end to end: 3 epochs of BYOL, then the weighted kNN of the
-backbone's features (test split against train split), for an equal-epoch quality and wall-time
-comparison with the sslhost run.
+The recipe's preset for the device, end to end: BYOL, then the weighted kNN of the backbone's
+features (test split against train split), for an equal-epoch quality and wall-time
+comparison with the sslhost run. On the CPU the quick preset below; with --device cuda the
+recipe's CUDA preset (ResNet-18, 32x32 views, batch 256, projector 4096; bf16 autocast as
+sslhost's --precision auto there; give --epochs, the recipe's 100 being the default).
 
     nice -n 19 python3 scripts/reference/train_byol.py --threads 2      # the full run
     python3 scripts/reference/train_byol.py --limit 512 --epochs 1 --knn-limit 2000   # smoke
+    python3 scripts/reference/train_byol.py --device cuda --epochs 2    # against gpu_session.sh quality
 
 It prints the loss every 50 steps, the kNN accuracy and the wall time, and as its last line a
 JSON object: {"method": "byol", "knn_top1": .., "epochs": .., "wall_s": .., "img_per_s": ..,
@@ -18,7 +21,8 @@ Time it on a quiet machine: with --threads 2 on cores that another process keeps
 OpenMP threads wait on each other at every op (a smoke test ran at 10 img/s with 2 threads and
 at 510 img/s with 1 thread while a benchmark held both cores).
 
-The settings are recipes/byol.rhai's CPU preset (device "cpu"):
+The settings are recipes/byol.rhai's CPU preset (device "cpu"; CUDA_PRESET lists what differs on
+"cuda"):
   * data: Fashion-MNIST, grey images expanded to 3 equal channels in [0, 1] (`rgb: true`);
     shuffled every epoch, batch 64, the last partial batch dropped (937 steps an epoch);
   * backbone: ResNet with basic blocks, one per stage, widths 16-32-64-128, 3x3 stem conv of
@@ -58,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ssl_step as ref  # noqa: E402  (the networks, LARS, schedules, EMA and views)
 
 # recipes/byol.rhai, `cfg` with device_kind() == "cpu".
-PRESET = dict(
+CPU_PRESET = dict(
     size=28,
     min_scale=0.2,
     batch_size=64,
@@ -75,6 +79,20 @@ PRESET = dict(
     knn_k=200,
     log_every=50,
 )
+# recipes/byol.rhai, `cfg` with device_kind() == "cuda" (the recipe's 100 epochs; --epochs).
+CUDA_PRESET = dict(
+    CPU_PRESET,
+    size=32,
+    min_scale=0.08,
+    batch_size=256,
+    epochs=100,
+    widths=[64, 128, 256, 512],
+    blocks=2,
+    stem_stride=1,
+    tau_base=0.99,
+    proj_hidden=4096,
+)
+PRESET = CPU_PRESET  # the defaults of the command-line options
 KNN_TEMPERATURE = 0.1
 KNN_BATCH = 256  # KnnConfig::default().batch_size
 MEAN, STD = 0.5, 0.5  # the presets' default normalisation
@@ -103,10 +121,16 @@ def read_idx(path):
     return data.reshape(shape)
 
 
+def idx_path(data_dir, name):
+    """`name`.gz in data_dir, else plain `name` (as sslhost's reader takes either)."""
+    gz = os.path.join(data_dir, name + ".gz")
+    return gz if os.path.exists(gz) else os.path.join(data_dir, name)
+
+
 def load_split(data_dir, split):
     """Images [N, 28, 28] uint8 and labels [N] int64 of 'train' or 't10k'."""
-    images = read_idx(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"))
+    images = read_idx(idx_path(data_dir, f"{split}-images-idx3-ubyte"))
+    labels = read_idx(idx_path(data_dir, f"{split}-labels-idx1-ubyte"))
     if len(images) != len(labels):
         raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
@@ -150,7 +174,7 @@ class RecipeView(ref.View):
     """
 
     def __init__(self, size, min_scale, jitter, solarize=0.0, channels_last=True):
-        # blur=0: the presets do not blur at 32 px or less; this script only does 28 px.
+        # blur=0: the presets do not blur at 32 px or less (this script's sizes: 28 and 32).
         super().__init__(size, min_scale, jitter, blur=0.0, solarize=solarize, channels_last=channels_last)
         self.ratio = (3 / 4, 4 / 3)
 
@@ -183,8 +207,9 @@ class RecipeView(ref.View):
     def crop_and_flip(self, x):
         n, c, h, w = x.shape
         top, left, ch, cw = self.crop_boxes(n, h, w)
-        rows = interpolation_matrices(top, ch, h, self.size)  # [n, S, H]
-        cols = interpolation_matrices(left, cw, w, self.size)  # [n, S, W]
+        # Boxes and weights on the host (a few KB), the products on the images' device.
+        rows = interpolation_matrices(top, ch, h, self.size).to(x.device)  # [n, S, H]
+        cols = interpolation_matrices(left, cw, w, self.size).to(x.device)  # [n, S, W]
         flip = ref.coin(n, 0.5, x.device)
         cols = torch.where(flip.view(n, 1, 1), cols.flip(1), cols)
         # out_n = A_n x_n B_n^T, over the channels.
@@ -193,12 +218,13 @@ class RecipeView(ref.View):
     def color_jitter(self, x):
         n = x.shape[0]
         b, c, s, hue = self.jitter
-        on = ref.coin(n, 0.8, x.device)
+        # Which samples get which adjustment in which order: drawn on the host.
+        on = ref.coin(n, 0.8, "cpu")
         factors = [
-            ref.uniform(n, max(0.0, 1 - b), 1 + b, x.device),
-            ref.uniform(n, max(0.0, 1 - c), 1 + c, x.device),
-            ref.uniform(n, max(0.0, 1 - s), 1 + s, x.device),
-            ref.uniform(n, -hue, hue, x.device),
+            ref.uniform(n, max(0.0, 1 - b), 1 + b, "cpu"),
+            ref.uniform(n, max(0.0, 1 - c), 1 + c, "cpu"),
+            ref.uniform(n, max(0.0, 1 - s), 1 + s, "cpu"),
+            ref.uniform(n, -hue, hue, "cpu"),
         ]
         order = torch.argsort(torch.rand(n, 4), dim=1)  # a uniform permutation per sample
         x = x.clone()
@@ -207,7 +233,8 @@ class RecipeView(ref.View):
                 idx = torch.nonzero(on & (order[:, position] == op)).squeeze(1)
                 if idx.numel() == 0:
                     continue
-                f = factors[op][idx].view(-1, 1, 1, 1)
+                f = factors[op][idx].view(-1, 1, 1, 1).to(x.device)
+                idx = idx.to(x.device)
                 x[idx] = self.adjust(op, x[idx], f)
         return x
 
@@ -225,8 +252,15 @@ class RecipeView(ref.View):
         return ref.hsv_to_rgb(torch.remainder(h + f.view(-1, 1, 1), 1.0), s, v)
 
 
-def eval_view(images):
-    """stdlib eval_transform(28) on 28x28 images: a full-image crop (the identity), normalise."""
+def eval_view(images, size):
+    """stdlib eval_transform(size): the whole image resized to size x size (the identity at the
+    images' own size), then normalised."""
+    n, _, h, w = images.shape
+    if (h, w) != (size, size):
+        zero, full_h, full_w = torch.zeros(n), torch.full((n,), float(h)), torch.full((n,), float(w))
+        rows = interpolation_matrices(zero, full_h, h, size).to(images.device)
+        cols = interpolation_matrices(zero, full_w, w, size).to(images.device)
+        images = rows.unsqueeze(1) @ images @ cols.transpose(1, 2).unsqueeze(1)
     return (images - MEAN) / STD
 
 
@@ -261,11 +295,13 @@ def embedding_std(z):
 
 
 @torch.inference_mode()
-def embed(encoder, images_u8, memory_format):
+def embed(encoder, images_u8, size, memory_format, amp):
     out = []
     for start in range(0, len(images_u8), KNN_BATCH):
-        x = eval_view(as_rgb(images_u8[start:start + KNN_BATCH])).contiguous(memory_format=memory_format)
-        out.append(F.normalize(encoder(x).float(), dim=1))
+        x = eval_view(as_rgb(images_u8[start:start + KNN_BATCH]), size).contiguous(memory_format=memory_format)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+            f = encoder(x)
+        out.append(F.normalize(f.float(), dim=1))
     return torch.cat(out)
 
 
@@ -278,7 +314,7 @@ def knn_top1(train_f, train_y, test_f, test_y, k, temperature, classes):
         sim = test_f[start:start + KNN_BATCH] @ train_f.t()
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = torch.exp(top_sim.double() / temperature)
-        scores = torch.zeros(len(sim), classes, dtype=torch.float64)
+        scores = torch.zeros(len(sim), classes, dtype=torch.float64, device=sim.device)
         scores.scatter_add_(1, train_y[top_idx], weights)
         correct += (scores.argmax(1) == test_y[start:start + KNN_BATCH]).sum().item()
     return correct / len(test_f)
@@ -292,9 +328,11 @@ def knn_top1(train_f, train_y, test_f, test_y, k, temperature, classes):
 def main():
     t_start = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="also picks the recipe's preset for that device (as device_kind() does)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--epochs", type=int, default=PRESET["epochs"])
-    ap.add_argument("--batch", type=int, default=PRESET["batch_size"])
+    ap.add_argument("--epochs", type=int, help="default: the preset's (CPU 3, CUDA 100)")
+    ap.add_argument("--batch", type=int, help="default: the preset's (CPU 64, CUDA 256)")
     ap.add_argument("--limit", type=int, default=0, help="train on the first N training images (0: all)")
     ap.add_argument("--knn-limit", type=int, default=0,
                     help="kNN on the first N images of the training images used and of the test split (0: all)")
@@ -304,10 +342,18 @@ def main():
     ap.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                     help="auto: as ssl_step.py (channels_last when every stage is >= 16 channels)")
     args = ap.parse_args()
+    preset = CUDA_PRESET if args.device == "cuda" else CPU_PRESET
+    args.epochs = preset["epochs"] if args.epochs is None else args.epochs
+    args.batch = preset["batch_size"] if args.batch is None else args.batch
     if args.epochs < 1 or args.batch < 1 or args.limit < 0 or args.knn_limit < 0:
         ap.error("--epochs and --batch must be >= 1, --limit and --knn-limit >= 0")
 
-    cfg = dict(PRESET, batch_size=args.batch, epochs=args.epochs)
+    cfg = dict(preset, batch_size=args.batch, epochs=args.epochs)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no GPU")
+    amp = device.type == "cuda"  # bf16 products, as sslhost's --precision auto there
+    torch.backends.cudnn.benchmark = True
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.memory_format == "auto":
@@ -320,6 +366,8 @@ def main():
     test_x, test_y = load_split(args.data, "t10k")
     if args.limit:
         train_x, train_y = train_x[:args.limit], train_y[:args.limit]
+    # The uint8 images live on the device (47 MB for the train split); batches are gathered there.
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
     classes = int(max(train_y.max(), test_y.max())) + 1
     n = len(train_x)
     steps_per_epoch = n // cfg["batch_size"]  # drop_last
@@ -330,6 +378,7 @@ def main():
     lr_scale = cfg["base_lr"] * cfg["batch_size"] / 256
 
     backbone, online, predictor, target = build_networks(cfg, fmt)
+    backbone, online, predictor, target = (m.to(device) for m in (backbone, online, predictor, target))
     opt = ref.LARS([*online.parameters(), *predictor.parameters()], momentum=0.9,
                    weight_decay=cfg["weight_decay"], eta=0.02)
     view1 = RecipeView(cfg["size"], cfg["min_scale"], BYOL_JITTER, channels_last=channels_last)
@@ -338,22 +387,24 @@ def main():
     params = sum(p.numel() for p in backbone.parameters())
     print(f"BYOL: backbone {params} params, {steps_per_epoch} steps per epoch, {cfg['epochs']} epochs, "
           f"batch {cfg['batch_size']}, {n} training images, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {'channels_last' if channels_last else 'NCHW'}", flush=True)
+          f"torch {torch.__version__}, {'channels_last' if channels_last else 'NCHW'}, {device}"
+          f"{' (bf16 autocast)' if amp else ''}", flush=True)
 
     t_train = time.perf_counter()
     step = 0
     for epoch in range(cfg["epochs"]):
-        order = torch.randperm(n, generator=shuffle)
+        order = torch.randperm(n, generator=shuffle).to(device)
         for b in range(steps_per_epoch):
             images = as_rgb(train_x[order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]])
             x1, x2 = view1(images), view2(images)
-            h1 = online(x1)
-            p1 = predictor(h1)
-            p2 = predictor(online(x2))
-            with torch.no_grad():
-                z1 = target(x1)
-                z2 = target(x2)
-            loss = 0.5 * (ref.byol_loss(p1, z2) + ref.byol_loss(p2, z1))
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                h1 = online(x1)
+                p1 = predictor(h1)
+                p2 = predictor(online(x2))
+                with torch.no_grad():
+                    z1 = target(x1)
+                    z2 = target(x2)
+            loss = 0.5 * (ref.byol_loss(p1.float(), z2.float()) + ref.byol_loss(p2.float(), z1.float()))
             rate = ref.warmup_cosine(step, total, warmup, 1.0, 0.0) * lr_scale
             tau = ref.cosine_schedule(step, total, cfg["tau_base"], 1.0)
             for group in opt.param_groups:
@@ -383,8 +434,8 @@ def main():
         knn_train_x, knn_train_y = knn_train_x[:args.knn_limit], knn_train_y[:args.knn_limit]
         knn_test_x, knn_test_y = knn_test_x[:args.knn_limit], knn_test_y[:args.knn_limit]
     encoder = copy.deepcopy(backbone).eval()  # running statistics, as the evaluation copy
-    train_f = embed(encoder, knn_train_x, fmt)
-    test_f = embed(encoder, knn_test_x, fmt)
+    train_f = embed(encoder, knn_train_x, cfg["size"], fmt, amp)
+    test_f = embed(encoder, knn_test_x, cfg["size"], fmt, amp)
     acc = knn_top1(train_f, knn_train_y, test_f, knn_test_y, cfg["knn_k"], KNN_TEMPERATURE, classes)
     knn_s = time.perf_counter() - t_knn
     wall_s = time.perf_counter() - t_start
@@ -396,7 +447,7 @@ def main():
         img_per_s=round(img_per_s, 2), train_s=round(train_s, 2), knn_s=round(knn_s, 2),
         steps=total, batch=cfg["batch_size"], train_images=n, knn_train=len(knn_train_x),
         knn_test=len(knn_test_x), threads=torch.get_num_threads(), seed=args.seed,
-        channels_last=channels_last, impl="pytorch", torch=torch.__version__,
+        channels_last=channels_last, impl="pytorch", torch=torch.__version__, device=str(device),
     )))
 
 

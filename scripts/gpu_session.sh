@@ -3,7 +3,7 @@
 # The device machine has PyTorch and the driver but no cargo and no registries, so the binary is
 # built here and travels in device-carry/ (listed in .git/info/exclude).
 #
-#   scripts/gpu_session.sh pack      # here: build the CUDA binary (~25 min cold, minutes warm),
+#   scripts/gpu_session.sh pack      # here: build the CUDA binary (~20 min cold, minutes warm),
 #                                    # strip and compress it with Fashion-MNIST into device-carry/
 #   scripts/gpu_session.sh smoke [METHOD]
 #                                    # there: one short CUDA bench of sslhost alone (3 steps),
@@ -73,12 +73,12 @@ case "${1:-}" in
             cargo build --release --features cuda
         mkdir -p "$carry/fashion-mnist"
         strip -o /tmp/sslhost-cuda target-cuda/release/sslhost
-        # xz -9e: 26.2 MB (zstd -19: 29.6), which keeps binary + data + tree under the 64 MiB a
-        # device call carries; the device machine may lack zstd but always has Python's lzma.
+        # xz -9e: 32.9 MB with burn-cuda's defaults (26.2 before them; zstd -19 was 29.6), which
+        # keeps binary + data + tree under the 64 MiB a device call carries; the device machine
+        # may lack zstd but always has Python's lzma.
         rm -f "$carry/sslhost.zst"
         xz -9e -T2 -c /tmp/sslhost-cuda > "$carry/sslhost.xz"
-        # The data as xz of the plain idx files (26.4 MB against gzip's 30.9): with burn-cuda's
-        # defaults the binary is 32.9 MB, and binary + data + tree must stay under 64 MiB.
+        # The data as xz of the plain idx files (26.4 MB against gzip's 30.9), for the same limit.
         rm -f "$carry"/fashion-mnist/*.gz
         for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do
             name=$(basename "$f" .gz)

@@ -92,7 +92,6 @@ CUDA_PRESET = dict(
     tau_base=0.99,
     proj_hidden=4096,
 )
-PRESET = CPU_PRESET  # the defaults of the command-line options
 KNN_TEMPERATURE = 0.1
 KNN_BATCH = 256  # KnnConfig::default().batch_size
 MEAN, STD = 0.5, 0.5  # the presets' default normalisation
@@ -161,6 +160,13 @@ def interpolation_matrices(start, length, total, out):
     return w / w.sum(2, keepdim=True)
 
 
+def resample(x, rows, cols):
+    """out_n = A_n x_n B_n^T over the channels: x [n, C, H, W], rows A [n, S, H] and cols
+    B [n, S, W] (made on the host, a few KB) -> [n, C, S, S] on x's device."""
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
+
+
 class RecipeView(ref.View):
     """A stdlib BYOL view preset, with sslhost's (torchvision's) crop and jitter semantics.
 
@@ -207,13 +213,11 @@ class RecipeView(ref.View):
     def crop_and_flip(self, x):
         n, c, h, w = x.shape
         top, left, ch, cw = self.crop_boxes(n, h, w)
-        # Boxes and weights on the host (a few KB), the products on the images' device.
-        rows = interpolation_matrices(top, ch, h, self.size).to(x.device)  # [n, S, H]
-        cols = interpolation_matrices(left, cw, w, self.size).to(x.device)  # [n, S, W]
-        flip = ref.coin(n, 0.5, x.device)
+        rows = interpolation_matrices(top, ch, h, self.size)  # [n, S, H]
+        cols = interpolation_matrices(left, cw, w, self.size)  # [n, S, W]
+        flip = ref.coin(n, 0.5, "cpu")
         cols = torch.where(flip.view(n, 1, 1), cols.flip(1), cols)
-        # out_n = A_n x_n B_n^T, over the channels.
-        return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
+        return resample(x, rows, cols)
 
     def color_jitter(self, x):
         n = x.shape[0]
@@ -258,9 +262,8 @@ def eval_view(images, size):
     n, _, h, w = images.shape
     if (h, w) != (size, size):
         zero, full_h, full_w = torch.zeros(n), torch.full((n,), float(h)), torch.full((n,), float(w))
-        rows = interpolation_matrices(zero, full_h, h, size).to(images.device)
-        cols = interpolation_matrices(zero, full_w, w, size).to(images.device)
-        images = rows.unsqueeze(1) @ images @ cols.transpose(1, 2).unsqueeze(1)
+        images = resample(images, interpolation_matrices(zero, full_h, h, size),
+                          interpolation_matrices(zero, full_w, w, size))
     return (images - MEAN) / STD
 
 
@@ -338,7 +341,7 @@ def main():
                     help="kNN on the first N images of the training images used and of the test split (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=DATA_DIR, help="folder of the Fashion-MNIST idx .gz files")
-    ap.add_argument("--log-every", type=int, default=PRESET["log_every"])
+    ap.add_argument("--log-every", type=int, default=CPU_PRESET["log_every"])  # CUDA's is the same
     ap.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
                     help="auto: as ssl_step.py (channels_last when every stage is >= 16 channels)")
     args = ap.parse_args()

@@ -51,12 +51,7 @@ pub fn embed(
     let n = dataset.len();
     let batch_size = batch_size.max(1);
     for start in (0..n).step_by(batch_size) {
-        let end = (start + batch_size).min(n);
-        let from = if same_shape && n >= batch_size {
-            end - batch_size
-        } else {
-            start
-        };
+        let (from, end) = batch_rows(start, n, batch_size, same_shape);
         let (images, y) = dataset.tensors(from, end, device)?;
         let f = encode(images)?;
         let s = f.shape();
@@ -67,14 +62,15 @@ pub fn embed(
                 end - from
             )));
         }
-        let keep = |t: Tensor<2>| t.narrow(0, start - from, end - start);
-        let f = keep(f.float_rank::<2>("knn")?.inner().detach());
+        // The batch's new rows: start..end.
+        let (skip, new) = (start - from, end - start);
+        let f = f
+            .float_rank::<2>("knn")?
+            .inner()
+            .detach()
+            .narrow(0, skip, new);
         features.push(crate::tensor::unit_rows(f));
-        labels.push(
-            y.int_rank::<1>("knn")?
-                .inner()
-                .narrow(0, start - from, end - start),
-        );
+        labels.push(y.int_rank::<1>("knn")?.inner().narrow(0, skip, new));
     }
     if features.is_empty() {
         return Err(Error::Invalid(format!(
@@ -83,6 +79,18 @@ pub fn embed(
         )));
     }
     Ok((Tensor::cat(features, 0), Tensor::cat(labels, 0)))
+}
+
+/// The rows `from..end` of the batch that starts at `start` among `n`: `start..end`, or with
+/// `same_shape` (and `n >= batch_size`) a short last batch widened backwards to `batch_size`
+/// rows, so that every batch has one shape. Only rows `start..end` are new.
+fn batch_rows(start: usize, n: usize, batch_size: usize, same_shape: bool) -> (usize, usize) {
+    let end = (start + batch_size).min(n);
+    if same_shape && n >= batch_size {
+        (end - batch_size, end)
+    } else {
+        (start, end)
+    }
 }
 
 /// Top-1 accuracy of the weighted kNN vote of `test` embeddings among `train` embeddings.
@@ -131,15 +139,10 @@ fn vote(
     let mut correct = 0i64;
     let batch_size = config.batch_size.max(1);
     for start in (0..n_test).step_by(batch_size) {
-        let b = batch_size.min(n_test - start);
         // On the device every batch has the same shape (as in `embed`): a short last batch
         // is widened backwards, and only its new rows are counted.
-        let from = if on_host || n_test < batch_size {
-            start
-        } else {
-            start + b - batch_size
-        };
-        let rows = start + b - from;
+        let (from, end) = batch_rows(start, n_test, batch_size, !on_host);
+        let (b, rows) = (end - start, end - from);
         let sim = test_f.clone().narrow(0, from, rows).matmul(bank.clone());
         let truth = test_y.clone().narrow(0, from, rows);
         correct += match &host_labels {
@@ -171,7 +174,7 @@ fn vote(
                 let scores = votes.mul(weights).sum_dim(1).reshape([rows, classes]);
                 let predicted = scores.argmax(1).reshape([rows]);
                 let hits = predicted.equal(truth).int();
-                hits.narrow(0, rows - b, b).sum().into_scalar::<i64>()
+                hits.narrow(0, start - from, b).sum().into_scalar::<i64>()
             }
         };
     }

@@ -13,8 +13,8 @@
 #                                    # there: unpack, the GPU's state, then scripts/bench.sh on
 #                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
 #   scripts/gpu_session.sh ab [METHOD]
-#                                    # there: sslhost's CUDA step with burn's batch norm, then
-#                                    # with SSLHOST_GPU_BATCH_NORM=rows (VARIANTS to change)
+#                                    # there: sslhost's CUDA step in each GPU variant: burn's or
+#                                    # the rows batch norm, f32 or bf16 activations (VARIANTS)
 #   scripts/gpu_session.sh probe [METHOD]
 #                                    # there: op_time.rhai in bf16 and f32, then a bench with
 #                                    # cubecl's profiler: GPU time and compiles per step
@@ -103,15 +103,19 @@ case "${1:-}" in
         echo "gpu_session.sh: smoke took $(( $(date +%s) - start )) s"
         ;;
     ab)
-        # Batch norm on the GPU: burn's op against models/batch_norm_rows.rs, sslhost alone,
-        # one process each. Give it 6 minutes or more: a process's first step autotunes and
-        # compiles (session 6: about 100 s; over 160 s even with CUBECL_AUTOTUNE_LEVEL=minimal),
-        # less where cubecl's on-disk cache already holds the kernels.
+        # The GPU variants of the step, sslhost alone, one process each: batch norm (burn's op
+        # or models/batch_norm_rows.rs) by activations (f32, or bf16 as torch.autocast:
+        # SSLHOST_HALF_ACTIVATIONS). VARIANTS lists BATCH_NORM:ACTIVATIONS pairs. Give it 6
+        # minutes or more: a process's first step autotunes and compiles (session 6: about
+        # 100 s; over 160 s even with CUBECL_AUTOTUNE_LEVEL=minimal), less where cubecl's
+        # on-disk cache already holds the kernels (first_step_ms says which).
         unpack
-        for variant in ${VARIANTS:-burn rows}; do
-            SSLHOST_GPU_BATCH_NORM=$variant /tmp/sslhost bench --device cuda --method "${2:-byol}" \
-                --warmup 5 --steps 20 | tail -n 1 | sed "s/^{/{\"batch_norm\":\"$variant\",/" \
-                | tee -a "$out/ab.jsonl" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); print(r["batch_norm"], r["method"], "median", round(r["median_ms"], 1), "ms")'
+        for variant in ${VARIANTS:-burn:f32 rows:f32 rows:bf16 burn:bf16}; do
+            half=0
+            [ "${variant#*:}" = bf16 ] && half=1
+            SSLHOST_GPU_BATCH_NORM=${variant%:*} SSLHOST_HALF_ACTIVATIONS=$half /tmp/sslhost bench \
+                --device cuda --method "${2:-byol}" --warmup 5 --steps 20 | tail -n 1 \
+                | tee -a "$out/ab.jsonl" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); print(r["method"], "batch norm", r["batch_norm"], "activations", r["activations"], "median", round(r["median_ms"], 1), "ms, first step", round(r["first_step_ms"] / 1000), "s")'
         done
         ;;
     probe)

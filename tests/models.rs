@@ -1,10 +1,11 @@
 //! Models: torchvision parameter counts and names, shapes, batch-norm modes.
 
 use burn::tensor::{DType, Tensor, TensorData};
-use sslhost::models::layers::LinearConfig;
 use sslhost::models::precision::Precision;
 use sslhost::models::{MlpConfig, ResNetConfig, SharedNet};
 use sslhost::tensor::HostRng;
+
+mod model_common;
 
 fn resnet(config: &ResNetConfig) -> SharedNet {
     SharedNet::resnet(config, &mut HostRng::new(0), &sslhost::device::cpu()).unwrap()
@@ -199,41 +200,13 @@ fn an_evaluation_copy_builds_no_graph_and_uses_running_statistics() {
     }
 }
 
-/// A small CIFAR ResNet and a linear head in `precision`: the output's dtype, the output, and
-/// the gradient of the head's weight after one backward.
+/// [`model_common::resnet_step`] on the CPU (burn-flex).
 fn resnet_step(precision: Precision) -> (DType, Vec<f32>, Vec<f32>) {
-    sslhost::models::precision::set(precision);
-    let device = sslhost::device::cpu();
-    let mut rng = HostRng::new(5);
-    let config = ResNetConfig {
-        cifar_stem: true,
-        widths: [8, 8, 16, 16],
-        blocks: Some([1, 1, 1, 1]),
-        ..ResNetConfig::new(18)
-    };
-    let mut net = config.init(&mut rng, &device).unwrap();
-    let head = LinearConfig::new(16, 4).init(&mut rng, &device);
-    let x = Tensor::<4>::from_data(
-        TensorData::new(rng.normal_vec(16 * 3 * 12 * 12, 1.0), [16, 3, 12, 12]),
-        &device,
-    );
-    let y = head.forward(net.forward(x));
-    let weights =
-        Tensor::<2>::from_data(TensorData::new(rng.normal_vec(64, 1.0), [16, 4]), &device);
-    let grads = y.clone().mul(weights).sum().backward();
-    let head_grad = head.weight.val().grad(&grads).unwrap();
-    sslhost::models::precision::set(Precision::F32);
-    let read = |t: Tensor<1>| {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    };
-    (
-        y.dtype(),
-        read(y.reshape([-1])),
-        read(head_grad.reshape([-1])),
-    )
+    model_common::resnet_step(&sslhost::device::cpu(), precision, false)
+}
+
+fn resnet_step_with(precision: Precision, half_activations: bool) -> (DType, Vec<f32>, Vec<f32>) {
+    model_common::resnet_step(&sslhost::device::cpu(), precision, half_activations)
 }
 
 #[test]
@@ -256,4 +229,70 @@ fn bf16_precision_multiplies_in_bf16_and_returns_f32() {
             "bf16 matched f32 to {rel}: no product ran in bf16"
         );
     }
+}
+
+#[test]
+fn half_activations_stay_bf16_inside_the_resnet_and_leave_in_f32() {
+    let (_, y32, grad32) = resnet_step(Precision::F32);
+    let (_, y_products, grad_products) = resnet_step(Precision::Bf16);
+    let (dtype, y_half, grad_half) = resnet_step_with(Precision::Bf16, true);
+    assert_eq!(dtype, DType::F32, "the ResNet's features leave in f32");
+    for (full, products, half) in [
+        (&y32, &y_products, &y_half),
+        (&grad32, &grad_products, &grad_half),
+    ] {
+        let rel = model_common::rel_distance(full, half);
+        assert!(rel < 5e-2, "bf16 activations are {rel} off f32");
+        // Stored activations are rounded too: not the products-only result.
+        let moved = model_common::rel_distance(products, half);
+        assert!(
+            moved > 1e-5,
+            "half activations matched bf16 products to {moved}"
+        );
+    }
+}
+
+#[test]
+fn under_half_activations_a_conv_hands_on_bf16_and_batch_norm_keeps_its_type() {
+    use sslhost::models::layers::{BatchNormConfig, Conv2dConfig};
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(3);
+    let conv = Conv2dConfig::new(3, 4, 3).init(&mut rng, &device);
+    let mut bn = BatchNormConfig::new(4).init(&device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(rng.normal_vec(2 * 3 * 6 * 6, 1.0), [2, 3, 6, 6]),
+        &device,
+    );
+    sslhost::models::precision::set(Precision::Bf16);
+    sslhost::models::precision::set_half_activations(Some(true));
+    let y = conv.forward(x.clone());
+    let z = bn.forward_relu(y.clone());
+    assert_eq!(y.dtype(), DType::BF16);
+    assert_eq!(z.dtype(), DType::BF16);
+    // The statistics are f32, and equal those of the f32 layer on the same bf16 values.
+    assert_eq!(bn.running_mean.val().dtype(), DType::F32);
+    let mut bn32 = BatchNormConfig::new(4).init(&device);
+    let z32 = bn32.forward_relu(y.cast(burn::tensor::FloatDType::F32));
+    sslhost::models::precision::set(Precision::F32);
+    sslhost::models::precision::set_half_activations(None);
+    let read = model_common::values;
+    let (m, m32) = (read(bn.running_mean.val()), read(bn32.running_mean.val()));
+    assert!(
+        m.iter().zip(&m32).all(|(a, b)| (a - b).abs() < 1e-6),
+        "{m:?} vs {m32:?}"
+    );
+    let (z, z32) = (
+        read(z.cast(burn::tensor::FloatDType::F32).reshape([-1])),
+        read(z32.reshape([-1])),
+    );
+    // bf16 output: rounded to 8 bits of mantissa, no further.
+    assert!(
+        z.iter()
+            .zip(&z32)
+            .all(|(a, b)| (a - b).abs() <= b.abs() / 128.0 + 1e-6)
+    );
+    assert!(
+        z.iter().zip(&z32).any(|(a, b)| a != b),
+        "the output was not rounded to bf16"
+    );
 }

@@ -1,7 +1,10 @@
 //! Picking the device: `--device auto|cuda|cpu`, always with autodiff enabled.
 //!
 //! The CPU backend is burn-flex. CUDA is compiled in with the cargo feature `cuda`; `auto`
-//! uses it when a GPU answers and falls back to the CPU otherwise, saying why.
+//! uses it when a GPU answers and falls back to the CPU otherwise, saying why. The feature
+//! `cubecl-cpu` adds `--device cubecl-cpu`: the GPU code path (cubecl kernels, fusion,
+//! autotune) compiled for the CPU, which tests what a CUDA run computes on a machine without
+//! a GPU.
 
 use burn::tensor::Device;
 
@@ -17,6 +20,9 @@ pub enum DeviceChoice {
     Cuda,
     /// The CPU (burn-flex).
     Cpu,
+    /// The GPU code path on the CPU (burn-cpu: cubecl kernels compiled through LLVM), with
+    /// the cargo feature `cubecl-cpu`. Slow; for checking what a GPU run computes.
+    CubeclCpu,
 }
 
 /// What the user asked convolutions and linear layers to multiply in.
@@ -29,6 +35,9 @@ pub enum PrecisionChoice {
     /// bf16 products with f32 weights, gradients and optimiser state (on the CPU too, slowly:
     /// for checking what a GPU run computes).
     Bf16,
+    /// f16 products, without loss scaling: for devices without bf16 (the cubecl CPU runtime,
+    /// where tests check the GPU code path), not for long training.
+    F16,
 }
 
 /// The precision `choice` means on `device`.
@@ -37,6 +46,7 @@ pub fn precision(choice: PrecisionChoice, device: &Device) -> Precision {
         PrecisionChoice::Auto if kind(device) == "cuda" => Precision::Bf16,
         PrecisionChoice::Auto | PrecisionChoice::F32 => Precision::F32,
         PrecisionChoice::Bf16 => Precision::Bf16,
+        PrecisionChoice::F16 => Precision::F16,
     }
 }
 
@@ -45,13 +55,32 @@ pub fn cpu() -> Device {
     Device::flex().autodiff()
 }
 
-/// "cpu" or "cuda": what a recipe adapts its defaults to.
+/// `"cpu"`, `"cuda"` or `"cubecl-cpu"`: what a recipe adapts its defaults to (`cubecl-cpu`
+/// takes the CPU presets, and the host's GPU code path).
 pub fn kind(device: &Device) -> &'static str {
     if *device == Device::flex() {
         "cpu"
+    } else if is_cubecl_cpu(device) {
+        "cubecl-cpu"
     } else {
         "cuda"
     }
+}
+
+/// Whether the host takes its GPU code path on `device`: one input shape per kernel (the kNN's
+/// last batch), top-k on the device, GPU batch norm. Every device but burn-flex.
+pub fn gpu_path(device: &Device) -> bool {
+    kind(device) != "cpu"
+}
+
+#[cfg(feature = "cubecl-cpu")]
+fn is_cubecl_cpu(device: &Device) -> bool {
+    *device == Device::cpu()
+}
+
+#[cfg(not(feature = "cubecl-cpu"))]
+fn is_cubecl_cpu(_device: &Device) -> bool {
+    false
 }
 
 /// The device for `choice`, and a sentence saying which it is and why.
@@ -59,6 +88,10 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, String)> {
     match choice {
         DeviceChoice::Cpu => Ok((cpu(), "cpu (burn-flex): --device cpu".into())),
         DeviceChoice::Cuda => cuda().map(|d| (d, "cuda:0: --device cuda".into())),
+        DeviceChoice::CubeclCpu => cubecl_cpu().map(|d| {
+            let why = "cubecl-cpu (the GPU code path compiled for the CPU): --device cubecl-cpu";
+            (d, why.into())
+        }),
         DeviceChoice::Auto => match cuda() {
             Ok(d) => Ok((d, "cuda:0: a GPU answered".into())),
             Err(why) => Ok((cpu(), format!("cpu (burn-flex): {why}"))),
@@ -112,6 +145,19 @@ fn cuda() -> Result<Device> {
         let why = why.split(" - searched for").next().unwrap_or(&why);
         Error::Other(format!("CUDA is not usable here ({why})"))
     })
+}
+
+/// The cubecl CPU runtime with autodiff.
+#[cfg(feature = "cubecl-cpu")]
+pub fn cubecl_cpu() -> Result<Device> {
+    Ok(Device::cpu().autodiff())
+}
+
+#[cfg(not(feature = "cubecl-cpu"))]
+pub fn cubecl_cpu() -> Result<Device> {
+    Err(Error::Other(
+        "this binary was built without the cubecl CPU runtime (cargo feature `cubecl-cpu`)".into(),
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]

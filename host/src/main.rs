@@ -300,7 +300,14 @@ fn open_device(
 ) -> Result<(burn::tensor::Device, Precision)> {
     let (device, why) = device::select(choice)?;
     let precision = device::precision(precision, &device);
-    tracing::info!("device: {why}; products in {}", precision.name());
+    tracing::info!(
+        "device: {why}; products in {}{}",
+        precision.name(),
+        match precision.half() {
+            Some(_) if sslhost::models::precision::half_activations() => ", activations too",
+            _ => "",
+        }
+    );
     if device::kind(&device) == "cuda" {
         tracing::info!(
             "the first step compiles and autotunes the GPU kernels (about 100 s for ResNet-18 on \
@@ -319,12 +326,14 @@ fn bench_summary(r: &serde_json::Value) -> String {
         None => "n/a".into(),
     };
     format!(
-        "{} {} {} {} batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, first step \
+        "{} {} {} {} (activations {}, batch norm {}) batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, first step \
          {:.1} ms, peak memory {}, Rhai {:.3}% ({:.3} ms/step)",
         text("method"),
         text("model"),
         text("device"),
         text("precision"),
+        text("activations"),
+        text("batch_norm"),
         r["batch"],
         r["image"],
         r["image"],

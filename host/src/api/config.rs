@@ -34,6 +34,28 @@ pub mod config_api {
         session::with(|s| s.precision.name().to_string())
     }
 
+    /// What a ResNet's activations between layers are stored in: `"f32"`, or the products'
+    /// half type when `SSLHOST_HALF_ACTIVATIONS=1` (as `torch.autocast`; batch norm still
+    /// computes in f32).
+    ///
+    /// ```rhai
+    /// print(`activations in ${activations()}`);
+    /// ```
+    pub fn activations() -> String {
+        crate::models::precision::activations_name().to_string()
+    }
+
+    /// Which batch norm training runs: `"cpu"` (the host's fused CPU kernels), `"rows"` (the
+    /// GPU variant over contiguous rows, `SSLHOST_GPU_BATCH_NORM=rows`) or `"burn"` (burn's
+    /// own op).
+    ///
+    /// ```rhai
+    /// print(`batch norm: ${batch_norm_kernel()}`);
+    /// ```
+    pub fn batch_norm_kernel() -> String {
+        crate::cpu_kernels::batch_norm_kernel(&session::device()).to_string()
+    }
+
     /// The script's configuration: `defaults` with every `--set key=value` from the command
     /// line applied. A `--set` key that is not in `defaults`, or a value that does not parse
     /// as the default's type (int, float, bool, string), is an error.

@@ -353,7 +353,7 @@ fn knn(
             }
         };
     // One input shape on a GPU (its kernels are tuned per shape); the CPU needs none.
-    let same_shape = crate::device::kind(&device) != "cpu";
+    let same_shape = crate::device::gpu_path(&device);
     let tr = embed(train, config.batch_size, same_shape, &device, &mut encode)?;
     let te = embed(test, config.batch_size, same_shape, &device, &mut encode)?;
     accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)

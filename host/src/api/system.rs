@@ -88,7 +88,7 @@ pub mod system_api {
     /// ```
     pub fn peak_memory_mb() -> Dynamic {
         let device = session::device();
-        let value = if crate::device::kind(&device) == "cpu" {
+        let value = if !crate::device::gpu_path(&device) {
             super::peak_rss_mb()
         } else {
             super::sample_device_memory(&device).map(|b| b as f64 / super::MIB)

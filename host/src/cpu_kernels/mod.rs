@@ -35,16 +35,21 @@ use rayon::prelude::*;
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::BatchNormTrainOutput;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 pub use backend::CpuKernels;
 
 /// Whether `x` takes these kernels: f32 on the CPU, unless `SSLHOST_CPU_KERNELS=burn`.
 fn ours<const D: usize>(x: &Tensor<D>) -> bool {
+    ours_on(x.dtype(), &x.device())
+}
+
+/// Whether tensors of `dtype` on `device` take these kernels.
+fn ours_on(dtype: DType, device: &Device) -> bool {
     static BURN: OnceLock<bool> = OnceLock::new();
     let burn =
         *BURN.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "burn"));
-    x.dtype() == DType::F32 && x.device() == Device::flex() && !burn
+    dtype == DType::F32 && *device == Device::flex() && !burn
 }
 
 /// `[N, C, H, W]` with weight `[C_out, C, k, k]` → `[N, C_out, H', W']`: no bias, square
@@ -84,6 +89,27 @@ impl<const D: usize> NormEpilogue<D> {
             NormEpilogue::Relu => relu(x),
             NormEpilogue::AddRelu(residual) => relu(x.add(residual)),
         }
+    }
+
+    /// The same epilogue with its residual in f32 (a no-op where it is).
+    pub fn in_f32(self) -> Self {
+        match self {
+            NormEpilogue::AddRelu(residual) => {
+                NormEpilogue::AddRelu(residual.cast(FloatDType::F32))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Which batch norm f32 training tensors on `device` take: `"cpu"`, `"rows"` or `"burn"`.
+pub fn batch_norm_kernel(device: &Device) -> &'static str {
+    if ours_on(DType::F32, device) {
+        "cpu"
+    } else if crate::models::batch_norm_rows::rows_chosen() {
+        "rows"
+    } else {
+        "burn"
     }
 }
 

@@ -5,7 +5,7 @@
 //! generator, so a seed gives the same network on every device.
 
 use burn::module::{Flag, Module, Param, ParamId};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use super::precision;
 use crate::cpu_kernels::NormEpilogue;
@@ -87,10 +87,11 @@ impl Conv2dConfig {
 }
 
 impl Conv2d {
-    /// `[N, in, H, W] -> [N, out, H', W']`.
+    /// `[N, in, H, W] -> [N, out, H', W']`, in f32 or, under half activations, in the half
+    /// type (see [`precision`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let (stride, padding) = (self.stride, self.padding);
-        precision::matrix_op(x, self.weight.val(), |x, w| {
+        precision::activation_op(x, self.weight.val(), |x, w| {
             crate::cpu_kernels::conv2d(x, w, stride, padding)
         })
     }
@@ -240,7 +241,15 @@ impl BatchNorm {
         self.forward_then(x, NormEpilogue::AddRelu(residual))
     }
 
+    /// The layer and its epilogue in f32, the output handed on in `x`'s dtype (a half type
+    /// under half activations: see [`precision`]).
     fn forward_then<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let (x, then) = (x.cast(FloatDType::F32), then.in_f32());
+        self.forward_f32(x, then).cast(dtype)
+    }
+
+    fn forward_f32<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
         if !self.training.is_enabled() {
             return then.apply(burn::tensor::module::batch_norm(
                 x,

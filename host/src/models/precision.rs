@@ -5,6 +5,13 @@
 //! bf16 (tensor cores on CUDA) and casts its output back to f32; the casts are differentiable,
 //! so the gradients arrive in f32 too. Like autocast, the setting belongs to the thread that
 //! runs the model: each run (and each test thread) sets its own.
+//!
+//! **Half activations** ([`half_activations`], `SSLHOST_HALF_ACTIVATIONS=1`) go one step
+//! further, as autocast does: inside a ResNet a convolution's output stays in the half type,
+//! batch norm computes its statistics and normalises in f32 but hands on the half type, and
+//! the ResNet's pooled features come out in f32. The activations between layers, and their
+//! gradients, then take half the memory traffic. Off by default until a GPU run has measured
+//! it (`scripts/gpu_session.sh ab`).
 
 use std::cell::Cell;
 
@@ -18,6 +25,9 @@ pub enum Precision {
     F32,
     /// Convolutions and linear layers in bf16 with f32 weights kept as the master copy.
     Bf16,
+    /// As [`Precision::Bf16`] in f16, without loss scaling: for devices without bf16 (the
+    /// cubecl CPU runtime, where tests check the GPU code path), not for long training.
+    F16,
 }
 
 impl Precision {
@@ -26,12 +36,23 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// The half type products run in, if any.
+    pub fn half(self) -> Option<FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(FloatDType::BF16),
+            Precision::F16 => Some(FloatDType::F16),
         }
     }
 }
 
 thread_local! {
     static CURRENT: Cell<Precision> = const { Cell::new(Precision::F32) };
+    static HALF_ACTIVATIONS: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Makes `precision` this thread's matrix-op precision.
@@ -44,17 +65,58 @@ pub fn current() -> Precision {
     CURRENT.with(Cell::get)
 }
 
+/// Whether this thread's ResNets keep their activations in the half type of a half
+/// precision: set by [`set_half_activations`], else `SSLHOST_HALF_ACTIVATIONS=1` in the
+/// environment. No effect under [`Precision::F32`].
+pub fn half_activations() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    HALF_ACTIVATIONS.with(Cell::get).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| std::env::var("SSLHOST_HALF_ACTIVATIONS").is_ok_and(|v| v == "1"))
+    })
+}
+
+/// Sets [`half_activations`] for this thread (`None`: back to the environment's choice).
+pub fn set_half_activations(on: Option<bool>) {
+    HALF_ACTIVATIONS.with(|c| c.set(on));
+}
+
+/// What a ResNet's activations are stored in: `"f32"`, or the half type's name under
+/// [`half_activations`].
+pub fn activations_name() -> &'static str {
+    match activation_dtype() {
+        None => "f32",
+        Some(FloatDType::BF16) => "bf16",
+        Some(_) => "f16",
+    }
+}
+
+/// The half type a ResNet's activations stay in, if they do.
+fn activation_dtype() -> Option<FloatDType> {
+    current().half().filter(|_| half_activations())
+}
+
 /// `op(x, weight)` in this thread's precision, with an f32 result.
 pub fn matrix_op<const D: usize, const E: usize, const F: usize>(
     x: Tensor<D>,
     weight: Tensor<E>,
     op: impl FnOnce(Tensor<D>, Tensor<E>) -> Tensor<F>,
 ) -> Tensor<F> {
-    match current() {
-        Precision::F32 => op(x, weight),
-        Precision::Bf16 => {
-            op(x.cast(FloatDType::BF16), weight.cast(FloatDType::BF16)).cast(FloatDType::F32)
-        }
+    match current().half() {
+        None => op(x, weight),
+        Some(half) => op(x.cast(half), weight.cast(half)).cast(FloatDType::F32),
+    }
+}
+
+/// `op(x, weight)` in this thread's precision, its result left in the half type under
+/// [`half_activations`] (a ResNet's convolutions), else in f32 as [`matrix_op`].
+pub fn activation_op<const D: usize, const E: usize, const F: usize>(
+    x: Tensor<D>,
+    weight: Tensor<E>,
+    op: impl FnOnce(Tensor<D>, Tensor<E>) -> Tensor<F>,
+) -> Tensor<F> {
+    match activation_dtype() {
+        None => matrix_op(x, weight, op),
+        Some(half) => op(x.cast(half), weight.cast(half)),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::ops::MaxPoolOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use super::layers::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig};
 use crate::error::{Error, Result};
@@ -237,6 +237,7 @@ impl ResNet {
             }
         }
         let [n, c, _, _] = x.dims();
-        x.mean_dims(&[2, 3]).reshape([n, c])
+        // Features leave in f32 whatever the activations were kept in.
+        x.cast(FloatDType::F32).mean_dims(&[2, 3]).reshape([n, c])
     }
 }

@@ -102,7 +102,7 @@ pub fn accuracy(
 ) -> Result<f64> {
     // On the CPU, a partial selection on the host (O(n) per row) beats a full sort of every
     // row, which is how the backend's top-k works (it took most of a 10-minute run's kNN).
-    let on_host = crate::device::kind(&train.0.device()) == "cpu";
+    let on_host = !crate::device::gpu_path(&train.0.device());
     vote(train, test, classes, config, on_host)
 }
 

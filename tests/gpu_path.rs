@@ -1,0 +1,120 @@
+//! The GPU code path, run on the CPU: burn-cpu compiles the same cubecl kernels and fusion as
+//! CUDA through LLVM (`cargo test --release --features cubecl-cpu --test gpu_path`, which
+//! `.ci/run` runs). What is checked here is what sslhost does differently on a GPU: batch
+//! norm over contiguous rows, half activations, one input shape per kNN batch and the vote on
+//! the device. cubecl's CPU runtime has no bf16, so the half type here is f16.
+#![cfg(feature = "cubecl-cpu")]
+
+use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
+use sslhost::models::batch_norm_rows::batch_norm_train_rows;
+use sslhost::models::precision::Precision;
+use sslhost::train::knn::{KnnConfig, accuracy};
+
+mod model_common;
+
+fn gpu_path() -> Device {
+    sslhost::device::cubecl_cpu().expect("built with cubecl-cpu")
+}
+
+#[test]
+fn cubecl_cpu_is_a_gpu_path_device_with_the_cpu_presets() {
+    let device = gpu_path();
+    assert_eq!(sslhost::device::kind(&device), "cubecl-cpu");
+    assert!(sslhost::device::gpu_path(&device));
+    assert!(!sslhost::device::gpu_path(&sslhost::device::cpu()));
+}
+
+#[test]
+fn rows_batch_norm_matches_burns_op_in_cubecl_kernels() {
+    let device = gpu_path();
+    let x0 = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(0.5, 2.0), &device);
+    let g0 = Tensor::<1>::random([6], Distribution::Uniform(0.5, 1.5), &device);
+    let b0 = Tensor::<1>::random([6], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+    let run = |rows: bool| {
+        let (x, g, b) = (
+            x0.clone().require_grad(),
+            g0.clone().require_grad(),
+            b0.clone().require_grad(),
+        );
+        let out = if rows {
+            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5)
+        } else {
+            burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5)
+        };
+        let y = out.output.clone().reshape([-1]);
+        let grads = (out.output * w.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap().reshape([-1]);
+        [
+            y,
+            out.variance,
+            dx,
+            g.grad(&grads).unwrap(),
+            b.grad(&grads).unwrap(),
+        ]
+    };
+    let names = ["output", "variance", "dx", "dgamma", "dbeta"];
+    for ((rows, burn), name) in run(true).into_iter().zip(run(false)).zip(names) {
+        let (rows, burn) = (model_common::values(rows), model_common::values(burn));
+        let rel = model_common::rel_distance(&burn, &rows);
+        assert!(rel < 1e-4, "{name}: rows are {rel} off burn's op");
+    }
+}
+
+#[test]
+fn half_activations_track_f32_in_cubecl_kernels() {
+    let device = gpu_path();
+    let (dtype32, y32, grad32) = model_common::resnet_step(&device, Precision::F32, false);
+    let (dtype, y16, grad16) = model_common::resnet_step(&device, Precision::F16, true);
+    assert_eq!((dtype32, dtype), (DType::F32, DType::F32));
+    // The same network on the flex backend, in f32: the two backends agree.
+    let (_, y_flex, _) = model_common::resnet_step(&sslhost::device::cpu(), Precision::F32, false);
+    let rel = model_common::rel_distance(&y_flex, &y32);
+    assert!(rel < 1e-4, "cubecl and flex are {rel} apart in f32");
+    for (full, half) in [(&y32, &y16), (&grad32, &grad16)] {
+        let rel = model_common::rel_distance(full, half);
+        // f16 keeps 11 bits of mantissa; activations and products are rounded to it.
+        assert!(rel < 2e-2, "f16 activations are {rel} off f32");
+        assert!(
+            rel > 1e-6,
+            "f16 activations matched f32 to {rel}: nothing ran in f16"
+        );
+    }
+}
+
+#[test]
+fn the_knn_vote_on_the_device_equals_the_host_vote() {
+    let (n_train, n_test, dim, classes) = (300, 70, 8, 5);
+    let mut rng = sslhost::tensor::HostRng::new(11);
+    let train_x = rng.normal_vec(n_train * dim, 1.0);
+    let test_x = rng.normal_vec(n_test * dim, 1.0);
+    let label = |i: usize| ((i * 7) % classes) as i64;
+    let train_y: Vec<i64> = (0..n_train).map(label).collect();
+    let test_y: Vec<i64> = (0..n_test).map(label).collect();
+    let config = KnnConfig {
+        k: 20,
+        temperature: 0.1,
+        // A short last batch of test rows (70 = 32 + 32 + 6).
+        batch_size: 32,
+    };
+    let score = |device: &Device| {
+        let unit = |v: &[f32], n: usize| {
+            sslhost::tensor::unit_rows(Tensor::<2>::from_data(
+                TensorData::new(v.to_vec(), [n, dim]),
+                device,
+            ))
+        };
+        let labels =
+            |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), device);
+        let (tr, te) = (unit(&train_x, n_train), unit(&test_x, n_test));
+        let (ltr, lte) = (labels(&train_y), labels(&test_y));
+        accuracy((&tr, &ltr), (&te, &lte), classes, &config).unwrap()
+    };
+    let on_device = score(&gpu_path());
+    let on_host = score(&sslhost::device::cpu());
+    assert_eq!(on_device, on_host);
+    assert!(
+        on_host > 0.0 && on_host < 1.0,
+        "a degenerate vote: {on_host}"
+    );
+}

@@ -1,0 +1,59 @@
+//! Helpers shared by the model tests on the CPU (burn-flex) and on the GPU code path.
+#![allow(dead_code)]
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use sslhost::models::ResNetConfig;
+use sslhost::models::layers::LinearConfig;
+use sslhost::models::precision::{self, Precision};
+use sslhost::tensor::HostRng;
+
+/// A small CIFAR ResNet and a linear head on `device` in `precision`, the ResNet's activations
+/// kept in the half type or not: the output's dtype, the output, and the gradient of the
+/// head's weight after one backward.
+pub fn resnet_step(
+    device: &Device,
+    precision: Precision,
+    half_activations: bool,
+) -> (DType, Vec<f32>, Vec<f32>) {
+    precision::set(precision);
+    precision::set_half_activations(Some(half_activations));
+    let mut rng = HostRng::new(5);
+    let config = ResNetConfig {
+        cifar_stem: true,
+        widths: [8, 8, 16, 16],
+        blocks: Some([1, 1, 1, 1]),
+        ..ResNetConfig::new(18)
+    };
+    let mut net = config.init(&mut rng, device).unwrap();
+    let head = LinearConfig::new(16, 4).init(&mut rng, device);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(rng.normal_vec(16 * 3 * 12 * 12, 1.0), [16, 3, 12, 12]),
+        device,
+    );
+    let y = head.forward(net.forward(x));
+    let weights = Tensor::<2>::from_data(TensorData::new(rng.normal_vec(64, 1.0), [16, 4]), device);
+    let grads = y.clone().mul(weights).sum().backward();
+    let head_grad = head.weight.val().grad(&grads).unwrap();
+    precision::set(Precision::F32);
+    precision::set_half_activations(None);
+    (
+        y.dtype(),
+        values(y.reshape([-1])),
+        values(head_grad.reshape([-1])),
+    )
+}
+
+/// A tensor's values as f32.
+pub fn values(t: Tensor<1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+/// Relative L2 distance of `b` from `a`.
+pub fn rel_distance(a: &[f32], b: &[f32]) -> f32 {
+    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f32 = a.iter().map(|x| x * x).sum();
+    (diff / norm).sqrt()
+}

@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
-fn bench(method: &str, precision: &str) -> serde_json::Value {
+/// `sslhost bench` on tiny settings; `half` sets `SSLHOST_HALF_ACTIVATIONS=1`.
+fn bench(method: &str, precision: &str, half: bool) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("SSLHOST_HALF_ACTIVATIONS", if half { "1" } else { "0" })
         .args([
             "bench",
             "--device",
@@ -37,14 +39,16 @@ fn bench(method: &str, precision: &str) -> serde_json::Value {
         2,
         "{method}: a summary and a JSON line, got {stdout}"
     );
+    let products = if precision == "auto" {
+        "f32"
+    } else {
+        precision
+    };
+    let activations = if half { products } else { "f32" };
     assert!(
         lines[0].starts_with(&format!(
-            "{method} resnet18[4,8,16,32] cpu {} batch 4 16x16: median ",
-            if precision == "auto" {
-                "f32"
-            } else {
-                precision
-            }
+            "{method} resnet18[4,8,16,32] cpu {products} (activations {activations}, batch norm \
+             cpu) batch 4 16x16: median "
         )),
         "{}",
         lines[0]
@@ -61,7 +65,11 @@ fn positive(r: &serde_json::Value, key: &str) -> f64 {
 }
 
 fn check(method: &str, precision: &str) {
-    let r = bench(method, precision);
+    check_with(method, precision, false);
+}
+
+fn check_with(method: &str, precision: &str, half: bool) {
+    let r = bench(method, precision, half);
     assert_eq!(r["method"], method);
     assert_eq!(r["device"], "cpu");
     // `auto` is f32 on the CPU.
@@ -71,6 +79,10 @@ fn check(method: &str, precision: &str) {
         precision
     };
     assert_eq!(r["precision"], expected);
+    // Half activations only where the products are half; batch norm computes in f32 either
+    // way, so on the CPU it takes the host's kernels.
+    assert_eq!(r["activations"], if half { expected } else { "f32" });
+    assert_eq!(r["batch_norm"], "cpu");
     assert_eq!(r["model"], "resnet18[4,8,16,32]");
     assert_eq!(r["batch"], 4);
     assert_eq!(r["image"], 16);
@@ -126,6 +138,11 @@ fn bench_simclr() {
 fn bench_bf16_products() {
     check("byol", "bf16");
     check("moco", "bf16");
+}
+
+#[test]
+fn bench_bf16_activations() {
+    check_with("simclr", "bf16", true);
 }
 
 #[test]

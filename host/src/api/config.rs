@@ -15,7 +15,8 @@ pub mod config_api {
 
     use super::resolve;
 
-    /// The kind of device the run is on, `"cpu"` or `"cuda"`, so a recipe can pick defaults.
+    /// The kind of device the run is on, `"cpu"`, `"cuda"` or `"cubecl-cpu"` (the GPU code
+    /// path compiled for the CPU, which takes the CPU presets), so a recipe can pick defaults.
     ///
     /// ```rhai
     /// let on_gpu = device_kind() == "cuda";

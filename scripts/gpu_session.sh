@@ -13,8 +13,9 @@
 #                                    # there: unpack, the GPU's state, then scripts/bench.sh on
 #                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
 #   scripts/gpu_session.sh ab [METHOD]
-#                                    # there: sslhost's CUDA step in each GPU variant: burn's or
-#                                    # the rows batch norm, f32 or bf16 activations (VARIANTS)
+#                                    # there: sslhost's CUDA step in each GPU variant, in one
+#                                    # process: burn's or the rows batch norm, f32 or half
+#                                    # activations (VARIANTS="burn:f32,rows:half")
 #   scripts/gpu_session.sh probe [METHOD]
 #                                    # there: op_time.rhai in bf16 and f32, then a bench with
 #                                    # cubecl's profiler: GPU time and compiles per step
@@ -103,20 +104,20 @@ case "${1:-}" in
         echo "gpu_session.sh: smoke took $(( $(date +%s) - start )) s"
         ;;
     ab)
-        # The GPU variants of the step, sslhost alone, one process each: batch norm (burn's op
-        # or models/batch_norm_rows.rs) by activations (f32, or bf16 as torch.autocast:
-        # SSLHOST_HALF_ACTIVATIONS). VARIANTS lists BATCH_NORM:ACTIVATIONS pairs. Give it 6
-        # minutes or more: a process's first step autotunes and compiles (session 6: about
-        # 100 s; over 160 s even with CUBECL_AUTOTUNE_LEVEL=minimal), less where cubecl's
-        # on-disk cache already holds the kernels (first_step_ms says which).
+        # The GPU variants of the step, sslhost alone, in one process so that they share its
+        # compiled and autotuned kernels (a process's first step took about 100 s in session
+        # 6; later variants pay only for kernels of their own): batch norm (burn's op or
+        # models/batch_norm_rows.rs) by activations (f32, or half as torch.autocast).
+        # VARIANTS lists BATCH_NORM:ACTIVATIONS pairs (sslhost bench --variants).
         unpack
-        for variant in ${VARIANTS:-burn:f32 rows:f32 rows:bf16 burn:bf16}; do
-            half=0
-            [ "${variant#*:}" = bf16 ] && half=1
-            SSLHOST_GPU_BATCH_NORM=${variant%:*} SSLHOST_HALF_ACTIVATIONS=$half /tmp/sslhost bench \
-                --device cuda --method "${2:-byol}" --warmup 5 --steps 20 | tail -n 1 \
-                | tee -a "$out/ab.jsonl" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); print(r["method"], "batch norm", r["batch_norm"], "activations", r["activations"], "median", round(r["median_ms"], 1), "ms, first step", round(r["first_step_ms"] / 1000), "s")'
-        done
+        /tmp/sslhost bench --device cuda --method "${2:-byol}" --warmup 5 --steps 20 \
+            --variants "${VARIANTS:-burn:f32,rows:f32,rows:half,burn:half}" | grep '^{' \
+            | tee -a "$out/ab.jsonl" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(r["method"], "batch norm", r["batch_norm"], "activations", r["activations"],
+          "median", round(r["median_ms"], 1), "ms, first step", round(r["first_step_ms"] / 1000), "s")'
         ;;
     probe)
         # Where a slow step's time goes. First the building blocks (scripts/op_time.rhai) in

@@ -157,3 +157,67 @@ fn bench_rejects_bad_widths() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("four stage widths"), "{stderr}");
 }
+
+#[test]
+fn bench_times_each_variant_in_one_process() {
+    // burn's own ops on the CPU, so that batch norm takes the variant's (rows or burn's).
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("SSLHOST_CPU_KERNELS", "burn")
+        .args([
+            "bench",
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "--batch",
+            "4",
+            "--image",
+            "16",
+            "--widths",
+            "4,8,16,32",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--variants",
+            "burn:f32,rows:half",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "a summary and a JSON line per variant: {stdout}"
+    );
+    let runs: Vec<serde_json::Value> = [lines[1], lines[3]]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        (&runs[0]["batch_norm"], &runs[0]["activations"]),
+        (&"burn".into(), &"f32".into())
+    );
+    assert_eq!(
+        (&runs[1]["batch_norm"], &runs[1]["activations"]),
+        (&"rows".into(), &"bf16".into())
+    );
+    for r in &runs {
+        positive(r, "median_ms");
+    }
+}
+
+#[test]
+fn bench_rejects_a_bad_variant() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["bench", "--device", "cpu", "--variants", "rows:bf8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BATCH_NORM:ACTIVATIONS"), "{stderr}");
+}

@@ -103,6 +103,12 @@ enum Command {
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// GPU variants to time one after another in this process, so that they share its
+        /// compiled and autotuned kernels: BATCH_NORM:ACTIVATIONS pairs, batch norm `burn` or
+        /// `rows`, activations `f32` or `half` (`--variants burn:f32,rows:half`). Each prints
+        /// its summary and JSON lines. Default: one run, as the environment says.
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<sslhost::session::GpuVariant>,
     },
 }
 
@@ -249,6 +255,7 @@ fn execute(cli: Cli) -> Result<()> {
             warmup,
             steps,
             seed,
+            variants,
         } => {
             if batch < 2 || image < 1 || warmup < 0 || steps < 1 {
                 return Err(Error::Invalid(format!(
@@ -262,7 +269,7 @@ fn execute(cli: Cli) -> Result<()> {
                 BenchMethod::Moco => "moco",
                 BenchMethod::Simclr => "simclr",
             };
-            let overrides = [
+            let overrides: Vec<(String, String)> = [
                 ("method", method.to_string()),
                 ("depth", depth.to_string()),
                 ("widths", widths),
@@ -275,18 +282,26 @@ fn execute(cli: Cli) -> Result<()> {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             sslhost::api::args::set_host_timing(true);
-            let result = engine::run_source(
-                "scripts/bench_step.rhai",
-                BENCH_SCRIPT,
-                std::path::Path::new("."),
-                Session::new(device, seed)
-                    .with_precision(precision)
-                    .with_overrides(overrides),
-            )?;
-            let json = serde_json::to_value(&result)
-                .map_err(|e| Error::Other(format!("bench result: {e}")))?;
-            println!("{}", bench_summary(&json));
-            println!("{json}");
+            let variants = if variants.is_empty() {
+                vec![None]
+            } else {
+                variants.into_iter().map(Some).collect()
+            };
+            for variant in variants {
+                let result = engine::run_source(
+                    "scripts/bench_step.rhai",
+                    BENCH_SCRIPT,
+                    std::path::Path::new("."),
+                    Session::new(device.clone(), seed)
+                        .with_precision(precision)
+                        .with_variant(variant)
+                        .with_overrides(overrides.clone()),
+                )?;
+                let json = serde_json::to_value(&result)
+                    .map_err(|e| Error::Other(format!("bench result: {e}")))?;
+                println!("{}", bench_summary(&json));
+                println!("{json}");
+            }
             Ok(())
         }
     }

@@ -18,6 +18,9 @@ pub struct Session {
     pub device: Device,
     /// What convolutions and linear layers multiply in (`--precision`).
     pub precision: Precision,
+    /// The GPU variant the run takes, where it sets one (`sslhost bench --variants`); else
+    /// the environment's (`SSLHOST_GPU_BATCH_NORM`, `SSLHOST_HALF_ACTIVATIONS`).
+    pub variant: Option<GpuVariant>,
     /// Seeded generator for initialisation and `randn`.
     pub rng: HostRng,
     /// The seed the generator started from.
@@ -54,6 +57,7 @@ impl Session {
         Session {
             device,
             precision: Precision::F32,
+            variant: None,
             rng: HostRng::new(seed),
             seed,
             overrides: Vec::new(),
@@ -87,6 +91,12 @@ impl Session {
         self
     }
 
+    /// The same session taking `variant` (see [`Session::variant`]).
+    pub fn with_variant(mut self, variant: Option<GpuVariant>) -> Self {
+        self.variant = variant;
+        self
+    }
+
     /// The same session with `--set` overrides.
     pub fn with_overrides(mut self, overrides: Vec<(String, String)>) -> Self {
         self.overrides = overrides;
@@ -98,9 +108,45 @@ thread_local! {
     static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
 }
 
-/// Makes `session` the current one for this thread, with its precision.
+/// The choices of the GPU code path that are measured against each other: batch norm over
+/// contiguous rows or burn's op, and half activations or f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuVariant {
+    /// [`crate::models::batch_norm_rows`] instead of burn's op.
+    pub rows_batch_norm: bool,
+    /// A ResNet's activations in the half type ([`precision::half_activations`]).
+    pub half_activations: bool,
+}
+
+impl std::str::FromStr for GpuVariant {
+    type Err = String;
+
+    /// `BATCH_NORM:ACTIVATIONS`: `burn` or `rows`, then `f32` or `half` (`rows:half`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected BATCH_NORM:ACTIVATIONS (burn|rows : f32|half), got `{s}`");
+        let (norm, act) = s.split_once(':').ok_or_else(bad)?;
+        let rows_batch_norm = match norm {
+            "burn" => false,
+            "rows" => true,
+            _ => return Err(bad()),
+        };
+        let half_activations = match act {
+            "f32" => false,
+            "half" => true,
+            _ => return Err(bad()),
+        };
+        Ok(GpuVariant {
+            rows_batch_norm,
+            half_activations,
+        })
+    }
+}
+
+/// Makes `session` the current one for this thread, with its precision and GPU variant.
 pub fn install(session: Session) {
     precision::set(session.precision);
+    precision::set_half_activations(session.variant.map(|v| v.half_activations));
+    crate::models::batch_norm_rows::set_rows(session.variant.map(|v| v.rows_batch_norm));
     CURRENT.with(|c| *c.borrow_mut() = Some(session));
 }
 

@@ -48,12 +48,24 @@ pub fn batch_norm_train_rows<const D: usize>(
     }
 }
 
-/// Whether batch norms that do not take the CPU kernels use [`batch_norm_train_rows`]:
-/// `SSLHOST_GPU_BATCH_NORM=rows`. The default stays burn's own op until a GPU run has
-/// measured the two (`scripts/gpu_session.sh ab` runs both).
+thread_local! {
+    static ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether this thread's batch norms that do not take the CPU kernels use
+/// [`batch_norm_train_rows`]: set by [`set_rows`], else `SSLHOST_GPU_BATCH_NORM=rows`. The
+/// default stays burn's own op until a GPU run has measured the two (`scripts/gpu_session.sh
+/// ab` runs both).
 pub fn rows_chosen() -> bool {
-    static ROWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| std::env::var("SSLHOST_GPU_BATCH_NORM").is_ok_and(|v| v == "rows"))
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    ROWS.with(std::cell::Cell::get).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| std::env::var("SSLHOST_GPU_BATCH_NORM").is_ok_and(|v| v == "rows"))
+    })
+}
+
+/// Sets [`rows_chosen`] for this thread (`None`: back to the environment's choice).
+pub fn set_rows(on: Option<bool>) {
+    ROWS.with(|c| c.set(on));
 }
 
 /// The row-wise batch norm as a backend extension: the forward as the backend's own ops, and

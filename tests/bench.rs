@@ -4,30 +4,35 @@
 use std::path::Path;
 use std::process::Command;
 
+/// `sslhost bench --device cpu` on tiny settings (batch 4, 16x16, widths 4-8-16-32, one
+/// warm-up step, two timed) in `precision`; add arguments and run.
+fn tiny_bench(precision: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sslhost"));
+    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR"))).args([
+        "bench",
+        "--device",
+        "cpu",
+        "--precision",
+        precision,
+        "--batch",
+        "4",
+        "--image",
+        "16",
+        "--widths",
+        "4,8,16,32",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+    ]);
+    c
+}
+
 /// `sslhost bench` on tiny settings; `half` sets `SSLHOST_HALF_ACTIVATIONS=1`.
 fn bench(method: &str, precision: &str, half: bool) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+    let out = tiny_bench(precision)
         .env("SSLHOST_HALF_ACTIVATIONS", if half { "1" } else { "0" })
-        .args([
-            "bench",
-            "--device",
-            "cpu",
-            "--precision",
-            precision,
-            "--method",
-            method,
-            "--batch",
-            "4",
-            "--image",
-            "16",
-            "--widths",
-            "4,8,16,32",
-            "--warmup",
-            "1",
-            "--steps",
-            "2",
-        ])
+        .args(["--method", method])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -161,28 +166,9 @@ fn bench_rejects_bad_widths() {
 #[test]
 fn bench_times_each_variant_in_one_process() {
     // burn's own ops on the CPU, so that batch norm takes the variant's (rows or burn's).
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")))
+    let out = tiny_bench("bf16")
         .env("SSLHOST_CPU_KERNELS", "burn")
-        .args([
-            "bench",
-            "--device",
-            "cpu",
-            "--precision",
-            "bf16",
-            "--batch",
-            "4",
-            "--image",
-            "16",
-            "--widths",
-            "4,8,16,32",
-            "--warmup",
-            "1",
-            "--steps",
-            "1",
-            "--variants",
-            "burn:f32,rows:half",
-        ])
+        .args(["--variants", "burn:f32,rows:half"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

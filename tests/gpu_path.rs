@@ -5,8 +5,7 @@
 //! the device. cubecl's CPU runtime has no bf16, so the half type here is f16.
 #![cfg(feature = "cubecl-cpu")]
 
-use burn::tensor::{DType, Device, Distribution, Int, Tensor, TensorData};
-use sslhost::models::batch_norm_rows::batch_norm_train_rows;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use sslhost::models::precision::Precision;
 use sslhost::train::knn::{KnnConfig, accuracy};
 
@@ -26,37 +25,7 @@ fn cubecl_cpu_is_a_gpu_path_device_with_the_cpu_presets() {
 
 #[test]
 fn rows_batch_norm_matches_burns_op_in_cubecl_kernels() {
-    let device = gpu_path();
-    let x0 = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(0.5, 2.0), &device);
-    let g0 = Tensor::<1>::random([6], Distribution::Uniform(0.5, 1.5), &device);
-    let b0 = Tensor::<1>::random([6], Distribution::Normal(0.0, 1.0), &device);
-    let w = Tensor::<4>::random([4, 6, 5, 5], Distribution::Normal(0.0, 1.0), &device);
-    let run = |rows: bool| {
-        let (x, g, b) = (
-            x0.clone().require_grad(),
-            g0.clone().require_grad(),
-            b0.clone().require_grad(),
-        );
-        let out = if rows {
-            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5)
-        } else {
-            burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5)
-        };
-        let y = out.output.clone().reshape([-1]);
-        let grads = (out.output * w.clone()).sum().backward();
-        let dx = x.grad(&grads).unwrap().reshape([-1]);
-        [
-            y,
-            out.variance,
-            dx,
-            g.grad(&grads).unwrap(),
-            b.grad(&grads).unwrap(),
-        ]
-    };
-    let names = ["output", "variance", "dx", "dgamma", "dbeta"];
-    for ((rows, burn), name) in run(true).into_iter().zip(run(false)).zip(names) {
-        let (rows, burn) = (model_common::values(rows), model_common::values(burn));
-        let rel = model_common::rel_distance(&burn, &rows);
+    for (name, rel) in model_common::rows_against_burn(&gpu_path()) {
         assert!(rel < 1e-4, "{name}: rows are {rel} off burn's op");
     }
 }

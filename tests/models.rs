@@ -296,3 +296,13 @@ fn under_half_activations_a_conv_hands_on_bf16_and_batch_norm_keeps_its_type() {
         "the output was not rounded to bf16"
     );
 }
+
+/// The row-wise batch norm (the GPU's, with its written-out backward) against burn's op, on
+/// burn-flex: output, statistics and all three gradients. (tests/gpu_path.rs checks it in
+/// cubecl kernels.)
+#[test]
+fn rows_batch_norm_matches_burns_op() {
+    for (name, rel) in model_common::rows_against_burn(&burn::tensor::Device::flex()) {
+        assert!(rel < 1e-5, "{name}: rows are {rel} off burn's op");
+    }
+}

@@ -30,11 +30,13 @@ enum Command {
     Run {
         /// The script file.
         script: PathBuf,
-        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
+        /// path on the CPU, with the cargo feature `cubecl-cpu`).
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
         /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
+        /// stay f32.
         #[arg(long, value_enum, default_value = "auto")]
         precision: PrecisionChoice,
         /// Seed of the run's random generator.
@@ -57,11 +59,13 @@ enum Command {
     Check {
         /// The script file.
         script: PathBuf,
-        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
+        /// path on the CPU, with the cargo feature `cubecl-cpu`).
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
         /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
+        /// stay f32.
         #[arg(long, value_enum, default_value = "auto")]
         precision: PrecisionChoice,
         /// Override a key of the script's `config(..)` (repeatable).
@@ -72,11 +76,13 @@ enum Command {
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
     /// of the Rhai layer. The last line of stdout is the result as JSON.
     Bench {
-        /// Where tensors live: auto (CUDA if present), cuda or cpu.
+        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
+        /// path on the CPU, with the cargo feature `cubecl-cpu`).
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
         /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32 or bf16. Weights, gradients and optimiser state stay f32.
+        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
+        /// stay f32.
         #[arg(long, value_enum, default_value = "auto")]
         precision: PrecisionChoice,
         /// The method whose step is timed.

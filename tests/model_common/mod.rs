@@ -1,8 +1,9 @@
 //! Helpers shared by the model tests on the CPU (burn-flex) and on the GPU code path.
 #![allow(dead_code)]
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use sslhost::models::ResNetConfig;
+use sslhost::models::batch_norm_rows::batch_norm_train_rows;
 use sslhost::models::layers::LinearConfig;
 use sslhost::models::precision::{self, Precision};
 use sslhost::tensor::HostRng;
@@ -56,4 +57,39 @@ pub fn rel_distance(a: &[f32], b: &[f32]) -> f32 {
     let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     let norm: f32 = a.iter().map(|x| x * x).sum();
     (diff / norm).sqrt()
+}
+
+/// The row-wise batch norm against burn's `batch_norm_train` on `device`: the relative
+/// distance of each of output, mean, variance and the gradients of `x`, `gamma` and `beta`.
+pub fn rows_against_burn(device: &Device) -> Vec<(&'static str, f32)> {
+    let device = device.clone().autodiff();
+    let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device);
+    let g0 = Tensor::<1>::random([5], Distribution::Uniform(0.5, 1.5), &device);
+    let b0 = Tensor::<1>::random([5], Distribution::Normal(0.0, 1.0), &device);
+    // A weighting of the output, so the gradients are not the trivial ones of a sum.
+    let w = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
+    let run = |rows: bool| {
+        let (x, g, b) = (
+            x0.clone().require_grad(),
+            g0.clone().require_grad(),
+            b0.clone().require_grad(),
+        );
+        let out = if rows {
+            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5)
+        } else {
+            burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5)
+        };
+        let y = out.output.clone().reshape([-1]);
+        let grads = (out.output * w.clone()).sum().backward();
+        let dx = x.grad(&grads).unwrap().reshape([-1]);
+        let (dg, db) = (g.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+        [y, out.mean, out.variance, dx, dg, db].map(values)
+    };
+    let names = ["output", "mean", "variance", "dx", "dgamma", "dbeta"];
+    let (rows, burn) = (run(true), run(false));
+    names
+        .into_iter()
+        .zip(rows.iter().zip(&burn))
+        .map(|(name, (r, b))| (name, rel_distance(b, r)))
+        .collect()
 }

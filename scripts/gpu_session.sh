@@ -23,6 +23,9 @@
 #                                    # in PRECISIONS (default "bf16 f32"), then the PyTorch
 #                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
 #
+# VARIANT=BATCH_NORM:ACTIVATIONS (e.g. rows:half, what `ab` prints as fastest) sets the GPU
+# variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
+#
 # Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
 # one precision a call (a call has 10 minutes, and the first CUDA steps compile kernels).
 # Every result also lands in $OUT (bench-*.jsonl, quality-*.log) when OUT is set.
@@ -64,6 +67,12 @@ unpack() {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
         --format=csv,noheader || true
     python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+    # VARIANT=BATCH_NORM:ACTIVATIONS (as `sslhost bench --variants` spells it) for any mode.
+    if [ -n "${VARIANT:-}" ]; then
+        export SSLHOST_GPU_BATCH_NORM=${VARIANT%:*} SSLHOST_HALF_ACTIVATIONS=0
+        if [ "${VARIANT#*:}" = half ]; then export SSLHOST_HALF_ACTIVATIONS=1; fi
+        echo "gpu_session.sh: variant $VARIANT"
+    fi
 }
 
 case "${1:-}" in
@@ -114,10 +123,13 @@ case "${1:-}" in
             --variants "${VARIANTS:-burn:f32,rows:f32,rows:half,burn:half}" | grep '^{' \
             | tee -a "$out/ab.jsonl" | python3 -c '
 import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
+runs = [json.loads(line) for line in sys.stdin]
+for r in runs:
     print(r["method"], "batch norm", r["batch_norm"], "activations", r["activations"],
-          "median", round(r["median_ms"], 1), "ms, first step", round(r["first_step_ms"] / 1000), "s")'
+          "median", round(r["median_ms"], 1), "ms, first step", round(r["first_step_ms"] / 1000), "s")
+best = min(runs, key=lambda r: r["median_ms"])
+half = "half" if best["activations"] != "f32" else "f32"
+print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         ;;
     probe)
         # Where a slow step's time goes. First the building blocks (scripts/op_time.rhai) in

@@ -31,23 +31,44 @@ fn rows_batch_norm_matches_burns_op_in_cubecl_kernels() {
 }
 
 #[test]
+fn rows_batch_norm_keeps_an_f16_input_f16_in_cubecl_kernels() {
+    let (dtype, dx_dtype, distances) =
+        model_common::rows_half_against_burn(&gpu_path(), burn::tensor::FloatDType::F16);
+    assert_eq!((dtype, dx_dtype), (DType::F16, DType::F16));
+    for (name, rel) in distances {
+        assert!(
+            rel < 2e-3,
+            "{name}: rows on f16 are {rel} off burn's op in f32"
+        );
+    }
+}
+
+#[test]
 fn half_activations_track_f32_in_cubecl_kernels() {
     let device = gpu_path();
-    let (dtype32, y32, grad32) = model_common::resnet_step(&device, Precision::F32, false);
-    let (dtype, y16, grad16) = model_common::resnet_step(&device, Precision::F16, true);
-    assert_eq!((dtype32, dtype), (DType::F32, DType::F32));
+    let plain = model_common::PLAIN;
+    let (dtype32, y32, grad32) = model_common::resnet_step(&device, Precision::F32, plain);
     // The same network on the flex backend, in f32: the two backends agree.
-    let (_, y_flex, _) = model_common::resnet_step(&sslhost::device::cpu(), Precision::F32, false);
+    let flex = sslhost::device::cpu();
+    let (_, y_flex, _) = model_common::resnet_step(&flex, Precision::F32, plain);
     let rel = model_common::rel_distance(&y_flex, &y32);
     assert!(rel < 1e-4, "cubecl and flex are {rel} apart in f32");
-    for (full, half) in [(&y32, &y16), (&grad32, &grad16)] {
-        let rel = model_common::rel_distance(full, half);
-        // f16 keeps 11 bits of mantissa; activations and products are rounded to it.
-        assert!(rel < 2e-2, "f16 activations are {rel} off f32");
-        assert!(
-            rel > 1e-6,
-            "f16 activations matched f32 to {rel}: nothing ran in f16"
-        );
+    for rows in [false, true] {
+        let variant = model_common::half(rows);
+        let (dtype, y16, grad16) = model_common::resnet_step(&device, Precision::F16, variant);
+        assert_eq!((dtype32, dtype), (DType::F32, DType::F32));
+        for (full, half) in [(&y32, &y16), (&grad32, &grad16)] {
+            let rel = model_common::rel_distance(full, half);
+            // f16 keeps 11 bits of mantissa; activations and products are rounded to it.
+            assert!(
+                rel < 2e-2,
+                "f16 activations (rows {rows}) are {rel} off f32"
+            );
+            assert!(
+                rel > 1e-6,
+                "f16 activations matched f32 to {rel}: nothing ran in f16"
+            );
+        }
     }
 }
 

@@ -1,23 +1,26 @@
 //! Helpers shared by the model tests on the CPU (burn-flex) and on the GPU code path.
 #![allow(dead_code)]
 
+use burn::tensor::FloatDType;
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use sslhost::models::ResNetConfig;
-use sslhost::models::batch_norm_rows::batch_norm_train_rows;
+use sslhost::models::batch_norm_rows::{self, batch_norm_train_rows};
 use sslhost::models::layers::LinearConfig;
 use sslhost::models::precision::{self, Precision};
+use sslhost::session::GpuVariant;
 use sslhost::tensor::HostRng;
 
 /// A small CIFAR ResNet and a linear head on `device` in `precision`, the ResNet's activations
-/// kept in the half type or not: the output's dtype, the output, and the gradient of the
-/// head's weight after one backward.
+/// kept in the half type or not, its batch norms over rows or burn's: the output's dtype, the
+/// output, and the gradient of the head's weight after one backward.
 pub fn resnet_step(
     device: &Device,
     precision: Precision,
-    half_activations: bool,
+    variant: GpuVariant,
 ) -> (DType, Vec<f32>, Vec<f32>) {
     precision::set(precision);
-    precision::set_half_activations(Some(half_activations));
+    precision::set_half_activations(Some(variant.half_activations));
+    batch_norm_rows::set_rows(Some(variant.rows_batch_norm));
     let mut rng = HostRng::new(5);
     let config = ResNetConfig {
         cifar_stem: true,
@@ -42,6 +45,20 @@ pub fn resnet_step(
         values(y.reshape([-1])),
         values(head_grad.reshape([-1])),
     )
+}
+
+/// Burn's batch norm and f32 activations.
+pub const PLAIN: GpuVariant = GpuVariant {
+    rows_batch_norm: false,
+    half_activations: false,
+};
+
+/// A variant with half activations, its batch norm over rows or not.
+pub fn half(rows_batch_norm: bool) -> GpuVariant {
+    GpuVariant {
+        rows_batch_norm,
+        half_activations: true,
+    }
 }
 
 /// A tensor's values as f32.
@@ -92,4 +109,49 @@ pub fn rows_against_burn(device: &Device) -> Vec<(&'static str, f32)> {
         .zip(rows.iter().zip(&burn))
         .map(|(name, (r, b))| (name, rel_distance(b, r)))
         .collect()
+}
+
+/// The row-wise batch norm on a `half` input against burn's op on the same values in f32, on
+/// `device`: the output's and the input gradient's dtypes, and the relative distance of
+/// output, input gradient and the `gamma` and `beta` gradients.
+pub fn rows_half_against_burn(
+    device: &Device,
+    half: FloatDType,
+) -> (DType, DType, Vec<(&'static str, f32)>) {
+    let device = device.clone().autodiff();
+    let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device).cast(half);
+    let g0 = Tensor::<1>::random([5], Distribution::Uniform(0.5, 1.5), &device);
+    let b0 = Tensor::<1>::random([5], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device).cast(half);
+    let run = |rows: bool| {
+        let (x, g, b) = (
+            x0.clone().require_grad(),
+            g0.clone().require_grad(),
+            b0.clone().require_grad(),
+        );
+        let (output, w) = if rows {
+            let out = batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5);
+            (out.output, w.clone())
+        } else {
+            let x32 = x.clone().cast(FloatDType::F32);
+            let out = burn::tensor::module::batch_norm_train(x32, g.clone(), b.clone(), 1e-5);
+            (out.output, w.clone().cast(FloatDType::F32))
+        };
+        let dtype = output.dtype();
+        let y = output.clone().cast(FloatDType::F32).reshape([-1]);
+        let grads = (output * w).sum().backward();
+        let dx = x.grad(&grads).unwrap();
+        let dx_dtype = dx.dtype();
+        let dx = dx.cast(FloatDType::F32).reshape([-1]);
+        let (dg, db) = (g.grad(&grads).unwrap(), b.grad(&grads).unwrap());
+        (dtype, dx_dtype, [y, dx, dg, db].map(values))
+    };
+    let ((dtype, dx_dtype, rows), (_, _, burn)) = (run(true), run(false));
+    let names = ["output", "dx", "dgamma", "dbeta"];
+    let distances = names
+        .into_iter()
+        .zip(rows.iter().zip(&burn))
+        .map(|(name, (r, b))| (name, rel_distance(b, r)))
+        .collect();
+    (dtype, dx_dtype, distances)
 }

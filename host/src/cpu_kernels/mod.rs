@@ -35,7 +35,7 @@ use rayon::prelude::*;
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::BatchNormTrainOutput;
-use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use backend::CpuKernels;
 
@@ -88,16 +88,6 @@ impl<const D: usize> NormEpilogue<D> {
             NormEpilogue::None => x,
             NormEpilogue::Relu => relu(x),
             NormEpilogue::AddRelu(residual) => relu(x.add(residual)),
-        }
-    }
-
-    /// The same epilogue with its residual in f32 (a no-op where it is).
-    pub fn in_f32(self) -> Self {
-        match self {
-            NormEpilogue::AddRelu(residual) => {
-                NormEpilogue::AddRelu(residual.cast(FloatDType::F32))
-            }
-            other => other,
         }
     }
 }

@@ -16,6 +16,11 @@
 //! `dx = γ/σ · (dy − Σdy/m − x̂ · Σdy·x̂/m)` with `m = N·H·W`. Only `x` (already kept by the
 //! convolution before it) and four `[C]` vectors are saved. All of it is backend tensor ops,
 //! so on CUDA burn's fusion fuses the elementwise parts into the reductions around them.
+//!
+//! A half input (half activations, see [`crate::models::precision`]) stays half where it is
+//! stored: the op reads it, computes in f32, writes its output in the input's type, and keeps
+//! the half input for the backward, whose input gradient leaves in that type too. The
+//! statistics and the `gamma` and `beta` gradients are f32.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,10 +30,11 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::module::BatchNormTrainOutput;
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::{DType, FloatDType, Shape, Tensor};
 
-/// Batch norm with the batch's statistics: `x` `[N, C, ..]`, `gamma`, `beta` `[C]` → the
-/// output (same shape as `x`), and the batch mean and biased variance `[C]`, detached.
+/// Batch norm with the batch's statistics: `x` `[N, C, ..]` (f32 or a half type), `gamma`,
+/// `beta` `[C]` (f32) → the output (same shape and type as `x`), and the batch mean and biased
+/// variance `[C]` (f32), detached.
 pub fn batch_norm_train_rows<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
@@ -151,6 +157,15 @@ fn rows<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, Vec<usize>, f64) {
     (x, dims, (n * plane) as f64)
 }
 
+/// `t` in f32 (a no-op where it is): the arithmetic of a half input, fused into its reads.
+fn f32_of<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        B::float_cast(t, FloatDType::F32)
+    }
+}
+
 /// `[N, C, P]` → `[1, C, 1]`: the long reduction first, over contiguous rows.
 fn channel_sum<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_sum_dim(B::float_sum_dim(t, 2), 0)
@@ -168,7 +183,8 @@ fn forward<B: Backend>(
     beta: FloatTensor<B>,
     epsilon: f64,
 ) -> Forward<B> {
-    let (x, dims, count) = rows::<B>(x);
+    let dtype = FloatDType::from(x.dtype());
+    let (x, dims, count) = rows::<B>(f32_of::<B>(x));
     let c = dims[1];
     let mean_rows = B::float_div_scalar(channel_sum::<B>(x.clone()), count.into());
     let centered = B::float_sub(x, mean_rows.clone());
@@ -181,7 +197,7 @@ fn forward<B: Backend>(
     let scale = B::float_mul(per_channel::<B>(gamma), inv_std_rows.clone());
     let output = B::float_add(B::float_mul(centered, scale), per_channel::<B>(beta));
     Forward {
-        output: B::float_reshape(output, Shape::from(dims)),
+        output: B::float_cast(B::float_reshape(output, Shape::from(dims)), dtype),
         mean: B::float_reshape(mean_rows.clone(), Shape::new([c])),
         variance: B::float_reshape(var_rows, Shape::new([c])),
         mean_rows,
@@ -219,8 +235,9 @@ impl<B: Backend> Backward<B, 3> for RowsBackward {
         let state = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.x);
-        let (x, dims, count) = rows::<B>(x);
-        let (dy, _, _) = rows::<B>(dy);
+        let dtype = FloatDType::from(x.dtype());
+        let (x, dims, count) = rows::<B>(f32_of::<B>(x));
+        let (dy, _, _) = rows::<B>(f32_of::<B>(dy));
         let c = dims[1];
         let x_hat = B::float_mul(B::float_sub(x, state.mean), state.inv_std.clone());
         let dbeta = channel_sum::<B>(dy.clone());
@@ -235,7 +252,7 @@ impl<B: Backend> Backward<B, 3> for RowsBackward {
                 B::float_sub(B::float_mul_scalar(dy, count.into()), dbeta.clone()),
                 B::float_mul(x_hat, dgamma.clone()),
             );
-            let dx = B::float_mul(inner, k);
+            let dx = B::float_cast(B::float_mul(inner, k), dtype);
             grads.register::<B>(node.id, B::float_reshape(dx, Shape::from(dims)));
         }
         if let Some(node) = node_gamma {

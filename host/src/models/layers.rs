@@ -5,7 +5,7 @@
 //! generator, so a seed gives the same network on every device.
 
 use burn::module::{Flag, Module, Param, ParamId};
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
 use super::precision;
 use crate::cpu_kernels::NormEpilogue;
@@ -241,12 +241,31 @@ impl BatchNorm {
         self.forward_then(x, NormEpilogue::AddRelu(residual))
     }
 
-    /// The layer and its epilogue in f32, the output handed on in `x`'s dtype (a half type
-    /// under half activations: see [`precision`]).
+    /// The layer and its epilogue. An f32 input takes the CPU's fused kernels where it can.
+    /// A half input (half activations: see [`precision`]) is normalised in f32 and handed on
+    /// in its own type, and the epilogue runs in that type (as autocast's ReLU), so that what
+    /// autodiff keeps for the backward is half too.
     fn forward_then<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
         let dtype = x.dtype();
-        let (x, then) = (x.cast(FloatDType::F32), then.in_f32());
-        self.forward_f32(x, then).cast(dtype)
+        if dtype == DType::F32 {
+            return self.forward_f32(x, then);
+        }
+        let rows = self.training.is_enabled() && crate::models::batch_norm_rows::rows_chosen();
+        let y = if rows {
+            let count = x.shape().num_elements() / x.dims()[1];
+            let out = crate::models::batch_norm_rows::batch_norm_train_rows(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.epsilon,
+            );
+            self.update_running(out.mean, out.variance, count);
+            out.output
+        } else {
+            self.forward_f32(x.cast(FloatDType::F32), NormEpilogue::None)
+                .cast(dtype)
+        };
+        then.apply(y)
     }
 
     fn forward_f32<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
@@ -269,14 +288,21 @@ impl BatchNorm {
             self.epsilon,
             then,
         );
+        self.update_running(out.mean, out.variance, count);
+        out.output
+    }
+
+    /// Moves the running statistics towards the batch's `mean` and biased `variance`, over
+    /// `count` values a channel (made unbiased, as PyTorch).
+    fn update_running(&mut self, mean: Tensor<1>, variance: Tensor<1>, count: usize) {
         let m = self.momentum;
         let unbiased = if count > 1 {
             count as f64 / (count as f64 - 1.0)
         } else {
             1.0
         };
-        let mean = out.mean.detach();
-        let var = out.variance.detach().mul_scalar(unbiased);
+        let mean = mean.detach();
+        let var = variance.detach().mul_scalar(unbiased);
         self.running_mean = self
             .running_mean
             .clone()
@@ -285,6 +311,5 @@ impl BatchNorm {
             .running_var
             .clone()
             .map(|r| r.mul_scalar(1.0 - m).add(var.mul_scalar(m)));
-        out.output
     }
 }

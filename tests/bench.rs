@@ -168,7 +168,7 @@ fn bench_times_each_variant_in_one_process() {
     // burn's own ops on the CPU, so that batch norm takes the variant's (rows or burn's).
     let out = tiny_bench("bf16")
         .env("SSLHOST_CPU_KERNELS", "burn")
-        .args(["--variants", "burn:f32,rows:half"])
+        .args(["--variants", "burn:f32,rows:half,nhwc:f32"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -177,10 +177,10 @@ fn bench_times_each_variant_in_one_process() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.len(),
-        4,
+        6,
         "a summary and a JSON line per variant: {stdout}"
     );
-    let runs: Vec<serde_json::Value> = [lines[1], lines[3]]
+    let runs: Vec<serde_json::Value> = [lines[1], lines[3], lines[5]]
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -191,6 +191,10 @@ fn bench_times_each_variant_in_one_process() {
     assert_eq!(
         (&runs[1]["batch_norm"], &runs[1]["activations"]),
         (&"rows".into(), &"bf16".into())
+    );
+    assert_eq!(
+        (&runs[2]["batch_norm"], &runs[2]["activations"]),
+        (&"nhwc".into(), &"f32".into())
     );
     for r in &runs {
         positive(r, "median_ms");

@@ -25,21 +25,29 @@ fn cubecl_cpu_is_a_gpu_path_device_with_the_cpu_presets() {
 
 #[test]
 fn rows_batch_norm_matches_burns_op_in_cubecl_kernels() {
-    for (name, rel) in model_common::rows_against_burn(&gpu_path()) {
-        assert!(rel < 1e-4, "{name}: rows are {rel} off burn's op");
+    for channels_last in [false, true] {
+        for (name, rel) in model_common::rows_against_burn(&gpu_path(), channels_last) {
+            assert!(
+                rel < 1e-4,
+                "{name} (channels last {channels_last}): rows are {rel} off burn's op"
+            );
+        }
     }
 }
 
 #[test]
 fn rows_batch_norm_keeps_an_f16_input_f16_in_cubecl_kernels() {
-    let (dtype, dx_dtype, distances) =
-        model_common::rows_half_against_burn(&gpu_path(), burn::tensor::FloatDType::F16);
-    assert_eq!((dtype, dx_dtype), (DType::F16, DType::F16));
-    for (name, rel) in distances {
-        assert!(
-            rel < 2e-3,
-            "{name}: rows on f16 are {rel} off burn's op in f32"
-        );
+    for channels_last in [false, true] {
+        let f16 = burn::tensor::FloatDType::F16;
+        let (dtype, dx_dtype, distances) =
+            model_common::rows_half_against_burn(&gpu_path(), f16, channels_last);
+        assert_eq!((dtype, dx_dtype), (DType::F16, DType::F16));
+        for (name, rel) in distances {
+            assert!(
+                rel < 2e-3,
+                "{name}: rows on f16 are {rel} off burn's op in f32"
+            );
+        }
     }
 }
 
@@ -53,17 +61,14 @@ fn half_activations_track_f32_in_cubecl_kernels() {
     let (_, y_flex, _) = model_common::resnet_step(&flex, Precision::F32, plain);
     let rel = model_common::rel_distance(&y_flex, &y32);
     assert!(rel < 1e-4, "cubecl and flex are {rel} apart in f32");
-    for rows in [false, true] {
-        let variant = model_common::half(rows);
+    for norm in model_common::BATCH_NORMS {
+        let variant = model_common::half(norm);
         let (dtype, y16, grad16) = model_common::resnet_step(&device, Precision::F16, variant);
         assert_eq!((dtype32, dtype), (DType::F32, DType::F32));
         for (full, half) in [(&y32, &y16), (&grad32, &grad16)] {
             let rel = model_common::rel_distance(full, half);
             // f16 keeps 11 bits of mantissa; activations and products are rounded to it.
-            assert!(
-                rel < 2e-2,
-                "f16 activations (rows {rows}) are {rel} off f32"
-            );
+            assert!(rel < 2e-2, "f16 activations ({norm:?}) are {rel} off f32");
             assert!(
                 rel > 1e-6,
                 "f16 activations matched f32 to {rel}: nothing ran in f16"

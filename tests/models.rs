@@ -1,6 +1,7 @@
 //! Models: torchvision parameter counts and names, shapes, batch-norm modes.
 
 use burn::tensor::{DType, Tensor, TensorData};
+use sslhost::models::batch_norm_rows::GpuBatchNorm;
 use sslhost::models::precision::Precision;
 use sslhost::models::{MlpConfig, ResNetConfig, SharedNet};
 use sslhost::tensor::HostRng;
@@ -205,9 +206,9 @@ fn resnet_step(precision: Precision) -> (DType, Vec<f32>, Vec<f32>) {
     model_common::resnet_step(&sslhost::device::cpu(), precision, model_common::PLAIN)
 }
 
-/// [`model_common::resnet_step`] on the CPU with half activations, batch norm over rows or not.
-fn resnet_step_half(precision: Precision, rows: bool) -> (DType, Vec<f32>, Vec<f32>) {
-    model_common::resnet_step(&sslhost::device::cpu(), precision, model_common::half(rows))
+/// [`model_common::resnet_step`] on the CPU with half activations and batch norm `norm`.
+fn resnet_step_half(precision: Precision, norm: GpuBatchNorm) -> (DType, Vec<f32>, Vec<f32>) {
+    model_common::resnet_step(&sslhost::device::cpu(), precision, model_common::half(norm))
 }
 
 #[test]
@@ -236,18 +237,15 @@ fn bf16_precision_multiplies_in_bf16_and_returns_f32() {
 fn half_activations_stay_bf16_inside_the_resnet_and_leave_in_f32() {
     let (_, y32, grad32) = resnet_step(Precision::F32);
     let (_, y_products, grad_products) = resnet_step(Precision::Bf16);
-    for rows in [false, true] {
-        let (dtype, y_half, grad_half) = resnet_step_half(Precision::Bf16, rows);
+    for norm in model_common::BATCH_NORMS {
+        let (dtype, y_half, grad_half) = resnet_step_half(Precision::Bf16, norm);
         assert_eq!(dtype, DType::F32, "the ResNet's features leave in f32");
         for (full, products, half) in [
             (&y32, &y_products, &y_half),
             (&grad32, &grad_products, &grad_half),
         ] {
             let rel = model_common::rel_distance(full, half);
-            assert!(
-                rel < 5e-2,
-                "bf16 activations (rows {rows}) are {rel} off f32"
-            );
+            assert!(rel < 5e-2, "bf16 activations ({norm:?}) are {rel} off f32");
             // Stored activations are rounded too: not the products-only result.
             let moved = model_common::rel_distance(products, half);
             assert!(
@@ -308,8 +306,14 @@ fn under_half_activations_a_conv_hands_on_bf16_and_batch_norm_keeps_its_type() {
 /// cubecl kernels.)
 #[test]
 fn rows_batch_norm_matches_burns_op() {
-    for (name, rel) in model_common::rows_against_burn(&burn::tensor::Device::flex()) {
-        assert!(rel < 1e-5, "{name}: rows are {rel} off burn's op");
+    for channels_last in [false, true] {
+        let device = burn::tensor::Device::flex();
+        for (name, rel) in model_common::rows_against_burn(&device, channels_last) {
+            assert!(
+                rel < 1e-5,
+                "{name} (channels last {channels_last}): rows are {rel} off burn's op"
+            );
+        }
     }
 }
 
@@ -318,14 +322,17 @@ fn rows_batch_norm_matches_burns_op() {
 #[test]
 fn rows_batch_norm_keeps_a_bf16_input_bf16() {
     let device = burn::tensor::Device::flex();
-    let (dtype, dx_dtype, distances) =
-        model_common::rows_half_against_burn(&device, burn::tensor::FloatDType::BF16);
-    assert_eq!((dtype, dx_dtype), (DType::BF16, DType::BF16));
-    for (name, rel) in distances {
-        // bf16 keeps 8 bits of mantissa (2^-8 = 0.4%); the output and dx are rounded once.
-        assert!(
-            rel < 1e-2,
-            "{name}: rows on bf16 are {rel} off burn's op in f32"
-        );
+    for channels_last in [false, true] {
+        let bf16 = burn::tensor::FloatDType::BF16;
+        let (dtype, dx_dtype, distances) =
+            model_common::rows_half_against_burn(&device, bf16, channels_last);
+        assert_eq!((dtype, dx_dtype), (DType::BF16, DType::BF16));
+        for (name, rel) in distances {
+            // bf16 keeps 8 bits of mantissa (2^-8 = 0.4%); the output and dx are rounded once.
+            assert!(
+                rel < 1e-2,
+                "{name}: rows on bf16 are {rel} off burn's op in f32"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use burn::tensor::Device;
 
+use crate::models::batch_norm_rows::GpuBatchNorm;
 use crate::models::precision::{self, Precision};
 use crate::tensor::HostRng;
 
@@ -108,12 +109,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
 }
 
-/// The choices of the GPU code path that are measured against each other: batch norm over
-/// contiguous rows or burn's op, and half activations or f32.
+/// The choices of the GPU code path that are measured against each other: the batch norm
+/// (burn's op, or over rows in either layout), and half activations or f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuVariant {
-    /// [`crate::models::batch_norm_rows`] instead of burn's op.
-    pub rows_batch_norm: bool,
+    /// Which batch norm trains ([`crate::models::batch_norm_rows::GpuBatchNorm`]).
+    pub batch_norm: GpuBatchNorm,
     /// A ResNet's activations in the half type ([`precision::half_activations`]).
     pub half_activations: bool,
 }
@@ -121,22 +122,19 @@ pub struct GpuVariant {
 impl std::str::FromStr for GpuVariant {
     type Err = String;
 
-    /// `BATCH_NORM:ACTIVATIONS`: `burn` or `rows`, then `f32` or `half` (`rows:half`).
+    /// `BATCH_NORM:ACTIVATIONS`: `burn`, `rows` or `nhwc`, then `f32` or `half` (`nhwc:half`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected BATCH_NORM:ACTIVATIONS (burn|rows : f32|half), got `{s}`");
+        let bad =
+            || format!("expected BATCH_NORM:ACTIVATIONS (burn|rows|nhwc : f32|half), got `{s}`");
         let (norm, act) = s.split_once(':').ok_or_else(bad)?;
-        let rows_batch_norm = match norm {
-            "burn" => false,
-            "rows" => true,
-            _ => return Err(bad()),
-        };
+        let batch_norm = GpuBatchNorm::parse(norm).ok_or_else(bad)?;
         let half_activations = match act {
             "f32" => false,
             "half" => true,
             _ => return Err(bad()),
         };
         Ok(GpuVariant {
-            rows_batch_norm,
+            batch_norm,
             half_activations,
         })
     }
@@ -146,7 +144,7 @@ impl std::str::FromStr for GpuVariant {
 pub fn install(session: Session) {
     precision::set(session.precision);
     precision::set_half_activations(session.variant.map(|v| v.half_activations));
-    crate::models::batch_norm_rows::set_rows(session.variant.map(|v| v.rows_batch_norm));
+    crate::models::batch_norm_rows::set_chosen(session.variant.map(|v| v.batch_norm));
     CURRENT.with(|c| *c.borrow_mut() = Some(session));
 }
 

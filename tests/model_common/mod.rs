@@ -4,7 +4,7 @@
 use burn::tensor::FloatDType;
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use sslhost::models::ResNetConfig;
-use sslhost::models::batch_norm_rows::{self, batch_norm_train_rows};
+use sslhost::models::batch_norm_rows::{self, GpuBatchNorm, batch_norm_train_rows};
 use sslhost::models::layers::LinearConfig;
 use sslhost::models::precision::{self, Precision};
 use sslhost::session::GpuVariant;
@@ -20,7 +20,7 @@ pub fn resnet_step(
 ) -> (DType, Vec<f32>, Vec<f32>) {
     precision::set(precision);
     precision::set_half_activations(Some(variant.half_activations));
-    batch_norm_rows::set_rows(Some(variant.rows_batch_norm));
+    batch_norm_rows::set_chosen(Some(variant.batch_norm));
     let mut rng = HostRng::new(5);
     let config = ResNetConfig {
         cifar_stem: true,
@@ -49,14 +49,21 @@ pub fn resnet_step(
 
 /// Burn's batch norm and f32 activations.
 pub const PLAIN: GpuVariant = GpuVariant {
-    rows_batch_norm: false,
+    batch_norm: GpuBatchNorm::Burn,
     half_activations: false,
 };
 
-/// A variant with half activations, its batch norm over rows or not.
-pub fn half(rows_batch_norm: bool) -> GpuVariant {
+/// Every batch norm a GPU code path can train with.
+pub const BATCH_NORMS: [GpuBatchNorm; 3] = [
+    GpuBatchNorm::Burn,
+    GpuBatchNorm::Rows,
+    GpuBatchNorm::ChannelsLast,
+];
+
+/// A variant with half activations and `batch_norm`.
+pub fn half(batch_norm: GpuBatchNorm) -> GpuVariant {
     GpuVariant {
-        rows_batch_norm,
+        batch_norm,
         half_activations: true,
     }
 }
@@ -76,9 +83,10 @@ pub fn rel_distance(a: &[f32], b: &[f32]) -> f32 {
     (diff / norm).sqrt()
 }
 
-/// The row-wise batch norm against burn's `batch_norm_train` on `device`: the relative
-/// distance of each of output, mean, variance and the gradients of `x`, `gamma` and `beta`.
-pub fn rows_against_burn(device: &Device) -> Vec<(&'static str, f32)> {
+/// The row-wise batch norm (viewed channels last or not) against burn's `batch_norm_train` on
+/// `device`: the relative distance of each of output, mean, variance and the gradients of `x`,
+/// `gamma` and `beta`.
+pub fn rows_against_burn(device: &Device, channels_last: bool) -> Vec<(&'static str, f32)> {
     let device = device.clone().autodiff();
     let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device);
     let g0 = Tensor::<1>::random([5], Distribution::Uniform(0.5, 1.5), &device);
@@ -92,7 +100,7 @@ pub fn rows_against_burn(device: &Device) -> Vec<(&'static str, f32)> {
             b0.clone().require_grad(),
         );
         let out = if rows {
-            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5)
+            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5, channels_last)
         } else {
             burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5)
         };
@@ -111,12 +119,13 @@ pub fn rows_against_burn(device: &Device) -> Vec<(&'static str, f32)> {
         .collect()
 }
 
-/// The row-wise batch norm on a `half` input against burn's op on the same values in f32, on
-/// `device`: the output's and the input gradient's dtypes, and the relative distance of
-/// output, input gradient and the `gamma` and `beta` gradients.
+/// The row-wise batch norm (viewed channels last or not) on a `half` input against burn's op
+/// on the same values in f32, on `device`: the output's and the input gradient's dtypes, and
+/// the relative distance of output, input gradient and the `gamma` and `beta` gradients.
 pub fn rows_half_against_burn(
     device: &Device,
     half: FloatDType,
+    channels_last: bool,
 ) -> (DType, DType, Vec<(&'static str, f32)>) {
     let device = device.clone().autodiff();
     let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device).cast(half);
@@ -130,7 +139,7 @@ pub fn rows_half_against_burn(
             b0.clone().require_grad(),
         );
         let (output, w) = if rows {
-            let out = batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5);
+            let out = batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5, channels_last);
             (out.output, w.clone())
         } else {
             let x32 = x.clone().cast(FloatDType::F32);

@@ -92,14 +92,13 @@ impl<const D: usize> NormEpilogue<D> {
     }
 }
 
-/// Which batch norm f32 training tensors on `device` take: `"cpu"`, `"rows"` or `"burn"`.
+/// Which batch norm f32 training tensors on `device` take: `"cpu"`, or the GPU variant's name
+/// (`"burn"`, `"rows"`, `"nhwc"`: see [`crate::models::batch_norm_rows::GpuBatchNorm`]).
 pub fn batch_norm_kernel(device: &Device) -> &'static str {
     if ours_on(DType::F32, device) {
         "cpu"
-    } else if crate::models::batch_norm_rows::rows_chosen() {
-        "rows"
     } else {
-        "burn"
+        crate::models::batch_norm_rows::chosen().name()
     }
 }
 
@@ -113,11 +112,7 @@ pub fn batch_norm_train<const D: usize>(
     epilogue: NormEpilogue<D>,
 ) -> BatchNormTrainOutput<D> {
     if !ours(&x) {
-        let out = if crate::models::batch_norm_rows::rows_chosen() {
-            crate::models::batch_norm_rows::batch_norm_train_rows(x, gamma, beta, epsilon)
-        } else {
-            burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon)
-        };
+        let out = crate::models::batch_norm_rows::train_chosen(x, gamma, beta, epsilon);
         let output = epilogue.apply(out.output);
         return BatchNormTrainOutput { output, ..out };
     }

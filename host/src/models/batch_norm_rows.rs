@@ -35,17 +35,20 @@ use burn::tensor::{DType, FloatDType, Shape, Tensor};
 /// Batch norm with the batch's statistics: `x` `[N, C, ..]` (f32 or a half type), `gamma`,
 /// `beta` `[C]` (f32) → the output (same shape and type as `x`), and the batch mean and biased
 /// variance `[C]` (f32), detached.
+/// `channels_last` views `x` as `[N, H·W, C]` instead of `[N, C, H·W]` (see [`Layout`]).
 pub fn batch_norm_train_rows<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
+    channels_last: bool,
 ) -> BatchNormTrainOutput<D> {
     let (output, mean, variance) = <Dispatch as RowsBatchNorm>::rows_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        channels_last,
     );
     BatchNormTrainOutput {
         output: Tensor::from_dispatch(output),
@@ -54,38 +57,89 @@ pub fn batch_norm_train_rows<const D: usize>(
     }
 }
 
-thread_local! {
-    static ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+/// The batch norm a GPU code path trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBatchNorm {
+    /// burn's own `batch_norm_train`.
+    Burn,
+    /// [`batch_norm_train_rows`] over `[N, C, H·W]`: rows contiguous where `x` is NCHW.
+    Rows,
+    /// [`batch_norm_train_rows`] over `[N, H·W, C]`: contiguous where `x` is stored NHWC, as
+    /// cubecl's convolutions leave their outputs (they compute in NHWC and hand back a
+    /// permuted view), so the view costs no copy.
+    ChannelsLast,
 }
 
-/// Whether this thread's batch norms that do not take the CPU kernels use
-/// [`batch_norm_train_rows`]: set by [`set_rows`], else `SSLHOST_GPU_BATCH_NORM=rows`. The
-/// default stays burn's own op until a GPU run has measured the two (`scripts/gpu_session.sh
-/// ab` runs both).
-pub fn rows_chosen() -> bool {
-    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    ROWS.with(std::cell::Cell::get).unwrap_or_else(|| {
-        *FROM_ENV.get_or_init(|| std::env::var("SSLHOST_GPU_BATCH_NORM").is_ok_and(|v| v == "rows"))
+impl GpuBatchNorm {
+    /// `"burn"`, `"rows"` or `"nhwc"`, as `SSLHOST_GPU_BATCH_NORM` and `--variants` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuBatchNorm::Burn => "burn",
+            GpuBatchNorm::Rows => "rows",
+            GpuBatchNorm::ChannelsLast => "nhwc",
+        }
+    }
+
+    /// The variant [`GpuBatchNorm::name`] spells `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Burn, Self::Rows, Self::ChannelsLast]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
+}
+
+thread_local! {
+    static CHOSEN: std::cell::Cell<Option<GpuBatchNorm>> = const { std::cell::Cell::new(None) };
+}
+
+/// The batch norm this thread's layers train with where they do not take the CPU kernels:
+/// set by [`set_chosen`], else `SSLHOST_GPU_BATCH_NORM=burn|rows|nhwc`. The default stays
+/// burn's own op until a GPU run has measured them (`scripts/gpu_session.sh ab` runs each).
+pub fn chosen() -> GpuBatchNorm {
+    static FROM_ENV: std::sync::OnceLock<GpuBatchNorm> = std::sync::OnceLock::new();
+    CHOSEN.with(std::cell::Cell::get).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| {
+            std::env::var("SSLHOST_GPU_BATCH_NORM")
+                .ok()
+                .and_then(|v| GpuBatchNorm::parse(&v))
+                .unwrap_or(GpuBatchNorm::Burn)
+        })
     })
 }
 
-/// Sets [`rows_chosen`] for this thread (`None`: back to the environment's choice).
-pub fn set_rows(on: Option<bool>) {
-    ROWS.with(|c| c.set(on));
+/// Sets [`chosen`] for this thread (`None`: back to the environment's choice).
+pub fn set_chosen(variant: Option<GpuBatchNorm>) {
+    CHOSEN.with(|c| c.set(variant));
+}
+
+/// Batch norm on `x` with `gamma` and `beta` in the [`chosen`] variant (burn's op takes f32).
+pub fn train_chosen<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> BatchNormTrainOutput<D> {
+    match chosen() {
+        GpuBatchNorm::Burn => burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon),
+        GpuBatchNorm::Rows => batch_norm_train_rows(x, gamma, beta, epsilon, false),
+        GpuBatchNorm::ChannelsLast => batch_norm_train_rows(x, gamma, beta, epsilon, true),
+    }
 }
 
 /// The row-wise batch norm as a backend extension: the forward as the backend's own ops, and
 /// for autodiff backends the written-out backward.
 #[backend_extension(Flex, Cube: cfg(any(feature = "cuda", feature = "cubecl-cpu")), Autodiff)]
 pub trait RowsBatchNorm: Backend {
-    /// `x` `[N, C, ..]`, `gamma`, `beta` `[C]` → (output, mean `[C]`, biased variance `[C]`).
+    /// `x` `[N, C, ..]`, `gamma`, `beta` `[C]` → (output, mean `[C]`, biased variance `[C]`),
+    /// `x` viewed channels last or not (see [`Layout`]).
     fn rows_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        channels_last: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let f = forward::<Self>(x, gamma, beta, epsilon);
+        let f = forward::<Self>(x, gamma, beta, epsilon, Layout { channels_last });
         (f.output, f.mean, f.variance)
     }
 }
@@ -101,11 +155,19 @@ impl<B: Backend, C: CheckpointStrategy> RowsBatchNorm for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        channels_last: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // The statistics leave as constants: callers only feed them to running averages.
         let constant = <FloatTensor<Self>>::new;
+        let layout = Layout { channels_last };
         let run = |x: FloatTensor<Self>, gamma: FloatTensor<B>, beta: FloatTensor<Self>| {
-            forward::<B>(x.into_primitive(), gamma, beta.into_primitive(), epsilon)
+            forward::<B>(
+                x.into_primitive(),
+                gamma,
+                beta.into_primitive(),
+                epsilon,
+                layout,
+            )
         };
         let nodes = [x.node(), gamma.node(), beta.node()];
         match RowsBackward.prepare::<C>(nodes).compute_bound().stateful() {
@@ -115,6 +177,7 @@ impl<B: Backend, C: CheckpointStrategy> RowsBatchNorm for Autodiff<B, C> {
                 let f = run(x, gamma.clone(), beta);
                 let state = RowsState {
                     x: x_state,
+                    layout,
                     gamma,
                     mean: f.mean_rows,
                     inv_std: f.inv_std_rows,
@@ -148,13 +211,68 @@ struct Forward<B: Backend> {
     inv_std_rows: FloatTensor<B>,
 }
 
-/// `x` `[N, C, ..]` as `[N, C, H·W]`, with `N·H·W`, the count each statistic averages over.
-fn rows<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, Vec<usize>, f64) {
-    let dims: Vec<usize> = x.shape().iter().copied().collect();
-    let (n, c) = (dims[0], dims[1]);
-    let plane = dims[2..].iter().product::<usize>();
-    let x = B::float_reshape(x, Shape::new([n, c, plane]));
-    (x, dims, (n * plane) as f64)
+/// How the row-wise batch norm views `x` `[N, C, ..]` (`P` = the product of the spatial sizes):
+/// as `[N, C, P]`, whose rows are contiguous in NCHW storage, or channels last as `[N, P, C]`,
+/// contiguous in NHWC storage. Either way it reduces the long axis first (`P`: N·C outputs),
+/// then `N`. A view that does not match the storage costs a copy of `x`.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// `[N, P, C]` rather than `[N, C, P]`.
+    pub channels_last: bool,
+}
+
+impl Layout {
+    /// The axis of the view that holds the channels.
+    fn channel_axis(self) -> usize {
+        if self.channels_last { 2 } else { 1 }
+    }
+
+    /// `x` in this view, its dims, and `N·P`, the count each statistic averages over.
+    fn view<B: Backend>(self, x: FloatTensor<B>) -> (FloatTensor<B>, Vec<usize>, f64) {
+        let dims: Vec<usize> = x.shape().iter().copied().collect();
+        let (n, c) = (dims[0], dims[1]);
+        let plane = dims[2..].iter().product::<usize>();
+        let x = if self.channels_last {
+            // [N, C, ..] → [N, .., C] → [N, P, C].
+            let mut axes: Vec<usize> = (0..dims.len()).collect();
+            axes.remove(1);
+            axes.push(1);
+            B::float_reshape(B::float_permute(x, &axes), Shape::new([n, plane, c]))
+        } else {
+            B::float_reshape(x, Shape::new([n, c, plane]))
+        };
+        (x, dims, (n * plane) as f64)
+    }
+
+    /// A tensor in this view back to `dims` `[N, C, ..]`.
+    fn unview<B: Backend>(self, t: FloatTensor<B>, dims: &[usize]) -> FloatTensor<B> {
+        if self.channels_last {
+            // [N, P, C] → [N, .., C] → [N, C, ..].
+            let mut last: Vec<usize> = vec![dims[0]];
+            last.extend_from_slice(&dims[2..]);
+            last.push(dims[1]);
+            let rank = dims.len();
+            let mut axes = vec![0, rank - 1];
+            axes.extend(1..rank - 1);
+            B::float_permute(B::float_reshape(t, Shape::from(last)), &axes)
+        } else {
+            B::float_reshape(t, Shape::from(dims.to_vec()))
+        }
+    }
+
+    /// The view → one value a channel, shaped to broadcast over the view: the long axis
+    /// first (`P`, over rows contiguous in the matching storage), then `N`.
+    fn channel_sum<B: Backend>(self, t: FloatTensor<B>) -> FloatTensor<B> {
+        let long = if self.channels_last { 1 } else { 2 };
+        B::float_sum_dim(B::float_sum_dim(t, long), 0)
+    }
+
+    /// A `[C]` vector shaped to broadcast over the view.
+    fn per_channel<B: Backend>(self, v: FloatTensor<B>) -> FloatTensor<B> {
+        let mut shape = [1, 1, 1];
+        shape[self.channel_axis()] = v.shape().num_elements();
+        B::float_reshape(v, Shape::new(shape))
+    }
 }
 
 /// `t` in f32 (a no-op where it is): the arithmetic of a half input, fused into its reads.
@@ -166,38 +284,28 @@ fn f32_of<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     }
 }
 
-/// `[N, C, P]` → `[1, C, 1]`: the long reduction first, over contiguous rows.
-fn channel_sum<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_sum_dim(B::float_sum_dim(t, 2), 0)
-}
-
-/// A `[C]` vector as `[1, C, 1]`, to broadcast over `[N, C, P]`.
-fn per_channel<B: Backend>(v: FloatTensor<B>) -> FloatTensor<B> {
-    let c = v.shape().num_elements();
-    B::float_reshape(v, Shape::new([1, c, 1]))
-}
-
 fn forward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
     epsilon: f64,
+    layout: Layout,
 ) -> Forward<B> {
     let dtype = FloatDType::from(x.dtype());
-    let (x, dims, count) = rows::<B>(f32_of::<B>(x));
+    let (x, dims, count) = layout.view::<B>(f32_of::<B>(x));
     let c = dims[1];
-    let mean_rows = B::float_div_scalar(channel_sum::<B>(x.clone()), count.into());
+    let mean_rows = B::float_div_scalar(layout.channel_sum::<B>(x.clone()), count.into());
     let centered = B::float_sub(x, mean_rows.clone());
     let squares = B::float_mul(centered.clone(), centered.clone());
-    let var_rows = B::float_div_scalar(channel_sum::<B>(squares), count.into());
+    let var_rows = B::float_div_scalar(layout.channel_sum::<B>(squares), count.into());
     let inv_std_rows = B::float_recip(B::float_sqrt(B::float_add_scalar(
         var_rows.clone(),
         epsilon.into(),
     )));
-    let scale = B::float_mul(per_channel::<B>(gamma), inv_std_rows.clone());
-    let output = B::float_add(B::float_mul(centered, scale), per_channel::<B>(beta));
+    let scale = B::float_mul(layout.per_channel::<B>(gamma), inv_std_rows.clone());
+    let output = B::float_add(B::float_mul(centered, scale), layout.per_channel::<B>(beta));
     Forward {
-        output: B::float_cast(B::float_reshape(output, Shape::from(dims)), dtype),
+        output: B::float_cast(layout.unview::<B>(output, &dims), dtype),
         mean: B::float_reshape(mean_rows.clone(), Shape::new([c])),
         variance: B::float_reshape(var_rows, Shape::new([c])),
         mean_rows,
@@ -214,11 +322,13 @@ struct RowsBackward;
 struct RowsState<B: Backend> {
     /// The input's checkpoint.
     x: NodeId,
+    /// How the forward viewed it.
+    layout: Layout,
     /// `[C]`.
     gamma: FloatTensor<B>,
-    /// `[1, C, 1]`.
+    /// Shaped to broadcast over the view.
     mean: FloatTensor<B>,
-    /// `[1, C, 1]`.
+    /// Shaped to broadcast over the view.
     inv_std: FloatTensor<B>,
 }
 
@@ -236,16 +346,17 @@ impl<B: Backend> Backward<B, 3> for RowsBackward {
         let dy = grads.consume::<B>(&ops.node);
         let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(state.x);
         let dtype = FloatDType::from(x.dtype());
-        let (x, dims, count) = rows::<B>(f32_of::<B>(x));
-        let (dy, _, _) = rows::<B>(f32_of::<B>(dy));
+        let layout = state.layout;
+        let (x, dims, count) = layout.view::<B>(f32_of::<B>(x));
+        let (dy, _, _) = layout.view::<B>(f32_of::<B>(dy));
         let c = dims[1];
         let x_hat = B::float_mul(B::float_sub(x, state.mean), state.inv_std.clone());
-        let dbeta = channel_sum::<B>(dy.clone());
-        let dgamma = channel_sum::<B>(B::float_mul(dy.clone(), x_hat.clone()));
+        let dbeta = layout.channel_sum::<B>(dy.clone());
+        let dgamma = layout.channel_sum::<B>(B::float_mul(dy.clone(), x_hat.clone()));
         if let Some(node) = node_x {
             // γ/σ · (dy − Σdy/m − x̂ · Σdy·x̂/m), with the 1/m taken into γ/σ.
             let k = B::float_div_scalar(
-                B::float_mul(per_channel::<B>(state.gamma), state.inv_std),
+                B::float_mul(layout.per_channel::<B>(state.gamma), state.inv_std),
                 count.into(),
             );
             let inner = B::float_sub(
@@ -253,7 +364,7 @@ impl<B: Backend> Backward<B, 3> for RowsBackward {
                 B::float_mul(x_hat, dgamma.clone()),
             );
             let dx = B::float_cast(B::float_mul(inner, k), dtype);
-            grads.register::<B>(node.id, B::float_reshape(dx, Shape::from(dims)));
+            grads.register::<B>(node.id, layout.unview::<B>(dx, &dims));
         }
         if let Some(node) = node_gamma {
             grads.register::<B>(node.id, B::float_reshape(dgamma, Shape::new([c])));

@@ -250,15 +250,11 @@ impl BatchNorm {
         if dtype == DType::F32 {
             return self.forward_f32(x, then);
         }
-        let rows = self.training.is_enabled() && crate::models::batch_norm_rows::rows_chosen();
-        let y = if rows {
+        use crate::models::batch_norm_rows::{self as rows, GpuBatchNorm};
+        // Over rows, the half input is read as it is; burn's op takes it cast to f32.
+        let y = if self.training.is_enabled() && rows::chosen() != GpuBatchNorm::Burn {
             let count = x.shape().num_elements() / x.dims()[1];
-            let out = crate::models::batch_norm_rows::batch_norm_train_rows(
-                x,
-                self.weight.val(),
-                self.bias.val(),
-                self.epsilon,
-            );
+            let out = rows::train_chosen(x, self.weight.val(), self.bias.val(), self.epsilon);
             self.update_running(out.mean, out.variance, count);
             out.output
         } else {

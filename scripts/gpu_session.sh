@@ -14,8 +14,9 @@
 #                                    # CUDA (batch 256, ResNet-18; auto = bf16 both sides), one table
 #   scripts/gpu_session.sh ab [METHOD]
 #                                    # there: sslhost's CUDA step in each GPU variant, in one
-#                                    # process: burn's or the rows batch norm, f32 or half
-#                                    # activations (VARIANTS="burn:f32,rows:half")
+#                                    # process: burn's batch norm or the rows one (NCHW or
+#                                    # NHWC view), f32 or half activations
+#                                    # (VARIANTS="burn:f32,nhwc:half")
 #   scripts/gpu_session.sh probe [METHOD]
 #                                    # there: op_time.rhai in bf16 and f32, then a bench with
 #                                    # cubecl's profiler: GPU time and compiles per step
@@ -23,7 +24,7 @@
 #                                    # in PRECISIONS (default "bf16 f32"), then the PyTorch
 #                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
 #
-# VARIANT=BATCH_NORM:ACTIVATIONS (e.g. rows:half, what `ab` prints as fastest) sets the GPU
+# VARIANT=BATCH_NORM:ACTIVATIONS (e.g. nhwc:half, what `ab` prints as fastest) sets the GPU
 # variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
 #
 # Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
@@ -115,12 +116,13 @@ case "${1:-}" in
     ab)
         # The GPU variants of the step, sslhost alone, in one process so that they share its
         # compiled and autotuned kernels (a process's first step took about 100 s in session
-        # 6; later variants pay only for kernels of their own): batch norm (burn's op or
-        # models/batch_norm_rows.rs) by activations (f32, or half as torch.autocast).
+        # 6; later variants pay only for kernels of their own): batch norm (burn's op, or
+        # models/batch_norm_rows.rs over NCHW or NHWC rows) by activations (f32, or half as
+        # torch.autocast).
         # VARIANTS lists BATCH_NORM:ACTIVATIONS pairs (sslhost bench --variants).
         unpack
         /tmp/sslhost bench --device cuda --method "${2:-byol}" --warmup 5 --steps 20 \
-            --variants "${VARIANTS:-burn:f32,rows:f32,rows:half,burn:half}" | grep '^{' \
+            --variants "${VARIANTS:-burn:f32,rows:f32,nhwc:f32,burn:half,rows:half,nhwc:half}" | grep '^{' \
             | tee -a "$out/ab.jsonl" | python3 -c '
 import json, sys
 runs = [json.loads(line) for line in sys.stdin]

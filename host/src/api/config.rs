@@ -46,9 +46,9 @@ pub mod config_api {
         crate::models::precision::activations_name().to_string()
     }
 
-    /// Which batch norm training runs: `"cpu"` (the host's fused CPU kernels), `"rows"` (the
-    /// GPU variant over contiguous rows, `SSLHOST_GPU_BATCH_NORM=rows`) or `"burn"` (burn's
-    /// own op).
+    /// Which batch norm training runs: `"cpu"` (the host's fused CPU kernels), `"rows"` or
+    /// `"nhwc"` (the GPU variants over contiguous rows of an NCHW or NHWC view,
+    /// `SSLHOST_GPU_BATCH_NORM=rows|nhwc`) or `"burn"` (burn's own op).
     ///
     /// ```rhai
     /// print(`batch norm: ${batch_norm_kernel()}`);

@@ -1,13 +1,17 @@
 //! Training-mode batch norm whose reductions run along contiguous rows, with a hand-written
-//! backward: the GPU alternative to burn's `batch_norm_train`, chosen with
-//! `SSLHOST_GPU_BATCH_NORM=rows`.
+//! backward: the GPU alternatives to burn's `batch_norm_train`, chosen with
+//! `SSLHOST_GPU_BATCH_NORM=rows` or `nhwc` ([`GpuBatchNorm`]).
 //!
 //! burn's default reduces each statistic over `x` transposed to `[C, N·H·W]`: a copy of the
 //! activation, then a reduction with one output per channel. On CUDA at batch 256 that is
 //! 64–512 long rows for a whole GPU (cubecl's `SharedSumKernel`, about 0.4 ms each: 45 ms of
 //! a BYOL ResNet-18 step, and the copies 19 ms more, in the H100 profile of
-//! docs/PERFORMANCE.md). Here `x` is viewed as `[N, C, H·W]` (no copy), summed over its last
-//! axis (N·C rows, one per image and channel), then over N.
+//! docs/PERFORMANCE.md). Here `x` is viewed as `[N, C, H·W]`, or channels last as
+//! `[N, H·W, C]` ([`Layout`]), summed over its long axis (N·C outputs, one per image and
+//! channel), then over N. Which view costs no copy depends on how `x` is stored: cubecl's
+//! convolutions compute in NHWC and hand back a permuted view, so on the GPU code path the
+//! channels-last view is the free one (a kernel census on the cubecl CPU runtime: 79 copy
+//! kernels a ResNet step instead of 158 with burn's op or the NCHW view).
 //!
 //! The backward is written out rather than left to autodiff, which would keep the centred
 //! input and build the gradient through the mean and the variance in several activation-sized

@@ -103,10 +103,15 @@ pub fn chosen() -> GpuBatchNorm {
     static FROM_ENV: std::sync::OnceLock<GpuBatchNorm> = std::sync::OnceLock::new();
     CHOSEN.with(std::cell::Cell::get).unwrap_or_else(|| {
         *FROM_ENV.get_or_init(|| {
-            std::env::var("SSLHOST_GPU_BATCH_NORM")
-                .ok()
-                .and_then(|v| GpuBatchNorm::parse(&v))
-                .unwrap_or(GpuBatchNorm::Burn)
+            let value = std::env::var("SSLHOST_GPU_BATCH_NORM").unwrap_or_default();
+            GpuBatchNorm::parse(&value).unwrap_or_else(|| {
+                if !value.is_empty() {
+                    tracing::warn!(
+                        "SSLHOST_GPU_BATCH_NORM={value}: not burn, rows or nhwc; burn's op"
+                    );
+                }
+                GpuBatchNorm::Burn
+            })
         })
     })
 }

@@ -71,7 +71,13 @@ pub fn current() -> Precision {
 pub fn half_activations() -> bool {
     static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     HALF_ACTIVATIONS.with(Cell::get).unwrap_or_else(|| {
-        *FROM_ENV.get_or_init(|| std::env::var("SSLHOST_HALF_ACTIVATIONS").is_ok_and(|v| v == "1"))
+        *FROM_ENV.get_or_init(|| {
+            let value = std::env::var("SSLHOST_HALF_ACTIVATIONS").unwrap_or_default();
+            if !matches!(value.as_str(), "" | "0" | "1") {
+                tracing::warn!("SSLHOST_HALF_ACTIVATIONS={value}: not 0 or 1; f32 activations");
+            }
+            value == "1"
+        })
     })
 }
 

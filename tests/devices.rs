@@ -26,22 +26,27 @@ fn auto_falls_back_to_the_cpu_and_says_why() {
     );
 }
 
+/// `--device DEVICE` in a build without `feature` exits 1 with a sentence naming the feature.
+#[allow(dead_code)]
+fn missing_feature(device: &str, feature: &str) {
+    let out = bench_on(device);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cargo feature `{feature}`")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_the_feature_is_an_error() {
-    let out = bench_on("cuda");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cargo feature `cuda`"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    missing_feature("cuda", "cuda");
 }
 
 #[cfg(not(feature = "cubecl-cpu"))]
 #[test]
 fn cubecl_cpu_without_the_feature_is_an_error() {
-    let out = bench_on("cubecl-cpu");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cargo feature `cubecl-cpu`"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    missing_feature("cubecl-cpu", "cubecl-cpu");
 }

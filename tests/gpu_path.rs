@@ -26,7 +26,11 @@ fn cubecl_cpu_is_a_gpu_path_device_with_the_cpu_presets() {
 #[test]
 fn rows_batch_norm_matches_burns_op_in_cubecl_kernels() {
     for channels_last in [false, true] {
-        for (name, rel) in model_common::rows_against_burn(&gpu_path(), channels_last) {
+        let f32 = burn::tensor::FloatDType::F32;
+        let (dtype, dx_dtype, distances) =
+            model_common::rows_against_burn(&gpu_path(), f32, channels_last);
+        assert_eq!((dtype, dx_dtype), (DType::F32, DType::F32));
+        for (name, rel) in distances {
             assert!(
                 rel < 1e-4,
                 "{name} (channels last {channels_last}): rows are {rel} off burn's op"
@@ -40,7 +44,7 @@ fn rows_batch_norm_keeps_an_f16_input_f16_in_cubecl_kernels() {
     for channels_last in [false, true] {
         let f16 = burn::tensor::FloatDType::F16;
         let (dtype, dx_dtype, distances) =
-            model_common::rows_half_against_burn(&gpu_path(), f16, channels_last);
+            model_common::rows_against_burn(&gpu_path(), f16, channels_last);
         assert_eq!((dtype, dx_dtype), (DType::F16, DType::F16));
         for (name, rel) in distances {
             assert!(

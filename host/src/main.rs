@@ -110,9 +110,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// GPU variants to time one after another in this process, so that they share its
-        /// compiled and autotuned kernels: BATCH_NORM:ACTIVATIONS pairs, batch norm `burn` or
-        /// `rows`, activations `f32` or `half` (`--variants burn:f32,rows:half`). Each prints
-        /// its summary and JSON lines. Default: one run, as the environment says.
+        /// compiled and autotuned kernels: BATCH_NORM:ACTIVATIONS pairs, batch norm `burn`,
+        /// `rows` or `nhwc`, activations `f32` or `half` (`--variants burn:f32,nhwc:half`).
+        /// Each prints its summary and JSON lines. Default: one run, as the environment says.
         #[arg(long, value_delimiter = ',')]
         variants: Vec<sslhost::session::GpuVariant>,
     },

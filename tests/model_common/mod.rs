@@ -83,84 +83,51 @@ pub fn rel_distance(a: &[f32], b: &[f32]) -> f32 {
     (diff / norm).sqrt()
 }
 
-/// The row-wise batch norm (viewed channels last or not) against burn's `batch_norm_train` on
-/// `device`: the relative distance of each of output, mean, variance and the gradients of `x`,
+/// The row-wise batch norm (viewed channels last or not) on an input of `dtype` against burn's
+/// op on the same values in f32, on `device`: the output's and the input gradient's dtypes,
+/// and the relative distance of each of output, mean, variance and the gradients of `x`,
 /// `gamma` and `beta`.
-pub fn rows_against_burn(device: &Device, channels_last: bool) -> Vec<(&'static str, f32)> {
-    let device = device.clone().autodiff();
-    let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device);
-    let g0 = Tensor::<1>::random([5], Distribution::Uniform(0.5, 1.5), &device);
-    let b0 = Tensor::<1>::random([5], Distribution::Normal(0.0, 1.0), &device);
-    // A weighting of the output, so the gradients are not the trivial ones of a sum.
-    let w = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device);
-    let run = |rows: bool| {
-        let (x, g, b) = (
-            x0.clone().require_grad(),
-            g0.clone().require_grad(),
-            b0.clone().require_grad(),
-        );
-        let out = if rows {
-            batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5, channels_last)
-        } else {
-            burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5)
-        };
-        let y = out.output.clone().reshape([-1]);
-        let grads = (out.output * w.clone()).sum().backward();
-        let dx = x.grad(&grads).unwrap().reshape([-1]);
-        let (dg, db) = (g.grad(&grads).unwrap(), b.grad(&grads).unwrap());
-        [y, out.mean, out.variance, dx, dg, db].map(values)
-    };
-    let names = ["output", "mean", "variance", "dx", "dgamma", "dbeta"];
-    let (rows, burn) = (run(true), run(false));
-    names
-        .into_iter()
-        .zip(rows.iter().zip(&burn))
-        .map(|(name, (r, b))| (name, rel_distance(b, r)))
-        .collect()
-}
-
-/// The row-wise batch norm (viewed channels last or not) on a `half` input against burn's op
-/// on the same values in f32, on `device`: the output's and the input gradient's dtypes, and
-/// the relative distance of output, input gradient and the `gamma` and `beta` gradients.
-pub fn rows_half_against_burn(
+pub fn rows_against_burn(
     device: &Device,
-    half: FloatDType,
+    dtype: FloatDType,
     channels_last: bool,
 ) -> (DType, DType, Vec<(&'static str, f32)>) {
     let device = device.clone().autodiff();
-    let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device).cast(half);
+    let x0 = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.7, 2.0), &device).cast(dtype);
     let g0 = Tensor::<1>::random([5], Distribution::Uniform(0.5, 1.5), &device);
     let b0 = Tensor::<1>::random([5], Distribution::Normal(0.0, 1.0), &device);
-    let w = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device).cast(half);
+    // A weighting of the output, so the gradients are not the trivial ones of a sum.
+    let w = Tensor::<4>::random([3, 5, 4, 6], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
     let run = |rows: bool| {
         let (x, g, b) = (
             x0.clone().require_grad(),
             g0.clone().require_grad(),
             b0.clone().require_grad(),
         );
-        let (output, w) = if rows {
+        let (out, w) = if rows {
             let out = batch_norm_train_rows(x.clone(), g.clone(), b.clone(), 1e-5, channels_last);
-            (out.output, w.clone())
+            (out, w.clone())
         } else {
             let x32 = x.clone().cast(FloatDType::F32);
             let out = burn::tensor::module::batch_norm_train(x32, g.clone(), b.clone(), 1e-5);
-            (out.output, w.clone().cast(FloatDType::F32))
+            (out, w.clone().cast(FloatDType::F32))
         };
-        let dtype = output.dtype();
-        let y = output.clone().cast(FloatDType::F32).reshape([-1]);
-        let grads = (output * w).sum().backward();
+        let out_dtype = out.output.dtype();
+        let y = out.output.clone().cast(FloatDType::F32).reshape([-1]);
+        let grads = (out.output * w).sum().backward();
         let dx = x.grad(&grads).unwrap();
         let dx_dtype = dx.dtype();
         let dx = dx.cast(FloatDType::F32).reshape([-1]);
         let (dg, db) = (g.grad(&grads).unwrap(), b.grad(&grads).unwrap());
-        (dtype, dx_dtype, [y, dx, dg, db].map(values))
+        let values = [y, out.mean, out.variance, dx, dg, db].map(values);
+        (out_dtype, dx_dtype, values)
     };
-    let ((dtype, dx_dtype, rows), (_, _, burn)) = (run(true), run(false));
-    let names = ["output", "dx", "dgamma", "dbeta"];
+    let ((out_dtype, dx_dtype, rows), (_, _, burn)) = (run(true), run(false));
+    let names = ["output", "mean", "variance", "dx", "dgamma", "dbeta"];
     let distances = names
         .into_iter()
         .zip(rows.iter().zip(&burn))
         .map(|(name, (r, b))| (name, rel_distance(b, r)))
         .collect();
-    (dtype, dx_dtype, distances)
+    (out_dtype, dx_dtype, distances)
 }

@@ -18,7 +18,7 @@
 //! steps. Written out it is two row reductions (`Σ dy` and `Σ dy·x̂`, with `x̂` recomputed
 //! from the saved input inside the reduction's read) and one elementwise pass:
 //! `dx = γ/σ · (dy − Σdy/m − x̂ · Σdy·x̂/m)` with `m = N·H·W`. Only `x` (already kept by the
-//! convolution before it) and four `[C]` vectors are saved. All of it is backend tensor ops,
+//! convolution before it) and three per-channel vectors are saved. All of it is backend tensor ops,
 //! so on CUDA burn's fusion fuses the elementwise parts into the reductions around them.
 //!
 //! A half input (half activations, see [`crate::models::precision`]) stays half where it is
@@ -214,9 +214,9 @@ struct Forward<B: Backend> {
     mean: FloatTensor<B>,
     /// `[C]`, biased.
     variance: FloatTensor<B>,
-    /// The mean as `[1, C, 1]`.
+    /// The mean, shaped to broadcast over the layout's view.
     mean_rows: FloatTensor<B>,
-    /// `1 / sqrt(variance + epsilon)` as `[1, C, 1]`.
+    /// `1 / sqrt(variance + epsilon)`, shaped to broadcast over the view.
     inv_std_rows: FloatTensor<B>,
 }
 

@@ -253,9 +253,9 @@ impl BatchNorm {
         use crate::models::batch_norm_rows::{self as rows, GpuBatchNorm};
         // Over rows, the half input is read as it is; burn's op takes it cast to f32.
         let y = if self.training.is_enabled() && rows::chosen() != GpuBatchNorm::Burn {
-            let count = x.shape().num_elements() / x.dims()[1];
+            let dims = x.dims();
             let out = rows::train_chosen(x, self.weight.val(), self.bias.val(), self.epsilon);
-            self.update_running(out.mean, out.variance, count);
+            self.update_running(out.mean, out.variance, &dims);
             out.output
         } else {
             self.forward_f32(x.cast(FloatDType::F32), NormEpilogue::None)
@@ -276,7 +276,6 @@ impl BatchNorm {
             ));
         }
         let dims = x.dims();
-        let count: usize = dims.iter().product::<usize>() / dims[1];
         let out = crate::cpu_kernels::batch_norm_train(
             x,
             self.weight.val(),
@@ -284,13 +283,14 @@ impl BatchNorm {
             self.epsilon,
             then,
         );
-        self.update_running(out.mean, out.variance, count);
+        self.update_running(out.mean, out.variance, &dims);
         out.output
     }
 
-    /// Moves the running statistics towards the batch's `mean` and biased `variance`, over
-    /// `count` values a channel (made unbiased, as PyTorch).
-    fn update_running(&mut self, mean: Tensor<1>, variance: Tensor<1>, count: usize) {
+    /// Moves the running statistics towards the batch's `mean` and biased `variance` of an
+    /// input of `dims` `[N, C, ..]` (made unbiased over its values a channel, as PyTorch).
+    fn update_running(&mut self, mean: Tensor<1>, variance: Tensor<1>, dims: &[usize]) {
+        let count = dims.iter().product::<usize>() / dims[1];
         let m = self.momentum;
         let unbiased = if count > 1 {
             count as f64 / (count as f64 - 1.0)

@@ -19,7 +19,7 @@ use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 use super::cross_entropy;
 use super::linear::{self, LinearShape};
-use super::winograd;
+use super::{direct, winograd};
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -173,7 +173,9 @@ impl CpuKernels for Flex {
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
-        let out = if winograd::pays(&s) {
+        let out = if direct::pays(&s) {
+            direct::forward(&s, x, weight)
+        } else if winograd::pays(&s) {
             winograd::forward(&s, x, weight)
         } else {
             conv::forward(&s, x, weight)
@@ -378,16 +380,24 @@ impl Backward<Flex, 2> for GemmConvBackward {
                     weight.storage::<f32>(),
                     dy.storage::<f32>(),
                 );
-                // Each gradient by Winograd where it pays, else by im2col + GEMM.
-                let dx_winograd = want_dx && winograd::pays(&s);
-                let (dw, dx) = if winograd::pays_weight(&s) {
+                // Each gradient by the direct kernels or Winograd where they pay, else by
+                // im2col + GEMM (which computes both in one pass over the batch).
+                let dx_direct = want_dx && direct::pays(&s);
+                let dx_winograd = want_dx && !dx_direct && winograd::pays(&s);
+                let dx_elsewhere = dx_direct || dx_winograd;
+                let (dw, dx) = if direct::pays(&s) {
+                    (direct::weight_gradient(&s, x, dy), None)
+                } else if winograd::pays_weight(&s) {
                     (winograd::weight_gradient(&s, x, dy), None)
                 } else {
-                    conv::backward(&s, x, weight, dy, want_dx && !dx_winograd)
+                    conv::backward(&s, x, weight, dy, want_dx && !dx_elsewhere)
                 };
-                let dx = match dx_winograd {
-                    true => Some(winograd::input_gradient(&s, weight, dy)),
-                    false => dx,
+                let dx = if dx_direct {
+                    Some(direct::input_gradient(&s, weight, dy))
+                } else if dx_winograd {
+                    Some(winograd::input_gradient(&s, weight, dy))
+                } else {
+                    dx
                 };
                 (
                     flex(dw, [s.c_out, s.c_in, s.k, s.k]),

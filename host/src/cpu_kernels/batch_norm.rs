@@ -112,29 +112,33 @@ fn map_channels<G: Fn(f32, f32) -> f32>(
     f: impl Fn(usize) -> G + Sync + Send,
 ) -> Vec<f32> {
     let image = s.channels * s.plane;
-    super::par_new(
-        s.batch * image,
-        image,
-        || (),
-        |_, img, out| {
-            let (a, b) = (&a[img * image..][..image], &b[img * image..][..image]);
-            if s.plane == 1 {
-                for (c, (o, (&x, &y))) in out.iter_mut().zip(a.iter().zip(b)).enumerate() {
-                    *o = f(c)(x, y);
-                }
-            } else {
-                let planes = out
-                    .chunks_exact_mut(s.plane)
-                    .zip(a.chunks_exact(s.plane).zip(b.chunks_exact(s.plane)));
-                for (c, (out, (xs, ys))) in planes.enumerate() {
-                    let g = f(c);
-                    for (o, (&x, &y)) in out.iter_mut().zip(xs.iter().zip(ys)) {
-                        *o = g(x, y);
+    // SAFETY: every piece is one image, and the loops below zip it with that image's values
+    // of `a` and `b` (the same length), writing each element once.
+    unsafe {
+        super::par_new_written(
+            s.batch * image,
+            image,
+            || (),
+            |_, img, out| {
+                let (a, b) = (&a[img * image..][..image], &b[img * image..][..image]);
+                if s.plane == 1 {
+                    for (c, (o, (&x, &y))) in out.iter_mut().zip(a.iter().zip(b)).enumerate() {
+                        o.write(f(c)(x, y));
+                    }
+                } else {
+                    let planes = out
+                        .chunks_exact_mut(s.plane)
+                        .zip(a.chunks_exact(s.plane).zip(b.chunks_exact(s.plane)));
+                    for (c, (out, (xs, ys))) in planes.enumerate() {
+                        let g = f(c);
+                        for (o, (&x, &y)) in out.iter_mut().zip(xs.iter().zip(ys)) {
+                            o.write(g(x, y));
+                        }
                     }
                 }
-            }
-        },
-    )
+            },
+        )
+    }
 }
 
 /// What is applied after the normalisation, in the same pass: a residual added, then ReLU.
@@ -207,18 +211,27 @@ pub fn forward(
 
 /// The gradient through a ReLU whose output was `y`: `dy` where `y > 0`, else 0.
 pub fn relu_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
-    const CHUNK: usize = 1 << 14;
-    super::par_new(
+    assert_eq!(
         dy.len(),
-        CHUNK,
-        || (),
-        |_, i, out| {
-            let (dy, y) = (&dy[i * CHUNK..], &y[i * CHUNK..]);
-            for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
-                *o = if y > 0.0 { d } else { 0.0 };
-            }
-        },
-    )
+        y.len(),
+        "relu_backward: dy and y differ in length"
+    );
+    const CHUNK: usize = 1 << 14;
+    // SAFETY: piece `i` is `dy[i·CHUNK..]` for its own length, and `dy` and `y` are as long
+    // as the output, so the zip writes every element of the piece.
+    unsafe {
+        super::par_new_written(
+            dy.len(),
+            CHUNK,
+            || (),
+            |_, i, out| {
+                let (dy, y) = (&dy[i * CHUNK..], &y[i * CHUNK..]);
+                for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
+                    o.write(if y > 0.0 { d } else { 0.0 });
+                }
+            },
+        )
+    }
 }
 
 /// Gradients of [`forward`] for the output gradient `dy`: input, `gamma` and `beta`.

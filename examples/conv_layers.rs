@@ -1,0 +1,74 @@
+//! The CPU convolution kernels layer by layer: the forward pass and the forward + backward
+//! (both gradients) of each 3x3 block convolution of a ResNet, timed on their own, so that a
+//! kernel choice (`SSLHOST_CPU_KERNELS`) is measured where it acts and not through a whole
+//! step's noise. Run it once per kernel setting and compare:
+//!
+//!     cargo run --release --example conv_layers                     # the defaults
+//!     SSLHOST_CPU_KERNELS=no-direct cargo run --release --example conv_layers
+//!     SSLHOST_CPU_KERNELS=im2col cargo run --release --example conv_layers -- 128 16,32,64,128
+//!
+//! Arguments: batch (default 128, the two views of a batch of 64) and the stage widths
+//! (default 16,32,64,128). Each row is the best of 5 after a warm-up, in milliseconds.
+
+use std::time::Instant;
+
+use burn::tensor::{Distribution, Tensor};
+use sslhost::cpu_kernels;
+
+/// The best of `reps` timings of `f`, in milliseconds, after one warm-up call.
+fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(128);
+    let widths: Vec<usize> = args
+        .next()
+        .map(|s| s.split(',').filter_map(|w| w.parse().ok()).collect())
+        .unwrap_or_else(|| vec![16, 32, 64, 128]);
+    // As the binary does: freed memory stays in the process (no page faults a call).
+    sslhost::allocator::keep_freed_memory();
+    let device = sslhost::device::cpu();
+    println!(
+        "batch {batch}, SSLHOST_CPU_KERNELS={}, {} threads",
+        std::env::var("SSLHOST_CPU_KERNELS").unwrap_or_default(),
+        rayon::current_num_threads()
+    );
+    println!("| layer | forward ms | forward + backward ms | GFLOP/s (f+b) |");
+    println!("|---|---:|---:|---:|");
+    // The CIFAR stem, then each stage's 3x3 block convolution at its map size.
+    let mut layers = vec![(3, widths[0], 32)];
+    layers.extend(widths.iter().enumerate().map(|(i, &w)| (w, w, 32 >> i)));
+    for (c_in, c_out, side) in layers {
+        let x = Tensor::<4>::random(
+            [batch, c_in, side, side],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let w = Tensor::<4>::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.1), &device);
+        let forward = best_ms(5, || {
+            let _ = cpu_kernels::conv2d(x.clone(), w.clone(), 1, 1).into_data();
+        });
+        let both = best_ms(5, || {
+            let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+            let grads = cpu_kernels::conv2d(x.clone(), w.clone(), 1, 1)
+                .sum()
+                .backward();
+            let _ = (x.grad(&grads), w.grad(&grads).map(|g| g.into_data()));
+        });
+        // Three products of 2·batch·side²·c_in·c_out·9 FLOPs each: forward, dx, dw.
+        let flops = 3.0 * 2.0 * (batch * side * side * c_in * c_out * 9) as f64;
+        println!(
+            "| {c_in}→{c_out}, {side}x{side} | {forward:.2} | {both:.2} | {:.0} |",
+            flops / both / 1e6
+        );
+    }
+}

@@ -17,10 +17,12 @@
 //!   registers; each thread sums a fixed run of images and the runs are added in order (the
 //!   same bits on every call)
 //!
-//! The vectors are the CPU's, chosen at run time: 16 lanes with AVX-512 (8 where a row holds
-//! 8, 24, .. values), 8 with AVX2 and FMA (smaller tiles: 16 registers). Rows must hold a
-//! whole number of vectors. Without either instruction set, or with `SSLHOST_CPU_KERNELS` set
-//! to `no-direct` (or `im2col`, which also turns Winograd off), the other paths run instead.
+//! The vectors are the CPU's, chosen at run time: 16 lanes with AVX-512, 8 with AVX2 and FMA
+//! (smaller tiles: 16 registers; measured only by forcing them on an AVX-512 CPU). A row
+//! that is not a whole number of vectors ends in a part-vector, loaded and stored under a
+//! mask; maps whose rows would leave more than a quarter of the lanes idle (8x8 and smaller
+//! with AVX-512) go to im2col or Winograd. Without either instruction set, or with `SSLHOST_CPU_KERNELS` set to `no-direct`
+//! (or `im2col`, which also turns Winograd off), the other paths run instead.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -37,14 +39,15 @@ const VECS: usize = 2;
 const WG_CO: usize = 2;
 /// Taps of a 3x3 kernel.
 const TAPS: usize = 9;
+/// Zeros after the last padded input plane: a row's last vector, when the row is not a whole
+/// number of vectors, loads (and then drops) up to a vector's worth of values past the row.
+const SLACK: usize = 16;
 
 /// The instruction set and vector width the kernels run with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     /// 16 lanes, 32 registers.
     Avx512,
-    /// 8 lanes with AVX-512's 32 registers (AVX-512VL): rows of 8 on an AVX-512 CPU.
-    Avx512Half,
     /// 8 lanes, 16 registers: smaller tiles.
     Avx2,
 }
@@ -53,12 +56,12 @@ impl Isa {
     fn lanes(self) -> usize {
         match self {
             Isa::Avx512 => 16,
-            Isa::Avx512Half | Isa::Avx2 => 8,
+            Isa::Avx2 => 8,
         }
     }
 }
 
-/// What this CPU offers the kernels: (AVX-512F and VL, AVX2 and FMA).
+/// What this CPU offers the kernels: (AVX-512F, AVX2 and FMA).
 fn features() -> (bool, bool) {
     static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
     *FEATURES.get_or_init(|| {
@@ -68,28 +71,24 @@ fn features() -> (bool, bool) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            (
-                has!("avx512f") && has!("avx512vl"),
-                has!("avx2") && has!("fma"),
-            )
+            (has!("avx512f"), has!("avx2") && has!("fma"))
         }
         #[cfg(not(target_arch = "x86_64"))]
         (false, false)
     })
 }
 
-/// The widest vectors that tile rows of `w` values on this CPU, if any.
+/// The vectors for rows of `w` values on this CPU, if they leave at most a quarter of the
+/// lanes idle. (AVX-512's 32 registers with 8-lane vectors, for 7x7 and 8x8 maps, measured no
+/// faster than im2col and Winograd: 64 channels at 8x8, 3.24 / 3.51 / 3.22 ms forward.)
 fn isa_for(w: usize) -> Option<Isa> {
-    let (avx512, avx2) = features();
-    if avx512 && w.is_multiple_of(16) {
-        Some(Isa::Avx512)
-    } else if avx512 && w.is_multiple_of(8) {
-        Some(Isa::Avx512Half)
-    } else if avx2 && w.is_multiple_of(8) {
-        Some(Isa::Avx2)
-    } else {
-        None
-    }
+    let isa = match features() {
+        (true, _) => Isa::Avx512,
+        (false, true) => Isa::Avx2,
+        (false, false) => return None,
+    };
+    let padded = w.div_ceil(isa.lanes()) * isa.lanes();
+    (w > 0 && 4 * (padded - w) <= padded).then_some(isa)
 }
 
 /// The instruction set for `s`, which [`fits`].
@@ -97,8 +96,8 @@ fn isa_of(s: &ConvShape) -> Isa {
     isa_for(s.w).expect("direct convolution without SIMD: `pays` checks this")
 }
 
-/// Whether the direct kernels can compute `s` at all: 3x3, stride 1, padding 1, rows a whole
-/// number of vectors, on a CPU with the instructions.
+/// Whether the direct kernels can compute `s` at all: 3x3, stride 1, padding 1, on a CPU with
+/// the instructions, and rows that fill at least three quarters of the vectors' lanes.
 fn fits(s: &ConvShape) -> bool {
     s.k == 3 && s.stride == 1 && s.pad == 1 && s.h > 0 && isa_for(s.w).is_some()
 }
@@ -181,6 +180,12 @@ impl Plane {
         (self.h + 2) * self.wp()
     }
 
+    /// Vectors of `lanes` per output row, and the outputs in the last of them.
+    fn vectors(self, lanes: usize) -> (usize, usize) {
+        let per_row = self.w.div_ceil(lanes);
+        (per_row, self.w - (per_row - 1) * lanes)
+    }
+
     /// Copies `src` `[channels, h, w]` into the interior of `dst` `[channels, h+2, w+2]`,
     /// whose border is zero and stays so.
     fn pad_into(self, src: &[f32], dst: &mut [f32]) {
@@ -218,7 +223,7 @@ fn convolve(
         super::par_new_written(
             batch * out_image,
             out_image,
-            || vec![0.0f32; inputs * p.padded()],
+            || vec![0.0f32; inputs * p.padded() + SLACK],
             |padded, n, out| {
                 p.pad_into(&x[n * in_image..][..in_image], padded);
                 image(isa, p, inputs, outputs, padded, packed, out);
@@ -237,10 +242,9 @@ fn image(
     packed: &[f32],
     out: &mut [MaybeUninit<f32>],
 ) {
-    assert!(padded.len() >= inputs * p.padded());
+    assert!(padded.len() >= inputs * p.padded() + SLACK);
     assert!(packed.len() >= outputs.div_ceil(CO_BLOCK) * inputs * TAPS * CO_BLOCK);
     assert!(out.len() >= outputs * p.h * p.w);
-    assert!(p.w.is_multiple_of(isa.lanes()));
     let out_ptr = out.as_mut_ptr().cast::<f32>();
     // SAFETY: the instruction set was detected at run time (`isa`), and the asserts above
     // bound every read and write the kernels make (see `image_with`).
@@ -248,8 +252,6 @@ fn image(
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => x86::image_avx512(p, inputs, outputs, padded, packed, out_ptr),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Half => x86::image_avx512_half(p, inputs, outputs, padded, packed, out_ptr),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::image_avx2(p, inputs, outputs, padded, packed, out_ptr),
             #[cfg(not(target_arch = "x86_64"))]
@@ -276,7 +278,7 @@ fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32
             // Lane-wise sums `[c_out][c_in][tap][lanes]`: each pass adds to them in registers,
             // and the lanes are added once, at the end of the run.
             let mut sums = vec![0.0f32; len * lanes];
-            let mut padded = vec![0.0f32; per_pass.min(end - first) * s.c_in * p.padded()];
+            let mut padded = vec![0.0f32; per_pass.min(end - first) * s.c_in * p.padded() + SLACK];
             for lo in (first..end).step_by(per_pass) {
                 let images = per_pass.min(end - lo);
                 p.pad_into(&x[lo * in_image..][..images * in_image], &mut padded);
@@ -287,7 +289,7 @@ fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32
                     c_out: s.c_out,
                     images,
                 };
-                assert!(padded.len() >= images * s.c_in * p.padded());
+                assert!(padded.len() >= images * s.c_in * p.padded() + SLACK);
                 assert!(sums.len() >= len * lanes);
                 // SAFETY: as in `image`: detected instructions, and the asserts above (with
                 // `dy` sliced to `images` images) bound every access.
@@ -295,8 +297,6 @@ fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32
                     match isa {
                         #[cfg(target_arch = "x86_64")]
                         Isa::Avx512 => x86::weight_avx512(g, &padded, dy, &mut sums),
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512Half => x86::weight_avx512_half(g, &padded, dy, &mut sums),
                         #[cfg(target_arch = "x86_64")]
                         Isa::Avx2 => x86::weight_avx2(g, &padded, dy, &mut sums),
                         #[cfg(not(target_arch = "x86_64"))]
@@ -340,15 +340,18 @@ trait Vector: Copy {
     unsafe fn fma_v(acc: Self, a: Self, b: Self) -> Self;
     /// Stores the lanes at `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
+    /// The first `n` lanes (`1..=LANES`) of `p`, the others zero; lanes past `n` are not read.
+    unsafe fn load_first(p: *const f32, n: usize) -> Self;
+    /// Stores the first `n` lanes (`1..=LANES`) at `p`; nothing past them is written.
+    unsafe fn store_first(self, p: *mut f32, n: usize);
 }
 
 /// One image's forward over every tile, generic over the vector.
 ///
 /// # Safety
-/// The CPU has `V`'s instructions; `padded` holds `inputs` padded planes of `p`, `packed`
-/// `ceil(outputs / CO_BLOCK) · inputs · 9 · CO_BLOCK` values, `out` points to `outputs · h · w`
-/// writable values (which need not be initialised), and
-/// `p.w` is a multiple of `V::LANES`.
+/// The CPU has `V`'s instructions; `padded` holds `inputs` padded planes of `p` and
+/// [`SLACK`] values more, `packed` `ceil(outputs / CO_BLOCK) · inputs · 9 · CO_BLOCK` values,
+/// and `out` points to `outputs · h · w` writable values (which need not be initialised).
 #[inline(always)]
 unsafe fn image_with<V: Vector, const VS: usize>(
     p: Plane,
@@ -361,11 +364,19 @@ unsafe fn image_with<V: Vector, const VS: usize>(
     // SAFETY: the caller upholds the contract above.
     unsafe {
         let (wp, plane_p, plane) = (p.wp(), p.padded(), p.h * p.w);
-        let per_row = p.w / V::LANES;
+        let (per_row, tail) = p.vectors(V::LANES);
         let vectors = p.h * per_row;
-        // The top-left input of output vector `v` (its tap (0, 0)), and its first output.
+        // The top-left input of output vector `v` (its tap (0, 0)), its first output, and how
+        // many of its lanes are outputs (the last vector of a row may hold fewer).
         let start = |v: usize| (v / per_row) * wp + (v % per_row) * V::LANES;
         let first = |v: usize| (v / per_row) * p.w + (v % per_row) * V::LANES;
+        let width = |v: usize| {
+            if v % per_row == per_row - 1 {
+                tail
+            } else {
+                V::LANES
+            }
+        };
         for block in 0..outputs.div_ceil(CO_BLOCK) {
             let weights = packed.as_ptr().add(block * inputs * TAPS * CO_BLOCK);
             let live = (outputs - block * CO_BLOCK).min(CO_BLOCK);
@@ -394,7 +405,10 @@ unsafe fn image_with<V: Vector, const VS: usize>(
                 for (c, acc) in acc.iter().enumerate().take(live) {
                     let dst = out.add((block * CO_BLOCK + c) * plane);
                     for (i, a) in acc.iter().enumerate().take(n) {
-                        a.store(dst.add(first(v + i)));
+                        match width(v + i) {
+                            w if w == V::LANES => a.store(dst.add(first(v + i))),
+                            w => a.store_first(dst.add(first(v + i)), w),
+                        }
                     }
                 }
                 v += n;
@@ -407,9 +421,9 @@ unsafe fn image_with<V: Vector, const VS: usize>(
 /// [V::LANES]`, with `W` output channels by the nine taps in registers.
 ///
 /// # Safety
-/// The CPU has `V`'s instructions; `padded` holds `images · c_in` padded planes, `dy`
-/// `images · c_out · h · w` values, `sums` `c_out · c_in · 9 · V::LANES`, and `p.w` is a
-/// multiple of `V::LANES`.
+/// The CPU has `V`'s instructions; `padded` holds `images · c_in` padded planes and
+/// [`SLACK`] values more, `dy` `images · c_out · h · w` values, and `sums`
+/// `c_out · c_in · 9 · V::LANES`.
 #[inline(always)]
 unsafe fn weight_with<V: Vector, const W: usize>(
     g: Grads,
@@ -421,7 +435,7 @@ unsafe fn weight_with<V: Vector, const W: usize>(
     unsafe {
         let p = g.p;
         let (wp, plane_p, plane) = (p.wp(), p.padded(), p.h * p.w);
-        let per_row = p.w / V::LANES;
+        let (per_row, tail) = p.vectors(V::LANES);
         let vectors = p.h * per_row;
         let mut co = 0;
         while co < g.c_out {
@@ -438,8 +452,20 @@ unsafe fn weight_with<V: Vector, const W: usize>(
                     let grad = dy.as_ptr().add(img * g.c_out * plane);
                     for v in 0..vectors {
                         let (y, x0) = (v / per_row, (v % per_row) * V::LANES);
+                        // A row's last vector reads only its outputs' gradients: its other
+                        // lanes are zero, so the inputs they meet add nothing.
+                        let lanes = if v % per_row == per_row - 1 {
+                            tail
+                        } else {
+                            V::LANES
+                        };
                         let d: [V; W] = std::array::from_fn(|j| {
-                            V::load(grad.add(row(j) * plane + y * p.w + x0))
+                            let at = grad.add(row(j) * plane + y * p.w + x0);
+                            if lanes == V::LANES {
+                                V::load(at)
+                            } else {
+                                V::load_first(at, lanes)
+                            }
                         });
                         for ky in 0..3 {
                             for kx in 0..3 {
@@ -468,6 +494,20 @@ mod x86 {
 
     use super::{Grads, Plane, VECS, Vector, WG_CO, image_with, weight_with};
 
+    /// The mask of the first `n` of 16 lanes.
+    #[inline(always)]
+    fn first_lanes16(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// The mask of the first `n` of 8 lanes (a lane's sign bit set when it is on).
+    #[inline(always)]
+    unsafe fn first_lanes8(n: usize) -> __m256i {
+        const ON: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        // SAFETY: `8 - n.min(8)` is in 0..=8, so the 8 values read lie inside `ON`.
+        unsafe { _mm256_loadu_si256(ON.as_ptr().add(8 - n.min(8)).cast()) }
+    }
+
     impl Vector for __m512 {
         const LANES: usize = 16;
         #[inline(always)]
@@ -489,6 +529,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            unsafe { _mm512_maskz_loadu_ps(first_lanes16(n), p) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            unsafe { _mm512_mask_storeu_ps(p, first_lanes16(n), self) }
         }
     }
 
@@ -514,6 +562,14 @@ mod x86 {
         unsafe fn store(self, p: *mut f32) {
             unsafe { _mm256_storeu_ps(p, self) }
         }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> Self {
+            unsafe { _mm256_maskload_ps(p, first_lanes8(n)) }
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, n: usize) {
+            unsafe { _mm256_maskstore_ps(p, first_lanes8(n), self) }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -526,18 +582,6 @@ mod x86 {
         out: *mut f32,
     ) {
         unsafe { image_with::<__m512, VECS>(p, inputs, outputs, padded, packed, out) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub(super) unsafe fn image_avx512_half(
-        p: Plane,
-        inputs: usize,
-        outputs: usize,
-        padded: &[f32],
-        packed: &[f32],
-        out: *mut f32,
-    ) {
-        unsafe { image_with::<__m256, VECS>(p, inputs, outputs, padded, packed, out) }
     }
 
     /// One vector a tile: eight accumulators of AVX2's sixteen registers.
@@ -556,16 +600,6 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weight_avx512(g: Grads, padded: &[f32], dy: &[f32], sums: &mut [f32]) {
         unsafe { weight_with::<__m512, WG_CO>(g, padded, dy, sums) }
-    }
-
-    #[target_feature(enable = "avx512f,avx512vl")]
-    pub(super) unsafe fn weight_avx512_half(
-        g: Grads,
-        padded: &[f32],
-        dy: &[f32],
-        sums: &mut [f32],
-    ) {
-        unsafe { weight_with::<__m256, WG_CO>(g, padded, dy, sums) }
     }
 
     /// One output channel at a time: nine accumulators of AVX2's sixteen registers.
@@ -608,11 +642,7 @@ mod tests {
     #[test]
     fn matches_im2col() {
         let (avx512, avx2) = features();
-        let isas = [
-            (Isa::Avx512, avx512),
-            (Isa::Avx512Half, avx512),
-            (Isa::Avx2, avx2),
-        ];
+        let isas = [(Isa::Avx512, avx512), (Isa::Avx2, avx2)];
         let isas: Vec<Isa> = isas
             .iter()
             .filter(|(_, has)| *has)
@@ -629,6 +659,9 @@ mod tests {
                 (1, 5, 12, 5, l),
                 (5, 8, 3, 2, 3 * l),
                 (4, 32, 20, l, l),
+                (2, 6, 9, 3, l + 3),
+                (3, 4, 8, 7, l - 1),
+                (2, 4, 8, 2, 1),
             ] {
                 let s = shape(batch, c_in, c_out, h, w);
                 let x = test_values(batch * c_in * h * w, 1, -1.0, 1.0);
@@ -666,7 +699,8 @@ mod tests {
         assert!(pays(&shape(128, 32, 32, 16, 16)));
         assert!(pays(&shape(128, 3, 64, 32, 32)));
         assert!(!pays(&shape(128, 64, 64, 32, 32)));
-        assert!(!pays(&shape(128, 16, 16, 32, 36)));
+        assert!(pays(&shape(128, 16, 16, 14, 14)));
+        assert!(!pays(&shape(128, 16, 16, 4, 4)));
         assert!(!pays(&ConvShape {
             stride: 2,
             ..shape(128, 16, 32, 32, 32)
@@ -704,11 +738,15 @@ mod timing {
         for &(c, side) in &[
             (16, 32),
             (32, 16),
+            (16, 28),
+            (16, 14),
+            (32, 14),
+            (32, 7),
+            (64, 7),
             (64, 8),
             (64, 16),
             (64, 32),
             (128, 8),
-            (256, 8),
         ] {
             let s = ConvShape {
                 batch: 128,

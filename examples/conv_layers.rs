@@ -1,5 +1,7 @@
 //! The CPU convolution kernels layer by layer: the forward pass and the forward + backward
-//! (both gradients) of each 3x3 block convolution of a ResNet, timed on their own, so that a
+//! (both gradients) of each convolution shape of a CIFAR ResNet (the stem, each stage's 3x3
+//! block convolution, and the strided 3x3 and 1x1 shortcut that open a stage), timed on their
+//! own, so that a
 //! kernel choice (`SSLHOST_CPU_KERNELS`) is measured where it acts and not through a whole
 //! step's noise. Run it once per kernel setting and compare:
 //!
@@ -44,30 +46,41 @@ fn main() {
     );
     println!("| layer | forward ms | forward + backward ms | GFLOP/s (f+b) |");
     println!("|---|---:|---:|---:|");
-    // The CIFAR stem, then each stage's 3x3 block convolution at its map size.
-    let mut layers = vec![(3, widths[0], 32)];
-    layers.extend(widths.iter().enumerate().map(|(i, &w)| (w, w, 32 >> i)));
-    for (c_in, c_out, side) in layers {
+    // (c_in, c_out, input side, kernel, stride): the CIFAR stem; each stage's 3x3 block
+    // convolution at its map size; from the second stage on, the strided 3x3 and the 1x1
+    // shortcut that halve the map.
+    let mut layers = vec![(3, widths[0], 32, 3, 1)];
+    for (i, &w) in widths.iter().enumerate() {
+        if i > 0 {
+            let (before, side) = (widths[i - 1], 32 >> (i - 1));
+            layers.push((before, w, side, 3, 2));
+            layers.push((before, w, side, 1, 2));
+        }
+        layers.push((w, w, 32 >> i, 3, 1));
+    }
+    for (c_in, c_out, side, k, stride) in layers {
+        let pad = k / 2;
+        let out_side = (side + 2 * pad - k) / stride + 1;
         let x = Tensor::<4>::random(
             [batch, c_in, side, side],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let w = Tensor::<4>::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 0.1), &device);
+        let w = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.1), &device);
         let forward = best_ms(5, || {
-            let _ = cpu_kernels::conv2d(x.clone(), w.clone(), 1, 1).into_data();
+            let _ = cpu_kernels::conv2d(x.clone(), w.clone(), stride, pad).into_data();
         });
         let both = best_ms(5, || {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
-            let grads = cpu_kernels::conv2d(x.clone(), w.clone(), 1, 1)
+            let grads = cpu_kernels::conv2d(x.clone(), w.clone(), stride, pad)
                 .sum()
                 .backward();
             let _ = (x.grad(&grads), w.grad(&grads).map(|g| g.into_data()));
         });
-        // Three products of 2·batch·side²·c_in·c_out·9 FLOPs each: forward, dx, dw.
-        let flops = 3.0 * 2.0 * (batch * side * side * c_in * c_out * 9) as f64;
+        // Three products of 2·batch·out_side²·c_in·c_out·k² FLOPs each: forward, dx, dw.
+        let flops = 3.0 * 2.0 * (batch * out_side * out_side * c_in * c_out * k * k) as f64;
         println!(
-            "| {c_in}→{c_out}, {side}x{side} | {forward:.2} | {both:.2} | {:.0} |",
+            "| {c_in}→{c_out}, {k}x{k} stride {stride}, {side}x{side} | {forward:.2} | {both:.2} | {:.0} |",
             flops / both / 1e6
         );
     }

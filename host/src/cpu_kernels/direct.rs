@@ -612,29 +612,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu_kernels::conv;
-    use crate::cpu_kernels::test_values;
-
-    fn shape(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> ConvShape {
-        ConvShape {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            k: 3,
-            stride: 1,
-            pad: 1,
-        }
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
-        }
-    }
+    use crate::cpu_kernels::{assert_close, conv, same_3x3, test_values};
 
     /// Every pass against im2col + GEMM: channel counts that fill no block, one block, and a
     /// block and a part; one and several vectors a row; a tile split across rows; an odd
@@ -663,7 +641,7 @@ mod tests {
                 (3, 4, 8, 7, l - 1),
                 (2, 4, 8, 2, 1),
             ] {
-                let s = shape(batch, c_in, c_out, h, w);
+                let s = same_3x3(batch, c_in, c_out, h, w);
                 let x = test_values(batch * c_in * h * w, 1, -1.0, 1.0);
                 let wt = test_values(c_out * c_in * 9, 2, -0.5, 0.5);
                 let dy = test_values(batch * c_out * h * w, 3, -1.0, 1.0);
@@ -695,15 +673,15 @@ mod tests {
         if features() == (false, false) {
             return;
         }
-        assert!(pays(&shape(128, 16, 16, 32, 32)));
-        assert!(pays(&shape(128, 32, 32, 16, 16)));
-        assert!(pays(&shape(128, 3, 64, 32, 32)));
-        assert!(!pays(&shape(128, 64, 64, 32, 32)));
-        assert!(pays(&shape(128, 16, 16, 14, 14)));
-        assert!(!pays(&shape(128, 16, 16, 4, 4)));
+        assert!(pays(&same_3x3(128, 16, 16, 32, 32)));
+        assert!(pays(&same_3x3(128, 32, 32, 16, 16)));
+        assert!(pays(&same_3x3(128, 3, 64, 32, 32)));
+        assert!(!pays(&same_3x3(128, 64, 64, 32, 32)));
+        assert!(pays(&same_3x3(128, 16, 16, 14, 14)));
+        assert!(!pays(&same_3x3(128, 16, 16, 4, 4)));
         assert!(!pays(&ConvShape {
             stride: 2,
-            ..shape(128, 16, 32, 32, 32)
+            ..same_3x3(128, 16, 32, 32, 32)
         }));
     }
 }

@@ -253,3 +253,29 @@ fn test_values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
         .map(|i| lo + (hi - lo) * hash(i) as f32 / 1000.0)
         .collect()
 }
+
+/// A 3x3, stride-1, padding-1 convolution's shape, for the kernels' unit tests.
+#[cfg(test)]
+fn same_3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> conv::ConvShape {
+    conv::ConvShape {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    }
+}
+
+/// Asserts `got` equals `want` to 1e-5 of `want`'s largest magnitude, for the kernels' unit
+/// tests (two summation orders of the same f32 products).
+#[cfg(test)]
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
+    }
+}

@@ -532,29 +532,7 @@ pub fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu_kernels::conv;
-    use crate::cpu_kernels::test_values;
-
-    fn shape(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> ConvShape {
-        ConvShape {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            k: 3,
-            stride: 1,
-            pad: 1,
-        }
-    }
-
-    fn assert_close(got: &[f32], want: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * scale, "{what}[{i}]: {a} vs {b}");
-        }
-    }
+    use crate::cpu_kernels::{assert_close, conv, same_3x3, test_values};
 
     #[test]
     fn matches_the_direct_convolution() {
@@ -567,7 +545,7 @@ mod tests {
             (4, 8, 6, 16, 16),
             (5, 4, 4, 9, 12),
         ] {
-            let s = shape(batch, c_in, c_out, h, w);
+            let s = same_3x3(batch, c_in, c_out, h, w);
             let x = test_values(batch * c_in * h * w, 1, -1.0, 1.0);
             let wt = test_values(c_out * c_in * 9, 2, -0.5, 0.5);
             let dy = test_values(batch * c_out * h * w, 3, -1.0, 1.0);

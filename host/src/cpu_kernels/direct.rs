@@ -21,8 +21,9 @@
 //! (smaller tiles: 16 registers; measured only by forcing them on an AVX-512 CPU). A row
 //! that is not a whole number of vectors ends in a part-vector, loaded and stored under a
 //! mask; maps whose rows would leave more than a quarter of the lanes idle (8x8 and smaller
-//! with AVX-512) go to im2col or Winograd. Without either instruction set, or with `SSLHOST_CPU_KERNELS` set to `no-direct`
-//! (or `im2col`, which also turns Winograd off), the other paths run instead.
+//! with AVX-512) go to im2col or Winograd. Without either instruction set, or with
+//! `SSLHOST_CPU_KERNELS` set to `no-direct` (or `im2col`, which also turns Winograd off), the
+//! other paths run instead.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;

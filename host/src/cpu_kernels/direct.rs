@@ -18,7 +18,8 @@
 //!   same bits on every call)
 //!
 //! The vectors are the CPU's, chosen at run time: 16 lanes with AVX-512, 8 with AVX2 and FMA
-//! (smaller tiles: 16 registers; measured only by forcing them on an AVX-512 CPU). A row
+//! (smaller tiles for 16 registers; timed only by forcing them on this AVX-512 CPU, where
+//! their forward matches AVX-512's and their weight gradient takes 1.6x as long). A row
 //! that is not a whole number of vectors ends in a part-vector, loaded and stored under a
 //! mask; maps whose rows would leave more than a quarter of the lanes idle (8x8 and smaller
 //! with AVX-512) go to im2col or Winograd. Without either instruction set, or with
@@ -32,10 +33,15 @@ use rayon::prelude::*;
 
 use super::conv::ConvShape;
 
-/// Output channels per register tile.
+/// AVX-512's forward tile: output channels by vectors of output pixels (consecutive in
+/// row-major order), 16 of its 32 registers.
 const CO_BLOCK: usize = 8;
-/// Vectors of output pixels per register tile (consecutive in row-major order).
 const VECS: usize = 2;
+/// AVX2's: 8 accumulators of its 16 registers. Forced on this Zen 4 (ms, 16 channels at 32x32,
+/// batch 128): 4x2 runs the forward in 2.9–3.3, as fast as AVX-512's tile; 8x1 took 4.4–5.3,
+/// 4x3 and 6x2 (12 accumulators, spilling) 5.5–7.1.
+const AVX2_CO: usize = 4;
+const AVX2_VECS: usize = 2;
 /// Output channels per register tile of the weight gradient (by nine taps).
 const WG_CO: usize = 2;
 /// Taps of a 3x3 kernel.
@@ -58,6 +64,14 @@ impl Isa {
         match self {
             Isa::Avx512 => 16,
             Isa::Avx2 => 8,
+        }
+    }
+
+    /// Output channels per forward tile (see [`x86`]'s kernels for the tiles' shapes).
+    fn co_block(self) -> usize {
+        match self {
+            Isa::Avx512 => CO_BLOCK,
+            Isa::Avx2 => AVX2_CO,
         }
     }
 }
@@ -121,7 +135,7 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
 }
 
 fn forward_on(isa: Isa, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let packed = pack(weight, s.c_out, s.c_in, |co, ci, t| {
+    let packed = pack(weight, s.c_out, s.c_in, isa.co_block(), |co, ci, t| {
         (co * s.c_in + ci) * TAPS + t
     });
     convolve(isa, s.batch, s.c_in, s.c_out, s.h, s.w, x, &packed)
@@ -135,28 +149,28 @@ pub fn input_gradient(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 fn input_gradient_on(isa: Isa, s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     // dx[ci] = Σ_co Σ_t w[co, ci, 8 − t] · shift_t(dy[co]): a convolution from c_out channels
     // to c_in with each kernel turned 180°.
-    let packed = pack(weight, s.c_in, s.c_out, |ci, co, t| {
+    let packed = pack(weight, s.c_in, s.c_out, isa.co_block(), |ci, co, t| {
         (co * s.c_in + ci) * TAPS + TAPS - 1 - t
     });
     convolve(isa, s.batch, s.c_out, s.c_in, s.h, s.w, dy, &packed)
 }
 
-/// Kernels laid out for the tiles: `[blocks of CO_BLOCK outputs][inputs][tap][CO_BLOCK]`, the
-/// outputs past the last zero. `source(o, i, t)` is the index in `weight` of the value that
+/// Kernels laid out for tiles of `co` output channels: `[blocks of co outputs][inputs][tap][co]`,
+/// the outputs past the last zero. `source(o, i, t)` is the index in `weight` of the value that
 /// output `o`, input `i` and tap `t` use.
 fn pack(
     weight: &[f32],
     outputs: usize,
     inputs: usize,
+    co: usize,
     source: impl Fn(usize, usize, usize) -> usize,
 ) -> Vec<f32> {
-    let mut packed = vec![0.0f32; outputs.div_ceil(CO_BLOCK) * inputs * TAPS * CO_BLOCK];
+    let mut packed = vec![0.0f32; outputs.div_ceil(co) * inputs * TAPS * co];
     for o in 0..outputs {
-        let (block, lane) = (o / CO_BLOCK, o % CO_BLOCK);
+        let (block, lane) = (o / co, o % co);
         for i in 0..inputs {
             for t in 0..TAPS {
-                packed[((block * inputs + i) * TAPS + t) * CO_BLOCK + lane] =
-                    weight[source(o, i, t)];
+                packed[((block * inputs + i) * TAPS + t) * co + lane] = weight[source(o, i, t)];
             }
         }
     }
@@ -244,7 +258,8 @@ fn image(
     out: &mut [MaybeUninit<f32>],
 ) {
     assert!(padded.len() >= inputs * p.padded() + SLACK);
-    assert!(packed.len() >= outputs.div_ceil(CO_BLOCK) * inputs * TAPS * CO_BLOCK);
+    let co = isa.co_block();
+    assert!(packed.len() >= outputs.div_ceil(co) * inputs * TAPS * co);
     assert!(out.len() >= outputs * p.h * p.w);
     let out_ptr = out.as_mut_ptr().cast::<f32>();
     // SAFETY: the instruction set was detected at run time (`isa`), and the asserts above
@@ -347,14 +362,15 @@ trait Vector: Copy {
     unsafe fn store_first(self, p: *mut f32, n: usize);
 }
 
-/// One image's forward over every tile, generic over the vector.
+/// One image's forward over every tile of `CO` output channels by `VS` vectors, generic over
+/// the vector.
 ///
 /// # Safety
 /// The CPU has `V`'s instructions; `padded` holds `inputs` padded planes of `p` and
-/// [`SLACK`] values more, `packed` `ceil(outputs / CO_BLOCK) · inputs · 9 · CO_BLOCK` values,
+/// [`SLACK`] values more, `packed` `ceil(outputs / CO) · inputs · 9 · CO` values (see [`pack`]),
 /// and `out` points to `outputs · h · w` writable values (which need not be initialised).
 #[inline(always)]
-unsafe fn image_with<V: Vector, const VS: usize>(
+unsafe fn image_with<V: Vector, const CO: usize, const VS: usize>(
     p: Plane,
     inputs: usize,
     outputs: usize,
@@ -378,24 +394,24 @@ unsafe fn image_with<V: Vector, const VS: usize>(
                 V::LANES
             }
         };
-        for block in 0..outputs.div_ceil(CO_BLOCK) {
-            let weights = packed.as_ptr().add(block * inputs * TAPS * CO_BLOCK);
-            let live = (outputs - block * CO_BLOCK).min(CO_BLOCK);
+        for block in 0..outputs.div_ceil(CO) {
+            let weights = packed.as_ptr().add(block * inputs * TAPS * CO);
+            let live = (outputs - block * CO).min(CO);
             let mut v = 0;
             while v < vectors {
                 let n = (vectors - v).min(VS);
-                let mut acc = [[V::zero(); VS]; CO_BLOCK];
+                let mut acc = [[V::zero(); VS]; CO];
                 let starts: [usize; VS] = std::array::from_fn(|i| start(v + i.min(n - 1)));
                 for ci in 0..inputs {
                     let src = padded.as_ptr().add(ci * plane_p);
-                    let w = weights.add(ci * TAPS * CO_BLOCK);
+                    let w = weights.add(ci * TAPS * CO);
                     for ky in 0..3 {
                         for kx in 0..3 {
                             let t = ky * 3 + kx;
                             let xs: [V; VS] =
                                 std::array::from_fn(|i| V::load(src.add(starts[i] + ky * wp + kx)));
                             for (c, acc) in acc.iter_mut().enumerate() {
-                                let wv = *w.add(t * CO_BLOCK + c);
+                                let wv = *w.add(t * CO + c);
                                 for (a, &x) in acc.iter_mut().zip(&xs) {
                                     *a = V::fma(*a, wv, x);
                                 }
@@ -404,7 +420,7 @@ unsafe fn image_with<V: Vector, const VS: usize>(
                     }
                 }
                 for (c, acc) in acc.iter().enumerate().take(live) {
-                    let dst = out.add((block * CO_BLOCK + c) * plane);
+                    let dst = out.add((block * CO + c) * plane);
                     for (i, a) in acc.iter().enumerate().take(n) {
                         match width(v + i) {
                             w if w == V::LANES => a.store(dst.add(first(v + i))),
@@ -493,7 +509,9 @@ unsafe fn weight_with<V: Vector, const W: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Grads, Plane, VECS, Vector, WG_CO, image_with, weight_with};
+    use super::{
+        AVX2_CO, AVX2_VECS, CO_BLOCK, Grads, Plane, VECS, Vector, WG_CO, image_with, weight_with,
+    };
 
     /// The mask of the first `n` of 16 lanes.
     #[inline(always)]
@@ -582,10 +600,9 @@ mod x86 {
         packed: &[f32],
         out: *mut f32,
     ) {
-        unsafe { image_with::<__m512, VECS>(p, inputs, outputs, padded, packed, out) }
+        unsafe { image_with::<__m512, CO_BLOCK, VECS>(p, inputs, outputs, padded, packed, out) }
     }
 
-    /// One vector a tile: eight accumulators of AVX2's sixteen registers.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn image_avx2(
         p: Plane,
@@ -595,7 +612,7 @@ mod x86 {
         packed: &[f32],
         out: *mut f32,
     ) {
-        unsafe { image_with::<__m256, 1>(p, inputs, outputs, padded, packed, out) }
+        unsafe { image_with::<__m256, AVX2_CO, AVX2_VECS>(p, inputs, outputs, padded, packed, out) }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -746,6 +763,12 @@ mod timing {
             let cf = best(|| drop(conv::forward(&s, &x, &wt)));
             let cb = best(|| drop(conv::backward(&s, &x, &wt, &dy, true)));
             let cbw = best(|| drop(conv::backward(&s, &x, &wt, &dy, false)));
+            if features().1 {
+                // AVX2's tiles forced on this CPU: what a CPU without AVX-512 would run.
+                let af = best(|| drop(forward_on(Isa::Avx2, &s, &x, &wt)));
+                let adw = best(|| drop(weight_gradient_on(Isa::Avx2, &s, &x, &dy)));
+                eprintln!("   AVX2 tiles: f {af:.2} dw {adw:.2}");
+            }
             let wf = best(|| drop(winograd::forward(&s, &x, &wt)));
             let wdx = best(|| drop(winograd::input_gradient(&s, &wt, &dy)));
             let wdw = best(|| drop(winograd::weight_gradient(&s, &x, &dy)));

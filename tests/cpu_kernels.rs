@@ -31,7 +31,8 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
 /// (batch, c_in, side, c_out, kernel, stride, padding): a stem, 3x3 blocks (small planes and
 /// 16x16, which read their taps differently; Winograd's: 64 channels at 16x16 for all three
 /// passes, at 8x8 and an odd 9x9 side for the forward and input gradient, 256 at 4x4; the
-/// direct kernels': up to 32 channels, and a 3-channel stem into 64, at 16x16 and 32x32),
+/// direct kernels': up to 32 channels, and a 3-channel stem into 64, at 16x16 and 32x32; the
+/// channels-in-lanes direct kernel's: 64 channels at 8x8 and 256 at 4x4),
 /// strided 3x3, 1x1 shortcuts, and late 2x2 stages where a group holds many images.
 const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (4, 1, 28, 8, 3, 2, 1),

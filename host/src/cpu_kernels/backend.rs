@@ -19,7 +19,7 @@ use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 use super::cross_entropy;
 use super::linear::{self, LinearShape};
-use super::{direct, winograd};
+use super::{direct, direct_wide, winograd};
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -166,6 +166,34 @@ fn dims(t: &FlexTensor) -> Vec<usize> {
     t.shape().iter().copied().collect()
 }
 
+/// Which kernel computes a convolution's forward pass and its input gradient (the same
+/// convolution with the kernels turned 180°): the first that pays, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvPath {
+    /// Up to 32 channels, and stems: pixels in the vector lanes (`direct.rs`).
+    Direct,
+    /// Small maps with 64 channels or more: channels in the lanes (`direct_wide.rs`).
+    DirectWide,
+    /// Wider 3x3 layers on larger maps (`winograd.rs`).
+    Winograd,
+    /// Everything else (`conv.rs`).
+    Im2col,
+}
+
+impl ConvPath {
+    fn of(s: &ConvShape) -> ConvPath {
+        if direct::pays(s) {
+            ConvPath::Direct
+        } else if direct_wide::pays(s) {
+            ConvPath::DirectWide
+        } else if winograd::pays(s) {
+            ConvPath::Winograd
+        } else {
+            ConvPath::Im2col
+        }
+    }
+}
+
 impl CpuKernels for Flex {
     fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
         let Some(s) = geometry(&x, &weight, stride, padding) else {
@@ -173,12 +201,11 @@ impl CpuKernels for Flex {
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
-        let out = if direct::pays(&s) {
-            direct::forward(&s, x, weight)
-        } else if winograd::pays(&s) {
-            winograd::forward(&s, x, weight)
-        } else {
-            conv::forward(&s, x, weight)
+        let out = match ConvPath::of(&s) {
+            ConvPath::Direct => direct::forward(&s, x, weight),
+            ConvPath::DirectWide => direct_wide::forward(&s, x, weight),
+            ConvPath::Winograd => winograd::forward(&s, x, weight),
+            ConvPath::Im2col => conv::forward(&s, x, weight),
         };
         flex(out, [s.batch, s.c_out, s.oh(), s.ow()])
     }
@@ -382,9 +409,8 @@ impl Backward<Flex, 2> for GemmConvBackward {
                 );
                 // Each gradient by the direct kernels or Winograd where they pay, else by
                 // im2col + GEMM (which computes both in one pass over the batch).
-                let dx_direct = want_dx && direct::pays(&s);
-                let dx_winograd = want_dx && !dx_direct && winograd::pays(&s);
-                let dx_elsewhere = dx_direct || dx_winograd;
+                let path = ConvPath::of(&s);
+                let dx_elsewhere = want_dx && path != ConvPath::Im2col;
                 let (dw, dx) = if direct::pays(&s) {
                     (direct::weight_gradient(&s, x, dy), None)
                 } else if winograd::pays_weight(&s) {
@@ -392,12 +418,12 @@ impl Backward<Flex, 2> for GemmConvBackward {
                 } else {
                     conv::backward(&s, x, weight, dy, want_dx && !dx_elsewhere)
                 };
-                let dx = if dx_direct {
-                    Some(direct::input_gradient(&s, weight, dy))
-                } else if dx_winograd {
-                    Some(winograd::input_gradient(&s, weight, dy))
-                } else {
-                    dx
+                let dx = match path {
+                    _ if !dx_elsewhere => dx,
+                    ConvPath::Direct => Some(direct::input_gradient(&s, weight, dy)),
+                    ConvPath::DirectWide => Some(direct_wide::input_gradient(&s, weight, dy)),
+                    ConvPath::Winograd => Some(winograd::input_gradient(&s, weight, dy)),
+                    ConvPath::Im2col => dx,
                 };
                 (
                     flex(dw, [s.c_out, s.c_in, s.k, s.k]),

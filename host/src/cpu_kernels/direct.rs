@@ -45,7 +45,7 @@ const AVX2_VECS: usize = 2;
 /// Output channels per register tile of the weight gradient (by nine taps).
 const WG_CO: usize = 2;
 /// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
+pub(super) const TAPS: usize = 9;
 /// Zeros after the last padded input plane: a row's last vector, when the row is not a whole
 /// number of vectors, loads (and then drops) up to a vector's worth of values past the row.
 const SLACK: usize = 16;
@@ -77,7 +77,7 @@ impl Isa {
 }
 
 /// What this CPU offers the kernels: (AVX-512F, AVX2 and FMA).
-fn features() -> (bool, bool) {
+pub(super) fn features() -> (bool, bool) {
     static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
     *FEATURES.get_or_init(|| {
         if std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "im2col" || v == "no-direct") {
@@ -179,19 +179,19 @@ fn pack(
 
 /// The geometry of one image's convolution with a zero border of one pixel.
 #[derive(Debug, Clone, Copy)]
-struct Plane {
-    h: usize,
-    w: usize,
+pub(super) struct Plane {
+    pub(super) h: usize,
+    pub(super) w: usize,
 }
 
 impl Plane {
     /// Width of the padded rows.
-    fn wp(self) -> usize {
+    pub(super) fn wp(self) -> usize {
         self.w + 2
     }
 
     /// Values in one padded plane.
-    fn padded(self) -> usize {
+    pub(super) fn padded(self) -> usize {
         (self.h + 2) * self.wp()
     }
 
@@ -203,7 +203,7 @@ impl Plane {
 
     /// Copies `src` `[channels, h, w]` into the interior of `dst` `[channels, h+2, w+2]`,
     /// whose border is zero and stays so.
-    fn pad_into(self, src: &[f32], dst: &mut [f32]) {
+    pub(super) fn pad_into(self, src: &[f32], dst: &mut [f32]) {
         for (plane, padded) in src
             .chunks_exact(self.h * self.w)
             .zip(dst.chunks_exact_mut(self.padded()))
@@ -344,7 +344,7 @@ struct Grads {
 }
 
 /// The SIMD vector the kernels are written over.
-trait Vector: Copy {
+pub(super) trait Vector: Copy {
     const LANES: usize;
     /// All lanes zero.
     unsafe fn zero() -> Self;
@@ -506,7 +506,7 @@ unsafe fn weight_with<V: Vector, const W: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{
@@ -734,15 +734,15 @@ mod timing {
         for &(c, side) in &[
             (16, 32),
             (32, 16),
-            (16, 28),
-            (16, 14),
-            (32, 14),
             (32, 7),
             (64, 7),
             (64, 8),
-            (64, 16),
-            (64, 32),
+            (128, 2),
+            (128, 4),
             (128, 8),
+            (256, 4),
+            (256, 8),
+            (512, 4),
         ] {
             let s = ConvShape {
                 batch: 128,
@@ -757,13 +757,22 @@ mod timing {
             let x = test_values(128 * c * side * side, 1, -1.0, 1.0);
             let wt = test_values(c * c * 9, 2, -0.5, 0.5);
             let dy = test_values(128 * c * side * side, 3, -1.0, 1.0);
-            let f = best(|| drop(forward(&s, &x, &wt)));
-            let dx = best(|| drop(input_gradient(&s, &wt, &dy)));
-            let dw = best(|| drop(weight_gradient(&s, &x, &dy)));
+            if fits(&s) {
+                let f = best(|| drop(forward(&s, &x, &wt)));
+                let dx = best(|| drop(input_gradient(&s, &wt, &dy)));
+                let dw = best(|| drop(weight_gradient(&s, &x, &dy)));
+                eprintln!("   direct: f {f:.2} dx {dx:.2} dw {dw:.2}");
+            }
             let cf = best(|| drop(conv::forward(&s, &x, &wt)));
             let cb = best(|| drop(conv::backward(&s, &x, &wt, &dy, true)));
             let cbw = best(|| drop(conv::backward(&s, &x, &wt, &dy, false)));
-            if features().1 {
+            if crate::cpu_kernels::direct_wide::pays(&s) {
+                use crate::cpu_kernels::direct_wide;
+                let vf = best(|| drop(direct_wide::forward(&s, &x, &wt)));
+                let vdx = best(|| drop(direct_wide::input_gradient(&s, &wt, &dy)));
+                eprintln!("   wide direct: f {vf:.2} dx {vdx:.2}");
+            }
+            if features().1 && fits(&s) {
                 // AVX2's tiles forced on this CPU: what a CPU without AVX-512 would run.
                 let af = best(|| drop(forward_on(Isa::Avx2, &s, &x, &wt)));
                 let adw = best(|| drop(weight_gradient_on(Isa::Avx2, &s, &x, &dy)));
@@ -773,7 +782,7 @@ mod timing {
             let wdx = best(|| drop(winograd::input_gradient(&s, &wt, &dy)));
             let wdw = best(|| drop(winograd::weight_gradient(&s, &x, &dy)));
             eprintln!(
-                "{c}ch {side}px: direct f {f:.2} dx {dx:.2} dw {dw:.2} | im2col f {cf:.2} dw+dx {cb:.2} dw {cbw:.2} | winograd f {wf:.2} dx {wdx:.2} dw {wdw:.2}"
+                "{c}ch {side}px: im2col f {cf:.2} dw+dx {cb:.2} dw {cbw:.2} | winograd f {wf:.2} dx {wdx:.2} dw {wdw:.2}"
             );
         }
     }

@@ -26,6 +26,7 @@ mod batch_norm;
 mod conv;
 mod cross_entropy;
 mod direct;
+mod direct_wide;
 mod linear;
 mod matmul;
 mod winograd;

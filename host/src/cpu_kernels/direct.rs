@@ -135,9 +135,7 @@ pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
 }
 
 fn forward_on(isa: Isa, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let packed = pack(weight, s.c_out, s.c_in, isa.co_block(), |co, ci, t| {
-        (co * s.c_in + ci) * TAPS + t
-    });
+    let packed = pack_forward(s, weight, isa.co_block());
     convolve(isa, s.batch, s.c_in, s.c_out, s.h, s.w, x, &packed)
 }
 
@@ -147,18 +145,30 @@ pub fn input_gradient(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 fn input_gradient_on(isa: Isa, s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    // dx[ci] = Σ_co Σ_t w[co, ci, 8 − t] · shift_t(dy[co]): a convolution from c_out channels
-    // to c_in with each kernel turned 180°.
-    let packed = pack(weight, s.c_in, s.c_out, isa.co_block(), |ci, co, t| {
-        (co * s.c_in + ci) * TAPS + TAPS - 1 - t
-    });
+    let packed = pack_input_gradient(s, weight, isa.co_block());
     convolve(isa, s.batch, s.c_out, s.c_in, s.h, s.w, dy, &packed)
+}
+
+/// `s`'s kernels packed (see [`pack`]) for its forward pass, in tiles of `co` outputs.
+pub(super) fn pack_forward(s: &ConvShape, weight: &[f32], co: usize) -> Vec<f32> {
+    pack(weight, s.c_out, s.c_in, co, |o, i, t| {
+        (o * s.c_in + i) * TAPS + t
+    })
+}
+
+/// `s`'s kernels packed for its input gradient: `dx[ci] = Σ_co Σ_t w[co, ci, 8 − t] ·
+/// shift_t(dy[co])`, a convolution from `c_out` channels to `c_in` with each kernel turned
+/// 180°.
+pub(super) fn pack_input_gradient(s: &ConvShape, weight: &[f32], co: usize) -> Vec<f32> {
+    pack(weight, s.c_in, s.c_out, co, |ci, co, t| {
+        (co * s.c_in + ci) * TAPS + TAPS - 1 - t
+    })
 }
 
 /// Kernels laid out for tiles of `co` output channels: `[blocks of co outputs][inputs][tap][co]`,
 /// the outputs past the last zero. `source(o, i, t)` is the index in `weight` of the value that
 /// output `o`, input `i` and tap `t` use.
-fn pack(
+pub(super) fn pack(
     weight: &[f32],
     outputs: usize,
     inputs: usize,
@@ -185,6 +195,11 @@ pub(super) struct Plane {
 }
 
 impl Plane {
+    /// The map of `s` (input and output: stride 1, padding 1).
+    pub(super) fn of(s: &ConvShape) -> Plane {
+        Plane { h: s.h, w: s.w }
+    }
+
     /// Width of the padded rows.
     pub(super) fn wp(self) -> usize {
         self.w + 2
@@ -218,8 +233,7 @@ impl Plane {
     }
 }
 
-/// `x` `[batch, inputs, h, w]` convolved with `packed` (see [`pack`]) → `[batch, outputs, h, w]`,
-/// one image per task.
+/// `x` `[batch, inputs, h, w]` convolved with `packed` (see [`pack`]) → `[batch, outputs, h, w]`.
 #[allow(clippy::too_many_arguments)]
 fn convolve(
     isa: Isa,
@@ -232,8 +246,30 @@ fn convolve(
     packed: &[f32],
 ) -> Vec<f32> {
     let p = Plane { h, w };
-    let (in_image, out_image) = (inputs * h * w, outputs * h * w);
     // SAFETY: `image` writes every output of its image (each channel's whole plane).
+    unsafe {
+        per_image(batch, inputs, outputs, p, x, |padded, out| {
+            image(isa, p, inputs, outputs, padded, packed, out)
+        })
+    }
+}
+
+/// `[batch, outputs, h, w]` from `x` `[batch, inputs, h, w]`, one image a task: each image
+/// padded into the task's scratch (`inputs` padded planes, then [`SLACK`] zeros), and
+/// `image(padded, out)` writing that image's outputs.
+///
+/// # Safety
+/// `image` must write every value of `out`.
+pub(super) unsafe fn per_image(
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+    p: Plane,
+    x: &[f32],
+    image: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let (in_image, out_image) = (inputs * p.h * p.w, outputs * p.h * p.w);
+    // SAFETY: passed on to the caller: `image` writes all of its image's outputs.
     unsafe {
         super::par_new_written(
             batch * out_image,
@@ -241,7 +277,7 @@ fn convolve(
             || vec![0.0f32; inputs * p.padded() + SLACK],
             |padded, n, out| {
                 p.pad_into(&x[n * in_image..][..in_image], padded);
-                image(isa, p, inputs, outputs, padded, packed, out);
+                image(padded, out);
             },
         )
     }
@@ -282,7 +318,7 @@ pub fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (p, lanes) = (Plane { h: s.h, w: s.w }, isa.lanes());
+    let (p, lanes) = (Plane::of(s), isa.lanes());
     let (in_image, out_image) = (s.c_in * s.h * s.w, s.c_out * s.h * s.w);
     let len = s.c_out * s.c_in * TAPS;
     // Images per pass: their padded inputs and output gradients stay in the L2 cache while

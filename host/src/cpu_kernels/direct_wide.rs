@@ -19,7 +19,7 @@
 use std::mem::MaybeUninit;
 
 use super::conv::ConvShape;
-use super::direct::{Plane, TAPS, Vector, features};
+use super::direct::{Plane, TAPS, Vector, features, pack_forward, pack_input_gradient, per_image};
 
 /// Vectors of output channels per tile (16 lanes each).
 const CO_VECS: usize = 4;
@@ -50,58 +50,18 @@ pub fn pays(s: &ConvShape) -> bool {
 
 /// Forward: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3, 3]` → `[batch, c_out, h, w]`.
 pub fn forward(s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    let packed = pack(weight, s.c_out, s.c_in, |co, ci, t| {
-        (co * s.c_in + ci) * TAPS + t
-    });
-    convolve(
-        s.batch,
-        s.c_in,
-        s.c_out,
-        Plane { h: s.h, w: s.w },
-        x,
-        &packed,
-    )
+    let packed = pack_forward(s, weight, CO_TILE);
+    convolve(s.batch, s.c_in, s.c_out, Plane::of(s), x, &packed)
 }
 
 /// The input gradient of [`forward`] for `dy` `[batch, c_out, h, w]` → `[batch, c_in, h, w]`.
 pub fn input_gradient(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
-    let packed = pack(weight, s.c_in, s.c_out, |ci, co, t| {
-        (co * s.c_in + ci) * TAPS + TAPS - 1 - t
-    });
-    convolve(
-        s.batch,
-        s.c_out,
-        s.c_in,
-        Plane { h: s.h, w: s.w },
-        dy,
-        &packed,
-    )
+    let packed = pack_input_gradient(s, weight, CO_TILE);
+    convolve(s.batch, s.c_out, s.c_in, Plane::of(s), dy, &packed)
 }
 
-/// Kernels laid out for the tiles: `[blocks of CO_TILE outputs][inputs][tap][CO_TILE]`, the
-/// outputs past the last zero. `source(o, i, t)` is the index in `weight` of the value that
-/// output `o`, input `i` and tap `t` use.
-fn pack(
-    weight: &[f32],
-    outputs: usize,
-    inputs: usize,
-    source: impl Fn(usize, usize, usize) -> usize,
-) -> Vec<f32> {
-    let mut packed = vec![0.0f32; outputs.div_ceil(CO_TILE) * inputs * TAPS * CO_TILE];
-    for o in 0..outputs {
-        let (block, lane) = (o / CO_TILE, o % CO_TILE);
-        for i in 0..inputs {
-            for t in 0..TAPS {
-                packed[((block * inputs + i) * TAPS + t) * CO_TILE + lane] =
-                    weight[source(o, i, t)];
-            }
-        }
-    }
-    packed
-}
-
-/// `x` `[batch, inputs, h, w]` convolved with `packed` → `[batch, outputs, h, w]`, one image a
-/// task.
+/// `x` `[batch, inputs, h, w]` convolved with `packed` (`direct::pack`'s layout in tiles of
+/// `CO_TILE`) → `[batch, outputs, h, w]`.
 fn convolve(
     batch: usize,
     inputs: usize,
@@ -110,19 +70,12 @@ fn convolve(
     x: &[f32],
     packed: &[f32],
 ) -> Vec<f32> {
-    let (in_image, out_image) = (inputs * p.h * p.w, outputs * p.h * p.w);
     assert!(packed.len() >= outputs.div_ceil(CO_TILE) * inputs * TAPS * CO_TILE);
     // SAFETY: `image` writes every output of its image (each channel's whole plane).
     unsafe {
-        super::par_new_written(
-            batch * out_image,
-            out_image,
-            || vec![0.0f32; inputs * p.padded()],
-            |padded, n, out| {
-                p.pad_into(&x[n * in_image..][..in_image], padded);
-                image(p, inputs, outputs, padded, packed, out);
-            },
-        )
+        per_image(batch, inputs, outputs, p, x, |padded, out| {
+            image(p, inputs, outputs, padded, packed, out)
+        })
     }
 }
 

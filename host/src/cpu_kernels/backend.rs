@@ -413,6 +413,8 @@ impl Backward<Flex, 2> for GemmConvBackward {
                 let dx_elsewhere = want_dx && path != ConvPath::Im2col;
                 let (dw, dx) = if direct::pays(&s) {
                     (direct::weight_gradient(&s, x, dy), None)
+                } else if direct_wide::pays_weight(&s) {
+                    (direct_wide::weight_gradient(&s, x, dy), None)
                 } else if winograd::pays_weight(&s) {
                     (winograd::weight_gradient(&s, x, dy), None)
                 } else {

@@ -806,7 +806,8 @@ mod timing {
                 use crate::cpu_kernels::direct_wide;
                 let vf = best(|| drop(direct_wide::forward(&s, &x, &wt)));
                 let vdx = best(|| drop(direct_wide::input_gradient(&s, &wt, &dy)));
-                eprintln!("   wide direct: f {vf:.2} dx {vdx:.2}");
+                let vdw = best(|| drop(direct_wide::weight_gradient(&s, &x, &dy)));
+                eprintln!("   wide direct: f {vf:.2} dx {vdx:.2} dw {vdw:.2}");
             }
             if features().1 && fits(&s) {
                 // AVX2's tiles forced on this CPU: what a CPU without AVX-512 would run.

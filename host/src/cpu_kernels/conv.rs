@@ -591,10 +591,7 @@ pub fn backward(
             dw_t
         })
         .collect();
-    let mut dw_t = vec![0.0f32; taps * c_out];
-    for part in &partials {
-        dw_t.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
+    let dw_t = super::sum_in_order(&partials, taps * c_out);
     let mut dw = vec![0.0f32; c_out * taps];
     transpose_into(&dw_t, taps, c_out, &mut dw);
     (dw, dx)

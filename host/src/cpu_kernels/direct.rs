@@ -359,10 +359,7 @@ fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32
             sums.chunks_exact(lanes).map(|l| l.iter().sum()).collect()
         })
         .collect();
-    let mut dw = vec![0.0f32; len];
-    for part in &partials {
-        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
+    let dw = super::sum_in_order(&partials, len);
     dw
 }
 

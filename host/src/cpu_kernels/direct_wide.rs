@@ -241,10 +241,7 @@ pub fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
         })
         .collect();
     // Added in order, then laid out `[c_out][c_in][tap]`.
-    let mut total = vec![0.0f32; len];
-    for part in &partials {
-        total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
+    let total = super::sum_in_order(&partials, len);
     let mut dw = vec![0.0f32; s.c_out * s.c_in * TAPS];
     for co in 0..s.c_out {
         let (block, lane) = (co / CO_TILE, co % CO_TILE);

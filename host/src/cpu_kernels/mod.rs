@@ -194,6 +194,16 @@ fn split_batch(batch: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The runs' partial sums (each `len` values, one per run of [`split_batch`]) added in run
+/// order: the same bits on every call.
+fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut total = vec![0.0f32; len];
+    for part in partials {
+        total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
 /// `buf` as `len` values: a scratch buffer a thread reuses, grown when needed (what it held
 /// before stays, so callers overwrite or clear what they read).
 fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {

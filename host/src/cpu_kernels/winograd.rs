@@ -502,10 +502,7 @@ pub fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
             du
         })
         .collect();
-    let mut du = vec![0.0f32; 16 * pairs];
-    for part in &partials {
-        du.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-    }
+    let du = super::sum_in_order(&partials, 16 * pairs);
     // dW = Gᵀ dU G, Gᵀ = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1].
     let mut dw = vec![0.0f32; pairs * 9];
     let g_t = |r: [f32; 4]| {

@@ -359,8 +359,7 @@ fn weight_gradient_on(isa: Isa, s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32
             sums.chunks_exact(lanes).map(|l| l.iter().sum()).collect()
         })
         .collect();
-    let dw = super::sum_in_order(&partials, len);
-    dw
+    super::sum_in_order(&partials, len)
 }
 
 /// Values (inputs, padded, and output gradients) a pass of the weight gradient walks: 512

@@ -80,7 +80,7 @@ impl Isa {
 pub(super) fn features() -> (bool, bool) {
     static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
     *FEATURES.get_or_init(|| {
-        if std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "im2col" || v == "no-direct") {
+        if matches!(super::kernels_setting(), "im2col" | "no-direct") {
             return (false, false);
         }
         #[cfg(target_arch = "x86_64")]

@@ -82,6 +82,10 @@ fn convolve(
     packed: &[f32],
 ) -> Vec<f32> {
     assert!(packed.len() >= outputs.div_ceil(CO_TILE) * inputs * TAPS * CO_TILE);
+    assert!(
+        features().0,
+        "the wide direct kernel needs AVX-512: `pays` checks this"
+    );
     // SAFETY: `image` writes every output of its image (each channel's whole plane).
     unsafe {
         per_image(batch, inputs, outputs, p, x, |padded, out| {
@@ -101,13 +105,9 @@ fn image(
 ) {
     assert!(padded.len() >= inputs * p.padded());
     assert!(out.len() >= outputs * p.h * p.w);
-    assert!(
-        features().0,
-        "the wide direct kernel needs AVX-512: `pays` checks this"
-    );
     let out = out.as_mut_ptr().cast::<f32>();
-    // SAFETY: AVX-512 was detected at run time, and the asserts here and in `convolve` bound
-    // every read and write of `image_with`.
+    // SAFETY: AVX-512 was detected at run time (asserted in `convolve`), and the asserts here
+    // and there bound every read and write of `image_with`.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         x86::image_avx512(p, inputs, outputs, padded, packed, out)

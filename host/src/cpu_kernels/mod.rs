@@ -43,6 +43,14 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 pub use backend::CpuKernels;
 
+/// `SSLHOST_CPU_KERNELS`, read once, for A/B runs: `burn` (burn-flex's own ops), `im2col` (our
+/// kernels with im2col + GEMM only), `no-direct` (ours without the direct convolutions); unset,
+/// each of ours where it pays.
+fn kernels_setting() -> &'static str {
+    static SETTING: OnceLock<String> = OnceLock::new();
+    SETTING.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").unwrap_or_default())
+}
+
 /// Whether `x` takes these kernels: f32 on the CPU, unless `SSLHOST_CPU_KERNELS=burn`.
 fn ours<const D: usize>(x: &Tensor<D>) -> bool {
     ours_on(x.dtype(), &x.device())
@@ -50,10 +58,7 @@ fn ours<const D: usize>(x: &Tensor<D>) -> bool {
 
 /// Whether tensors of `dtype` on `device` take these kernels.
 fn ours_on(dtype: DType, device: &Device) -> bool {
-    static BURN: OnceLock<bool> = OnceLock::new();
-    let burn =
-        *BURN.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "burn"));
-    dtype == DType::F32 && *device == Device::flex() && !burn
+    dtype == DType::F32 && *device == Device::flex() && kernels_setting() != "burn"
 }
 
 /// `[N, C, H, W]` with weight `[C_out, C, k, k]` → `[N, C_out, H', W']`: no bias, square

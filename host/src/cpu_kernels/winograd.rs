@@ -63,8 +63,7 @@ fn channels(s: &ConvShape) -> usize {
 
 /// Winograd is on unless `SSLHOST_CPU_KERNELS=im2col`.
 fn enabled() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*OFF.get_or_init(|| std::env::var("SSLHOST_CPU_KERNELS").is_ok_and(|v| v == "im2col"))
+    super::kernels_setting() != "im2col"
 }
 
 /// Tiles along each axis.

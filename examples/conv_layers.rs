@@ -9,8 +9,10 @@
 //!     SSLHOST_CPU_KERNELS=no-direct cargo run --release --example conv_layers
 //!     SSLHOST_CPU_KERNELS=im2col cargo run --release --example conv_layers -- 128 16,32,64,128
 //!
-//! Arguments: batch (default 128, the two views of a batch of 64) and the stage widths
-//! (default 16,32,64,128). Each row is the best of 5 after a warm-up, in milliseconds.
+//! Arguments: batch (default 128, the two views of a batch of 64), the stage widths (default
+//! 16,32,64,128), the image side (default 32) and the stem's stride (default 1). The CPU
+//! preset of the recipes is `128 16,32,64,128 28 2`. Each row is the best of 5 after a
+//! warm-up, in milliseconds.
 
 use std::time::Instant;
 
@@ -36,6 +38,8 @@ fn main() {
         .next()
         .map(|s| s.split(',').filter_map(|w| w.parse().ok()).collect())
         .unwrap_or_else(|| vec![16, 32, 64, 128]);
+    let image: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let stem_stride: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     // As the binary does: freed memory stays in the process (no page faults a call).
     sslhost::allocator::keep_freed_memory();
     let device = sslhost::device::cpu();
@@ -49,14 +53,20 @@ fn main() {
     // (c_in, c_out, input side, kernel, stride): the CIFAR stem; each stage's 3x3 block
     // convolution at its map size; from the second stage on, the strided 3x3 and the 1x1
     // shortcut that halve the map.
-    let mut layers = vec![(3, widths[0], 32, 3, 1)];
+    let halved = |side: usize| (side - 1) / 2 + 1;
+    let mut layers = vec![(3, widths[0], image, 3, stem_stride)];
+    let mut side = if stem_stride == 2 {
+        halved(image)
+    } else {
+        image
+    };
     for (i, &w) in widths.iter().enumerate() {
         if i > 0 {
-            let (before, side) = (widths[i - 1], 32 >> (i - 1));
-            layers.push((before, w, side, 3, 2));
-            layers.push((before, w, side, 1, 2));
+            layers.push((widths[i - 1], w, side, 3, 2));
+            layers.push((widths[i - 1], w, side, 1, 2));
+            side = halved(side);
         }
-        layers.push((w, w, 32 >> i, 3, 1));
+        layers.push((w, w, side, 3, 1));
     }
     for (c_in, c_out, side, k, stride) in layers {
         let pad = k / 2;

@@ -4,6 +4,7 @@ warm-up, in the same table format, so the two print side by side:
 
     cargo run --release --example conv_layers
     python3 scripts/torch_conv_layers.py --threads 2
+    python3 scripts/torch_conv_layers.py --threads 2 --image 28 --stem-stride 2   # the CPU preset
 
 Channels-last as the reference step uses on the CPU (--memory-format contiguous for NCHW).
 """
@@ -28,18 +29,21 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--widths", default="16,32,64,128")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--image", type=int, default=32)
+    ap.add_argument("--stem-stride", type=int, default=1)
     ap.add_argument("--memory-format", default="channels_last", choices=["channels_last", "contiguous"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     widths = [int(w) for w in args.widths.split(",")]
     # (c_in, c_out, input side, kernel, stride), as in examples/conv_layers.rs.
-    layers = [(3, widths[0], 32, 3, 1)]
+    layers = [(3, widths[0], args.image, 3, args.stem_stride)]
+    side = (args.image - 1) // 2 + 1 if args.stem_stride == 2 else args.image
     for i, w in enumerate(widths):
         if i > 0:
-            before, side = widths[i - 1], 32 >> (i - 1)
-            layers += [(before, w, side, 3, 2), (before, w, side, 1, 2)]
-        layers.append((w, w, 32 >> i, 3, 1))
+            layers += [(widths[i - 1], w, side, 3, 2), (widths[i - 1], w, side, 1, 2)]
+            side = (side - 1) // 2 + 1
+        layers.append((w, w, side, 3, 1))
     print(f"batch {args.batch}, torch {torch.__version__}, {args.memory_format}, {torch.get_num_threads()} threads")
     print("| layer | forward ms | forward + backward ms | GFLOP/s (f+b) |")
     print("|---|---:|---:|---:|")

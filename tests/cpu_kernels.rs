@@ -32,8 +32,10 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
 /// 16x16, which read their taps differently; Winograd's: 64 channels at 16x16 for all three
 /// passes, at 8x8 and an odd 9x9 side for the forward and input gradient, 256 at 4x4; the
 /// direct kernels': up to 32 channels, and a 3-channel stem into 64, at 16x16 and 32x32; the
-/// channels-in-lanes direct kernel's: 64 channels at 8x8 and 256 at 4x4),
-/// strided 3x3, 1x1 shortcuts, and late 2x2 stages where a group holds many images.
+/// channels-in-lanes direct kernel's: 64 channels at 8x8 and 256 at 4x4, 32 at 4x4 in its
+/// narrow tile, and the strided 3x3s that open a stage, 32 → 64 (its weight gradient too) and
+/// 64 → 128, their input gradients by im2col alone), strided 3x3, 1x1 shortcuts, and late 2x2
+/// stages where a group holds many images.
 const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (4, 1, 28, 8, 3, 2, 1),
     (3, 3, 16, 8, 7, 2, 3),
@@ -49,6 +51,9 @@ const CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 256, 4, 256, 3, 1, 1),
     (2, 16, 32, 16, 3, 1, 1),
     (3, 3, 32, 64, 3, 1, 1),
+    (3, 32, 4, 32, 3, 1, 1),
+    (2, 32, 14, 64, 3, 2, 1),
+    (2, 64, 8, 128, 3, 2, 1),
 ];
 
 #[test]

@@ -166,13 +166,13 @@ fn dims(t: &FlexTensor) -> Vec<usize> {
     t.shape().iter().copied().collect()
 }
 
-/// Which kernel computes a convolution's forward pass and its input gradient (the same
-/// convolution with the kernels turned 180°): the first that pays, in this order.
+/// Which kernel computes each pass of a convolution: the first that pays for that pass, in
+/// this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConvPath {
     /// Up to 32 channels, and stems: pixels in the vector lanes (`direct.rs`).
     Direct,
-    /// Small maps with 64 channels or more: channels in the lanes (`direct_wide.rs`).
+    /// Small maps: channels in the lanes (`direct_wide.rs`).
     DirectWide,
     /// Wider 3x3 layers on larger maps (`winograd.rs`).
     Winograd,
@@ -181,16 +181,36 @@ enum ConvPath {
 }
 
 impl ConvPath {
-    fn of(s: &ConvShape) -> ConvPath {
+    /// The first path whose test passes for `s`.
+    fn first(
+        s: &ConvShape,
+        direct_wide: fn(&ConvShape) -> bool,
+        winograd: fn(&ConvShape) -> bool,
+    ) -> ConvPath {
         if direct::pays(s) {
             ConvPath::Direct
-        } else if direct_wide::pays(s) {
+        } else if direct_wide(s) {
             ConvPath::DirectWide
-        } else if winograd::pays(s) {
+        } else if winograd(s) {
             ConvPath::Winograd
         } else {
             ConvPath::Im2col
         }
+    }
+
+    /// The forward pass's kernel.
+    fn forward(s: &ConvShape) -> ConvPath {
+        ConvPath::first(s, direct_wide::pays_forward, winograd::pays)
+    }
+
+    /// The input gradient's (the same convolution with the kernels turned 180°).
+    fn input_gradient(s: &ConvShape) -> ConvPath {
+        ConvPath::first(s, direct_wide::pays_input_gradient, winograd::pays)
+    }
+
+    /// The weight gradient's.
+    fn weight_gradient(s: &ConvShape) -> ConvPath {
+        ConvPath::first(s, direct_wide::pays_weight, winograd::pays_weight)
     }
 }
 
@@ -201,7 +221,7 @@ impl CpuKernels for Flex {
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
-        let out = match ConvPath::of(&s) {
+        let out = match ConvPath::forward(&s) {
             ConvPath::Direct => direct::forward(&s, x, weight),
             ConvPath::DirectWide => direct_wide::forward(&s, x, weight),
             ConvPath::Winograd => winograd::forward(&s, x, weight),
@@ -407,25 +427,25 @@ impl Backward<Flex, 2> for GemmConvBackward {
                     weight.storage::<f32>(),
                     dy.storage::<f32>(),
                 );
-                // Each gradient by the direct kernels or Winograd where they pay, else by
-                // im2col + GEMM (which computes both in one pass over the batch).
-                let path = ConvPath::of(&s);
-                let dx_elsewhere = want_dx && path != ConvPath::Im2col;
-                let (dw, dx) = if direct::pays(&s) {
-                    (direct::weight_gradient(&s, x, dy), None)
-                } else if direct_wide::pays_weight(&s) {
-                    (direct_wide::weight_gradient(&s, x, dy), None)
-                } else if winograd::pays_weight(&s) {
-                    (winograd::weight_gradient(&s, x, dy), None)
-                } else {
-                    conv::backward(&s, x, weight, dy, want_dx && !dx_elsewhere)
+                // Each gradient by its own path; im2col + GEMM computes both in one pass over
+                // the batch when it takes both.
+                let dx_path = want_dx.then(|| ConvPath::input_gradient(&s));
+                let (dw, dx) = match ConvPath::weight_gradient(&s) {
+                    ConvPath::Direct => (direct::weight_gradient(&s, x, dy), None),
+                    ConvPath::DirectWide => (direct_wide::weight_gradient(&s, x, dy), None),
+                    ConvPath::Winograd => (winograd::weight_gradient(&s, x, dy), None),
+                    ConvPath::Im2col => {
+                        let both = dx_path == Some(ConvPath::Im2col);
+                        conv::backward(&s, x, weight, dy, both)
+                    }
                 };
-                let dx = match path {
-                    _ if !dx_elsewhere => dx,
-                    ConvPath::Direct => Some(direct::input_gradient(&s, weight, dy)),
-                    ConvPath::DirectWide => Some(direct_wide::input_gradient(&s, weight, dy)),
-                    ConvPath::Winograd => Some(winograd::input_gradient(&s, weight, dy)),
-                    ConvPath::Im2col => dx,
+                let dx = match dx_path {
+                    _ if dx.is_some() => dx,
+                    None => None,
+                    Some(ConvPath::Direct) => Some(direct::input_gradient(&s, weight, dy)),
+                    Some(ConvPath::DirectWide) => Some(direct_wide::input_gradient(&s, weight, dy)),
+                    Some(ConvPath::Winograd) => Some(winograd::input_gradient(&s, weight, dy)),
+                    Some(ConvPath::Im2col) => Some(conv::input_gradient(&s, weight, dy)),
                 };
                 (
                     flex(dw, [s.c_out, s.c_in, s.k, s.k]),

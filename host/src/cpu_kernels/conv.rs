@@ -505,6 +505,26 @@ pub fn backward(
     dy: &[f32],
     want_dx: bool,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (dw, dx) = gradients(s, Some(x), weight, dy, want_dx);
+    (dw.expect("asked with the input"), dx)
+}
+
+/// The input gradient of [`forward`] alone (for a layer whose weight gradient another kernel
+/// computes): [`backward`]'s column GEMM and col2im, without the weight gradient's im2col.
+pub fn input_gradient(s: &ConvShape, weight: &[f32], dy: &[f32]) -> Vec<f32> {
+    gradients(s, None, weight, dy, true)
+        .1
+        .expect("asked for the input gradient")
+}
+
+/// [`backward`], with the weight gradient computed only when the input `x` is given.
+fn gradients(
+    s: &ConvShape,
+    x: Option<&[f32]>,
+    weight: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (taps, plane, c_out) = (s.taps(), s.out_plane(), s.c_out);
     let (in_image, out_image) = (s.c_in * s.in_plane(), c_out * plane);
     let nb = s.images_per_group();
@@ -528,35 +548,37 @@ pub fn backward(
             for lo in (first..end).step_by(nb) {
                 let nb = nb.min(end - lo);
                 let cols = nb * plane;
-                let x = &x[lo * in_image..][..nb * in_image];
                 let dy = &dy[lo * out_image..][..nb * out_image];
                 let col = resize(&mut scratch.col, taps * cols);
-                im2col(s, &reader, x, nb, col, &mut scratch.padded);
-                // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the summed
-                // axis contiguously, so one must be read across it: with dY transposed to
-                // [cols, co] (small) and the result kept as dWᵀ [t, co], that one is the
-                // column matrix, which the GEMM packs six rows at a time.
-                let dy_t = resize(&mut scratch.dy_t, cols * c_out);
-                for (img, dy) in dy.chunks_exact(out_image).enumerate() {
-                    transpose_into(
-                        dy,
+                if let Some(x) = x {
+                    let x = &x[lo * in_image..][..nb * in_image];
+                    im2col(s, &reader, x, nb, col, &mut scratch.padded);
+                    // dW[co, t] += Σ_cols dY[co, col] · col[t, col]. Both operands hold the
+                    // summed axis contiguously, so one must be read across it: with dY
+                    // transposed to [cols, co] (small) and the result kept as dWᵀ [t, co],
+                    // that one is the column matrix, which the GEMM packs six rows at a time.
+                    let dy_t = resize(&mut scratch.dy_t, cols * c_out);
+                    for (img, dy) in dy.chunks_exact(out_image).enumerate() {
+                        transpose_into(
+                            dy,
+                            c_out,
+                            plane,
+                            &mut dy_t[img * plane * c_out..][..plane * c_out],
+                        );
+                    }
+                    gemm(
                         c_out,
-                        plane,
-                        &mut dy_t[img * plane * c_out..][..plane * c_out],
+                        taps,
+                        cols,
+                        (&mut dw_t, (1, c_out)),
+                        dy_t,
+                        (1, c_out),
+                        col,
+                        (1, cols),
+                        true,
+                        false,
                     );
                 }
-                gemm(
-                    c_out,
-                    taps,
-                    cols,
-                    (&mut dw_t, (1, c_out)),
-                    dy_t,
-                    (1, c_out),
-                    col,
-                    (1, cols),
-                    true,
-                    false,
-                );
                 if let Some(dx) = dx.as_deref_mut() {
                     let dy_rows: &[f32] = if nb == 1 {
                         dy
@@ -591,9 +613,12 @@ pub fn backward(
             dw_t
         })
         .collect();
-    let dw_t = super::sum_in_order(&partials, taps * c_out);
-    let mut dw = vec![0.0f32; c_out * taps];
-    transpose_into(&dw_t, taps, c_out, &mut dw);
+    let dw = x.map(|_| {
+        let dw_t = super::sum_in_order(&partials, taps * c_out);
+        let mut dw = vec![0.0f32; c_out * taps];
+        transpose_into(&dw_t, taps, c_out, &mut dw);
+        dw
+    });
     (dw, dx)
 }
 
@@ -739,6 +764,7 @@ mod tests {
             let (dw_only, none) = backward(&s, &x, &w, &dy, false);
             assert!(none.is_none());
             assert_eq!(dw_only, dw);
+            assert_eq!(input_gradient(&s, &w, &dy), dx, "dx alone");
         }
     }
 }

@@ -248,15 +248,15 @@ fn convolve(
     let p = Plane { h, w };
     // SAFETY: `image` writes every output of its image (each channel's whole plane).
     unsafe {
-        per_image(batch, inputs, outputs, p, x, |padded, out| {
+        per_image(batch, inputs, outputs, p, h * w, x, |padded, out| {
             image(isa, p, inputs, outputs, padded, packed, out)
         })
     }
 }
 
-/// `[batch, outputs, h, w]` from `x` `[batch, inputs, h, w]`, one image a task: each image
-/// padded into the task's scratch (`inputs` padded planes, then [`SLACK`] zeros), and
-/// `image(padded, out)` writing that image's outputs.
+/// `[batch, outputs, out_plane]` from `x` `[batch, inputs, h, w]` (the map of `p`), one image
+/// a task: each image padded into the task's scratch (`inputs` padded planes, then [`SLACK`]
+/// zeros), and `image(padded, out)` writing that image's outputs.
 ///
 /// # Safety
 /// `image` must write every value of `out`.
@@ -265,10 +265,11 @@ pub(super) unsafe fn per_image(
     inputs: usize,
     outputs: usize,
     p: Plane,
+    out_plane: usize,
     x: &[f32],
     image: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
-    let (in_image, out_image) = (inputs * p.h * p.w, outputs * p.h * p.w);
+    let (in_image, out_image) = (inputs * p.h * p.w, outputs * out_plane);
     // SAFETY: passed on to the caller: `image` writes all of its image's outputs.
     unsafe {
         super::par_new_written(
@@ -798,7 +799,7 @@ mod timing {
             let cf = best(|| drop(conv::forward(&s, &x, &wt)));
             let cb = best(|| drop(conv::backward(&s, &x, &wt, &dy, true)));
             let cbw = best(|| drop(conv::backward(&s, &x, &wt, &dy, false)));
-            if crate::cpu_kernels::direct_wide::pays(&s) {
+            if crate::cpu_kernels::direct_wide::pays_forward(&s) {
                 use crate::cpu_kernels::direct_wide;
                 let vf = best(|| drop(direct_wide::forward(&s, &x, &wt)));
                 let vdx = best(|| drop(direct_wide::input_gradient(&s, &wt, &dy)));

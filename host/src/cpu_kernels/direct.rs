@@ -745,20 +745,7 @@ mod tests {
 ///     RAYON_NUM_THREADS=2 cargo test --release --lib direct::timing -- --ignored --nocapture
 mod timing {
     use super::*;
-    use crate::cpu_kernels::{conv, test_values, winograd};
-    use std::time::Instant;
-
-    /// The best of five timings of `f` after one warm-up call, in milliseconds.
-    fn best(mut f: impl FnMut()) -> f64 {
-        f();
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
+    use crate::cpu_kernels::{best_ms as best, conv, test_values, winograd};
 
     #[test]
     #[ignore = "a measurement: run with --ignored --nocapture"]

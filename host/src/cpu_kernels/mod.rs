@@ -261,6 +261,20 @@ unsafe fn par_new_written<S>(
     out
 }
 
+/// The best of five timings of `f` after one warm-up call, in milliseconds, for the kernels'
+/// timing tests.
+#[cfg(test)]
+fn best_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Deterministic, evenly spread values in `[lo, hi)` for the kernels' unit tests.
 #[cfg(test)]
 fn test_values(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {

@@ -38,8 +38,13 @@ fn main() {
         .next()
         .map(|s| s.split(',').filter_map(|w| w.parse().ok()).collect())
         .unwrap_or_else(|| vec![16, 32, 64, 128]);
-    let image: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
-    let stem_stride: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let mut positive = |default: usize| {
+        args.next()
+            .and_then(|s| s.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(default)
+    };
+    let (image, stem_stride) = (positive(32), positive(1));
     // As the binary does: freed memory stays in the process (no page faults a call).
     sslhost::allocator::keep_freed_memory();
     let device = sslhost::device::cpu();
@@ -53,18 +58,15 @@ fn main() {
     // (c_in, c_out, input side, kernel, stride): the CIFAR stem; each stage's 3x3 block
     // convolution at its map size; from the second stage on, the strided 3x3 and the 1x1
     // shortcut that halve the map.
-    let halved = |side: usize| (side - 1) / 2 + 1;
+    // A 3x3 with padding 1 at `stride` maps a side to `(side − 1) / stride + 1`.
+    let after = |side: usize, stride: usize| (side - 1) / stride + 1;
     let mut layers = vec![(3, widths[0], image, 3, stem_stride)];
-    let mut side = if stem_stride == 2 {
-        halved(image)
-    } else {
-        image
-    };
+    let mut side = after(image, stem_stride);
     for (i, &w) in widths.iter().enumerate() {
         if i > 0 {
             layers.push((widths[i - 1], w, side, 3, 2));
             layers.push((widths[i - 1], w, side, 1, 2));
-            side = halved(side);
+            side = after(side, 2);
         }
         layers.push((w, w, side, 3, 1));
     }

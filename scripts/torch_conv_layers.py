@@ -38,7 +38,7 @@ def main():
     widths = [int(w) for w in args.widths.split(",")]
     # (c_in, c_out, input side, kernel, stride), as in examples/conv_layers.rs.
     layers = [(3, widths[0], args.image, 3, args.stem_stride)]
-    side = (args.image - 1) // 2 + 1 if args.stem_stride == 2 else args.image
+    side = (args.image - 1) // args.stem_stride + 1  # a 3x3 with padding 1 at that stride
     for i, w in enumerate(widths):
         if i > 0:
             layers += [(widths[i - 1], w, side, 3, 2), (widths[i - 1], w, side, 1, 2)]

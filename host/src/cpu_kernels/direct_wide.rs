@@ -103,7 +103,7 @@ fn fits(s: &ConvShape) -> bool {
     s.k == 3 && s.pad == 1 && matches!(s.stride, 1 | 2) && s.h > 0 && s.w > 0 && features().0
 }
 
-/// Whether a stride-1 layer of `s`'s channels on maps of `plane` pixels beats im2col + GEMM
+/// Whether a stride-1 layer of `s`'s channels and map beats im2col + GEMM
 /// and Winograd with these kernels (forward and input gradient alike: the two swap the
 /// channel counts). Measured per layer of a batch of 128 (2 cores, ms, forward, this / im2col
 /// / Winograd; `direct::timing` and `timing` below):
@@ -114,8 +114,8 @@ fn fits(s: &ConvShape) -> bool {
 /// - narrow tile (fewer than 64 channels): only 4x4 and smaller maps (32 channels at 4x4:
 ///   0.28–0.35 / 0.33–0.43; at 7x7 1.00–1.14 / 1.02–1.13 and at 8x8 1.05–1.26 / 1.00–1.14,
 ///   where im2col keeps them).
-fn pays_stride_1(s: &ConvShape, plane: usize) -> bool {
-    let (narrow, wide) = (s.c_in.min(s.c_out), s.c_in.max(s.c_out));
+fn pays_stride_1(s: &ConvShape) -> bool {
+    let (narrow, wide, plane) = (s.c_in.min(s.c_out), s.c_in.max(s.c_out), s.h * s.w);
     narrow >= 17
         && (narrow >= 64 || plane <= 16)
         && ((plane <= 64 && wide <= 64) || (plane <= 16 && wide <= 256))
@@ -132,13 +132,13 @@ pub fn pays_forward(s: &ConvShape) -> bool {
     fits(s)
         && Tile::for_outputs(s.c_out).is_some()
         && s.c_in >= 16
-        && (s.stride == 2 || pays_stride_1(s, s.h * s.w))
+        && (s.stride == 2 || pays_stride_1(s))
 }
 
 /// Whether the input gradient of `s` takes this kernel (stride 1 only: a strided layer's
 /// input gradient scatters, which im2col's col2im does).
 pub fn pays_input_gradient(s: &ConvShape) -> bool {
-    fits(s) && s.stride == 1 && pays_stride_1(s, s.h * s.w)
+    fits(s) && s.stride == 1 && pays_stride_1(s)
 }
 
 /// Whether the weight gradient of `s` takes this kernel. At stride 1 up to 128 channels (ms,

@@ -23,6 +23,11 @@
 #   scripts/gpu_session.sh quality   # there: BYOL's CUDA recipe for EPOCHS epochs (default 2),
 #                                    # in PRECISIONS (default "bf16 f32"), then the PyTorch
 #                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
+#   scripts/gpu_session.sh session   # there: the whole device call in one command, each stage
+#                                    # time-boxed under DEADLINE seconds (default 400): the GPU
+#                                    # and cuDNN found, the GPU self-test (where the binary has
+#                                    # it), sslhost's variants (VARIANTS) and PyTorch's step for
+#                                    # METHODS, QUALITY=1 a short BYOL run; kernel cache to $OUT
 #
 # VARIANT=BATCH_NORM:ACTIVATIONS (e.g. nhwc:half, what `ab` prints as fastest) sets the GPU
 # variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
@@ -168,8 +173,60 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                 --data /tmp/fashion-mnist 2>&1 | tee "$out/quality-pytorch.log" | grep -E "kNN|wall|Error" || true
         fi
         ;;
+    session)
+        # One device call that leaves nothing to guess: every stage is time-boxed so the whole
+        # call ends before DEADLINE seconds, and each stage's output lands in $OUT (at most
+        # 8 files come back): session.log (everything), bench.jsonl (sslhost and PyTorch, as
+        # scripts/bench.sh writes them), selftest.log, quality.log, cubecl-cache.tar.xz.
+        begin=$(date +%s)
+        deadline=${DEADLINE:-400}
+        left() { echo $(( deadline - ($(date +%s) - begin) )); }
+        # stage NAME SECONDS CMD..: CMD for at most SECONDS, and never past the deadline.
+        stage() {
+            local name=$1 limit=$2 budget
+            shift 2
+            budget=$(left)
+            [ "$limit" -lt "$budget" ] || limit=$budget
+            if [ "$limit" -lt 10 ]; then echo "== $name: skipped (deadline)"; return 0; fi
+            echo "== $name (at most $limit s, $(( $(date +%s) - begin )) s in)"
+            timeout "$limit" "$@" || echo "== $name: exit $? at $(( $(date +%s) - begin )) s"
+        }
+        exec > >(tee -a "$out/session.log") 2>&1
+        # The kernel cache an earlier call sent back (cubecl's `target/environment`).
+        if [ -f "$carry/cubecl-cache.tar.xz" ]; then
+            python3 -c 'import tarfile, sys; tarfile.open(sys.argv[1]).extractall(".")' "$carry/cubecl-cache.tar.xz"
+            echo "gpu_session.sh: kernel cache restored ($(du -sh target/environment | cut -f1))"
+        fi
+        unpack
+        cudnn=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2> /dev/null || true)
+        echo "cuDNN: ${cudnn:-not in the Python environment}; ldconfig: $(ldconfig -p | grep -c libcudnn) entries"
+        [ -z "$cudnn" ] || ls "$cudnn"
+        if /tmp/sslhost gpu-selftest --help > /dev/null 2>&1; then
+            stage selftest 120 /tmp/sslhost gpu-selftest 2>&1 | tee "$out/selftest.log"
+        fi
+        variants=${VARIANTS:-burn:f32,nhwc:f32,nhwc:half,rows:half}
+        for method in ${METHODS:-byol}; do
+            stage "sslhost $method" "${AB_SECONDS:-240}" /tmp/sslhost bench --device cuda \
+                --method "$method" --warmup 5 --steps 20 --variants "$variants" \
+                | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
+            stage "pytorch $method" 90 python3 scripts/reference/ssl_step.py --device cuda \
+                --method "$method" --warmup 5 --steps 20 | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
+        done
+        if [ "${QUALITY:-0}" = 1 ]; then
+            stage quality 240 /tmp/sslhost run recipes/byol.rhai --device cuda \
+                --data /tmp/fashion-mnist --runs /tmp/runs --set epochs="${EPOCHS:-2}" \
+                --set knn_every=0 > "$out/quality.log" 2>&1
+            grep -E "knn|error" "$out/quality.log" || true
+        fi
+        if [ -d target/environment ]; then
+            tar cf - target/environment | xz -T0 -6 > "$out/cubecl-cache.tar.xz"
+            echo "gpu_session.sh: kernel cache $(du -h "$out/cubecl-cache.tar.xz" | cut -f1) to \$OUT"
+        fi
+        [ ! -s "$out/bench.jsonl" ] || python3 scripts/bench_rows.py "$out/bench.jsonl"
+        echo "gpu_session.sh: session took $(( $(date +%s) - begin )) s"
+        ;;
     *)
-        sed -n '2,15p' "$0"
+        sed -n "2,20p" "$0"
         exit 2
         ;;
 esac

@@ -3,8 +3,9 @@
 # The device machine has PyTorch and the driver but no cargo and no registries, so the binary is
 # built here and travels in device-carry/ (listed in .git/info/exclude).
 #
-#   scripts/gpu_session.sh pack      # here: build the CUDA binary (~20 min cold, minutes warm),
-#                                    # strip and compress it with Fashion-MNIST into device-carry/
+#   scripts/gpu_session.sh pack      # here: build the CUDA binary (~20-40 min cold, a minute
+#                                    # warm), strip and compress it into device-carry/ (with
+#                                    # Fashion-MNIST when DATA=1, for `quality`)
 #   scripts/gpu_session.sh smoke [METHOD]
 #                                    # there: one short CUDA bench of sslhost alone (3 steps),
 #                                    # with backtraces: does the CUDA path run, how long the
@@ -25,9 +26,10 @@
 #                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
 #   scripts/gpu_session.sh session   # there: the whole device call in one command, each stage
 #                                    # time-boxed under DEADLINE seconds (default 400): the GPU
-#                                    # and cuDNN found, the GPU self-test (where the binary has
-#                                    # it), sslhost's variants (VARIANTS) and PyTorch's step for
-#                                    # METHODS, QUALITY=1 a short BYOL run; kernel cache to $OUT
+#                                    # and cuDNN found, sslhost's variants (VARIANTS) and
+#                                    # PyTorch's step (TORCH=0 skips it) for METHODS, the GPU
+#                                    # self-test (SELFTEST_ARGS), QUALITY=1 a short BYOL run;
+#                                    # the kernel cache back to $OUT
 #
 # VARIANT=BATCH_NORM:ACTIVATIONS (e.g. nhwc:half, what `ab` prints as fastest) sets the GPU
 # variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
@@ -87,16 +89,19 @@ case "${1:-}" in
         scripts/offline-llvm.sh
         CUDARC_CUDA_VERSION=13000 CARGO_TARGET_DIR=target-cuda \
             cargo build --release --features cuda
-        mkdir -p "$carry/fashion-mnist"
+        mkdir -p "$carry"
         strip -o /tmp/sslhost-cuda target-cuda/release/sslhost
         # xz -9e: 32.9 MB with burn-cuda's defaults (26.2 before them; zstd -19 was 29.6), which
         # keeps binary + data + tree under the 64 MiB a device call carries; the device machine
         # may lack zstd but always has Python's lzma.
         rm -f "$carry/sslhost.zst"
         xz -9e -T2 -c /tmp/sslhost-cuda > "$carry/sslhost.xz"
-        # The data as xz of the plain idx files (26.4 MB against gzip's 30.9), for the same limit.
+        # The data as xz of the plain idx files (26.4 MB against gzip's 30.9), for the same
+        # limit; only for a quality run (DATA=1), since it leaves little room for anything else.
+        if [ "${DATA:-0}" = 1 ]; then mkdir -p "$carry/fashion-mnist"; else rm -rf "$carry/fashion-mnist"; fi
         rm -f "$carry"/fashion-mnist/*.gz
         for f in /usr/share/datasets/fashion-mnist/*-ubyte.gz; do
+            [ -d "$carry/fashion-mnist" ] || break
             name=$(basename "$f" .gz)
             [ -f "$carry/fashion-mnist/$name.xz" ] || zcat "$f" | xz -9e -T2 > "$carry/fashion-mnist/$name.xz"
         done
@@ -201,17 +206,22 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         cudnn=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2> /dev/null || true)
         echo "cuDNN: ${cudnn:-not in the Python environment}; ldconfig: $(ldconfig -p | grep -c libcudnn) entries"
         [ -z "$cudnn" ] || ls "$cudnn"
-        if /tmp/sslhost gpu-selftest --help > /dev/null 2>&1; then
-            stage selftest 120 /tmp/sslhost gpu-selftest 2>&1 | tee "$out/selftest.log"
-        fi
         variants=${VARIANTS:-burn:f32,nhwc:f32,nhwc:half,rows:half}
         for method in ${METHODS:-byol}; do
             stage "sslhost $method" "${AB_SECONDS:-240}" /tmp/sslhost bench --device cuda \
                 --method "$method" --warmup 5 --steps 20 --variants "$variants" \
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
-            stage "pytorch $method" 90 python3 scripts/reference/ssl_step.py --device cuda \
-                --method "$method" --warmup 5 --steps 20 | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
+            [ "${TORCH:-1}" = 0 ] || stage "pytorch $method" 90 python3 scripts/reference/ssl_step.py \
+                --device cuda --method "$method" --warmup 5 --steps 20 \
+                | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
         done
+        # cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
+        # "--dtypes bf16"); after the bench, whose kernels its reference reuses.
+        if /tmp/sslhost gpu-selftest --help > /dev/null 2>&1; then
+            # shellcheck disable=SC2086
+            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest ${SELFTEST_ARGS:-} 2>&1 \
+                | tee "$out/selftest.log"
+        fi
         if [ "${QUALITY:-0}" = 1 ]; then
             stage quality 240 /tmp/sslhost run recipes/byol.rhai --device cuda \
                 --data /tmp/fashion-mnist --runs /tmp/runs --set epochs="${EPOCHS:-2}" \

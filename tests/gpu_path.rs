@@ -117,3 +117,91 @@ fn the_knn_vote_on_the_device_equals_the_host_vote() {
         "a degenerate vote: {on_host}"
     );
 }
+
+#[test]
+fn gpu_kernels_extension_matches_burn_through_fusion() {
+    // The extension's lazy (fusion) wrappers, the cubecl backend's bodies and the autodiff
+    // wiring, in cubecl's kernels: a block's 3x3 with its residual, a strided 3x3 and a 1x1
+    // shortcut of ResNet-18, the output and every gradient against burn's ops.
+    use sslhost::gpu_kernels::selftest;
+    let layers = selftest::resnet18_cifar_layers(2);
+    for layer in [layers[2], layers[3], layers[4]] {
+        let distances = selftest::compare(&gpu_path(), burn::tensor::FloatDType::F32, layer);
+        assert!(distances.len() >= 7, "{layer:?}: every gradient compared");
+        for (name, rel) in distances {
+            assert!(
+                rel < 1e-4,
+                "{layer:?}: {name} is {rel} off burn's in cubecl kernels"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_handshake_kernels_signal_wait_and_give_up() {
+    // The two one-thread kernels that order another stream with cubecl's, compiled and run in
+    // cubecl's kernels: a signal stores its count, a wait whose partner is done returns without
+    // a timeout, and a wait whose partner never comes gives up and records it.
+    let device = burn_cubecl::CubeDevice::Cpu(Default::default());
+    let [signalled, finished, stalled] =
+        sslhost::gpu_kernels::handshake::exercise(&device).unwrap();
+    assert_eq!(signalled, [5, 0, 0, 0]);
+    assert_eq!(finished, [0, 7, 0, 0]);
+    assert_eq!(stalled, [0, 0, 3, 0]);
+}
+
+#[test]
+fn a_non_finite_loss_skips_its_update_on_the_device_and_is_reported() {
+    // On a GPU code path `opt.step` does not read the loss: a NaN loss must leave every
+    // parameter and the momentum as they were, and the next read of the skip count names
+    // its step. Two finite steps around it must then equal two finite steps on the CPU.
+    use sslhost::models::SharedNet;
+    use sslhost::models::layers::LinearConfig;
+    use sslhost::optim::{Optimizer, Rule, SgdConfig};
+    use sslhost::tensor::{DynTensor, HostRng};
+    let run = |device: &Device, with_nan: bool| {
+        let net =
+            SharedNet::linear(&LinearConfig::new(2, 1), &mut HostRng::new(3), device).unwrap();
+        let rule = Rule::Sgd(SgdConfig {
+            momentum: 0.9,
+            weight_decay: 0.01,
+            ..Default::default()
+        });
+        let mut opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+        let x = DynTensor::from_vec(vec![1.0, 2.0], &[1, 2], device).unwrap();
+        let loss = |scale: f32| {
+            let s = DynTensor::from_vec(vec![scale], &[1], device).unwrap();
+            let y = net.forward(&x).unwrap().sum().unwrap();
+            y.binary(&s, sslhost::tensor::BinaryOp::Mul).unwrap()
+        };
+        opt.step(&loss(1.0), 0.1).unwrap();
+        let mut skipped = None;
+        if with_nan {
+            let before = net.parameters();
+            opt.step(&loss(f32::NAN), 0.1).unwrap();
+            for ((name, a), (_, b)) in before.iter().zip(net.parameters()) {
+                let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+                assert_eq!(a, b, "{name} changed on a skipped update");
+            }
+            skipped = Some(opt.check_skips().unwrap_err().to_string());
+            assert!(opt.check_skips().is_ok(), "a skip is reported once");
+        }
+        opt.step(&loss(1.0), 0.1).unwrap();
+        let params: Vec<Vec<f64>> = net
+            .parameters()
+            .into_iter()
+            .map(|(_, t)| t.to_f64_vec().unwrap())
+            .collect();
+        (params, skipped)
+    };
+    let (on_cpu, _) = run(&sslhost::device::cpu(), false);
+    let (on_gpu_path, skipped) = run(&gpu_path(), true);
+    let message = skipped.unwrap();
+    assert!(message.contains("not finite at step 1"), "{message}");
+    for (a, b) in on_cpu.iter().flatten().zip(on_gpu_path.iter().flatten()) {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "cpu {on_cpu:?} vs gpu path {on_gpu_path:?}"
+        );
+    }
+}

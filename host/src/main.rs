@@ -1,4 +1,4 @@
-//! The `sslhost` command line: run | check | bench.
+//! The `sslhost` command line: run | check | bench | gpu-selftest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,10 +111,26 @@ enum Command {
         seed: u64,
         /// GPU variants to time one after another in this process, so that they share its
         /// compiled and autotuned kernels: BATCH_NORM:ACTIVATIONS pairs, batch norm `burn`,
-        /// `rows` or `nhwc`, activations `f32` or `half` (`--variants burn:f32,nhwc:half`).
+        /// `rows`, `nhwc` or `cudnn` (cuDNN's batch norm and convolutions), activations `f32`
+        /// or `half` (`--variants burn:f32,nhwc:half,cudnn:half`).
         /// Each prints its summary and JSON lines. Default: one run, as the environment says.
         #[arg(long, value_delimiter = ',')]
         variants: Vec<sslhost::session::GpuVariant>,
+    },
+    /// Check the GPU kernels (cuDNN's convolutions and batch norm) against burn's own ops on
+    /// every ResNet-18 CIFAR layer shape, the output and every gradient, in bf16 and f32:
+    /// one line a layer, then a JSON line; exit code 1 when any is off beyond its tolerance.
+    GpuSelftest {
+        /// Where to check (on a device without cuDNN the kernels are burn's own, and the
+        /// check is of the extension's autodiff wiring only).
+        #[arg(long, value_enum, default_value = "cuda")]
+        device: DeviceChoice,
+        /// Images per layer (the recipes' CUDA batch by default).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// The activations' types to check in.
+        #[arg(long, value_delimiter = ',', default_value = "bf16,f32")]
+        dtypes: Vec<SelftestType>,
     },
 }
 
@@ -127,6 +143,15 @@ enum BenchMethod {
     Moco,
     /// SimCLR: one encoder (LARS), NT-Xent.
     Simclr,
+}
+
+/// The types `sslhost gpu-selftest` checks in.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SelftestType {
+    /// bf16 activations (half activations under `--precision bf16`).
+    Bf16,
+    /// f32.
+    F32,
 }
 
 /// The bench's script: the recipes' step, timed.
@@ -310,6 +335,93 @@ fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::GpuSelftest {
+            device,
+            batch,
+            dtypes,
+        } => gpu_selftest(device, batch, &dtypes),
+    }
+}
+
+/// `sslhost gpu-selftest`: the table, the JSON line, and an error when a check fails.
+fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> Result<()> {
+    use burn::tensor::FloatDType;
+    use sslhost::gpu_kernels::selftest;
+    if batch < 2 {
+        return Err(Error::Invalid(format!(
+            "gpu-selftest needs --batch >= 2 (batch norm's variance), got {batch}"
+        )));
+    }
+    let (device, _) = open_device(device, PrecisionChoice::F32)?;
+    let kernels = sslhost::gpu_kernels::kernels_name(&device);
+    println!("GPU kernels: {kernels}");
+    let mut checks = Vec::new();
+    let mut rows = Vec::new();
+    let dtypes = dtypes.iter().map(|t| match t {
+        SelftestType::Bf16 => FloatDType::BF16,
+        SelftestType::F32 => FloatDType::F32,
+    });
+    // Each line as soon as its layer is checked, so a time limit keeps what ran.
+    for (dtype, layer) in dtypes.flat_map(|d| {
+        selftest::resnet18_cifar_layers(batch)
+            .into_iter()
+            .map(move |l| (d, l))
+    }) {
+        let distances = selftest::compare(&device, dtype, layer);
+        checks.push(selftest::Check {
+            dtype,
+            layer,
+            distances,
+        });
+        let c = checks.last().expect("pushed above");
+        let l = c.layer;
+        let (what, worst) = c.worst();
+        println!(
+            "{:>4} {:>3}->{:<3} {:>2}x{:<2} k{} s{} {:<8} worst {:<9} {:.2e} (tolerance {:.0e}) {}",
+            format!("{:?}", c.dtype).to_lowercase(),
+            l.c_in,
+            l.c_out,
+            l.side,
+            l.side,
+            l.kernel,
+            l.stride,
+            format!("{:?}", l.tail),
+            what,
+            worst,
+            selftest::tolerance(c.dtype),
+            if c.passed() { "ok" } else { "FAILED" }
+        );
+        rows.push(serde_json::json!({
+            "dtype": format!("{:?}", c.dtype).to_lowercase(),
+            "c_in": l.c_in, "c_out": l.c_out, "side": l.side, "kernel": l.kernel,
+            "stride": l.stride, "tail": format!("{:?}", l.tail),
+            "distances": c.distances.iter().map(|(n, d)| (n.to_string(), serde_json::json!(*d)))
+                .collect::<serde_json::Map<String, serde_json::Value>>(),
+            "passed": c.passed(),
+        }));
+    }
+    let ordering = sslhost::gpu_kernels::ordering_timed_out();
+    let passed = checks.iter().all(selftest::Check::passed) && ordering != Some(true);
+    println!(
+        "{}",
+        serde_json::json!({
+            "selftest": "gpu_kernels", "kernels": kernels, "batch": batch,
+            "ordering_timed_out": ordering, "passed": passed, "checks": rows,
+        })
+    );
+    if passed {
+        Ok(())
+    } else {
+        Err(Error::Other(format!(
+            "gpu-selftest: {} of {} checks failed{}",
+            checks.iter().filter(|c| !c.passed()).count(),
+            checks.len(),
+            if ordering == Some(true) {
+                "; a wait for cuDNN's stream timed out"
+            } else {
+                ""
+            }
+        )))
     }
 }
 

@@ -122,10 +122,12 @@ pub struct GpuVariant {
 impl std::str::FromStr for GpuVariant {
     type Err = String;
 
-    /// `BATCH_NORM:ACTIVATIONS`: `burn`, `rows` or `nhwc`, then `f32` or `half` (`nhwc:half`).
+    /// `BATCH_NORM:ACTIVATIONS`: `burn`, `rows`, `nhwc` or `cudnn`, then `f32` or `half`
+    /// (`nhwc:half`).
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("expected BATCH_NORM:ACTIVATIONS (burn|rows|nhwc : f32|half), got `{s}`");
+        let bad = || {
+            format!("expected BATCH_NORM:ACTIVATIONS (burn|rows|nhwc|cudnn : f32|half), got `{s}`")
+        };
         let (norm, act) = s.split_once(':').ok_or_else(bad)?;
         let batch_norm = GpuBatchNorm::parse(norm).ok_or_else(bad)?;
         let half_activations = match act {

@@ -72,6 +72,8 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) ->
             padding,
         );
         Tensor::from_dispatch(out)
+    } else if crate::gpu_kernels::active(&x.device()) {
+        crate::gpu_kernels::conv2d(x, weight, stride, padding)
     } else {
         burn::tensor::module::conv2d(x, weight, None, backend::burn_options(stride, padding))
     }
@@ -102,7 +104,8 @@ impl<const D: usize> NormEpilogue<D> {
 }
 
 /// Which batch norm f32 training tensors on `device` take: `"cpu"`, or the GPU variant's name
-/// (`"burn"`, `"rows"`, `"nhwc"`: see [`crate::models::batch_norm_rows::GpuBatchNorm`]).
+/// (`"burn"`, `"rows"`, `"nhwc"`, `"cudnn"`: see
+/// [`crate::models::batch_norm_rows::GpuBatchNorm`]).
 pub fn batch_norm_kernel(device: &Device) -> &'static str {
     if ours_on(DType::F32, device) {
         "cpu"
@@ -120,6 +123,9 @@ pub fn batch_norm_train<const D: usize>(
     epsilon: f64,
     epilogue: NormEpilogue<D>,
 ) -> BatchNormTrainOutput<D> {
+    if D == 4 && crate::gpu_kernels::active(&x.device()) {
+        return crate::gpu_kernels::batch_norm_train(x, gamma, beta, epsilon, epilogue);
+    }
     if !ours(&x) {
         let out = crate::models::batch_norm_rows::train_chosen(x, gamma, beta, epsilon);
         let output = epilogue.apply(out.output);

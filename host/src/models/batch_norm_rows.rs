@@ -72,21 +72,27 @@ pub enum GpuBatchNorm {
     /// cubecl's convolutions leave their outputs (they compute in NHWC and hand back a
     /// permuted view), so the view costs no copy.
     ChannelsLast,
+    /// The GPU kernels ([`crate::gpu_kernels`]): cuDNN's batch norm with its ReLU and
+    /// residual tails fused in, and cuDNN's convolutions, channels last. Where they do not run
+    /// (no cuDNN), the `nhwc` variant.
+    Cudnn,
 }
 
 impl GpuBatchNorm {
-    /// `"burn"`, `"rows"` or `"nhwc"`, as `SSLHOST_GPU_BATCH_NORM` and `--variants` spell it.
+    /// `"burn"`, `"rows"`, `"nhwc"` or `"cudnn"`, as `SSLHOST_GPU_BATCH_NORM` and
+    /// `--variants` spell it.
     pub fn name(self) -> &'static str {
         match self {
             GpuBatchNorm::Burn => "burn",
             GpuBatchNorm::Rows => "rows",
             GpuBatchNorm::ChannelsLast => "nhwc",
+            GpuBatchNorm::Cudnn => "cudnn",
         }
     }
 
     /// The variant [`GpuBatchNorm::name`] spells `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Burn, Self::Rows, Self::ChannelsLast]
+        [Self::Burn, Self::Rows, Self::ChannelsLast, Self::Cudnn]
             .into_iter()
             .find(|v| v.name() == name)
     }
@@ -107,7 +113,7 @@ pub fn chosen() -> GpuBatchNorm {
             GpuBatchNorm::parse(&value).unwrap_or_else(|| {
                 if !value.is_empty() {
                     tracing::warn!(
-                        "SSLHOST_GPU_BATCH_NORM={value}: not burn, rows or nhwc; burn's op"
+                        "SSLHOST_GPU_BATCH_NORM={value}: not burn, rows, nhwc or cudnn; burn's op"
                     );
                 }
                 GpuBatchNorm::Burn
@@ -131,7 +137,9 @@ pub fn train_chosen<const D: usize>(
     match chosen() {
         GpuBatchNorm::Burn => burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon),
         GpuBatchNorm::Rows => batch_norm_train_rows(x, gamma, beta, epsilon, false),
-        GpuBatchNorm::ChannelsLast => batch_norm_train_rows(x, gamma, beta, epsilon, true),
+        GpuBatchNorm::ChannelsLast | GpuBatchNorm::Cudnn => {
+            batch_norm_train_rows(x, gamma, beta, epsilon, true)
+        }
     }
 }
 

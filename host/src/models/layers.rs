@@ -247,6 +247,19 @@ impl BatchNorm {
     /// autodiff keeps for the backward is half too.
     fn forward_then<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
         let dtype = x.dtype();
+        if self.training.is_enabled() && D == 4 && crate::gpu_kernels::active(&x.device()) {
+            // The GPU kernels take the half input as it is and fuse the epilogue.
+            let dims = x.dims();
+            let out = crate::gpu_kernels::batch_norm_train(
+                x,
+                self.weight.val(),
+                self.bias.val(),
+                self.epsilon,
+                then,
+            );
+            self.update_running(out.mean, out.variance, &dims);
+            return out.output;
+        }
         if dtype == DType::F32 {
             return self.forward_f32(x, then);
         }

@@ -4,6 +4,14 @@
 //! gradient. Updates are computed on plain tensors (no autodiff graph) and written back as
 //! fresh leaves. With `exclude_bias_and_norm`, rank-1 parameters (biases and batch-norm
 //! scales and shifts) get no weight decay and, for LARS, no trust-ratio adaptation.
+//!
+//! A loss that is not finite changes nothing. On the CPU the step reads the loss before the
+//! update (a read costs nothing there) and refuses at once. On a GPU a read would make the
+//! host wait for the backward before it could issue the update, leaving the GPU idle while it
+//! does; so there the step reads nothing: the check runs on the device ([`FiniteGuard`]),
+//! each new parameter and state tensor is chosen between the updated and the old value by it,
+//! and a count of skipped updates is read every [`SKIP_READ_EVERY`] steps and before the
+//! optimiser is checkpointed, where a skip is an error naming the first skipped step.
 
 mod adamw;
 mod lars;
@@ -11,7 +19,7 @@ mod sgd;
 
 use std::collections::HashMap;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 pub use adamw::AdamWConfig;
 pub use lars::LarsConfig;
@@ -92,6 +100,52 @@ pub struct Optimizer {
     nets: Vec<SharedNet>,
     state: HashMap<String, ParamState>,
     steps: u64,
+    /// On a GPU: updates skipped on the device for a non-finite loss, not yet read.
+    skips: Option<Skips>,
+}
+
+/// Steps between two reads of the skipped-update count on a GPU.
+pub const SKIP_READ_EVERY: u64 = 10;
+
+/// Updates skipped on the device, as `[1]` f32 tensors (exact up to 2^24).
+#[derive(Clone, Debug)]
+struct Skips {
+    /// How many.
+    count: Tensor<1>,
+    /// The first one's step + 1 (0: none yet).
+    first: Tensor<1>,
+    /// How many a read has already reported.
+    reported: u64,
+}
+
+/// Whether this step's update goes ahead: decided on the host before it (the CPU), or on
+/// the device (a GPU), where `on_device` is `[1, 1, 1, 1]`, true where the loss is finite,
+/// and the update is selected by it.
+struct FiniteGuard {
+    on_device: Option<Tensor<4, Bool>>,
+}
+
+impl FiniteGuard {
+    /// `new` where the loss was finite, else `old`.
+    fn select(&self, new: Tensor<4>, old: Tensor<4>) -> Tensor<4> {
+        match &self.on_device {
+            None => new,
+            Some(ok) => old.mask_where(ok.clone().expand(new.dims()), new),
+        }
+    }
+
+    /// `new` state where the loss was finite, else `old` (zeros where there was none: only a
+    /// non-finite first step leaves a zero momentum rather than none).
+    fn select_state(&self, new: Option<Tensor<4>>, old: Option<Tensor<4>>) -> Option<Tensor<4>> {
+        match (&self.on_device, new) {
+            (None, new) => new,
+            (_, None) => old,
+            (Some(_), Some(new)) => {
+                let old = old.unwrap_or_else(|| new.zeros_like());
+                Some(self.select(new, old))
+            }
+        }
+    }
 }
 
 /// The global norm of a tensor as a `[1, 1, 1, 1]` tensor (stays on the device).
@@ -123,6 +177,7 @@ impl Optimizer {
             nets: unique,
             state: HashMap::new(),
             steps: 0,
+            skips: None,
         })
     }
 
@@ -174,15 +229,20 @@ impl Optimizer {
             ));
         }
         let grads = loss4.backward();
-        // The loss is read after the backward is issued, not before: on CUDA the read is a sync,
-        // and this way the GPU is busy with the backward while the host waits, instead of idle.
-        // Nothing has been updated yet, so a non-finite loss still changes nothing.
-        let value = loss.item()?;
-        if !value.is_finite() {
-            return Err(Error::NonFinite(format!(
-                "the loss is {value}; no update was made"
-            )));
-        }
+        let guard = if crate::device::gpu_path(&loss4.device()) {
+            FiniteGuard {
+                on_device: Some(loss4.clone().detach().is_finite()),
+            }
+        } else {
+            // Nothing has been updated yet, so a non-finite loss still changes nothing.
+            let value = loss.item()?;
+            if !value.is_finite() {
+                return Err(Error::NonFinite(format!(
+                    "the loss is {value}; no update was made"
+                )));
+            }
+            FiniteGuard { on_device: None }
+        };
         let excl = self.rule.excludes_bias_and_norm();
         let rule = &self.rule;
         let state = &mut self.state;
@@ -194,18 +254,66 @@ impl Optimizer {
                 }
                 let rank = value.rank();
                 let st = state.entry(format!("{i}.{name}")).or_default();
+                let (first, second) = (st.first.clone(), st.second.clone());
+                let param = value.promoted4();
                 let new = rule.apply(Update {
-                    param: value.promoted4(),
+                    param: param.clone(),
                     grad: grad.promoted4(),
                     lr,
                     excluded: excl && rank == 1,
                     state: st,
                 });
+                st.first = guard.select_state(st.first.take(), first);
+                st.second = guard.select_state(st.second.take(), second);
                 st.steps += 1;
-                Some(DynTensor::from_float4(new, rank))
+                Some(DynTensor::from_float4(guard.select(new, param), rank))
             });
         }
         self.steps += 1;
+        if let Some(ok) = guard.on_device {
+            self.count_skip(ok);
+            if self.steps.is_multiple_of(SKIP_READ_EVERY) {
+                self.check_skips()?;
+            }
+        }
         Ok(())
+    }
+
+    /// Adds this step's outcome to the device's count of skipped updates.
+    fn count_skip(&mut self, ok: Tensor<4, Bool>) {
+        let skipped = ok.bool_not().float().reshape([1]);
+        let step = crate::session::with(|s| s.step).unwrap_or(self.steps - 1);
+        let skips = self.skips.get_or_insert_with(|| Skips {
+            count: skipped.zeros_like(),
+            first: skipped.zeros_like(),
+            reported: 0,
+        });
+        let none_yet = skips.first.clone().equal_elem(0.0).float();
+        skips.first = skips
+            .first
+            .clone()
+            .add(skipped.clone().mul(none_yet).mul_scalar((step + 1) as f64));
+        skips.count = skips.count.clone().add(skipped);
+    }
+
+    /// Reads the device's count of skipped updates (a sync on a GPU): an error naming the
+    /// first skipped step when there are new ones. Nothing to read on the CPU.
+    pub fn check_skips(&mut self) -> Result<()> {
+        let Some(skips) = &mut self.skips else {
+            return Ok(());
+        };
+        let count = crate::tensor::float_values(skips.count.clone())?[0] as u64;
+        if count <= skips.reported {
+            return Ok(());
+        }
+        let first = crate::tensor::float_values(skips.first.clone())?[0] as u64;
+        let new = count - skips.reported;
+        skips.reported = count;
+        Err(Error::NonFinite(format!(
+            "the loss was not finite at step {}: its update was skipped on the device \
+             (parameters and optimiser state unchanged), and {} more before this read",
+            first.saturating_sub(1),
+            new - 1
+        )))
     }
 }

@@ -75,6 +75,9 @@ pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)
                 tensors.push(float(format!("{key}/keys"), &keys.reshape([1, 1, n, d]))?);
             }
             Item::Optimizer(opt) => {
+                // A skipped update (a non-finite loss on a GPU) is reported before its state
+                // is saved; the state itself is consistent either way.
+                opt.borrow_mut().check_skips()?;
                 let opt = opt.borrow();
                 let (state, steps) = opt.state();
                 tensors.push(int(format!("{key}/steps"), steps));

@@ -1,0 +1,154 @@
+//! GPU kernels of our own choosing for what a ResNet training step spends its GPU time in:
+//! cuDNN's convolutions (forward, input and weight gradients) and its batch norm with the
+//! ReLU and residual-add-and-ReLU tails fused in, channels last, on the cubecl CUDA backend.
+//!
+//! [`ops::GpuKernels`] is a Burn backend extension, so autodiff, the Rhai surface and every
+//! recipe stay as they are. Its default bodies ([`reference`]) are each backend's own tensor
+//! ops: the CPU tests check the extension's autodiff wiring against burn's autodiff through
+//! them, and the GPU self-test (`sslhost gpu-selftest`) checks cuDNN against them. cuDNN is
+//! loaded at run time (`cudnn`, cargo feature `cuda`): a binary built without it, or a
+//! machine without it, runs burn's kernels and says so once.
+
+mod ops;
+pub mod reference;
+pub mod selftest;
+
+#[cfg(feature = "cuda")]
+pub mod cudnn;
+#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+pub mod handshake;
+
+pub use ops::GpuKernels;
+
+use burn::backend::Dispatch;
+use burn::tensor::module::BatchNormTrainOutput;
+use burn::tensor::{Device, Tensor};
+
+use crate::cpu_kernels::NormEpilogue;
+
+/// `x` `[N, C, H, W]`, `weight` `[K, C, r, r]` → `[N, K, H', W']` through the extension, in
+/// `x`'s type (the weight is cast to it).
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    let y = <Dispatch as GpuKernels>::gpu_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        stride,
+        padding,
+    );
+    Tensor::from_dispatch(y)
+}
+
+/// Batch norm with the batch's statistics and its epilogue through the extension: `x`
+/// `[N, C, ..]` (f32 or a half type), `gamma`, `beta` `[C]` → the output in `x`'s type, and
+/// the batch mean and biased variance `[C]`, detached.
+pub fn batch_norm_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    epilogue: NormEpilogue<D>,
+) -> BatchNormTrainOutput<D> {
+    let (x, gamma, beta) = (
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+    );
+    let (output, mean, inv_std) = match epilogue {
+        NormEpilogue::None => {
+            <Dispatch as GpuKernels>::gpu_batch_norm(x, gamma, beta, false, epsilon)
+        }
+        NormEpilogue::Relu => {
+            <Dispatch as GpuKernels>::gpu_batch_norm(x, gamma, beta, true, epsilon)
+        }
+        NormEpilogue::AddRelu(residual) => <Dispatch as GpuKernels>::gpu_batch_norm_add_relu(
+            x,
+            gamma,
+            beta,
+            residual.into_dispatch(),
+            epsilon,
+        ),
+    };
+    let inv_std = Tensor::<1>::from_dispatch(inv_std);
+    // var = 1/inv_std² − ε: what the running average takes, from what the backward keeps.
+    let variance = inv_std.powf_scalar(-2.0).sub_scalar(epsilon);
+    BatchNormTrainOutput {
+        output: Tensor::from_dispatch(output),
+        mean: Tensor::from_dispatch(mean),
+        variance,
+    }
+}
+
+/// Whether training tensors on `device` take the GPU kernels: the `cudnn` variant chosen
+/// ([`crate::models::batch_norm_rows::GpuBatchNorm::Cudnn`]), on CUDA where cuDNN loads (the
+/// first call loads it and logs the outcome once), or on the cubecl CPU runtime, where the
+/// reference bodies run through the same extension, fusion and autodiff as CUDA's.
+pub fn active(device: &Device) -> bool {
+    use crate::models::batch_norm_rows::{GpuBatchNorm, chosen};
+    chosen() == GpuBatchNorm::Cudnn
+        && match crate::device::kind(device) {
+            "cuda" => loaded(),
+            "cubecl-cpu" => true,
+            _ => false,
+        }
+}
+
+#[cfg(feature = "cuda")]
+fn loaded() -> bool {
+    cudnn::library().is_ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn loaded() -> bool {
+    false
+}
+
+/// What the extension's operations run on `device`: `"cuDNN 9.x.y"`, or burn's kernels and
+/// why.
+pub fn kernels_name(device: &Device) -> String {
+    if crate::device::kind(device) != "cuda" {
+        return format!("burn's ({} device)", crate::device::kind(device));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        match cudnn::library() {
+            Ok(v) => format!("cuDNN {}.{}.{}", v / 10000, v / 100 % 100, v % 100),
+            Err(why) => format!("burn's ({why})"),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        "burn's (built without CUDA)".into()
+    }
+}
+
+/// Whether one of the waits that order cubecl's kernels after cuDNN's gave up (read back
+/// from the device); `None` where cuDNN never ran.
+pub fn ordering_timed_out() -> Option<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        cudnn::ordering_timed_out()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
+    }
+}
+
+/// The output's shape and type of a convolution, for fusion's lazy tensors.
+#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+fn conv_output_spec(
+    x: &burn::backend::fusion::custom::TensorSpec,
+    weight: &burn::backend::fusion::custom::TensorSpec,
+    stride: &usize,
+    padding: &usize,
+) -> burn::backend::fusion::custom::TensorSpec {
+    let (x_dims, w_dims) = (&x.shape, &weight.shape);
+    let side = |n: usize, k: usize| (n + 2 * padding - k) / stride + 1;
+    let shape = burn::tensor::Shape::new([
+        x_dims[0],
+        w_dims[0],
+        side(x_dims[2], w_dims[2]),
+        side(x_dims[3], w_dims[3]),
+    ]);
+    burn::backend::fusion::custom::TensorSpec::new(shape, x.dtype)
+}

@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
-use sslhost::cpu_kernels;
+use sslhost::kernels;
 
 /// The best of `reps` timings of `f`, in milliseconds, after one warm-up call.
 fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -80,11 +80,11 @@ fn main() {
         );
         let w = Tensor::<4>::random([c_out, c_in, k, k], Distribution::Normal(0.0, 0.1), &device);
         let forward = best_ms(5, || {
-            let _ = cpu_kernels::conv2d(x.clone(), w.clone(), stride, pad).into_data();
+            let _ = kernels::conv2d(x.clone(), w.clone(), stride, pad).into_data();
         });
         let both = best_ms(5, || {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
-            let grads = cpu_kernels::conv2d(x.clone(), w.clone(), stride, pad)
+            let grads = kernels::conv2d(x.clone(), w.clone(), stride, pad)
                 .sum()
                 .backward();
             let _ = (x.grad(&grads), w.grad(&grads).map(|g| g.into_data()));

@@ -5,7 +5,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use sslhost::cpu_kernels::{NormEpilogue, batch_norm_train, conv2d};
+use sslhost::kernels::{NormEpilogue, batch_norm_train, conv2d};
 use sslhost::tensor::HostRng;
 
 fn tensor(rng: &mut HostRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -274,7 +274,7 @@ fn linear_matches_burn() {
             );
             let apply = |x: Tensor<2>| {
                 if ours {
-                    sslhost::cpu_kernels::linear(x, w.clone())
+                    sslhost::kernels::linear(x, w.clone())
                 } else {
                     x.matmul(w.clone().transpose())
                 }

@@ -1,11 +1,11 @@
-//! The GPU kernels' extension (`sslhost::gpu_kernels`) on the CPU: its operations are the
+//! The GPU kernels' extension (`sslhost::kernels::gpu_kernels`) on the CPU: its operations are the
 //! reference bodies here, so what is checked is the autodiff wiring a GPU run takes (which
 //! tensors are saved, which backward operation gets which gradient, the residual's gradient)
 //! against burn's own autodiff, on every ResNet-18 layer shape. The same comparison runs in
 //! cubecl's kernels in `tests/gpu_path.rs` and against cuDNN in `sslhost gpu-selftest`.
 
 use burn::tensor::FloatDType;
-use sslhost::gpu_kernels::selftest::{self, MEASURED, Tail};
+use sslhost::kernels::gpu_kernels::selftest::{self, MEASURED, Tail};
 
 #[test]
 fn every_resnet18_layer_and_gradient_matches_burns_autodiff() {

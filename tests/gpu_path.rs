@@ -6,7 +6,7 @@
 #![cfg(feature = "cubecl-cpu")]
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use sslhost::models::precision::Precision;
+use sslhost::kernels::Precision;
 use sslhost::train::knn::{KnnConfig, accuracy};
 
 mod model_common;
@@ -123,7 +123,7 @@ fn gpu_kernels_extension_matches_burn_through_fusion() {
     // The extension's lazy (fusion) wrappers, the cubecl backend's bodies and the autodiff
     // wiring, in cubecl's kernels: a block's 3x3 with its residual, a strided 3x3 and a 1x1
     // shortcut of ResNet-18, the output and every gradient against burn's ops.
-    use sslhost::gpu_kernels::selftest;
+    use sslhost::kernels::gpu_kernels::selftest;
     let layers = selftest::resnet18_cifar_layers(2);
     for layer in [layers[2], layers[3], layers[4]] {
         let distances = selftest::compare(&gpu_path(), burn::tensor::FloatDType::F32, layer);
@@ -144,7 +144,7 @@ fn the_handshake_kernels_signal_wait_and_give_up() {
     // a timeout, and a wait whose partner never comes gives up and records it.
     let device = burn_cubecl::CubeDevice::Cpu(Default::default());
     let [signalled, finished, stalled] =
-        sslhost::gpu_kernels::handshake::exercise(&device).unwrap();
+        sslhost::kernels::gpu_kernels::handshake::exercise(&device).unwrap();
     assert_eq!(signalled, [5, 0, 0, 0]);
     assert_eq!(finished, [0, 7, 0, 0]);
     assert_eq!(stalled, [0, 0, 3, 0]);
@@ -174,7 +174,12 @@ fn a_non_finite_loss_skips_its_update_on_the_device_and_is_reported() {
             let y = net.forward(&x).unwrap().sum().unwrap();
             y.binary(&s, sslhost::tensor::BinaryOp::Mul).unwrap()
         };
+        let reads = sslhost::tensor::device_reads();
         opt.step(&loss(1.0), 0.1).unwrap();
+        if sslhost::device::gpu_path(device) {
+            let read = sslhost::tensor::device_reads() - reads;
+            assert_eq!(read, 0, "opt.step waited for the device");
+        }
         let mut skipped = None;
         if with_nan {
             let before = net.parameters();

@@ -1,8 +1,7 @@
 //! Models: torchvision parameter counts and names, shapes, batch-norm modes.
 
 use burn::tensor::{DType, Tensor, TensorData};
-use sslhost::models::batch_norm_rows::GpuBatchNorm;
-use sslhost::models::precision::Precision;
+use sslhost::kernels::{GpuKernelSet, KernelPolicy, Precision};
 use sslhost::models::{MlpConfig, ResNetConfig, SharedNet};
 use sslhost::tensor::HostRng;
 
@@ -207,7 +206,7 @@ fn resnet_step(precision: Precision) -> (DType, Vec<f32>, Vec<f32>) {
 }
 
 /// [`model_common::resnet_step`] on the CPU with half activations and batch norm `norm`.
-fn resnet_step_half(precision: Precision, norm: GpuBatchNorm) -> (DType, Vec<f32>, Vec<f32>) {
+fn resnet_step_half(precision: Precision, norm: GpuKernelSet) -> (DType, Vec<f32>, Vec<f32>) {
     model_common::resnet_step(&sslhost::device::cpu(), precision, model_common::half(norm))
 }
 
@@ -267,8 +266,11 @@ fn under_half_activations_a_conv_hands_on_bf16_and_batch_norm_keeps_its_type() {
         TensorData::new(rng.normal_vec(2 * 3 * 6 * 6, 1.0), [2, 3, 6, 6]),
         &device,
     );
-    sslhost::models::precision::set(Precision::Bf16);
-    sslhost::models::precision::set_half_activations(Some(true));
+    sslhost::kernels::install(KernelPolicy {
+        precision: Precision::Bf16,
+        half_activations: true,
+        ..KernelPolicy::default()
+    });
     let y = conv.forward(x.clone());
     let z = bn.forward_relu(y.clone());
     assert_eq!(y.dtype(), DType::BF16);
@@ -277,8 +279,7 @@ fn under_half_activations_a_conv_hands_on_bf16_and_batch_norm_keeps_its_type() {
     assert_eq!(bn.running_mean.val().dtype(), DType::F32);
     let mut bn32 = BatchNormConfig::new(4).init(&device);
     let z32 = bn32.forward_relu(y.cast(burn::tensor::FloatDType::F32));
-    sslhost::models::precision::set(Precision::F32);
-    sslhost::models::precision::set_half_activations(None);
+    sslhost::kernels::install(KernelPolicy::default());
     let read = model_common::values;
     let (m, m32) = (read(bn.running_mean.val()), read(bn32.running_mean.val()));
     assert!(

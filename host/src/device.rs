@@ -9,7 +9,7 @@
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
-use crate::models::precision::Precision;
+use crate::kernels::Precision;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -6,13 +6,12 @@
 pub mod allocator;
 pub mod api;
 pub mod augment;
-pub mod cpu_kernels;
 pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
-pub mod gpu_kernels;
 pub mod guard;
+pub mod kernels;
 pub mod live;
 pub mod models;
 pub mod optim;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use sslhost::device::{self, DeviceChoice, PrecisionChoice};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
-use sslhost::models::precision::Precision;
+use sslhost::kernels::KernelPolicy;
 use sslhost::session::Session;
 
 /// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
@@ -221,10 +221,10 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             set,
         } => {
-            let (device, precision) = open_device(device, precision)?;
+            let (device, kernels) = open_device(device, precision)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
-                .with_precision(precision)
+                .with_kernels(kernels)
                 .with_overrides(set)
                 .with_data_root(data);
             let text = engine::read_script(&script)?;
@@ -267,9 +267,9 @@ fn execute(cli: Cli) -> Result<()> {
             precision,
             set,
         } => {
-            let (device, precision) = open_device(device, precision)?;
+            let (device, kernels) = open_device(device, precision)?;
             let session = Session::new(device, 0)
-                .with_precision(precision)
+                .with_kernels(kernels)
                 .with_overrides(set);
             engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
@@ -294,7 +294,7 @@ fn execute(cli: Cli) -> Result<()> {
                      (got {batch}, {image}, {warmup}, {steps})"
                 )));
             }
-            let (device, precision) = open_device(device, precision)?;
+            let (device, kernels) = open_device(device, precision)?;
             let method = match method {
                 BenchMethod::Byol => "byol",
                 BenchMethod::Moco => "moco",
@@ -324,7 +324,7 @@ fn execute(cli: Cli) -> Result<()> {
                     BENCH_SCRIPT,
                     std::path::Path::new("."),
                     Session::new(device.clone(), seed)
-                        .with_precision(precision)
+                        .with_kernels(kernels)
                         .with_variant(variant)
                         .with_overrides(overrides.clone()),
                 )?;
@@ -346,14 +346,15 @@ fn execute(cli: Cli) -> Result<()> {
 /// `sslhost gpu-selftest`: the table, the JSON line, and an error when a check fails.
 fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> Result<()> {
     use burn::tensor::FloatDType;
-    use sslhost::gpu_kernels::selftest;
+    use sslhost::kernels::gpu_kernels::selftest;
     if batch < 2 {
         return Err(Error::Invalid(format!(
             "gpu-selftest needs --batch >= 2 (batch norm's variance), got {batch}"
         )));
     }
-    let (device, _) = open_device(device, PrecisionChoice::F32)?;
-    let kernels = sslhost::gpu_kernels::kernels_name(&device);
+    let (device, policy) = open_device(device, PrecisionChoice::F32)?;
+    sslhost::kernels::install(policy);
+    let kernels = sslhost::kernels::gpu_kernels::kernels_name(&device);
     println!("GPU kernels: {kernels}");
     let mut checks = Vec::new();
     let mut rows = Vec::new();
@@ -400,7 +401,7 @@ fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> 
             "passed": c.passed(),
         }));
     }
-    let ordering = sslhost::gpu_kernels::ordering_timed_out();
+    let ordering = sslhost::kernels::gpu_kernels::ordering_timed_out();
     let passed = checks.iter().all(selftest::Check::passed) && ordering != Some(true);
     println!(
         "{}",
@@ -425,29 +426,30 @@ fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> 
     }
 }
 
-/// The device for `--device` and the precision `--precision` means there, with a log line
-/// saying which they are and why.
+/// The device for `--device`, and the kernel policy: the precision `--precision` means
+/// there, with the environment's kernel choices (an unknown value is an error); a log line
+/// says which they are and why.
 fn open_device(
     choice: DeviceChoice,
     precision: PrecisionChoice,
-) -> Result<(burn::tensor::Device, Precision)> {
+) -> Result<(burn::tensor::Device, KernelPolicy)> {
     let (device, why) = device::select(choice)?;
-    let precision = device::precision(precision, &device);
+    let kernels = KernelPolicy::from_env()?.with_precision(device::precision(precision, &device));
     tracing::info!(
         "device: {why}; products in {}{}",
-        precision.name(),
-        match precision.half() {
-            Some(_) if sslhost::models::precision::half_activations() => ", activations too",
-            _ => "",
+        kernels.precision.name(),
+        match kernels.activation_dtype() {
+            Some(_) => ", activations too",
+            None => "",
         }
     );
     if device::kind(&device) == "cuda" {
         tracing::info!(
-            "the first step compiles and autotunes the GPU kernels (about 100 s for ResNet-18 on \
-             an H100; cached on disk for later runs)"
+            "the first step compiles and autotunes the GPU kernels (about 160 s for ResNet-18 on \
+             an H200; its autotune results are cached on disk for later runs)"
         );
     }
-    Ok((device, precision))
+    Ok((device, kernels))
 }
 
 /// The bench's one-line summary: `byol resnet18 cpu f32 batch 64 32x32: median .. ms, ..`.
@@ -460,7 +462,7 @@ fn bench_summary(r: &serde_json::Value) -> String {
     };
     format!(
         "{} {} {} {} (activations {}, batch norm {}) batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, first step \
-         {:.1} ms, peak memory {}, Rhai {:.3}% ({:.3} ms/step)",
+         {:.1} ms, peak memory {}, Rhai {:.3}% ({:.3} ms/step), waiting for the device {:.0}%",
         text("method"),
         text("model"),
         text("device"),
@@ -477,5 +479,6 @@ fn bench_summary(r: &serde_json::Value) -> String {
         memory,
         100.0 * num("rhai_share"),
         num("rhai_ms_per_step"),
+        100.0 * num("device_wait_share"),
     )
 }

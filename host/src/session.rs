@@ -1,5 +1,5 @@
-//! The state every script function shares in one run: the device, its precision and the seeded
-//! generator.
+//! The state every script function shares in one run: the device, its kernel policy and the
+//! seeded generator.
 //!
 //! The engine runs on one thread, so the session lives in a thread-local; tests that run on
 //! separate threads get separate sessions.
@@ -8,8 +8,7 @@ use std::cell::RefCell;
 
 use burn::tensor::Device;
 
-use crate::models::batch_norm_rows::GpuBatchNorm;
-use crate::models::precision::{self, Precision};
+use crate::kernels::{GpuKernelSet, KernelPolicy, Precision};
 use crate::tensor::HostRng;
 
 /// Device and random state of a run.
@@ -17,11 +16,9 @@ use crate::tensor::HostRng;
 pub struct Session {
     /// Where tensors and networks live (with autodiff enabled).
     pub device: Device,
-    /// What convolutions and linear layers multiply in (`--precision`).
-    pub precision: Precision,
-    /// The GPU variant the run takes, where it sets one (`sslhost bench --variants`); else
-    /// the environment's (`SSLHOST_GPU_BATCH_NORM`, `SSLHOST_HALF_ACTIVATIONS`).
-    pub variant: Option<GpuVariant>,
+    /// Every kernel choice of the run: the precision (`--precision`), the environment's kernel
+    /// sets, and a bench variant's GPU kernels and activations where one is timed.
+    pub kernels: KernelPolicy,
     /// Seeded generator for initialisation and `randn`.
     pub rng: HostRng,
     /// The seed the generator started from.
@@ -57,8 +54,7 @@ impl Session {
     pub fn new(device: Device, seed: u64) -> Self {
         Session {
             device,
-            precision: Precision::F32,
-            variant: None,
+            kernels: KernelPolicy::default(),
             rng: HostRng::new(seed),
             seed,
             overrides: Vec::new(),
@@ -86,15 +82,25 @@ impl Session {
         self.step.map_or(self.start_step, |s| s + 1)
     }
 
-    /// The same session multiplying in `precision` (`--precision`).
-    pub fn with_precision(mut self, precision: Precision) -> Self {
-        self.precision = precision;
+    /// The same session with the kernel policy `kernels` (built by `main` from the command
+    /// line and the environment).
+    pub fn with_kernels(mut self, kernels: KernelPolicy) -> Self {
+        self.kernels = kernels;
         self
     }
 
-    /// The same session taking `variant` (see [`Session::variant`]).
+    /// The same session multiplying in `precision` (`--precision`).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.kernels.precision = precision;
+        self
+    }
+
+    /// The same session taking a bench `variant`'s GPU kernels and activations.
     pub fn with_variant(mut self, variant: Option<GpuVariant>) -> Self {
-        self.variant = variant;
+        if let Some(v) = variant {
+            self.kernels.gpu = v.gpu;
+            self.kernels.half_activations = v.half_activations;
+        }
         self
     }
 
@@ -109,12 +115,13 @@ thread_local! {
     static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
 }
 
-/// The choices of the GPU code path that are measured against each other: the batch norm
-/// (burn's op, or over rows in either layout), and half activations or f32.
+/// The choices of the GPU code path that are measured against each other: the GPU kernels
+/// (burn's batch norm, over rows in either layout, or cuDNN's with its convolutions), and half
+/// activations or f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuVariant {
-    /// Which batch norm trains ([`crate::models::batch_norm_rows::GpuBatchNorm`]).
-    pub batch_norm: GpuBatchNorm,
+    /// The GPU kernel set.
+    pub gpu: GpuKernelSet,
     /// A ResNet's activations in the half type ([`precision::half_activations`]).
     pub half_activations: bool,
 }
@@ -129,24 +136,22 @@ impl std::str::FromStr for GpuVariant {
             format!("expected BATCH_NORM:ACTIVATIONS (burn|rows|nhwc|cudnn : f32|half), got `{s}`")
         };
         let (norm, act) = s.split_once(':').ok_or_else(bad)?;
-        let batch_norm = GpuBatchNorm::parse(norm).ok_or_else(bad)?;
+        let gpu = GpuKernelSet::parse(norm).ok_or_else(bad)?;
         let half_activations = match act {
             "f32" => false,
             "half" => true,
             _ => return Err(bad()),
         };
         Ok(GpuVariant {
-            batch_norm,
+            gpu,
             half_activations,
         })
     }
 }
 
-/// Makes `session` the current one for this thread, with its precision and GPU variant.
+/// Makes `session` the current one for this thread, with its kernel policy.
 pub fn install(session: Session) {
-    precision::set(session.precision);
-    precision::set_half_activations(session.variant.map(|v| v.half_activations));
-    crate::models::batch_norm_rows::set_chosen(session.variant.map(|v| v.batch_norm));
+    crate::kernels::install(session.kernels);
     CURRENT.with(|c| *c.borrow_mut() = Some(session));
 }
 

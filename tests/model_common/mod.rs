@@ -3,10 +3,10 @@
 
 use burn::tensor::FloatDType;
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use sslhost::kernels::gpu_kernels::rows::batch_norm_train_rows;
+use sslhost::kernels::{self, GpuKernelSet, KernelPolicy, Precision};
 use sslhost::models::ResNetConfig;
-use sslhost::models::batch_norm_rows::{self, GpuBatchNorm, batch_norm_train_rows};
 use sslhost::models::layers::LinearConfig;
-use sslhost::models::precision::{self, Precision};
 use sslhost::session::GpuVariant;
 use sslhost::tensor::HostRng;
 
@@ -18,9 +18,12 @@ pub fn resnet_step(
     precision: Precision,
     variant: GpuVariant,
 ) -> (DType, Vec<f32>, Vec<f32>) {
-    precision::set(precision);
-    precision::set_half_activations(Some(variant.half_activations));
-    batch_norm_rows::set_chosen(Some(variant.batch_norm));
+    kernels::install(KernelPolicy {
+        precision,
+        half_activations: variant.half_activations,
+        gpu: variant.gpu,
+        ..KernelPolicy::default()
+    });
     let mut rng = HostRng::new(5);
     let config = ResNetConfig {
         cifar_stem: true,
@@ -38,8 +41,7 @@ pub fn resnet_step(
     let weights = Tensor::<2>::from_data(TensorData::new(rng.normal_vec(64, 1.0), [16, 4]), device);
     let grads = y.clone().mul(weights).sum().backward();
     let head_grad = head.weight.val().grad(&grads).unwrap();
-    precision::set(Precision::F32);
-    precision::set_half_activations(None);
+    kernels::install(KernelPolicy::default());
     (
         y.dtype(),
         values(y.reshape([-1])),
@@ -49,21 +51,18 @@ pub fn resnet_step(
 
 /// Burn's batch norm and f32 activations.
 pub const PLAIN: GpuVariant = GpuVariant {
-    batch_norm: GpuBatchNorm::Burn,
+    gpu: GpuKernelSet::Burn,
     half_activations: false,
 };
 
 /// Every batch norm a GPU code path can train with.
-pub const BATCH_NORMS: [GpuBatchNorm; 3] = [
-    GpuBatchNorm::Burn,
-    GpuBatchNorm::Rows,
-    GpuBatchNorm::ChannelsLast,
-];
+pub const BATCH_NORMS: [GpuKernelSet; 3] =
+    [GpuKernelSet::Burn, GpuKernelSet::Rows, GpuKernelSet::Nhwc];
 
-/// A variant with half activations and `batch_norm`.
-pub fn half(batch_norm: GpuBatchNorm) -> GpuVariant {
+/// A variant with half activations and the GPU kernels `gpu`.
+pub fn half(gpu: GpuKernelSet) -> GpuVariant {
     GpuVariant {
-        batch_norm,
+        gpu,
         half_activations: true,
     }
 }

@@ -32,7 +32,7 @@ pub mod config_api {
     /// print(`matrix products in ${precision()}`);
     /// ```
     pub fn precision() -> String {
-        session::with(|s| s.precision.name().to_string())
+        crate::kernels::current().precision.name().to_string()
     }
 
     /// What a ResNet's activations between layers are stored in: `"f32"`, or the products'
@@ -43,18 +43,19 @@ pub mod config_api {
     /// print(`activations in ${activations()}`);
     /// ```
     pub fn activations() -> String {
-        crate::models::precision::activations_name().to_string()
+        crate::kernels::current().activations_name().to_string()
     }
 
     /// Which batch norm training runs: `"cpu"` (the host's fused CPU kernels), `"rows"` or
-    /// `"nhwc"` (the GPU variants over contiguous rows of an NCHW or NHWC view,
-    /// `SSLHOST_GPU_BATCH_NORM=rows|nhwc`) or `"burn"` (burn's own op).
+    /// `"nhwc"` (the GPU variants over contiguous rows of an NCHW or NHWC view), `"cudnn"`
+    /// (cuDNN's, with the convolutions; `SSLHOST_GPU_BATCH_NORM=rows|nhwc|cudnn`) or `"burn"`
+    /// (burn's own op).
     ///
     /// ```rhai
     /// print(`batch norm: ${batch_norm_kernel()}`);
     /// ```
     pub fn batch_norm_kernel() -> String {
-        crate::cpu_kernels::batch_norm_kernel(&session::device()).to_string()
+        crate::kernels::batch_norm_kernel(&session::device()).to_string()
     }
 
     /// The script's configuration: `defaults` with every `--set key=value` from the command

@@ -5,10 +5,9 @@
 //! generator, so a seed gives the same network on every device.
 
 use burn::module::{Flag, Module, Param, ParamId};
-use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
-use super::precision;
-use crate::cpu_kernels::NormEpilogue;
+use crate::kernels::{NormEpilogue, precision};
 use crate::tensor::HostRng;
 
 fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
@@ -92,7 +91,7 @@ impl Conv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let (stride, padding) = (self.stride, self.padding);
         precision::activation_op(x, self.weight.val(), |x, w| {
-            crate::cpu_kernels::conv2d(x, w, stride, padding)
+            crate::kernels::conv2d(x, w, stride, padding)
         })
     }
 }
@@ -156,7 +155,7 @@ impl LinearConfig {
 impl Linear {
     /// `[N, in] -> [N, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = precision::matrix_op(x, self.weight.val(), crate::cpu_kernels::linear);
+        let y = precision::matrix_op(x, self.weight.val(), crate::kernels::linear);
         match &self.bias {
             Some(b) => y.add(b.val().unsqueeze()),
             None => y,
@@ -241,55 +240,27 @@ impl BatchNorm {
         self.forward_then(x, NormEpilogue::AddRelu(residual))
     }
 
-    /// The layer and its epilogue. An f32 input takes the CPU's fused kernels where it can.
-    /// A half input (half activations: see [`precision`]) is normalised in f32 and handed on
-    /// in its own type, and the epilogue runs in that type (as autocast's ReLU), so that what
-    /// autodiff keeps for the backward is half too.
+    /// The layer and its epilogue, in training through the kernels' dispatch
+    /// ([`crate::kernels::batch_norm_train`]). A half input (half activations: see
+    /// [`precision`]) is normalised in f32 and handed on in its own type, and the epilogue runs
+    /// in that type (as autocast's ReLU), so that what autodiff keeps for the backward is half
+    /// too.
     fn forward_then<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        if self.training.is_enabled() && D == 4 && crate::gpu_kernels::active(&x.device()) {
-            // The GPU kernels take the half input as it is and fuse the epilogue.
-            let dims = x.dims();
-            let out = crate::gpu_kernels::batch_norm_train(
-                x,
-                self.weight.val(),
-                self.bias.val(),
-                self.epsilon,
-                then,
-            );
-            self.update_running(out.mean, out.variance, &dims);
-            return out.output;
-        }
-        if dtype == DType::F32 {
-            return self.forward_f32(x, then);
-        }
-        use crate::models::batch_norm_rows::{self as rows, GpuBatchNorm};
-        // Over rows, the half input is read as it is; burn's op takes it cast to f32.
-        let y = if self.training.is_enabled() && rows::chosen() != GpuBatchNorm::Burn {
-            let dims = x.dims();
-            let out = rows::train_chosen(x, self.weight.val(), self.bias.val(), self.epsilon);
-            self.update_running(out.mean, out.variance, &dims);
-            out.output
-        } else {
-            self.forward_f32(x.cast(FloatDType::F32), NormEpilogue::None)
-                .cast(dtype)
-        };
-        then.apply(y)
-    }
-
-    fn forward_f32<const D: usize>(&mut self, x: Tensor<D>, then: NormEpilogue<D>) -> Tensor<D> {
         if !self.training.is_enabled() {
-            return then.apply(burn::tensor::module::batch_norm(
-                x,
+            // The running statistics, in f32.
+            let dtype = x.dtype();
+            let y = burn::tensor::module::batch_norm(
+                x.cast(FloatDType::F32),
                 self.weight.val(),
                 self.bias.val(),
                 self.running_mean.val(),
                 self.running_var.val(),
                 self.epsilon,
-            ));
+            );
+            return then.apply(y.cast(dtype));
         }
         let dims = x.dims();
-        let out = crate::cpu_kernels::batch_norm_train(
+        let out = crate::kernels::batch_norm_train(
             x,
             self.weight.val(),
             self.bias.val(),

@@ -1,11 +1,9 @@
 //! Plain Burn models: layers, ResNets, MLPs, and the shared network handle scripts use.
 
-pub mod batch_norm_rows;
 pub mod layers;
 pub mod mlp;
 pub mod net;
 pub mod params;
-pub mod precision;
 pub mod queue;
 pub mod resnet;
 

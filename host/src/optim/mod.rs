@@ -8,10 +8,11 @@
 //! A loss that is not finite changes nothing. On the CPU the step reads the loss before the
 //! update (a read costs nothing there) and refuses at once. On a GPU a read would make the
 //! host wait for the backward before it could issue the update, leaving the GPU idle while it
-//! does; so there the step reads nothing: the check runs on the device ([`FiniteGuard`]),
+//! does; so there the step waits for nothing: the check runs on the device ([`FiniteGuard`]),
 //! each new parameter and state tensor is chosen between the updated and the old value by it,
-//! and a count of skipped updates is read every [`SKIP_READ_EVERY`] steps and before the
-//! optimiser is checkpointed, where a skip is an error naming the first skipped step.
+//! and a count of skipped updates is copied back asynchronously, looked at by the next steps
+//! once it has arrived, and read before the optimiser is checkpointed; a skip is an error
+//! naming the first skipped step.
 
 mod adamw;
 mod lars;
@@ -104,9 +105,6 @@ pub struct Optimizer {
     skips: Option<Skips>,
 }
 
-/// Steps between two reads of the skipped-update count on a GPU.
-pub const SKIP_READ_EVERY: u64 = 10;
-
 /// Updates skipped on the device, as `[1]` f32 tensors (exact up to 2^24).
 #[derive(Clone, Debug)]
 struct Skips {
@@ -116,6 +114,87 @@ struct Skips {
     first: Tensor<1>,
     /// How many a read has already reported.
     reported: u64,
+    /// The copy of `[count, first]` on its way back, if one is.
+    arriving: Arriving,
+}
+
+/// A device-to-host copy started and not yet looked at: polled, never waited for.
+#[derive(Default)]
+struct Arriving(Option<std::pin::Pin<Box<dyn Future<Output = ReadResult> + Send>>>);
+
+type ReadResult = std::result::Result<burn::tensor::TensorData, burn::tensor::ExecutionError>;
+
+impl Clone for Arriving {
+    /// A copy of an optimiser starts with nothing on its way.
+    fn clone(&self) -> Self {
+        Arriving(None)
+    }
+}
+
+impl std::fmt::Debug for Arriving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Arriving(..)"
+        } else {
+            "Arriving(none)"
+        })
+    }
+}
+
+impl Arriving {
+    /// Starts copying `t` back (the first poll issues the copy) unless a copy is on its way.
+    fn start(&mut self, t: Tensor<1>) {
+        if self.0.is_none() {
+            let mut read: std::pin::Pin<Box<dyn Future<Output = ReadResult> + Send>> =
+                Box::pin(t.into_data_async());
+            match poll_once(&mut read) {
+                Some(done) => self.0 = Some(Box::pin(std::future::ready(done))),
+                None => self.0 = Some(read),
+            }
+        }
+    }
+
+    /// The copy's values if it has arrived (without waiting), and nothing on its way then.
+    fn arrived(&mut self) -> Option<Result<Vec<f32>>> {
+        let done = poll_once(self.0.as_mut()?)?;
+        self.0 = None;
+        Some(
+            done.map_err(|e| Error::Backend(format!("{e:?}")))
+                .and_then(|data| {
+                    data.convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| Error::Backend(format!("{e:?}")))
+                }),
+        )
+    }
+}
+
+/// Polls `fut` once with a waker that does nothing: its output if it is ready.
+fn poll_once<T>(fut: &mut std::pin::Pin<Box<dyn Future<Output = T> + Send>>) -> Option<T> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+impl Skips {
+    /// An error when `values` (`[count, first + 1]`, as read back) shows skips not yet
+    /// reported.
+    fn report(&mut self, values: &[f32]) -> Result<()> {
+        let (count, first) = (values[0] as u64, values[1] as u64);
+        if count <= self.reported {
+            return Ok(());
+        }
+        let new = count - self.reported;
+        self.reported = count;
+        Err(Error::NonFinite(format!(
+            "the loss was not finite at step {}: its update was skipped on the device \
+             (parameters and optimiser state unchanged), and {} more since the last report",
+            first.saturating_sub(1),
+            new - 1
+        )))
+    }
 }
 
 /// Whether this step's update goes ahead: decided on the host before it (the CPU), or on
@@ -272,11 +351,24 @@ impl Optimizer {
         self.steps += 1;
         if let Some(ok) = guard.on_device {
             self.count_skip(ok);
-            if self.steps.is_multiple_of(SKIP_READ_EVERY) {
-                self.check_skips()?;
-            }
+            self.look_at_skips()?;
         }
         Ok(())
+    }
+
+    /// Looks at the last copy of the skip count if it has arrived (waiting for nothing), and
+    /// starts the next one: an error when it shows new skips.
+    fn look_at_skips(&mut self) -> Result<()> {
+        let Some(skips) = &mut self.skips else {
+            return Ok(());
+        };
+        let arrived = skips.arriving.arrived();
+        let both = Tensor::cat(vec![skips.count.clone(), skips.first.clone()], 0);
+        skips.arriving.start(both);
+        match arrived {
+            Some(values) => skips.report(&values?),
+            None => Ok(()),
+        }
     }
 
     /// Adds this step's outcome to the device's count of skipped updates.
@@ -287,6 +379,7 @@ impl Optimizer {
             count: skipped.zeros_like(),
             first: skipped.zeros_like(),
             reported: 0,
+            arriving: Arriving::default(),
         });
         let none_yet = skips.first.clone().equal_elem(0.0).float();
         skips.first = skips
@@ -302,18 +395,8 @@ impl Optimizer {
         let Some(skips) = &mut self.skips else {
             return Ok(());
         };
-        let count = crate::tensor::float_values(skips.count.clone())?[0] as u64;
-        if count <= skips.reported {
-            return Ok(());
-        }
-        let first = crate::tensor::float_values(skips.first.clone())?[0] as u64;
-        let new = count - skips.reported;
-        skips.reported = count;
-        Err(Error::NonFinite(format!(
-            "the loss was not finite at step {}: its update was skipped on the device \
-             (parameters and optimiser state unchanged), and {} more before this read",
-            first.saturating_sub(1),
-            new - 1
-        )))
+        skips.arriving = Arriving::default();
+        let both = Tensor::cat(vec![skips.count.clone(), skips.first.clone()], 0);
+        skips.report(&crate::tensor::float_values(both)?)
     }
 }

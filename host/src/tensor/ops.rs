@@ -522,7 +522,7 @@ impl DynTensor {
         }
         let targets = labels.class_labels(classes, "cross_entropy")?;
         let logits: Tensor<2> = self.float4("cross_entropy")?.reshape([rows, classes]);
-        let losses = crate::cpu_kernels::cross_entropy(logits, &targets);
+        let losses = crate::kernels::cross_entropy(logits, &targets);
         Ok(DynTensor::from_float4(losses.reshape([1, 1, 1, rows]), 1))
     }
 

@@ -146,7 +146,7 @@ fn vote(
         // test · trainᵀ as a linear layer with the train rows as its weight: on the CPU one
         // GEMM that reads `train` in place, where a matmul with a transposed view copied the
         // 60000 x D bank on every batch (8% of a preset's kNN).
-        let sim = crate::cpu_kernels::linear(test_f.clone().narrow(0, from, rows), train_f.clone());
+        let sim = crate::kernels::linear(test_f.clone().narrow(0, from, rows), train_f.clone());
         let truth = test_y.clone().narrow(0, from, rows);
         correct += match &host_labels {
             Some(labels) => {

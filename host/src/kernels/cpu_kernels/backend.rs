@@ -11,7 +11,6 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
@@ -20,6 +19,7 @@ use super::conv::{self, ConvShape};
 use super::cross_entropy;
 use super::linear::{self, LinearShape};
 use super::{direct, direct_wide, winograd};
+use crate::kernels::conv_options;
 
 /// The CPU kernels a training step spends its time in.
 #[backend_extension(Flex, Autodiff)]
@@ -112,11 +112,6 @@ fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> Option<LinearShape> {
 /// `x · weightᵀ` with burn's own ops, for what the kernel does not take.
 fn burn_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
     B::float_matmul(x, B::float_transpose(weight))
-}
-
-/// Burn's options for the same convolution, for the shapes and devices that go to burn's.
-pub(super) fn burn_options(stride: usize, padding: usize) -> ConvOptions<2> {
-    ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1)
 }
 
 fn flex(values: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
@@ -217,7 +212,7 @@ impl ConvPath {
 impl CpuKernels for Flex {
     fn gemm_conv2d(x: FlexTensor, weight: FlexTensor, stride: usize, padding: usize) -> FlexTensor {
         let Some(s) = geometry(&x, &weight, stride, padding) else {
-            return Flex::conv2d(x, weight, None, burn_options(stride, padding));
+            return Flex::conv2d(x, weight, None, conv_options(stride, padding));
         };
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
@@ -529,7 +524,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 x,
                 weight,
                 None,
-                burn_options(stride, padding),
+                conv_options(stride, padding),
             );
         }
         input_and_weight_op::<C, _>(

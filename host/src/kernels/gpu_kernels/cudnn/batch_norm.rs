@@ -22,10 +22,10 @@ use burn_cubecl::tensor::CubeTensor;
 use cudarc::cudnn::sys as dnn;
 
 use super::{
-    Cudnn, CudnnError, Pointers, cast, channels_last, check, contiguous, data_type, dims4, empty,
-    empty_channels_last, nhwc_strides, workspace,
+    Cudnn, CudnnError, ONE, Pointers, ZERO, cast, channels_last, check, contiguous, data_type,
+    dims4, empty, empty_channels_last, nhwc_strides, scale, workspace,
 };
-use crate::gpu_kernels::reference;
+use crate::kernels::gpu_kernels::reference;
 
 /// Reserves kept before the table is cleared.
 const RESERVES_KEPT: usize = 4096;
@@ -185,13 +185,6 @@ impl Plans {
 fn vector(t: CubeTensor) -> CubeTensor {
     contiguous(cast(t, DType::F32))
 }
-
-fn scale(v: &f32) -> *const c_void {
-    v as *const f32 as *const c_void
-}
-
-const ONE: f32 = 1.0;
-const ZERO: f32 = 0.0;
 
 impl Cudnn {
     /// The forward: (y in `x`'s type, mean, inv_std). `z` is the residual of an add tail.

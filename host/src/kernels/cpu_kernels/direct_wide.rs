@@ -478,7 +478,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu_kernels::{assert_close, conv, same_3x3, test_values};
+    use crate::kernels::cpu_kernels::{assert_close, conv, same_3x3, test_values};
 
     /// Which passes of a ResNet's layers this kernel takes: the strided 3x3s' forward (and
     /// their weight gradient up to 64 outputs), the narrow tile on 4x4 maps only, never a
@@ -583,7 +583,7 @@ mod tests {
 ///     RAYON_NUM_THREADS=2 cargo test --release --lib direct_wide::timing -- --ignored --nocapture
 mod timing {
     use super::*;
-    use crate::cpu_kernels::{best_ms as best, conv, test_values, winograd};
+    use crate::kernels::cpu_kernels::{best_ms as best, conv, test_values, winograd};
 
     #[test]
     #[ignore = "a measurement: run with --ignored --nocapture"]

@@ -4,10 +4,9 @@
 //! runtime (the extension's autodiff wiring against burn's autodiff).
 
 use burn::tensor::activation::relu;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, FloatDType, Tensor};
 
-use crate::cpu_kernels::NormEpilogue;
+use crate::kernels::NormEpilogue;
 
 /// What follows a layer's batch norm in the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +126,7 @@ pub fn compare(device: &Device, dtype: FloatDType, layer: Layer) -> Vec<(&'stati
             };
             super::batch_norm_train(y, g.clone(), b.clone(), 1e-5, tail)
         } else {
-            let options = ConvOptions::new([l.stride; 2], [pad; 2], [1, 1], 1);
+            let options = crate::kernels::conv_options(l.stride, pad);
             let y = burn::tensor::module::conv2d(xh, wh, None, options).cast(FloatDType::F32);
             let mut out = burn::tensor::module::batch_norm_train(y, g.clone(), b.clone(), 1e-5);
             out.output = match l.tail {

@@ -10,8 +10,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cudarc::cudnn::sys as dnn;
 
 use super::{
-    Cudnn, CudnnError, Pointers, cast, channels_last, check, contiguous, data_type, dims4,
-    empty_channels_last, nhwc_strides, permuted, workspace,
+    Cudnn, CudnnError, ONE, Pointers, ZERO, cast, channels_last, check, contiguous, data_type,
+    dims4, empty_channels_last, nhwc_strides, permuted, scale, workspace,
 };
 
 /// The most workspace an algorithm may ask for (the fastest one that fits is taken).
@@ -78,9 +78,43 @@ pub struct Plan {
     y: dnn::cudnnTensorDescriptor_t,
     w: dnn::cudnnFilterDescriptor_t,
     conv: dnn::cudnnConvolutionDescriptor_t,
-    /// The algorithm's number in its pass's enum.
-    algo: u32,
+    algo: Algo,
     workspace: usize,
+}
+
+/// An algorithm of one of the three passes.
+#[derive(Clone, Copy, Debug)]
+enum Algo {
+    Forward(dnn::cudnnConvolutionFwdAlgo_t),
+    InputGrad(dnn::cudnnConvolutionBwdDataAlgo_t),
+    WeightGrad(dnn::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+impl Algo {
+    fn forward(self) -> Result<dnn::cudnnConvolutionFwdAlgo_t, CudnnError> {
+        match self {
+            Algo::Forward(a) => Ok(a),
+            other => Err(CudnnError(format!("{other:?} planned for the forward"))),
+        }
+    }
+
+    fn input_grad(self) -> Result<dnn::cudnnConvolutionBwdDataAlgo_t, CudnnError> {
+        match self {
+            Algo::InputGrad(a) => Ok(a),
+            other => Err(CudnnError(format!(
+                "{other:?} planned for the input gradient"
+            ))),
+        }
+    }
+
+    fn weight_grad(self) -> Result<dnn::cudnnConvolutionBwdFilterAlgo_t, CudnnError> {
+        match self {
+            Algo::WeightGrad(a) => Ok(a),
+            other => Err(CudnnError(format!(
+                "{other:?} planned for the weight gradient"
+            ))),
+        }
+    }
 }
 
 /// Plans made so far.
@@ -177,7 +211,7 @@ impl Plans {
             algo,
             workspace,
         };
-        tracing::debug!("cuDNN {pass:?} {g:?}: algorithm {algo}, workspace {workspace} bytes");
+        tracing::debug!("cuDNN {pass:?} {g:?}: {algo:?}, workspace {workspace} bytes");
         self.0.insert((pass, g), plan);
         Ok(plan)
     }
@@ -185,7 +219,7 @@ impl Plans {
 
 /// What cuDNN's `Find` returns for one candidate, whatever the pass.
 struct Candidate {
-    algo: u32,
+    algo: Algo,
     ok: bool,
     memory: usize,
     math: dnn::cudnnMathType_t,
@@ -201,7 +235,7 @@ fn fastest(
     y: dnn::cudnnTensorDescriptor_t,
     w: dnn::cudnnFilterDescriptor_t,
     conv: dnn::cudnnConvolutionDescriptor_t,
-) -> Result<(u32, usize), CudnnError> {
+) -> Result<(Algo, usize), CudnnError> {
     const ASK: usize = 8;
     let mut returned = 0i32;
     let ok = |s: dnn::cudnnStatus_t| s == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
@@ -227,7 +261,7 @@ fn fastest(
                 perf[..returned as usize]
                     .iter()
                     .map(|p| Candidate {
-                        algo: p.algo as u32,
+                        algo: Algo::Forward(p.algo),
                         ok: ok(p.status),
                         memory: p.memory,
                         math: p.mathType,
@@ -252,7 +286,7 @@ fn fastest(
                 perf[..returned as usize]
                     .iter()
                     .map(|p| Candidate {
-                        algo: p.algo as u32,
+                        algo: Algo::InputGrad(p.algo),
                         ok: ok(p.status),
                         memory: p.memory,
                         math: p.mathType,
@@ -278,7 +312,7 @@ fn fastest(
                 perf[..returned as usize]
                     .iter()
                     .map(|p| Candidate {
-                        algo: p.algo as u32,
+                        algo: Algo::WeightGrad(p.algo),
                         ok: ok(p.status),
                         memory: p.memory,
                         math: p.mathType,
@@ -306,14 +340,6 @@ fn filter(weight: CubeTensor, dtype: DType) -> CubeTensor {
     contiguous(permuted(cast(weight, dtype), [0, 2, 3, 1]))
 }
 
-/// `1.0` and `0.0` as cuDNN's scaling factors (f32 for every type but f64).
-const ONE: f32 = 1.0;
-const ZERO: f32 = 0.0;
-
-fn scale(v: &f32) -> *const c_void {
-    v as *const f32 as *const c_void
-}
-
 impl Cudnn {
     /// `x` `[n, c, h, w]` convolved with `weight` → `[n, k, h', w']` in `x`'s type, channels last.
     pub(super) fn conv_forward(
@@ -326,6 +352,7 @@ impl Cudnn {
             self.drain(&x.client)?;
         }
         let plan = self.conv.plan(self.handle, Pass::Forward, g)?;
+        let forward_algo = plan.algo.forward()?;
         let x = channels_last(x);
         let w = filter(weight, g.dtype);
         let y = empty_channels_last(&x, g.output(), g.dtype);
@@ -344,7 +371,7 @@ impl Cudnn {
                     plan.w,
                     wp,
                     plan.conv,
-                    std::mem::transmute::<u32, dnn::cudnnConvolutionFwdAlgo_t>(plan.algo),
+                    forward_algo,
                     wsp,
                     plan.workspace,
                     scale(&ZERO),
@@ -369,6 +396,7 @@ impl Cudnn {
             self.drain(&x.client)?;
         }
         let plan = self.conv.plan(self.handle, Pass::InputGrad, g)?;
+        let data_algo = plan.algo.input_grad()?;
         let w = filter(weight, g.dtype);
         let dy = channels_last(cast(dy, g.dtype));
         let dx = empty_channels_last(x, dims4(x), g.dtype);
@@ -387,7 +415,7 @@ impl Cudnn {
                     plan.y,
                     dyp,
                     plan.conv,
-                    std::mem::transmute::<u32, dnn::cudnnConvolutionBwdDataAlgo_t>(plan.algo),
+                    data_algo,
                     wsp,
                     plan.workspace,
                     scale(&ZERO),
@@ -412,6 +440,7 @@ impl Cudnn {
             self.drain(&x.client)?;
         }
         let plan = self.conv.plan(self.handle, Pass::WeightGrad, g)?;
+        let filter_algo = plan.algo.weight_grad()?;
         let x = channels_last(cast(x, g.dtype));
         let dy = channels_last(cast(dy, g.dtype));
         // KRSC: [k, r, r, c] contiguous, handed back viewed as [k, c, r, r].
@@ -431,7 +460,7 @@ impl Cudnn {
                     plan.y,
                     dyp,
                     plan.conv,
-                    std::mem::transmute::<u32, dnn::cudnnConvolutionBwdFilterAlgo_t>(plan.algo),
+                    filter_algo,
                     wsp,
                     plan.workspace,
                     scale(&ZERO),

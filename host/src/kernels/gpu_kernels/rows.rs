@@ -1,6 +1,6 @@
 //! Training-mode batch norm whose reductions run along contiguous rows, with a hand-written
-//! backward: the GPU alternatives to burn's `batch_norm_train`, chosen with
-//! `SSLHOST_GPU_BATCH_NORM=rows` or `nhwc` ([`GpuBatchNorm`]).
+//! backward: the GPU alternatives to burn's `batch_norm_train` in burn's own ops, chosen by the
+//! kernel policy's GPU set (`SSLHOST_GPU_BATCH_NORM=rows` or `nhwc`).
 //!
 //! burn's default reduces each statistic over `x` transposed to `[C, N·H·W]`: a copy of the
 //! activation, then a reduction with one output per channel. On CUDA at batch 256 that is
@@ -21,7 +21,7 @@
 //! convolution before it) and three per-channel vectors are saved. All of it is backend tensor ops,
 //! so on CUDA burn's fusion fuses the elementwise parts into the reductions around them.
 //!
-//! A half input (half activations, see [`crate::models::precision`]) stays half where it is
+//! A half input (half activations, see [`crate::kernels::precision`]) stays half where it is
 //! stored: the op reads it, computes in f32, writes its output in the input's type, and keeps
 //! the half input for the backward, whose input gradient leaves in that type too. The
 //! statistics and the `gamma` and `beta` gradients are f32.
@@ -58,88 +58,6 @@ pub fn batch_norm_train_rows<const D: usize>(
         output: Tensor::from_dispatch(output),
         mean: Tensor::from_dispatch(mean),
         variance: Tensor::from_dispatch(variance),
-    }
-}
-
-/// The batch norm a GPU code path trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuBatchNorm {
-    /// burn's own `batch_norm_train`.
-    Burn,
-    /// [`batch_norm_train_rows`] over `[N, C, H·W]`: rows contiguous where `x` is NCHW.
-    Rows,
-    /// [`batch_norm_train_rows`] over `[N, H·W, C]`: contiguous where `x` is stored NHWC, as
-    /// cubecl's convolutions leave their outputs (they compute in NHWC and hand back a
-    /// permuted view), so the view costs no copy.
-    ChannelsLast,
-    /// The GPU kernels ([`crate::gpu_kernels`]): cuDNN's batch norm with its ReLU and
-    /// residual tails fused in, and cuDNN's convolutions, channels last. Where they do not run
-    /// (no cuDNN), the `nhwc` variant.
-    Cudnn,
-}
-
-impl GpuBatchNorm {
-    /// `"burn"`, `"rows"`, `"nhwc"` or `"cudnn"`, as `SSLHOST_GPU_BATCH_NORM` and
-    /// `--variants` spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            GpuBatchNorm::Burn => "burn",
-            GpuBatchNorm::Rows => "rows",
-            GpuBatchNorm::ChannelsLast => "nhwc",
-            GpuBatchNorm::Cudnn => "cudnn",
-        }
-    }
-
-    /// The variant [`GpuBatchNorm::name`] spells `name`.
-    pub fn parse(name: &str) -> Option<Self> {
-        [Self::Burn, Self::Rows, Self::ChannelsLast, Self::Cudnn]
-            .into_iter()
-            .find(|v| v.name() == name)
-    }
-}
-
-thread_local! {
-    static CHOSEN: std::cell::Cell<Option<GpuBatchNorm>> = const { std::cell::Cell::new(None) };
-}
-
-/// The batch norm this thread's layers train with where they do not take the CPU kernels:
-/// set by [`set_chosen`], else `SSLHOST_GPU_BATCH_NORM=burn|rows|nhwc`. The default stays
-/// burn's own op until a GPU run has measured them (`scripts/gpu_session.sh ab` runs each).
-pub fn chosen() -> GpuBatchNorm {
-    static FROM_ENV: std::sync::OnceLock<GpuBatchNorm> = std::sync::OnceLock::new();
-    CHOSEN.with(std::cell::Cell::get).unwrap_or_else(|| {
-        *FROM_ENV.get_or_init(|| {
-            let value = std::env::var("SSLHOST_GPU_BATCH_NORM").unwrap_or_default();
-            GpuBatchNorm::parse(&value).unwrap_or_else(|| {
-                if !value.is_empty() {
-                    tracing::warn!(
-                        "SSLHOST_GPU_BATCH_NORM={value}: not burn, rows, nhwc or cudnn; burn's op"
-                    );
-                }
-                GpuBatchNorm::Burn
-            })
-        })
-    })
-}
-
-/// Sets [`chosen`] for this thread (`None`: back to the environment's choice).
-pub fn set_chosen(variant: Option<GpuBatchNorm>) {
-    CHOSEN.with(|c| c.set(variant));
-}
-
-/// Batch norm on `x` with `gamma` and `beta` in the [`chosen`] variant (burn's op takes f32).
-pub fn train_chosen<const D: usize>(
-    x: Tensor<D>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    epsilon: f64,
-) -> BatchNormTrainOutput<D> {
-    match chosen() {
-        GpuBatchNorm::Burn => burn::tensor::module::batch_norm_train(x, gamma, beta, epsilon),
-        GpuBatchNorm::Rows => batch_norm_train_rows(x, gamma, beta, epsilon, false),
-        GpuBatchNorm::ChannelsLast | GpuBatchNorm::Cudnn => {
-            batch_norm_train_rows(x, gamma, beta, epsilon, true)
-        }
     }
 }
 

@@ -264,7 +264,7 @@ impl Cudnn {
         let handle = cudarc::cudnn::result::create_handle()?;
         // SAFETY: both are live; the stream belongs to the current context.
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as dnn::cudaStream_t)? };
-        let mode = order::Mode::from_env();
+        let mode = crate::kernels::current().cudnn_order;
         tracing::info!("cuDNN's stream is ordered with cubecl's by {mode:?} (SSLHOST_CUDNN_ORDER)");
         Ok(Cudnn {
             handle,
@@ -341,6 +341,15 @@ fn make_context_current() -> Result<(), CudnnError> {
 /// Whether `t` is on the CUDA device cuDNN serves (device 0) and cuDNN is loaded.
 fn served(t: &CubeTensor) -> bool {
     matches!(&t.device, CubeDevice::Cuda(d) if d.index == 0) && library().is_ok()
+}
+
+/// `1.0` and `0.0` as cuDNN's scaling factors (f32 for every data type but f64).
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+/// A scaling factor as cuDNN takes it.
+fn scale(v: &f32) -> *const std::ffi::c_void {
+    v as *const f32 as *const std::ffi::c_void
 }
 
 /// cuDNN's name for a float type, if it takes it.

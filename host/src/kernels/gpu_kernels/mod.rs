@@ -11,6 +11,7 @@
 
 mod ops;
 pub mod reference;
+pub mod rows;
 pub mod selftest;
 
 #[cfg(feature = "cuda")]
@@ -24,7 +25,7 @@ use burn::backend::Dispatch;
 use burn::tensor::module::BatchNormTrainOutput;
 use burn::tensor::{Device, Tensor};
 
-use crate::cpu_kernels::NormEpilogue;
+use crate::kernels::NormEpilogue;
 
 /// `x` `[N, C, H, W]`, `weight` `[K, C, r, r]` → `[N, K, H', W']` through the extension, in
 /// `x`'s type (the weight is cast to it).
@@ -78,13 +79,12 @@ pub fn batch_norm_train<const D: usize>(
     }
 }
 
-/// Whether training tensors on `device` take the GPU kernels: the `cudnn` variant chosen
-/// ([`crate::models::batch_norm_rows::GpuBatchNorm::Cudnn`]), on CUDA where cuDNN loads (the
-/// first call loads it and logs the outcome once), or on the cubecl CPU runtime, where the
-/// reference bodies run through the same extension, fusion and autodiff as CUDA's.
+/// Whether training tensors on `device` take the GPU kernels: the policy's `cudnn` set, on
+/// CUDA where cuDNN loads (the first call loads it and logs the outcome once), or on the
+/// cubecl CPU runtime, where the reference bodies run through the same extension, fusion and
+/// autodiff as CUDA's.
 pub fn active(device: &Device) -> bool {
-    use crate::models::batch_norm_rows::{GpuBatchNorm, chosen};
-    chosen() == GpuBatchNorm::Cudnn
+    crate::kernels::current().gpu == crate::kernels::GpuKernelSet::Cudnn
         && match crate::device::kind(device) {
             "cuda" => loaded(),
             "cubecl-cpu" => true,

@@ -5,15 +5,10 @@
 //! Batch norm computes in f32 whatever its input's type, and hands back its output in the
 //! input's type, as cuDNN does for a half input.
 
+use crate::kernels::conv_options;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Shape};
-
-/// burn's options for a square convolution with the same stride and padding on both axes.
-pub fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
-    ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1)
-}
 
 /// `t` in `dtype` (a no-op where it is).
 fn cast_to<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {

@@ -2,15 +2,15 @@
 //!
 //! cubecl-cuda runs its kernels on a stream of its own that it does not expose, created
 //! non-blocking, so work on any other stream (the legacy default one included) is not ordered
-//! with it. cuDNN runs on a stream of ours, and one of two orderings joins the two
-//! (`SSLHOST_CUDNN_ORDER`):
+//! with it. cuDNN runs on a stream of ours, and one of two orderings joins the two (the kernel
+//! policy's `cudnn_order`, `SSLHOST_CUDNN_ORDER`):
 //!
 //! - **`sync`** (the default): the host waits for cubecl's stream to drain, issues cuDNN's
 //!   calls, and waits for cuDNN's stream before returning. Sound whatever cubecl does inside,
 //!   and it cannot deadlock; the cost is that the GPU idles while the host issues the next
 //!   work, twice for each cuDNN call.
 //! - **`flags`**: no host wait. Through a pair of counters in device memory
-//!   ([`crate::gpu_kernels::handshake`]): a one-thread kernel on cubecl's stream stores `n` in
+//!   ([`crate::kernels::gpu_kernels::handshake`]): a one-thread kernel on cubecl's stream stores `n` in
 //!   `ready`; `cuStreamWaitValue32(ready >= n)` holds cuDNN's stream until then; cuDNN's calls
 //!   run; `cuStreamWriteValue32(done = n)` publishes that they finished; a one-thread kernel on
 //!   cubecl's stream holds it until `done >= n`. Every buffer cuDNN touches is a cubecl
@@ -25,40 +25,18 @@ use burn_cubecl::cubecl::client::Client;
 use cudarc::driver::sys;
 
 use super::{CudnnError, Pointers};
-use crate::gpu_kernels::handshake::Flags;
+use crate::kernels::CudnnOrder;
+use crate::kernels::gpu_kernels::handshake::Flags;
 
 /// Polls of the waiting kernel before it gives up: with a global load of some hundreds of
 /// cycles a poll, seconds, far longer than any one cuDNN call.
 const SPIN_LIMIT: u32 = 1 << 24;
 
-/// The ordering `SSLHOST_CUDNN_ORDER` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Host waits on both sides.
-    Sync,
-    /// Device counters, no host wait.
-    Flags,
-}
-
-impl Mode {
-    /// `SSLHOST_CUDNN_ORDER=sync|flags`, `sync` when unset or unknown (with a warning).
-    pub fn from_env() -> Self {
-        match std::env::var("SSLHOST_CUDNN_ORDER").as_deref() {
-            Ok("flags") => Mode::Flags,
-            Ok("sync") | Err(_) => Mode::Sync,
-            Ok(other) => {
-                tracing::warn!("SSLHOST_CUDNN_ORDER={other}: not sync or flags; sync");
-                Mode::Sync
-            }
-        }
-    }
-}
-
 /// One of the two orderings, with what it needs.
 pub enum Order {
-    /// See [`Mode::Sync`].
+    /// See [`CudnnOrder::Sync`].
     Sync,
-    /// See [`Mode::Flags`].
+    /// See [`CudnnOrder::Flags`].
     Flags {
         client: Client,
         flags: Flags,
@@ -72,10 +50,10 @@ pub enum Order {
 
 impl Order {
     /// The ordering `mode` on `client`'s device.
-    pub fn new(mode: Mode, client: &Client) -> Result<Self, CudnnError> {
+    pub fn new(mode: CudnnOrder, client: &Client) -> Result<Self, CudnnError> {
         Ok(match mode {
-            Mode::Sync => Order::Sync,
-            Mode::Flags => {
+            CudnnOrder::Sync => Order::Sync,
+            CudnnOrder::Flags => {
                 let flags = Flags::new(client, [0; 4]);
                 let mut pinned = Pointers::new(client);
                 let address = pinned.address(flags.handle())?;

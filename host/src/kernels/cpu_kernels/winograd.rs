@@ -61,9 +61,9 @@ fn channels(s: &ConvShape) -> usize {
     if applies(s) { s.c_in.min(s.c_out) } else { 0 }
 }
 
-/// Winograd is on unless `SSLHOST_CPU_KERNELS=im2col`.
+/// Winograd is on unless the kernel policy says `SSLHOST_CPU_KERNELS=im2col`.
 fn enabled() -> bool {
-    super::kernels_setting() != "im2col"
+    super::kernel_set() != super::CpuKernelSet::Im2col
 }
 
 /// Tiles along each axis.
@@ -528,7 +528,7 @@ pub fn weight_gradient(s: &ConvShape, x: &[f32], dy: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu_kernels::{assert_close, conv, same_3x3, test_values};
+    use crate::kernels::cpu_kernels::{assert_close, conv, same_3x3, test_values};
 
     #[test]
     fn matches_the_direct_convolution() {

@@ -76,13 +76,18 @@ impl Isa {
     }
 }
 
-/// What this CPU offers the kernels: (AVX-512F, AVX2 and FMA).
+/// What this CPU offers the kernels: (AVX-512F, AVX2 and FMA); neither where the kernel
+/// policy leaves the direct kernels out (`SSLHOST_CPU_KERNELS=im2col|no-direct`).
 pub(super) fn features() -> (bool, bool) {
+    use super::CpuKernelSet;
     static FEATURES: OnceLock<(bool, bool)> = OnceLock::new();
+    if matches!(
+        super::kernel_set(),
+        CpuKernelSet::Im2col | CpuKernelSet::NoDirect
+    ) {
+        return (false, false);
+    }
     *FEATURES.get_or_init(|| {
-        if matches!(super::kernels_setting(), "im2col" | "no-direct") {
-            return (false, false);
-        }
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -663,7 +668,7 @@ pub(super) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu_kernels::{assert_close, conv, same_3x3, test_values};
+    use crate::kernels::cpu_kernels::{assert_close, conv, same_3x3, test_values};
 
     /// Every pass against im2col + GEMM: channel counts that fill no block, one block, and a
     /// block and a part; one and several vectors a row; a tile split across rows; an odd
@@ -745,7 +750,7 @@ mod tests {
 ///     RAYON_NUM_THREADS=2 cargo test --release --lib direct::timing -- --ignored --nocapture
 mod timing {
     use super::*;
-    use crate::cpu_kernels::{best_ms as best, conv, test_values, winograd};
+    use crate::kernels::cpu_kernels::{best_ms as best, conv, test_values, winograd};
 
     #[test]
     #[ignore = "a measurement: run with --ignored --nocapture"]
@@ -786,8 +791,8 @@ mod timing {
             let cf = best(|| drop(conv::forward(&s, &x, &wt)));
             let cb = best(|| drop(conv::backward(&s, &x, &wt, &dy, true)));
             let cbw = best(|| drop(conv::backward(&s, &x, &wt, &dy, false)));
-            if crate::cpu_kernels::direct_wide::pays_forward(&s) {
-                use crate::cpu_kernels::direct_wide;
+            if crate::kernels::cpu_kernels::direct_wide::pays_forward(&s) {
+                use crate::kernels::cpu_kernels::direct_wide;
                 let vf = best(|| drop(direct_wide::forward(&s, &x, &wt)));
                 let vdx = best(|| drop(direct_wide::input_gradient(&s, &wt, &dy)));
                 let vdw = best(|| drop(direct_wide::weight_gradient(&s, &x, &dy)));

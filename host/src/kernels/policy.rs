@@ -1,0 +1,228 @@
+//! Which kernels a run takes, decided once.
+//!
+//! One [`KernelPolicy`] holds every choice that changes what a training step computes with:
+//! what products multiply in, whether a ResNet's activations stay in the half type, the CPU
+//! kernel set, the GPU kernel set and how cuDNN's stream is ordered. `main` builds it from the
+//! command line and the environment ([`KernelPolicy::from_env`]), a session installs it on the
+//! thread that runs the script ([`install`]), and the dispatch in [`super`] reads it
+//! ([`current`]). Nothing else reads these environment variables.
+//!
+//! The policy belongs to a thread, as `torch.autocast`'s state does: each run, and each test
+//! thread, installs its own. A thread that installed none takes the environment's.
+
+use std::cell::Cell;
+
+use burn::tensor::FloatDType;
+
+use crate::error::{Error, Result};
+
+/// What matrix ops compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Convolutions and linear layers in bf16 with f32 weights kept as the master copy.
+    Bf16,
+    /// As [`Precision::Bf16`] in f16, without loss scaling: for devices without bf16 (the
+    /// cubecl CPU runtime, where tests check the GPU code path), not for long training.
+    F16,
+}
+
+impl Precision {
+    /// `"f32"`, `"bf16"` or `"f16"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// The half type products run in, if any.
+    pub fn half(self) -> Option<FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(FloatDType::BF16),
+            Precision::F16 => Some(FloatDType::F16),
+        }
+    }
+}
+
+/// Which of the host's CPU kernels run on burn-flex (`SSLHOST_CPU_KERNELS`), for A/B runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuKernelSet {
+    /// Each of ours where it pays (unset).
+    #[default]
+    All,
+    /// Ours with im2col + GEMM only: no Winograd, no direct convolutions (`im2col`).
+    Im2col,
+    /// Ours without the direct convolutions (`no-direct`).
+    NoDirect,
+    /// burn-flex's own ops (`burn`).
+    Burn,
+}
+
+impl CpuKernelSet {
+    /// As `SSLHOST_CPU_KERNELS` spells it (`""` for [`CpuKernelSet::All`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuKernelSet::All => "",
+            CpuKernelSet::Im2col => "im2col",
+            CpuKernelSet::NoDirect => "no-direct",
+            CpuKernelSet::Burn => "burn",
+        }
+    }
+}
+
+/// What the GPU code path trains ResNets with (`SSLHOST_GPU_BATCH_NORM`, and the first half
+/// of a bench variant): batch norm, and with `cudnn` the convolutions too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuKernelSet {
+    /// burn's own ops.
+    #[default]
+    Burn,
+    /// Batch norm over the contiguous rows of an `[N, C, H·W]` view, with a written-out
+    /// backward (`rows`).
+    Rows,
+    /// The same over an `[N, H·W, C]` view, contiguous where cubecl's convolutions leave
+    /// their outputs (`nhwc`).
+    Nhwc,
+    /// cuDNN's batch norm with its ReLU and residual tails fused in, and cuDNN's
+    /// convolutions, channels last (`cudnn`); `nhwc` where cuDNN does not run.
+    Cudnn,
+}
+
+impl GpuKernelSet {
+    /// `"burn"`, `"rows"`, `"nhwc"` or `"cudnn"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuKernelSet::Burn => "burn",
+            GpuKernelSet::Rows => "rows",
+            GpuKernelSet::Nhwc => "nhwc",
+            GpuKernelSet::Cudnn => "cudnn",
+        }
+    }
+
+    /// The set [`GpuKernelSet::name`] spells `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Burn, Self::Rows, Self::Nhwc, Self::Cudnn]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
+}
+
+/// How cuDNN's stream is ordered with cubecl's (`SSLHOST_CUDNN_ORDER`; see
+/// `gpu_kernels::cudnn::order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CudnnOrder {
+    /// The host waits for each stream on both sides of every cuDNN call (`sync`).
+    #[default]
+    Sync,
+    /// Counters in device memory, no host wait (`flags`).
+    Flags,
+}
+
+/// Every kernel choice of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelPolicy {
+    /// What convolutions and linear layers multiply in (`--precision`).
+    pub precision: Precision,
+    /// A ResNet's activations kept in the products' half type (`SSLHOST_HALF_ACTIVATIONS=1`).
+    pub half_activations: bool,
+    /// The CPU kernels (`SSLHOST_CPU_KERNELS`).
+    pub cpu: CpuKernelSet,
+    /// The GPU kernels (`SSLHOST_GPU_BATCH_NORM`).
+    pub gpu: GpuKernelSet,
+    /// cuDNN's ordering (`SSLHOST_CUDNN_ORDER`).
+    pub cudnn_order: CudnnOrder,
+}
+
+/// `name`'s value, or `None` when unset or empty.
+fn setting(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The error for a value `name` does not take.
+fn bad(name: &str, value: &str, allowed: &str) -> Error {
+    Error::Invalid(format!("{name}={value}: expected {allowed}"))
+}
+
+impl KernelPolicy {
+    /// f32 products and the environment's choices for the rest; an unknown value is an
+    /// error naming the variable.
+    pub fn from_env() -> Result<Self> {
+        let half_activations = match setting("SSLHOST_HALF_ACTIVATIONS").as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(v) => return Err(bad("SSLHOST_HALF_ACTIVATIONS", v, "0 or 1")),
+        };
+        let cpu = match setting("SSLHOST_CPU_KERNELS").as_deref() {
+            None => CpuKernelSet::All,
+            Some("im2col") => CpuKernelSet::Im2col,
+            Some("no-direct") => CpuKernelSet::NoDirect,
+            Some("burn") => CpuKernelSet::Burn,
+            Some(v) => {
+                return Err(bad("SSLHOST_CPU_KERNELS", v, "im2col, no-direct or burn"));
+            }
+        };
+        let gpu = match setting("SSLHOST_GPU_BATCH_NORM") {
+            None => GpuKernelSet::Burn,
+            Some(v) => GpuKernelSet::parse(&v)
+                .ok_or_else(|| bad("SSLHOST_GPU_BATCH_NORM", &v, "burn, rows, nhwc or cudnn"))?,
+        };
+        let cudnn_order = match setting("SSLHOST_CUDNN_ORDER").as_deref() {
+            None | Some("sync") => CudnnOrder::Sync,
+            Some("flags") => CudnnOrder::Flags,
+            Some(v) => return Err(bad("SSLHOST_CUDNN_ORDER", v, "sync or flags")),
+        };
+        Ok(KernelPolicy {
+            precision: Precision::F32,
+            half_activations,
+            cpu,
+            gpu,
+            cudnn_order,
+        })
+    }
+
+    /// The same policy multiplying in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// The half type a ResNet's activations stay in, if they do.
+    pub fn activation_dtype(self) -> Option<FloatDType> {
+        self.precision.half().filter(|_| self.half_activations)
+    }
+
+    /// What a ResNet's activations are stored in: `"f32"`, `"bf16"` or `"f16"`.
+    pub fn activations_name(self) -> &'static str {
+        match self.activation_dtype() {
+            None => "f32",
+            Some(FloatDType::BF16) => "bf16",
+            Some(_) => "f16",
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: Cell<Option<KernelPolicy>> = const { Cell::new(None) };
+}
+
+/// Makes `policy` this thread's.
+pub fn install(policy: KernelPolicy) {
+    CURRENT.with(|c| c.set(Some(policy)));
+}
+
+/// This thread's policy: the installed one, else the environment's (f32 products; an
+/// environment value it does not take counts as unset here, `main` reports it).
+pub fn current() -> KernelPolicy {
+    CURRENT.with(|c| {
+        c.get().unwrap_or_else(|| {
+            let policy = KernelPolicy::from_env().unwrap_or_default();
+            c.set(Some(policy));
+            policy
+        })
+    })
+}

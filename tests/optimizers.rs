@@ -165,3 +165,250 @@ fn a_non_finite_loss_changes_nothing() {
     close(&params(&net).0, &[0.5, -1.0]);
     assert_eq!(opt.steps(), 0);
 }
+
+#[test]
+fn lars_norms_each_parameter_across_its_rows_of_the_vector() {
+    // A weight of 2 x 1500 values spans three rows of the optimiser's [chunks, 1024] view;
+    // its trust ratio must come from its own norm, summed over those rows, and the bias
+    // (rank 1, excluded) must get neither decay nor a ratio.
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(7);
+    let net = SharedNet::linear(&LinearConfig::new(1500, 2), &mut rng, &device).unwrap();
+    let before: std::collections::HashMap<_, _> = net
+        .parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_f64_vec().unwrap()))
+        .collect();
+    let (eta, wd, lr) = (0.02, 0.01, 0.5);
+    let rule = Rule::Lars(LarsConfig {
+        momentum: 0.9,
+        weight_decay: wd,
+        eta,
+        exclude_bias_and_norm: true,
+    });
+    let mut opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+    let xs = rng.normal_vec(1500, 1.0);
+    let x = DynTensor::from_vec(xs.clone(), &[1, 1500], &device).unwrap();
+    opt.step(&net.forward(&x).unwrap().sum().unwrap(), lr)
+        .unwrap();
+    // loss = Σ y: dL/dW[o, i] = x[i], dL/db = 1.
+    let w0 = &before["weight"];
+    let d: Vec<f64> = (0..3000)
+        .map(|k| f64::from(xs[k % 1500]) + wd * w0[k])
+        .collect();
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let trust = eta * norm(w0) / norm(&d);
+    let want: Vec<f64> = (0..3000).map(|k| w0[k] - lr * trust * d[k]).collect();
+    let after: std::collections::HashMap<_, _> = net.parameters().into_iter().collect();
+    let got = after["weight"].to_f64_vec().unwrap();
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5 * scale, "weight: got {g}, want {w}");
+    }
+    let b0 = &before["bias"];
+    close(
+        &after["bias"].to_f64_vec().unwrap(),
+        &[b0[0] - lr, b0[1] - lr],
+    );
+}
+
+#[test]
+fn a_network_restored_from_its_parameters_and_state_continues_bit_for_bit() {
+    // After an update a network's parameters are views of one vector, and the optimiser keeps
+    // its state as vectors. A fresh network loaded with the same values and a fresh optimiser
+    // given the same per-parameter state must take the next step to the same bits (batch norm
+    // included, whose scale the CPU kernels read back in the backward).
+    use sslhost::models::ResNetConfig;
+    let device = sslhost::device::cpu();
+    let build = || {
+        let mut rng = HostRng::new(1);
+        let config = ResNetConfig {
+            cifar_stem: true,
+            widths: [4, 4, 8, 8],
+            ..ResNetConfig::new(18)
+        };
+        let r = SharedNet::resnet(&config, &mut rng, &device).unwrap();
+        let l = SharedNet::linear(&LinearConfig::new(8, 4), &mut rng, &device).unwrap();
+        SharedNet::sequential(vec![r, l]).unwrap()
+    };
+    let rule = Rule::Sgd(SgdConfig {
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        ..Default::default()
+    });
+    let x = DynTensor::from_vec(
+        HostRng::new(9).normal_vec(4 * 3 * 8 * 8, 1.0),
+        &[4, 3, 8, 8],
+        &device,
+    )
+    .unwrap();
+    let step = |opt: &mut Optimizer, net: &SharedNet| {
+        let loss = net.forward(&x).unwrap().pow(2.0).unwrap().mean().unwrap();
+        opt.step(&loss, 0.05).unwrap();
+    };
+    let net = build();
+    let mut opt = Optimizer::new(rule.clone(), vec![net.clone()]).unwrap();
+    step(&mut opt, &net);
+    step(&mut opt, &net);
+    // Copies of every value, as a checkpoint would hold them.
+    let copy = |t: &DynTensor| {
+        let values = t
+            .to_f64_vec()
+            .unwrap()
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        DynTensor::from_vec(values, &t.shape(), &device).unwrap()
+    };
+    let values = net
+        .parameters()
+        .iter()
+        .map(|(n, t)| (n.clone(), copy(t)))
+        .collect();
+    let (state, steps) = opt.state();
+    let state = state
+        .iter()
+        .map(|(k, s)| {
+            let mut s = s.clone();
+            s.first = s
+                .first
+                .map(|t| burn::tensor::Tensor::from_data(t.into_data(), &device));
+            (k.clone(), s)
+        })
+        .collect();
+    let restored = build();
+    restored.load(&values).unwrap();
+    let mut opt2 = Optimizer::new(rule, vec![restored.clone()]).unwrap();
+    opt2.set_state(state, steps);
+    step(&mut opt, &net);
+    step(&mut opt2, &restored);
+    for ((name, a), (_, b)) in net.parameters().into_iter().zip(restored.parameters()) {
+        assert_eq!(a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn the_cpu_update_kernels_match_the_updates_written_as_tensor_ops() {
+    // On burn-flex an update runs as one-pass kernels; with the CPU kernels switched off
+    // (`SSLHOST_CPU_KERNELS=burn`) as the tensor ops a GPU runs. Given the same vectors (three
+    // parameters over five rows, a rank-1 one excluded) both must give the same values.
+    use burn::tensor::{Tensor, TensorData};
+    use sslhost::kernels::{CpuKernelSet, KernelPolicy, install};
+    use sslhost::models::flat::{CHUNK, FlatEntry, FlatLayout};
+    use sslhost::optim::FlatUpdate;
+    let device = burn::tensor::Device::flex();
+    let entry = |name: &str, shape: Vec<usize>, offset| FlatEntry {
+        name: name.into(),
+        shape,
+        offset,
+    };
+    let layout = FlatLayout {
+        entries: vec![
+            entry("a", vec![3, 700], 0),
+            entry("b", vec![10], 3 * CHUNK),
+            entry("c", vec![1500], 4 * CHUNK),
+        ],
+        chunks: 6,
+    };
+    let len = layout.len();
+    let mut rng = HostRng::new(11);
+    // Values in the parameters' places, zeros in the gaps, as the optimiser lays them out.
+    let mut vector = |scale: f64, positive: bool| {
+        let mut v = vec![0.0f32; len];
+        for e in &layout.entries {
+            for (k, x) in rng.normal_vec(e.len(), scale).into_iter().enumerate() {
+                v[e.offset + k] = if positive { x.abs() } else { x };
+            }
+        }
+        Tensor::<2>::from_data(TensorData::new(v, [layout.chunks, CHUNK]), &device)
+    };
+    let (p, g, first, second) = (
+        vector(1.0, false),
+        vector(0.1, false),
+        vector(0.1, false),
+        vector(0.01, true),
+    );
+    let excluded = |e: &FlatEntry| e.is_vector();
+    let owners = layout.row_owners(&device);
+    let decay = layout.row_column(|e| !excluded(e), 1.0, 0.0, &device);
+    let adapted = layout.per_entry(|e| !excluded(e), 1.0, 0.0, &device);
+    let rules = [
+        Rule::Sgd(SgdConfig {
+            momentum: 0.9,
+            dampening: 0.1,
+            nesterov: false,
+            weight_decay: 1e-3,
+            exclude_bias_and_norm: true,
+        }),
+        Rule::Sgd(SgdConfig {
+            momentum: 0.5,
+            nesterov: true,
+            ..Default::default()
+        }),
+        Rule::Lars(LarsConfig {
+            momentum: 0.9,
+            weight_decay: 1e-3,
+            eta: 0.02,
+            exclude_bias_and_norm: true,
+        }),
+        Rule::AdamW(AdamWConfig {
+            weight_decay: 0.05,
+            exclude_bias_and_norm: true,
+            ..Default::default()
+        }),
+    ];
+    let values = |t: Option<Tensor<2>>| {
+        t.map(|t| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        })
+    };
+    for rule in &rules {
+        for with_state in [false, true] {
+            let run = |cpu: CpuKernelSet| {
+                install(KernelPolicy {
+                    cpu,
+                    ..KernelPolicy::default()
+                });
+                let lr = 0.05;
+                let out = rule.apply(FlatUpdate {
+                    param: p.clone(),
+                    grad: g.clone(),
+                    lr: Tensor::from_data(TensorData::new(vec![lr as f32], [1, 1]), &device),
+                    lr_value: lr,
+                    decay: &decay,
+                    adapted: &adapted,
+                    layout: &layout,
+                    owners: &owners,
+                    first: with_state.then(|| first.clone()),
+                    second: with_state.then(|| second.clone()),
+                    steps: if with_state { 3 } else { 0 },
+                });
+                install(KernelPolicy::default());
+                [
+                    values(Some(out.param)),
+                    values(out.first),
+                    values(out.second),
+                ]
+            };
+            let (fused, ops) = (run(CpuKernelSet::All), run(CpuKernelSet::Burn));
+            for (what, (a, b)) in ["param", "first", "second"]
+                .iter()
+                .zip(fused.iter().zip(&ops))
+            {
+                assert_eq!(a.is_some(), b.is_some(), "{} {what}", rule.name());
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * scale,
+                        "{} {what}[{i}] (state {with_state}): {u} vs {v}",
+                        rule.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -37,8 +37,15 @@ pub fn conv_options(stride: usize, padding: usize) -> ConvOptions<2> {
 
 /// Whether tensors of `dtype` on `device` take the CPU kernels: f32 on burn-flex, unless the
 /// policy says `SSLHOST_CPU_KERNELS=burn`.
-fn cpu_takes(dtype: DType, device: &Device) -> bool {
+pub fn cpu_takes(dtype: DType, device: &Device) -> bool {
     dtype == DType::F32 && *device == Device::flex() && current().cpu != CpuKernelSet::Burn
+}
+
+/// A batch norm's backward step's parents in the order its forward recorded them: `x`,
+/// `gamma`, `beta`, and the residual when there are four (else `None`).
+pub(crate) fn norm_parents<T, const N: usize>(parents: [Option<T>; N]) -> [Option<T>; 4] {
+    let mut parents = parents.into_iter();
+    std::array::from_fn(|_| parents.next().flatten())
 }
 
 /// `[N, C, H, W]` with weight `[C_out, C, k, k]` → `[N, C_out, H', W']`: no bias, square

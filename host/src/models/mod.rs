@@ -1,5 +1,6 @@
 //! Plain Burn models: layers, ResNets, MLPs, and the shared network handle scripts use.
 
+pub mod flat;
 pub mod layers;
 pub mod mlp;
 pub mod net;

@@ -11,8 +11,9 @@ use std::rc::Rc;
 
 use burn::module::Flag;
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Gradients};
+use burn::tensor::{Device, Gradients, Tensor};
 
+use super::flat::{self, FlatLayout};
 use super::layers::{Linear, LinearConfig};
 use super::mlp::{Mlp, MlpConfig};
 use super::params::{MapFn, is_buffer, map_named, visit_named};
@@ -37,6 +38,9 @@ pub enum Net {
 struct Node {
     net: Net,
     training: bool,
+    /// A leaf's trainable parameters as one vector, while its parameters are views of it
+    /// (see [`super::flat`]); dropped whenever anything else replaces them.
+    flat: Option<(FlatLayout, Tensor<1>)>,
 }
 
 /// A shared, mutable network handle.
@@ -86,7 +90,73 @@ impl SharedNet {
         SharedNet(Rc::new(RefCell::new(Node {
             net,
             training: true,
+            flat: None,
         })))
+    }
+
+    /// The leaves (ResNets, MLPs, linear layers) this network is made of, in visit order, each
+    /// with the prefix its parameters' names take here (`""` for a leaf itself, `"0"`, `"1"`
+    /// for the parts of a sequence).
+    pub fn leaves(&self) -> Vec<(String, SharedNet)> {
+        let mut out = Vec::new();
+        self.collect_leaves("", &mut out);
+        out
+    }
+
+    fn collect_leaves(&self, prefix: &str, out: &mut Vec<(String, SharedNet)>) {
+        let parts = self.children();
+        if parts.is_empty() && !matches!(self.0.borrow().net, Net::Sequential(_)) {
+            out.push((prefix.to_string(), self.clone()));
+        }
+        for (i, p) in parts.iter().enumerate() {
+            p.collect_leaves(&join(prefix, &i.to_string()), out);
+        }
+    }
+
+    /// A leaf's trainable parameters as one vector, and where each sits in it: the vector its
+    /// parameters are views of since the last [`set_flat`](Self::set_flat), else gathered now
+    /// (a copy of each) and kept. Empty for a sequence.
+    pub fn flat(&self) -> (FlatLayout, Tensor<1>) {
+        let mut node = self.0.borrow_mut();
+        if let Some(cached) = &node.flat {
+            return cached.clone();
+        }
+        let gathered = on_leaf!(&node.net,
+            m => {
+                let layout = FlatLayout::of(m);
+                let values = flat::values(m);
+                let device = values.first().map(|t| t.device());
+                device.map(|d| (layout.gather(values, &d), layout))
+            },
+            _parts => None
+        );
+        match gathered {
+            Some((values, layout)) => {
+                node.flat = Some((layout.clone(), values.clone()));
+                (layout, values)
+            }
+            None => (
+                FlatLayout::default(),
+                Tensor::empty([0], &crate::device::cpu()),
+            ),
+        }
+    }
+
+    /// Makes the trainable parameters of a leaf that `layout` names (all of them, as
+    /// [`flat`](Self::flat) lays them out, or a part) views of `values`; for all of them,
+    /// `values` is kept as their vector.
+    pub fn set_flat(&self, layout: &FlatLayout, values: Tensor<1>) {
+        let mut node = self.0.borrow_mut();
+        let whole = on_leaf!(&node.net, m => FlatLayout::of(m) == *layout, _parts => return);
+        node.net = map_leaf!(node.net.clone(), m => flat::write(m, layout, &values));
+        node.flat = whole.then(|| (layout.clone(), values));
+    }
+
+    /// The gradients of a leaf's trainable parameters in `grads`, in its layout's order; `None`
+    /// for one that took none. Empty for a sequence.
+    pub fn flat_gradients(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
+        let node = self.0.borrow();
+        on_leaf!(&node.net, m => flat::gradients(m, grads), _parts => Vec::new())
     }
 
     /// The parts of a sequence (empty for a leaf).
@@ -238,7 +308,17 @@ impl SharedNet {
             p.map_prefixed(&join(prefix, &i.to_string()), grads, f);
         }
         let mut node = self.0.borrow_mut();
-        node.net = map_leaf!(node.net.clone(), m => map_named(m, prefix, grads, f));
+        let mut replaced = false;
+        let mut watched = |name: &str, value, grad| {
+            let new = f(name, value, grad);
+            replaced |= new.is_some() && !is_buffer(name);
+            new
+        };
+        node.net = map_leaf!(node.net.clone(), m => map_named(m, prefix, grads, &mut watched));
+        // A replaced parameter is no longer a view of the vector: gathered again when needed.
+        if replaced {
+            node.flat = None;
+        }
     }
 
     /// All parameters and buffers by name.
@@ -292,9 +372,11 @@ impl SharedNet {
             }
             leaf => leaf.clone(),
         };
+        // The copy's parameters hold the same values, so the same vector stays theirs.
         SharedNet(Rc::new(RefCell::new(Node {
             net,
             training: node.training,
+            flat: node.flat.clone(),
         })))
     }
 
@@ -312,6 +394,7 @@ impl SharedNet {
         SharedNet(Rc::new(RefCell::new(Node {
             net,
             training: false,
+            flat: None,
         })))
     }
 
@@ -363,7 +446,37 @@ impl SharedNet {
                 "update_momentum: target and online differ: {p}"
             )));
         }
+        // The trainable parameters leaf by leaf, each as one vector: one op a leaf, and the
+        // online leaf's vector is the one its optimiser just wrote.
+        for ((_, o), (_, t)) in online.leaves().iter().zip(target.leaves()) {
+            let (layout, o_flat) = o.flat();
+            let (target_layout, t_flat) = t.flat();
+            if layout != target_layout || layout.is_empty() {
+                continue;
+            }
+            // m and 1 − m on the device, so no step's value is part of a kernel.
+            let device = o_flat.device();
+            let scalar = |v: f64| {
+                let data = burn::tensor::TensorData::new(vec![v as f32], [1]);
+                Tensor::<1>::from_data(data, &device)
+            };
+            let mixed = if crate::kernels::cpu_takes(t_flat.dtype(), &device) {
+                // One pass on the CPU (`cpu_kernels::update`).
+                use crate::kernels::cpu_kernels::UpdateKernels;
+                let (t, o) = (t_flat.into_dispatch(), o_flat.into_dispatch());
+                Tensor::from_dispatch(<burn::backend::Dispatch as UpdateKernels>::fused_mix(
+                    t, o, m,
+                ))
+            } else {
+                t_flat.mul(scalar(m)).add(o_flat.mul(scalar(1.0 - m)))
+            };
+            t.set_flat(&layout, mixed);
+        }
+        // The batch norms' running statistics, which change every forward, tensor by tensor.
         target.map(None, &mut |name, t, _| {
+            if !is_buffer(name) {
+                return None;
+            }
             let o = source.get(name)?.promoted4().inner();
             let mixed = t.promoted4().mul_scalar(m).add(o.mul_scalar(1.0 - m));
             Some(DynTensor::from_float4(mixed, t.rank()))

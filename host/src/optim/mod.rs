@@ -20,7 +20,7 @@ mod sgd;
 
 use std::collections::HashMap;
 
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 pub use adamw::AdamWConfig;
 pub use lars::LarsConfig;
@@ -28,7 +28,7 @@ pub use sgd::SgdConfig;
 
 use crate::error::{Error, Result};
 use crate::models::SharedNet;
-use crate::models::params::is_buffer;
+use crate::models::flat::{CHUNK, FlatEntry, FlatLayout};
 use crate::tensor::DynTensor;
 
 /// Per-parameter optimiser state.
@@ -42,18 +42,61 @@ pub struct ParamState {
     pub steps: u64,
 }
 
-/// One parameter's update, given its gradient.
-pub struct Update<'a> {
-    /// The current value (plain tensor).
-    pub param: Tensor<4>,
-    /// Its gradient (plain tensor).
-    pub grad: Tensor<4>,
-    /// The learning rate of this step.
-    pub lr: f64,
-    /// True for rank-1 parameters when the optimiser excludes biases and norms.
-    pub excluded: bool,
-    /// The parameter's state, updated in place.
-    pub state: &'a mut ParamState,
+/// One update of a network's parameters laid end to end (see [`crate::models::flat`]): every
+/// tensor is the `[chunks, CHUNK]` view of such a vector, without autodiff.
+pub struct FlatUpdate<'a> {
+    /// The current values.
+    pub param: Tensor<2>,
+    /// Their gradients.
+    pub grad: Tensor<2>,
+    /// The learning rate, `[1, 1]` on the device (so no step's value is part of a kernel).
+    pub lr: Tensor<2>,
+    /// The same learning rate on the host, for the CPU's update kernels.
+    pub lr_value: f64,
+    /// `[chunks, 1]`: 1 on the rows of parameters that take weight decay, else 0.
+    pub decay: &'a Tensor<2>,
+    /// `[parameters]`: 1 for parameters LARS adapts, else 0.
+    pub adapted: &'a Tensor<1>,
+    /// Where each parameter sits.
+    pub layout: &'a FlatLayout,
+    /// Each row's parameter ([`FlatLayout::row_owners`]).
+    pub owners: &'a Tensor<1, Int>,
+    /// Momentum buffer (SGD, LARS) or first moment (AdamW), if there is one yet.
+    pub first: Option<Tensor<2>>,
+    /// Second moment (AdamW), if there is one yet.
+    pub second: Option<Tensor<2>>,
+    /// Updates applied before this one.
+    pub steps: u64,
+}
+
+impl FlatUpdate<'_> {
+    /// Whether the CPU's one-pass update kernels take this update (f32 on burn-flex).
+    fn on_cpu(&self) -> bool {
+        crate::kernels::cpu_takes(self.param.dtype(), &self.param.device())
+    }
+}
+
+/// What an update gives: the new values and state.
+pub struct FlatOutcome {
+    /// The new values.
+    pub param: Tensor<2>,
+    /// The new first state, if the rule keeps one.
+    pub first: Option<Tensor<2>>,
+    /// The new second state, if the rule keeps one.
+    pub second: Option<Tensor<2>>,
+}
+
+/// What one network leaf's update needs besides values and gradients, kept between steps
+/// while its layout stays the same: the masks, and the state as vectors (the per-parameter
+/// state of [`Optimizer::state`] holds views of them).
+#[derive(Clone, Debug)]
+struct LeafState {
+    layout: FlatLayout,
+    owners: Tensor<1, Int>,
+    decay: Tensor<2>,
+    adapted: Tensor<1>,
+    first: Option<Tensor<1>>,
+    second: Option<Tensor<1>>,
 }
 
 /// The update rules.
@@ -68,7 +111,8 @@ pub enum Rule {
 }
 
 impl Rule {
-    fn apply(&self, u: Update<'_>) -> Tensor<4> {
+    /// One update of a network's parameter vector by this rule.
+    pub fn apply(&self, u: FlatUpdate<'_>) -> FlatOutcome {
         match self {
             Rule::Sgd(c) => c.update(u),
             Rule::Lars(c) => c.update(u),
@@ -100,6 +144,8 @@ pub struct Optimizer {
     rule: Rule,
     nets: Vec<SharedNet>,
     state: HashMap<String, ParamState>,
+    /// Per network leaf (by the name prefix of its parameters), while valid.
+    leaves: HashMap<String, LeafState>,
     steps: u64,
     /// On a GPU: updates skipped on the device for a non-finite loss, not yet read.
     skips: Option<Skips>,
@@ -206,16 +252,16 @@ struct FiniteGuard {
 
 impl FiniteGuard {
     /// `new` where the loss was finite, else `old`.
-    fn select(&self, new: Tensor<4>, old: Tensor<4>) -> Tensor<4> {
+    fn select(&self, new: Tensor<1>, old: Tensor<1>) -> Tensor<1> {
         match &self.on_device {
             None => new,
-            Some(ok) => old.mask_where(ok.clone().expand(new.dims()), new),
+            Some(ok) => old.mask_where(ok.clone().reshape([1]).expand(new.dims()), new),
         }
     }
 
     /// `new` state where the loss was finite, else `old` (zeros where there was none: only a
     /// non-finite first step leaves a zero momentum rather than none).
-    fn select_state(&self, new: Option<Tensor<4>>, old: Option<Tensor<4>>) -> Option<Tensor<4>> {
+    fn select_state(&self, new: Option<Tensor<1>>, old: Option<Tensor<1>>) -> Option<Tensor<1>> {
         match (&self.on_device, new) {
             (None, new) => new,
             (_, None) => old,
@@ -225,15 +271,6 @@ impl FiniteGuard {
             }
         }
     }
-}
-
-/// The global norm of a tensor as a `[1, 1, 1, 1]` tensor (stays on the device).
-pub(crate) fn norm4(t: &Tensor<4>) -> Tensor<4> {
-    t.clone()
-        .powf_scalar(2.0)
-        .sum()
-        .sqrt()
-        .reshape([1, 1, 1, 1])
 }
 
 impl Optimizer {
@@ -255,6 +292,7 @@ impl Optimizer {
             rule,
             nets: unique,
             state: HashMap::new(),
+            leaves: HashMap::new(),
             steps: 0,
             skips: None,
         })
@@ -283,6 +321,7 @@ impl Optimizer {
     /// Restores state saved by [`state`](Self::state).
     pub fn set_state(&mut self, state: HashMap<String, ParamState>, steps: u64) {
         self.state = state;
+        self.leaves.clear();
         self.steps = steps;
     }
 
@@ -322,31 +361,25 @@ impl Optimizer {
             }
             FiniteGuard { on_device: None }
         };
-        let excl = self.rule.excludes_bias_and_norm();
-        let rule = &self.rule;
-        let state = &mut self.state;
-        for (i, net) in self.nets.iter().enumerate() {
-            net.map(Some(&grads), &mut |name, value, grad| {
-                let grad = grad?;
-                if is_buffer(name) {
-                    return None;
+        // Updates run without autodiff, as the parameters' vectors do.
+        let device = loss4.clone().without_autodiff().device();
+        let lr_value = lr;
+        let lr = Tensor::<2>::from_data(TensorData::new(vec![lr as f32], [1, 1]), &device);
+        let mut seen: Vec<SharedNet> = Vec::new();
+        for (i, net) in self.nets.clone().iter().enumerate() {
+            for (prefix, leaf) in net.leaves() {
+                // A leaf shared by two of the networks is updated once.
+                if seen.iter().any(|s| s.same(&leaf)) {
+                    continue;
                 }
-                let rank = value.rank();
-                let st = state.entry(format!("{i}.{name}")).or_default();
-                let (first, second) = (st.first.clone(), st.second.clone());
-                let param = value.promoted4();
-                let new = rule.apply(Update {
-                    param: param.clone(),
-                    grad: grad.promoted4(),
-                    lr,
-                    excluded: excl && rank == 1,
-                    state: st,
-                });
-                st.first = guard.select_state(st.first.take(), first);
-                st.second = guard.select_state(st.second.take(), second);
-                st.steps += 1;
-                Some(DynTensor::from_float4(guard.select(new, param), rank))
-            });
+                seen.push(leaf.clone());
+                let prefix = if prefix.is_empty() {
+                    i.to_string()
+                } else {
+                    format!("{i}.{prefix}")
+                };
+                self.step_leaf(&leaf, &prefix, &grads, (&lr, lr_value), &guard);
+            }
         }
         self.steps += 1;
         if let Some(ok) = guard.on_device {
@@ -354,6 +387,119 @@ impl Optimizer {
             self.look_at_skips()?;
         }
         Ok(())
+    }
+
+    /// One update of `leaf`'s parameters that have gradients in `grads`, as one vector: all of
+    /// them (then the vectors are kept for the next step), or the part that has gradients (a
+    /// frozen or unused part keeps its values and state).
+    fn step_leaf(
+        &mut self,
+        leaf: &SharedNet,
+        prefix: &str,
+        grads: &burn::tensor::Gradients,
+        (lr, lr_value): (&Tensor<2>, f64),
+        guard: &FiniteGuard,
+    ) {
+        let gradients = leaf.flat_gradients(grads);
+        if gradients.iter().all(Option::is_none) {
+            return;
+        }
+        let (full, values) = leaf.flat();
+        let device = values.device();
+        let complete = gradients.iter().all(Option::is_some);
+        let (layout, param) = if complete {
+            (full.clone(), values)
+        } else {
+            let taken: Vec<usize> = (0..gradients.len())
+                .filter(|&j| gradients[j].is_some())
+                .collect();
+            let part = full.subset(&taken);
+            let parts = taken
+                .iter()
+                .map(|&j| full.slice4(&values, j).reshape([-1]))
+                .collect();
+            let gathered = part.gather(parts, &device);
+            (part, gathered)
+        };
+        let grad = layout.gather(gradients.into_iter().flatten().collect(), &device);
+        let key = |name: &str| format!("{prefix}.{name}");
+        let mut st = match self.leaves.remove(prefix) {
+            Some(st) if complete && st.layout == layout => st,
+            _ => self.leaf_state(&layout, &key, &device),
+        };
+        let steps = layout
+            .entries
+            .first()
+            .and_then(|e| self.state.get(&key(&e.name)))
+            .map_or(0, |s| s.steps);
+        let rows = |t: &Tensor<1>| t.clone().reshape([layout.chunks, CHUNK]);
+        let out = self.rule.apply(FlatUpdate {
+            param: rows(&param),
+            grad: rows(&grad),
+            lr: lr.clone(),
+            lr_value,
+            decay: &st.decay,
+            adapted: &st.adapted,
+            layout: &layout,
+            owners: &st.owners,
+            first: st.first.as_ref().map(rows),
+            second: st.second.as_ref().map(rows),
+            steps,
+        });
+        let flat = |t: Tensor<2>| t.reshape([layout.len()]);
+        let new = guard.select(flat(out.param), param);
+        st.first = guard.select_state(out.first.map(flat), st.first.take());
+        st.second = guard.select_state(out.second.map(flat), st.second.take());
+        for (j, e) in layout.entries.iter().enumerate() {
+            let ps = self.state.entry(key(&e.name)).or_default();
+            ps.first = st.first.as_ref().map(|f| layout.slice4(f, j));
+            ps.second = st.second.as_ref().map(|v| layout.slice4(v, j));
+            ps.steps += 1;
+        }
+        leaf.set_flat(&layout, new);
+        if complete {
+            self.leaves.insert(prefix.to_string(), st);
+        }
+    }
+
+    /// A leaf's masks, and its state gathered from the per-parameter state (zeros where a
+    /// parameter has none; none at all when no parameter has any).
+    fn leaf_state(
+        &self,
+        layout: &FlatLayout,
+        key: &dyn Fn(&str) -> String,
+        device: &burn::tensor::Device,
+    ) -> LeafState {
+        let excluded = |e: &FlatEntry| self.rule.excludes_bias_and_norm() && e.is_vector();
+        let gather = |pick: fn(&ParamState) -> Option<&Tensor<4>>| {
+            let parts: Vec<Option<Tensor<1>>> = layout
+                .entries
+                .iter()
+                .map(|e| {
+                    self.state
+                        .get(&key(&e.name))
+                        .and_then(pick)
+                        .map(|t| t.clone().without_autodiff().reshape([-1]))
+                })
+                .collect();
+            if parts.iter().all(Option::is_none) {
+                return None;
+            }
+            let filled = parts
+                .into_iter()
+                .zip(&layout.entries)
+                .map(|(t, e)| t.unwrap_or_else(|| Tensor::zeros([e.len()], device)))
+                .collect();
+            Some(layout.gather(filled, device))
+        };
+        LeafState {
+            owners: layout.row_owners(device),
+            decay: layout.row_column(|e| !excluded(e), 1.0, 0.0, device),
+            adapted: layout.per_entry(|e| !excluded(e), 1.0, 0.0, device),
+            first: gather(|s| s.first.as_ref()),
+            second: gather(|s| s.second.as_ref()),
+            layout: layout.clone(),
+        }
     }
 
     /// Looks at the last copy of the skip count if it has arrived (waiting for nothing), and

@@ -18,7 +18,7 @@ use super::batch_norm::{self, Epilogue, NormShape};
 use super::conv::{self, ConvShape};
 use super::cross_entropy;
 use super::linear::{self, LinearShape};
-use super::{direct, direct_wide, winograd};
+use super::{direct, direct_wide, update, winograd};
 use crate::kernels::conv_options;
 
 /// The CPU kernels a training step spends its time in.
@@ -112,6 +112,30 @@ fn linear_shape(x: &FlexTensor, weight: &FlexTensor) -> Option<LinearShape> {
 /// `x · weightᵀ` with burn's own ops, for what the kernel does not take.
 fn burn_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
     B::float_matmul(x, B::float_transpose(weight))
+}
+
+/// A tensor's f32 values in row-major order: borrowed where they already lie so (contiguous
+/// at any offset: a parameter is a view of its network's vector), else a contiguous copy.
+/// (`to_contiguous` copies any view that does not start at its buffer's start.)
+enum RowMajor<'a> {
+    Borrowed(&'a [f32]),
+    Copied(FlexTensor),
+}
+
+impl<'a> RowMajor<'a> {
+    fn of(t: &'a FlexTensor) -> Self {
+        match t.as_slice::<f32>() {
+            Some(values) => RowMajor::Borrowed(values),
+            None => RowMajor::Copied(t.to_contiguous()),
+        }
+    }
+
+    fn values(&self) -> &[f32] {
+        match self {
+            RowMajor::Borrowed(values) => values,
+            RowMajor::Copied(t) => t.storage::<f32>(),
+        }
+    }
 }
 
 fn flex(values: Vec<f32>, shape: impl Into<Vec<usize>>) -> FlexTensor {
@@ -214,8 +238,8 @@ impl CpuKernels for Flex {
         let Some(s) = geometry(&x, &weight, stride, padding) else {
             return Flex::conv2d(x, weight, None, conv_options(stride, padding));
         };
-        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let (x, weight) = (x.storage::<f32>(), weight.storage::<f32>());
+        let (x, weight) = (RowMajor::of(&x), RowMajor::of(&weight));
+        let (x, weight) = (x.values(), weight.values());
         let out = match ConvPath::forward(&s) {
             ConvPath::Direct => direct::forward(&s, x, weight),
             ConvPath::DirectWide => direct_wide::forward(&s, x, weight),
@@ -249,8 +273,8 @@ impl CpuKernels for Flex {
         let Some(s) = linear_shape(&x, &weight) else {
             return burn_linear::<Flex>(x, weight);
         };
-        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let y = linear::forward(&s, x.storage::<f32>(), weight.storage::<f32>());
+        let (x, weight) = (RowMajor::of(&x), RowMajor::of(&weight));
+        let y = linear::forward(&s, x.values(), weight.values());
         flex(y, [s.rows, s.d_out])
     }
 
@@ -294,26 +318,23 @@ fn flex_batch_norm(
         let output = burn_epilogue::<Flex>(out.output, residual, relu);
         return (output, out.mean, out.variance);
     };
-    let (x, gamma, beta) = (
-        x.to_contiguous(),
-        gamma.to_contiguous(),
-        beta.to_contiguous(),
-    );
-    let residual = residual.map(|r| r.to_contiguous());
+    let shape = dims(&x);
+    let (x, gamma, beta) = (RowMajor::of(&x), RowMajor::of(&gamma), RowMajor::of(&beta));
+    let residual = residual.as_ref().map(RowMajor::of);
     let epilogue = Epilogue {
-        residual: residual.as_ref().map(|r| r.storage::<f32>()),
+        residual: residual.as_ref().map(RowMajor::values),
         relu,
     };
     let (out, mean, var) = batch_norm::forward(
         &s,
-        x.storage::<f32>(),
-        gamma.storage::<f32>(),
-        beta.storage::<f32>(),
+        x.values(),
+        gamma.values(),
+        beta.values(),
         epilogue,
         epsilon,
     );
     (
-        flex(out, dims(&x)),
+        flex(out, shape),
         flex(mean, [s.channels]),
         flex(var, [s.channels]),
     )
@@ -346,11 +367,8 @@ impl<const N: usize> Backward<Flex, N> for BatchNormBackward<N> {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        // Parents: x, gamma, beta, and the residual when N is 4.
-        let mut parents = ops.parents.into_iter();
-        let mut parent = || parents.next().flatten();
-        let (node_x, node_gamma, node_beta, node_residual) =
-            (parent(), parent(), parent(), parent());
+        let [node_x, node_gamma, node_beta, node_residual] =
+            crate::kernels::norm_parents(ops.parents);
         let state = ops.state;
         let mut dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         if let Some(out) = &state.relu_out {
@@ -721,7 +739,9 @@ fn batch_norm_tracked<C: CheckpointStrategy, const N: usize>(
     {
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
-            let gamma_value = gamma.primitive().clone();
+            // Contiguous: the backward reads its storage, and a view (a parameter laid in a
+            // network's vector) starts elsewhere in it.
+            let gamma_value = gamma.primitive().to_contiguous();
             let (out, mean, var) = flex_batch_norm(
                 x.into_primitive(),
                 gamma.into_primitive(),
@@ -751,5 +771,211 @@ fn batch_norm_tracked<C: CheckpointStrategy, const N: usize>(
             );
             (prep.finish(out), mean, var)
         }
+    }
+}
+
+/// The optimiser and EMA updates over parameter vectors (`[chunks, CHUNK]`, see
+/// [`super::update`]), each in one or two passes on burn-flex. Without autodiff: updates run
+/// on plain tensors.
+#[backend_extension(Flex)]
+pub trait UpdateKernels: Backend {
+    /// SGD: `(p', buf')`; `buf` is read unless `first`; `buf'` is empty without momentum.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_sgd(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        buf: FloatTensor<Self>,
+        decay: FloatTensor<Self>,
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        first: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Each row's `Σ p²` and `Σ d²`, `d = g + wd·decay·p` (`[chunks]` each).
+    fn fused_lars_norms(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        decay: FloatTensor<Self>,
+        weight_decay: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// LARS given each row's trust ratio (`[chunks, 1]`): `(p', buf')`.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_lars(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        buf: FloatTensor<Self>,
+        decay: FloatTensor<Self>,
+        trust: FloatTensor<Self>,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        first: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// AdamW: `(p', m', v')`, with this step's bias corrections `c1`, `c2`.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        decay: FloatTensor<Self>,
+        lr: f64,
+        betas: (f64, f64),
+        epsilon: f64,
+        weight_decay: f64,
+        corrections: (f64, f64),
+        first: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The EMA `m·t + (1 − m)·o`.
+    fn fused_mix(t: FloatTensor<Self>, o: FloatTensor<Self>, m: f64) -> FloatTensor<Self>;
+}
+
+impl UpdateKernels for Flex {
+    fn fused_sgd(
+        p: FlexTensor,
+        g: FlexTensor,
+        buf: FlexTensor,
+        decay: FlexTensor,
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        first: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = dims(&p);
+        let (pv, gv, bv, dv) = (
+            RowMajor::of(&p),
+            RowMajor::of(&g),
+            RowMajor::of(&buf),
+            RowMajor::of(&decay),
+        );
+        let settings = update::Sgd {
+            momentum: momentum as f32,
+            undamped: (1.0 - dampening) as f32,
+            nesterov,
+            weight_decay: weight_decay as f32,
+        };
+        let old = (!first).then(|| bv.values());
+        let (new_p, new_buf) = update::sgd(
+            pv.values(),
+            gv.values(),
+            old,
+            dv.values(),
+            lr as f32,
+            settings,
+        );
+        let buf_shape = if new_buf.is_empty() {
+            vec![0]
+        } else {
+            shape.clone()
+        };
+        (flex(new_p, shape), flex(new_buf, buf_shape))
+    }
+
+    fn fused_lars_norms(
+        p: FlexTensor,
+        g: FlexTensor,
+        decay: FlexTensor,
+        weight_decay: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let (pv, gv, dv) = (RowMajor::of(&p), RowMajor::of(&g), RowMajor::of(&decay));
+        let rows = dv.values().len();
+        let (pp, dd) =
+            update::lars_row_norms(pv.values(), gv.values(), dv.values(), weight_decay as f32);
+        (flex(pp, [rows]), flex(dd, [rows]))
+    }
+
+    fn fused_lars(
+        p: FlexTensor,
+        g: FlexTensor,
+        buf: FlexTensor,
+        decay: FlexTensor,
+        trust: FlexTensor,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        first: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = dims(&p);
+        let (pv, gv, bv) = (RowMajor::of(&p), RowMajor::of(&g), RowMajor::of(&buf));
+        let (dv, tv) = (RowMajor::of(&decay), RowMajor::of(&trust));
+        let rows: Vec<update::RowFactors> = dv
+            .values()
+            .iter()
+            .zip(tv.values())
+            .map(|(&decay, &trust)| update::RowFactors { decay, trust })
+            .collect();
+        let old = (!first).then(|| bv.values());
+        let (new_p, new_buf) = update::lars(
+            pv.values(),
+            gv.values(),
+            old,
+            &rows,
+            weight_decay as f32,
+            momentum as f32,
+            lr as f32,
+        );
+        (flex(new_p, shape.clone()), flex(new_buf, shape))
+    }
+
+    fn fused_adamw(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        decay: FlexTensor,
+        lr: f64,
+        betas: (f64, f64),
+        epsilon: f64,
+        weight_decay: f64,
+        corrections: (f64, f64),
+        first: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = dims(&p);
+        let (pv, gv, mv, vv, dv) = (
+            RowMajor::of(&p),
+            RowMajor::of(&g),
+            RowMajor::of(&m),
+            RowMajor::of(&v),
+            RowMajor::of(&decay),
+        );
+        let settings = update::AdamW {
+            beta1: betas.0 as f32,
+            beta2: betas.1 as f32,
+            rest1: (1.0 - betas.0) as f32,
+            rest2: (1.0 - betas.1) as f32,
+            epsilon: epsilon as f32,
+            weight_decay: weight_decay as f32,
+            c1: corrections.0 as f32,
+            c2: corrections.1 as f32,
+        };
+        let old = (!first).then(|| (mv.values(), vv.values()));
+        let (new_p, new_m, new_v) = update::adamw(
+            pv.values(),
+            gv.values(),
+            old,
+            dv.values(),
+            lr as f32,
+            settings,
+        );
+        (
+            flex(new_p, shape.clone()),
+            flex(new_m, shape.clone()),
+            flex(new_v, shape),
+        )
+    }
+
+    fn fused_mix(t: FlexTensor, o: FlexTensor, m: f64) -> FlexTensor {
+        let shape = dims(&t);
+        let (tv, ov) = (RowMajor::of(&t), RowMajor::of(&o));
+        let rest = (1.0 - m) as f32;
+        flex(update::mix(tv.values(), ov.values(), m as f32, rest), shape)
     }
 }

@@ -28,6 +28,7 @@ mod direct;
 mod direct_wide;
 mod linear;
 mod matmul;
+mod update;
 mod winograd;
 
 use std::mem::MaybeUninit;
@@ -36,7 +37,7 @@ use rayon::prelude::*;
 
 use super::policy::CpuKernelSet;
 
-pub use backend::CpuKernels;
+pub use backend::{CpuKernels, UpdateKernels};
 
 /// The CPU kernel set of this thread's policy (`SSLHOST_CPU_KERNELS`).
 fn kernel_set() -> CpuKernelSet {

@@ -422,11 +422,8 @@ impl<B: GpuKernels, const N: usize> Backward<B, N> for NormBackward<N> {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        // Parents: x, gamma, beta, and the residual when N is 4.
-        let mut parents = ops.parents.into_iter();
-        let mut parent = || parents.next().flatten();
-        let (node_x, node_gamma, node_beta, node_residual) =
-            (parent(), parent(), parent(), parent());
+        let [node_x, node_gamma, node_beta, node_residual] =
+            crate::kernels::norm_parents(ops.parents);
         let s = ops.state;
         let dy = grads.consume::<B>(&ops.node);
         let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(s.x);

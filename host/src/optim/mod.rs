@@ -87,8 +87,9 @@ pub struct FlatOutcome {
 }
 
 /// What one network leaf's update needs besides values and gradients, kept between steps
-/// while its layout stays the same: the masks, and the state as vectors (the per-parameter
-/// state of [`Optimizer::state`] holds views of them).
+/// while its layout stays the same: the masks, and the state as vectors. While a leaf has
+/// one, it holds the leaf's state; [`Optimizer::state`] cuts it into per-parameter views
+/// only when asked (a checkpoint), so a step makes none.
 #[derive(Clone, Debug)]
 struct LeafState {
     layout: FlatLayout,
@@ -97,6 +98,24 @@ struct LeafState {
     adapted: Tensor<1>,
     first: Option<Tensor<1>>,
     second: Option<Tensor<1>>,
+    /// Updates applied to the leaf's parameters.
+    steps: u64,
+}
+
+impl LeafState {
+    /// The per-parameter state of the leaf whose parameters' names take `prefix`: views of
+    /// the vectors.
+    fn per_parameter(&self, prefix: &str) -> impl Iterator<Item = (String, ParamState)> + '_ {
+        let prefix = prefix.to_string();
+        self.layout.entries.iter().enumerate().map(move |(j, e)| {
+            let state = ParamState {
+                first: self.first.as_ref().map(|f| self.layout.slice4(f, j)),
+                second: self.second.as_ref().map(|v| self.layout.slice4(v, j)),
+                steps: self.steps,
+            };
+            (format!("{prefix}.{}", e.name), state)
+        })
+    }
 }
 
 /// The update rules.
@@ -313,9 +332,14 @@ impl Optimizer {
         &self.nets
     }
 
-    /// Per-parameter state by `net_index.param_name`, and the step count, for checkpoints.
-    pub fn state(&self) -> (&HashMap<String, ParamState>, u64) {
-        (&self.state, self.steps)
+    /// Per-parameter state by `net_index.param_name`, and the step count, for checkpoints
+    /// (the leaves' vectors cut into views).
+    pub fn state(&self) -> (HashMap<String, ParamState>, u64) {
+        let mut state = self.state.clone();
+        for (prefix, leaf) in &self.leaves {
+            state.extend(leaf.per_parameter(prefix));
+        }
+        (state, self.steps)
     }
 
     /// Restores state saved by [`state`](Self::state).
@@ -425,13 +449,14 @@ impl Optimizer {
         let key = |name: &str| format!("{prefix}.{name}");
         let mut st = match self.leaves.remove(prefix) {
             Some(st) if complete && st.layout == layout => st,
-            _ => self.leaf_state(&layout, &key, &device),
+            Some(st) => {
+                // The leaf's state moves back to its parameters, for the part that updates.
+                self.state.extend(st.per_parameter(prefix));
+                self.leaf_state(&layout, &key, &device)
+            }
+            None => self.leaf_state(&layout, &key, &device),
         };
-        let steps = layout
-            .entries
-            .first()
-            .and_then(|e| self.state.get(&key(&e.name)))
-            .map_or(0, |s| s.steps);
+        let steps = st.steps;
         let rows = |t: &Tensor<1>| t.clone().reshape([layout.chunks, CHUNK]);
         let out = self.rule.apply(FlatUpdate {
             param: rows(&param),
@@ -450,15 +475,15 @@ impl Optimizer {
         let new = guard.select(flat(out.param), param);
         st.first = guard.select_state(out.first.map(flat), st.first.take());
         st.second = guard.select_state(out.second.map(flat), st.second.take());
-        for (j, e) in layout.entries.iter().enumerate() {
-            let ps = self.state.entry(key(&e.name)).or_default();
-            ps.first = st.first.as_ref().map(|f| layout.slice4(f, j));
-            ps.second = st.second.as_ref().map(|v| layout.slice4(v, j));
-            ps.steps += 1;
-        }
+        st.steps += 1;
         leaf.set_flat(&layout, new);
         if complete {
+            for e in &layout.entries {
+                self.state.remove(&key(&e.name));
+            }
             self.leaves.insert(prefix.to_string(), st);
+        } else {
+            self.state.extend(st.per_parameter(prefix));
         }
     }
 
@@ -492,7 +517,13 @@ impl Optimizer {
                 .collect();
             Some(layout.gather(filled, device))
         };
+        let steps = layout
+            .entries
+            .first()
+            .and_then(|e| self.state.get(&key(&e.name)))
+            .map_or(0, |s| s.steps);
         LeafState {
+            steps,
             owners: layout.row_owners(device),
             decay: layout.row_column(|e| !excluded(e), 1.0, 0.0, device),
             adapted: layout.per_entry(|e| !excluded(e), 1.0, 0.0, device),

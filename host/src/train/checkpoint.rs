@@ -81,7 +81,10 @@ pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)
                 let opt = opt.borrow();
                 let (state, steps) = opt.state();
                 tensors.push(int(format!("{key}/steps"), steps));
-                for (param, st) in state {
+                // In name order, so a checkpoint's tensors come out in the same order.
+                let mut state: Vec<_> = state.into_iter().collect();
+                state.sort_by(|a, b| a.0.cmp(&b.0));
+                for (param, st) in &state {
                     let base = format!("{key}/{param}");
                     tensors.push(int(format!("{base}/steps"), st.steps));
                     if let Some(t) = &st.first {

@@ -210,3 +210,63 @@ fn a_non_finite_loss_skips_its_update_on_the_device_and_is_reported() {
         );
     }
 }
+
+#[test]
+fn updates_over_parameter_vectors_match_the_cpu_in_cubecl_kernels() {
+    // The parameters as views of their network's vector (aligned views over its buffer on
+    // cubecl, not slices copied), LARS over the vector and the EMA over two vectors: three
+    // steps of a small ResNet with a head and its momentum copy, in cubecl's kernels, must
+    // land where burn-flex's land.
+    use sslhost::models::layers::LinearConfig;
+    use sslhost::models::{ResNetConfig, SharedNet};
+    use sslhost::optim::{LarsConfig, Optimizer, Rule};
+    use sslhost::tensor::{DynTensor, HostRng};
+    let run = |device: &Device| {
+        let mut rng = HostRng::new(3);
+        let config = ResNetConfig {
+            cifar_stem: true,
+            widths: [4, 4, 8, 8],
+            blocks: Some([1, 1, 1, 1]),
+            ..ResNetConfig::new(18)
+        };
+        let backbone = SharedNet::resnet(&config, &mut rng, device).unwrap();
+        let head = SharedNet::linear(&LinearConfig::new(8, 3), &mut rng, device).unwrap();
+        let online = SharedNet::sequential(vec![backbone, head]).unwrap();
+        let target = online.momentum_copy();
+        let rule = Rule::Lars(LarsConfig {
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            eta: 0.02,
+            exclude_bias_and_norm: true,
+        });
+        let mut opt = Optimizer::new(rule, vec![online.clone()]).unwrap();
+        let x = DynTensor::from_vec(rng.normal_vec(4 * 3 * 8 * 8, 1.0), &[4, 3, 8, 8], device)
+            .unwrap();
+        for _ in 0..3 {
+            let y = online.forward(&x).unwrap();
+            let z = target.forward(&x).unwrap().detach();
+            let d = y.binary(&z, sslhost::tensor::BinaryOp::Sub).unwrap();
+            opt.step(&d.pow(2.0).unwrap().mean().unwrap(), 0.1).unwrap();
+            SharedNet::update_momentum(&online, &target, 0.9).unwrap();
+        }
+        let read = |net: &SharedNet| -> Vec<f64> {
+            net.parameters()
+                .into_iter()
+                .flat_map(|(_, t)| t.to_f64_vec().unwrap())
+                .collect()
+        };
+        (read(&online), read(&target))
+    };
+    let (cpu_online, cpu_target) = run(&sslhost::device::cpu());
+    let (gpu_online, gpu_target) = run(&gpu_path());
+    for (cpu, gpu, what) in [
+        (&cpu_online, &gpu_online, "online"),
+        (&cpu_target, &gpu_target, "target"),
+    ] {
+        let rel = model_common::rel_distance(
+            &cpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &gpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        );
+        assert!(rel < 1e-4, "{what}: cubecl is {rel} off burn-flex");
+    }
+}

@@ -17,6 +17,7 @@ pub mod cpu_kernels;
 pub mod gpu_kernels;
 pub mod policy;
 pub mod precision;
+pub mod views;
 
 pub use policy::{
     CpuKernelSet, CudnnOrder, GpuKernelSet, KernelPolicy, Precision, current, install,

@@ -172,9 +172,10 @@ impl FlatLayout {
     }
 
     /// `tensors` (one per parameter, in order, any shape of the right size) laid into a new
-    /// vector, gaps zero.
+    /// vector, gaps zero, without autodiff.
     pub fn gather(&self, tensors: Vec<Tensor<1>>, device: &Device) -> Tensor<1> {
-        let mut flat = Tensor::<1>::zeros([self.len()], device);
+        // Without autodiff, whatever `device` says: updates build no graph.
+        let mut flat = Tensor::<1>::zeros([self.len()], device).without_autodiff();
         for (e, t) in self.entries.iter().zip(tensors) {
             flat = flat.slice_assign([e.range()], t);
         }
@@ -198,9 +199,7 @@ impl FlatLayout {
     /// Parameter `i`'s values in `flat`, in its shape, padded on the left to rank 4 (a view).
     pub fn slice4(&self, flat: &Tensor<1>, i: usize) -> Tensor<4> {
         let e = &self.entries[i];
-        flat.clone()
-            .slice([e.range()])
-            .reshape(crate::tensor::padded(&e.shape))
+        crate::kernels::views::flat_view(flat, e.offset, crate::tensor::padded(&e.shape))
     }
 }
 
@@ -285,7 +284,7 @@ impl ModuleMapper for Writer<'_> {
         };
         self.next += 1;
         let old = param.val();
-        let mut new: Tensor<D> = self.flat.clone().slice([e.range()]).reshape(old.dims());
+        let mut new: Tensor<D> = crate::kernels::views::flat_view(self.flat, e.offset, old.dims());
         // A fresh leaf with the old one's autodiff context and gradient setting.
         if old.is_autodiff() {
             new = new.autodiff();

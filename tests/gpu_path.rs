@@ -240,8 +240,8 @@ fn updates_over_parameter_vectors_match_the_cpu_in_cubecl_kernels() {
             exclude_bias_and_norm: true,
         });
         let mut opt = Optimizer::new(rule, vec![online.clone()]).unwrap();
-        let x = DynTensor::from_vec(rng.normal_vec(4 * 3 * 8 * 8, 1.0), &[4, 3, 8, 8], device)
-            .unwrap();
+        let x =
+            DynTensor::from_vec(rng.normal_vec(4 * 3 * 8 * 8, 1.0), &[4, 3, 8, 8], device).unwrap();
         for _ in 0..3 {
             let y = online.forward(&x).unwrap();
             let z = target.forward(&x).unwrap().detach();

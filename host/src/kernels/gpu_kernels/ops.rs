@@ -149,6 +149,24 @@ fn constant<B: Backend, C: CheckpointStrategy>(t: FloatTensor<B>) -> AutodiffFlo
     <AutodiffFloat<B, C>>::new(t)
 }
 
+/// `op` on three autodiff tensors' primitives, its result outside the graph: a backward
+/// operation called directly.
+fn untracked<B: Backend, C: CheckpointStrategy>(
+    (x, weight, dy): (
+        AutodiffFloat<B, C>,
+        AutodiffFloat<B, C>,
+        AutodiffFloat<B, C>,
+    ),
+    op: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> AutodiffFloat<B, C> {
+    let out = op(
+        x.into_primitive(),
+        weight.into_primitive(),
+        dy.into_primitive(),
+    );
+    constant::<B, C>(out)
+}
+
 impl<B: GpuKernels, C: CheckpointStrategy> GpuKernels for Autodiff<B, C> {
     fn gpu_conv2d(
         x: FloatTensor<Self>,
@@ -187,12 +205,9 @@ impl<B: GpuKernels, C: CheckpointStrategy> GpuKernels for Autodiff<B, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        let (x, weight, dy) = (
-            x.into_primitive(),
-            weight.into_primitive(),
-            dy.into_primitive(),
-        );
-        constant::<B, C>(B::gpu_conv2d_input_grad(x, weight, dy, stride, padding))
+        untracked::<B, C>((x, weight, dy), |x, weight, dy| {
+            B::gpu_conv2d_input_grad(x, weight, dy, stride, padding)
+        })
     }
 
     fn gpu_conv2d_weight_grad(
@@ -202,12 +217,9 @@ impl<B: GpuKernels, C: CheckpointStrategy> GpuKernels for Autodiff<B, C> {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        let (x, weight, dy) = (
-            x.into_primitive(),
-            weight.into_primitive(),
-            dy.into_primitive(),
-        );
-        constant::<B, C>(B::gpu_conv2d_weight_grad(x, weight, dy, stride, padding))
+        untracked::<B, C>((x, weight, dy), |x, weight, dy| {
+            B::gpu_conv2d_weight_grad(x, weight, dy, stride, padding)
+        })
     }
 
     fn gpu_batch_norm(

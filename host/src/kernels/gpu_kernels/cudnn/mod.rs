@@ -472,6 +472,29 @@ fn cudnn_or<R>(
     }
 }
 
+/// A batch norm's backward in cuDNN, or by the reference ops: (dx, the residual's gradient
+/// for an add tail, dgamma, dbeta).
+fn norm_backward(
+    x: CubeTensor,
+    y: CubeTensor,
+    dy: CubeTensor,
+    saved: batch_norm::Saved,
+    tail: batch_norm::Tail,
+) -> (CubeTensor, Option<CubeTensor>, CubeTensor, CubeTensor) {
+    let key = batch_norm::key(&x, tail);
+    cudnn_or(
+        &x,
+        || key.clone(),
+        |c| c.norm_backward(&x, &y, dy.clone(), &saved, tail),
+        || {
+            let relu = tail != batch_norm::Tail::None;
+            let (dx, dz, dgamma, dbeta) = saved.reference(x.clone(), y.clone(), dy.clone(), relu);
+            let add = tail == batch_norm::Tail::AddRelu;
+            (dx, add.then_some(dz), dgamma, dbeta)
+        },
+    )
+}
+
 impl GpuKernels for CubeBackend {
     fn gpu_conv2d(
         x: FloatTensor<Self>,
@@ -612,8 +635,6 @@ impl GpuKernels for CubeBackend {
         relu: bool,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let tail = batch_norm::Tail::of(relu, false);
-        let key = batch_norm::key(&x, tail);
         let saved = batch_norm::Saved {
             gamma,
             beta,
@@ -621,18 +642,9 @@ impl GpuKernels for CubeBackend {
             inv_std,
             epsilon,
         };
-        cudnn_or(
-            &x,
-            || key.clone(),
-            |c| {
-                let (dx, _, dg, db) = c.norm_backward(&x, &y, dy.clone(), &saved, tail)?;
-                Ok((dx, dg, db))
-            },
-            || {
-                let (dx, _, dg, db) = saved.reference(x.clone(), y.clone(), dy.clone(), relu);
-                (dx, dg, db)
-            },
-        )
+        let tail = batch_norm::Tail::of(relu, false);
+        let (dx, _, dgamma, dbeta) = norm_backward(x, y, dy, saved, tail);
+        (dx, dgamma, dbeta)
     }
 
     fn gpu_batch_norm_add_relu_backward(
@@ -650,8 +662,6 @@ impl GpuKernels for CubeBackend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let tail = batch_norm::Tail::of(true, true);
-        let key = batch_norm::key(&x, tail);
         let saved = batch_norm::Saved {
             gamma,
             beta,
@@ -659,14 +669,9 @@ impl GpuKernels for CubeBackend {
             inv_std,
             epsilon,
         };
-        cudnn_or(
-            &x,
-            || key.clone(),
-            |c| {
-                let (dx, dz, dg, db) = c.norm_backward(&x, &y, dy.clone(), &saved, tail)?;
-                Ok((dx, dz.expect("an add tail has a residual gradient"), dg, db))
-            },
-            || saved.reference(x.clone(), y.clone(), dy.clone(), true),
-        )
+        let tail = batch_norm::Tail::of(true, true);
+        let (dx, dz, dgamma, dbeta) = norm_backward(x, y, dy, saved, tail);
+        let dz = dz.expect("an add tail has a residual gradient");
+        (dx, dz, dgamma, dbeta)
     }
 }

@@ -1,15 +1,18 @@
 //! Optimisers over the named parameters of one or several networks: SGD, LARS and AdamW.
 //!
 //! `step(loss, lr)` is one backward pass and one update of every parameter that received a
-//! gradient. Updates are computed on plain tensors (no autodiff graph) and written back as
-//! fresh leaves. With `exclude_bias_and_norm`, rank-1 parameters (biases and batch-norm
-//! scales and shifts) get no weight decay and, for LARS, no trust-ratio adaptation.
+//! gradient. Each network leaf (ResNet, MLP, linear layer) is updated as one vector of all its
+//! parameters (`crate::models::flat`): its gradients gathered into such a vector, the rule
+//! applied to the whole vector in a few ops (one-pass kernels on the CPU), and the
+//! parameters left as views of the result, without autodiff, as fresh leaves. With
+//! `exclude_bias_and_norm`, rank-1 parameters (biases and batch-norm scales and shifts) get no
+//! weight decay and, for LARS, no trust-ratio adaptation.
 //!
 //! A loss that is not finite changes nothing. On the CPU the step reads the loss before the
 //! update (a read costs nothing there) and refuses at once. On a GPU a read would make the
 //! host wait for the backward before it could issue the update, leaving the GPU idle while it
 //! does; so there the step waits for nothing: the check runs on the device ([`FiniteGuard`]),
-//! each new parameter and state tensor is chosen between the updated and the old value by it,
+//! each new parameter and state vector is chosen between the updated and the old one by it,
 //! and a count of skipped updates is copied back asynchronously, looked at by the next steps
 //! once it has arrived, and read before the optimiser is checkpointed; a skip is an error
 //! naming the first skipped step.

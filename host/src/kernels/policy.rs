@@ -73,6 +73,13 @@ impl CpuKernelSet {
             CpuKernelSet::Burn => "burn",
         }
     }
+
+    /// The set [`CpuKernelSet::name`] spells `name` (not empty).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Im2col, Self::NoDirect, Self::Burn]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
 }
 
 /// What the GPU code path trains ResNets with (`SSLHOST_GPU_BATCH_NORM`, and the first half
@@ -157,14 +164,10 @@ impl KernelPolicy {
             Some("1") => true,
             Some(v) => return Err(bad("SSLHOST_HALF_ACTIVATIONS", v, "0 or 1")),
         };
-        let cpu = match setting("SSLHOST_CPU_KERNELS").as_deref() {
+        let cpu = match setting("SSLHOST_CPU_KERNELS") {
             None => CpuKernelSet::All,
-            Some("im2col") => CpuKernelSet::Im2col,
-            Some("no-direct") => CpuKernelSet::NoDirect,
-            Some("burn") => CpuKernelSet::Burn,
-            Some(v) => {
-                return Err(bad("SSLHOST_CPU_KERNELS", v, "im2col, no-direct or burn"));
-            }
+            Some(v) => CpuKernelSet::parse(&v)
+                .ok_or_else(|| bad("SSLHOST_CPU_KERNELS", &v, "im2col, no-direct or burn"))?,
         };
         let gpu = match setting("SSLHOST_GPU_BATCH_NORM") {
             None => GpuKernelSet::Burn,
@@ -225,4 +228,31 @@ pub fn current() -> KernelPolicy {
             policy
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_sets_parse_their_own_names_and_nothing_else() {
+        for set in [
+            CpuKernelSet::Im2col,
+            CpuKernelSet::NoDirect,
+            CpuKernelSet::Burn,
+        ] {
+            assert_eq!(CpuKernelSet::parse(set.name()), Some(set));
+        }
+        for set in [
+            GpuKernelSet::Burn,
+            GpuKernelSet::Rows,
+            GpuKernelSet::Nhwc,
+            GpuKernelSet::Cudnn,
+        ] {
+            assert_eq!(GpuKernelSet::parse(set.name()), Some(set));
+        }
+        assert_eq!(CpuKernelSet::parse(""), None);
+        assert_eq!(CpuKernelSet::parse("winograd"), None);
+        assert_eq!(GpuKernelSet::parse("cuda"), None);
+    }
 }

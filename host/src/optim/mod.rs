@@ -116,9 +116,15 @@ impl LeafState {
                 second: self.second.as_ref().map(|v| self.layout.slice4(v, j)),
                 steps: self.steps,
             };
-            (format!("{prefix}.{}", e.name), state)
+            (param_key(&prefix, &e.name), state)
         })
     }
+}
+
+/// The state's name of parameter `name` of the leaf whose parameters' names take `prefix`
+/// (`net_index.param_name`, as checkpoints store it).
+fn param_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}.{name}")
 }
 
 /// The update rules.
@@ -449,7 +455,7 @@ impl Optimizer {
             (part, gathered)
         };
         let grad = layout.gather(gradients.into_iter().flatten().collect(), &device);
-        let key = |name: &str| format!("{prefix}.{name}");
+        let key = |name: &str| param_key(prefix, name);
         let mut st = match self.leaves.remove(prefix) {
             Some(st) if complete && st.layout == layout => st,
             Some(st) => {

@@ -481,10 +481,9 @@ fn norm_backward(
     saved: batch_norm::Saved,
     tail: batch_norm::Tail,
 ) -> (CubeTensor, Option<CubeTensor>, CubeTensor, CubeTensor) {
-    let key = batch_norm::key(&x, tail);
     cudnn_or(
         &x,
-        || key.clone(),
+        || batch_norm::key(&x, tail),
         |c| c.norm_backward(&x, &y, dy.clone(), &saved, tail),
         || {
             let relu = tail != batch_norm::Tail::None;
@@ -495,6 +494,22 @@ fn norm_backward(
     )
 }
 
+/// A convolution pass of `geometry` (`what`: forward, input or weight gradient): `fast` in
+/// cuDNN, or `slow` by the reference ops where cuDNN is not served, refused the shape before,
+/// or does not take its channels ([`conv::Geometry::vectorised`]).
+fn conv_pass(
+    x: &CubeTensor,
+    geometry: conv::Geometry,
+    what: &str,
+    fast: impl FnOnce(&mut Cudnn) -> Result<CubeTensor, CudnnError>,
+    slow: impl FnOnce() -> CubeTensor,
+) -> CubeTensor {
+    if !geometry.vectorised() {
+        return slow();
+    }
+    cudnn_or(x, || format!("conv {what} {geometry:?}"), fast, slow)
+}
+
 impl GpuKernels for CubeBackend {
     fn gpu_conv2d(
         x: FloatTensor<Self>,
@@ -503,12 +518,10 @@ impl GpuKernels for CubeBackend {
         padding: usize,
     ) -> FloatTensor<Self> {
         let geometry = conv::Geometry::of(&x, &weight, stride, padding);
-        if !geometry.vectorised() {
-            return reference::conv2d::<Self>(x, weight, stride, padding);
-        }
-        cudnn_or(
+        conv_pass(
             &x,
-            || format!("conv forward {geometry:?}"),
+            geometry,
+            "forward",
             |c| c.conv_forward(x.clone(), weight.clone(), geometry),
             || reference::conv2d::<Self>(x.clone(), weight.clone(), stride, padding),
         )
@@ -522,21 +535,14 @@ impl GpuKernels for CubeBackend {
         padding: usize,
     ) -> FloatTensor<Self> {
         let geometry = conv::Geometry::of(&x, &weight, stride, padding);
-        if !geometry.vectorised() {
-            return reference::conv2d_input_grad::<Self>(x, weight, dy, stride, padding);
-        }
-        cudnn_or(
+        conv_pass(
             &x,
-            || format!("conv input gradient {geometry:?}"),
+            geometry,
+            "input gradient",
             |c| c.conv_input_grad(&x, weight.clone(), dy.clone(), geometry),
             || {
-                reference::conv2d_input_grad::<Self>(
-                    x.clone(),
-                    weight.clone(),
-                    dy.clone(),
-                    stride,
-                    padding,
-                )
+                let (x, weight, dy) = (x.clone(), weight.clone(), dy.clone());
+                reference::conv2d_input_grad::<Self>(x, weight, dy, stride, padding)
             },
         )
     }
@@ -549,21 +555,14 @@ impl GpuKernels for CubeBackend {
         padding: usize,
     ) -> FloatTensor<Self> {
         let geometry = conv::Geometry::of(&x, &weight, stride, padding);
-        if !geometry.vectorised() {
-            return reference::conv2d_weight_grad::<Self>(x, weight, dy, stride, padding);
-        }
-        cudnn_or(
+        conv_pass(
             &x,
-            || format!("conv weight gradient {geometry:?}"),
+            geometry,
+            "weight gradient",
             |c| c.conv_weight_grad(x.clone(), &weight, dy.clone(), geometry),
             || {
-                reference::conv2d_weight_grad::<Self>(
-                    x.clone(),
-                    weight.clone(),
-                    dy.clone(),
-                    stride,
-                    padding,
-                )
+                let (x, weight, dy) = (x.clone(), weight.clone(), dy.clone());
+                reference::conv2d_weight_grad::<Self>(x, weight, dy, stride, padding)
             },
         )
     }
@@ -576,10 +575,9 @@ impl GpuKernels for CubeBackend {
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let tail = batch_norm::Tail::of(relu, false);
-        let key = batch_norm::key(&x, tail);
         cudnn_or(
             &x,
-            || key.clone(),
+            || batch_norm::key(&x, tail),
             |c| c.norm_forward(x.clone(), gamma.clone(), beta.clone(), None, tail, epsilon),
             || {
                 reference::batch_norm::<Self>(
@@ -602,10 +600,9 @@ impl GpuKernels for CubeBackend {
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let tail = batch_norm::Tail::of(true, true);
-        let key = batch_norm::key(&x, tail);
         cudnn_or(
             &x,
-            || key.clone(),
+            || batch_norm::key(&x, tail),
             |c| {
                 let z = Some(residual.clone());
                 c.norm_forward(x.clone(), gamma.clone(), beta.clone(), z, tail, epsilon)

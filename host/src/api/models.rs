@@ -188,6 +188,8 @@ pub mod models_api {
     pub fn update_momentum(online: Net, target: Net, m: Dynamic) -> RhaiResult<()> {
         run(|| {
             let m = args::number(&m, "update_momentum m")?;
+            let step = crate::session::with(|s| s.step);
+            crate::live::note_use(m, crate::live::Role::Momentum, step);
             SharedNet::update_momentum(&online, &target, m)
         })
     }

@@ -173,6 +173,8 @@ pub mod optim_api {
     pub fn step(opt: &mut Optimizer, loss: DynTensor, lr: Dynamic) -> RhaiResult<()> {
         run(|| {
             let lr = args::number(&lr, "learning rate")?;
+            let step = crate::session::with(|s| s.step);
+            crate::live::note_use(lr, crate::live::Role::LearningRate, step);
             opt.inner.borrow_mut().step(&loss, lr)
         })
     }

@@ -282,6 +282,7 @@ fn step_stream(
         // `sslhost check`: a couple of real steps are enough.
         steps = steps.max_steps(start + session::CHECK_STEPS);
     }
+    crate::live::set_end_step(steps.end());
     Ok(StepStream {
         inner: Arc::new(Mutex::new(StreamState {
             steps,

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use run_common::{only_run, sslhost_run};
 
 const RECIPE: &str = r#"// resume test: augmentation randomness, momentum optimiser, EMA target
-let cfg = config(#{ epochs: 3, batch_size: 16 });
+let cfg = config(#{ epochs: 3, batch_size: 16, fail_at: -1, fail_late: -1 });
 let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 3 });
 let l = loader(ds, #{ batch_size: cfg.batch_size });
 let views = transform([random_resized_crop(8, #{ scale: [0.5, 1.0] }), hflip(0.5)]);
@@ -21,10 +21,12 @@ let opt = sgd([net], #{ momentum: 0.9, weight_decay: 1e-4 });
 let state = #{ net: net, target: target, opt: opt };
 resume(state);
 for b in steps(l, cfg.epochs) {
+    if b.step == cfg.fail_at { throw "a bug before the update"; }
     let x = views.apply(b.images);
     let loss = cross_entropy(net.forward(x), b.labels) + (target.forward(x) - net.forward(x)).pow(2).mean();
     opt.step(loss, 0.05);
     update_momentum(net, target, 0.9);
+    if b.step == cfg.fail_late { throw "a bug after the update"; }
     log(b.step, #{ loss: loss });
     if (b.step + 1) % 8 == 0 { checkpoint(state); }   // once an epoch
 }
@@ -132,4 +134,77 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
 #[test]
 fn ctrl_c_checkpoints_at_a_step_boundary_and_resumes_exactly() {
     interrupted_and_resumed_matches_whole("-INT", "int");
+}
+
+/// Runs the recipe whole, then again with a script error at step 13 (`fail_at`: before the
+/// step's update; `fail_late`: after it) and resumed from the checkpoint the error wrote.
+fn failed_and_resumed(key: &str, tag: &str) -> (BTreeMap<u64, String>, BTreeMap<u64, String>) {
+    let dir = std::env::temp_dir().join(format!("sslhost-fail-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+    let whole = dir.join("whole");
+    let out = sslhost(&recipe, &whole).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = losses(&only_run(&whole));
+
+    let split = dir.join("split");
+    let out = sslhost(&recipe, &split)
+        .args(["--set", &format!("{key}=13")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let resumes_at = if key == "fail_at" { 13 } else { 14 };
+    let run = only_run(&split);
+    let how = format!("checkpoint written before exiting (resumes at step {resumes_at})");
+    assert!(stderr.contains(&how), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--resume {}", run.display())),
+        "{stderr}"
+    );
+    // The periodic checkpoint was at step 8; the one the error wrote is later.
+    let out = sslhost(&recipe, &split)
+        .args(["--set", &format!("{key}=-1"), "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("at step {resumes_at}")),
+        "{stderr}"
+    );
+    let resumed = losses(&run);
+    std::fs::remove_dir_all(&dir).ok();
+    (reference, resumed)
+}
+
+#[test]
+fn an_error_before_the_update_checkpoints_and_resumes_exactly() {
+    let (reference, resumed) = failed_and_resumed("fail_at", "early");
+    assert_eq!(
+        resumed, reference,
+        "per-step losses differ after the resume"
+    );
+}
+
+#[test]
+fn an_error_after_the_update_loses_only_the_failing_step() {
+    let (reference, resumed) = failed_and_resumed("fail_late", "late");
+    assert_eq!(reference.len(), 24);
+    assert!(!resumed.contains_key(&13), "step 13 failed before its log");
+    assert_eq!(
+        resumed.len(),
+        23,
+        "every other step ran: {:?}",
+        resumed.keys()
+    );
+    for s in 0..13 {
+        assert_eq!(resumed[&s], reference[&s], "step {s}");
+    }
 }

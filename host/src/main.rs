@@ -243,6 +243,10 @@ fn execute(cli: Cli) -> Result<()> {
             }
             sslhost::train::current::handle_ctrl_c();
             let result = sslhost::guard::catch(|| engine::run_file(&script, session));
+            let saved = match (&result, sslhost::train::current::interrupted()) {
+                (Err(_), false) => sslhost::train::current::checkpoint_after_error(),
+                _ => None,
+            };
             // Every way the script ended: clear the progress bar, draw the curves.
             sslhost::train::current::finish();
             if sslhost::train::current::interrupted() {
@@ -251,6 +255,10 @@ fn execute(cli: Cli) -> Result<()> {
                     eprintln!("{}", render(&e));
                 }
                 std::process::exit(130);
+            }
+            if let (Err(e), Some(saved)) = (&result, saved) {
+                eprintln!("{}\n{saved}", render(e));
+                std::process::exit(e.exit_code());
             }
             let _ = result?;
             if has_overrides && sslhost::session::resolved_config().is_none() {

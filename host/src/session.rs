@@ -33,6 +33,12 @@ pub struct Session {
     pub step: Option<u64>,
     /// The step `steps(..)` starts from: 0, or where a resumed run continues.
     pub start_step: u64,
+    /// The random generator's position when the current step began: a checkpoint written
+    /// after a failure before any update of the step resumes at that step, exactly.
+    pub step_rng: Option<crate::tensor::RngState>,
+    /// Whether the current step changed tracked state (an optimiser step, a momentum update,
+    /// an enqueue): then a failure's checkpoint continues after it.
+    pub step_updated: bool,
     /// The checkpoint a resumed run continues from (`--resume`).
     pub resume_from: Option<std::path::PathBuf>,
     /// The resolved configuration of the run being resumed: the base `config(..)` starts from.
@@ -62,6 +68,8 @@ impl Session {
             data_root: std::env::var_os("SSLHOST_DATA").map(Into::into),
             step: None,
             start_step: 0,
+            step_rng: None,
+            step_updated: false,
             resume_from: None,
             saved_config: None,
             check: false,
@@ -162,6 +170,11 @@ pub fn with<T>(f: impl FnOnce(&mut Session) -> T) -> T {
         let s = c.get_or_insert_with(|| Session::new(crate::device::cpu(), 0));
         f(s)
     })
+}
+
+/// Marks the current step as having changed tracked state (see [`Session::step_updated`]).
+pub fn note_update() {
+    with(|s| s.step_updated = true);
 }
 
 /// The current session's resolved configuration, if the script called `config(..)`.

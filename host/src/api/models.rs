@@ -190,6 +190,7 @@ pub mod models_api {
             let m = args::number(&m, "update_momentum m")?;
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(m, crate::live::Role::Momentum, step);
+            crate::session::note_update();
             SharedNet::update_momentum(&online, &target, m)
         })
     }
@@ -251,6 +252,7 @@ pub mod models_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn enqueue(q: &mut Queue, keys: DynTensor) -> RhaiResult<()> {
+        crate::session::note_update();
         run(|| q.borrow_mut().enqueue(&keys))
     }
 

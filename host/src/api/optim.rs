@@ -175,6 +175,7 @@ pub mod optim_api {
             let lr = args::number(&lr, "learning rate")?;
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(lr, crate::live::Role::LearningRate, step);
+            crate::session::note_update();
             opt.inner.borrow_mut().step(&loss, lr)
         })
     }
@@ -187,6 +188,7 @@ pub mod optim_api {
     #[rhai_fn(name = "step", return_raw)]
     pub fn step_default(opt: &mut Optimizer, loss: DynTensor) -> RhaiResult<()> {
         let lr = opt.lr;
+        crate::session::note_update();
         run(|| opt.inner.borrow_mut().step(&loss, lr))
     }
 

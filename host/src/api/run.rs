@@ -76,7 +76,11 @@ impl Iterator for StepStream {
             }
             Some(Ok(b)) => {
                 // A new step begins: live functions may swap before their first call in it.
-                session::with(|s| s.step = Some(b.step));
+                session::with(|s| {
+                    s.step = Some(b.step);
+                    s.step_rng = Some(s.rng.state());
+                    s.step_updated = false;
+                });
                 if let Some(p) = &mut state.progress {
                     let size = b.images.shape().first().copied().unwrap_or(0);
                     p.batch(b.step, b.epoch, size);

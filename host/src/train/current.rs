@@ -95,6 +95,80 @@ pub fn stop_for_interrupt() -> Error {
     }
 }
 
+/// Called when the script failed: writes the tracked state to the run's last checkpoint, so
+/// that `--resume` loses at most the failing step, and returns a line for the user saying
+/// what was done and how to resume (`None` when nothing would be gained: no training step
+/// ran, or `sslhost check`).
+///
+/// A failure before the step changed any tracked state resumes at that step with the
+/// random generator where it began (batch-norm statistics may have seen its batch); a
+/// failure after an update resumes at the next step. Weights holding NaN or Inf are not
+/// saved: the last periodic checkpoint stays.
+pub fn checkpoint_after_error() -> Option<String> {
+    let (check, step, start, updated, step_rng, rng) = crate::session::with(|s| {
+        (
+            s.check,
+            s.step,
+            s.start_step,
+            s.step_updated,
+            s.step_rng.clone(),
+            s.rng.state(),
+        )
+    });
+    let step = step.filter(|_| !check)?;
+    let (next, rng) = match (updated, step_rng) {
+        (false, Some(at_start)) => (step, at_start),
+        _ => (step + 1, rng),
+    };
+    if next <= start {
+        return None;
+    }
+    let (tracked, recipe) = CURRENT.with(|c| {
+        let c = c.borrow();
+        let cur = c.as_ref()?;
+        Some((cur.tracked.clone(), cur.recipe.clone()))
+    })?;
+    if tracked.is_empty() {
+        return Some(
+            "no checkpoint written: the recipe calls neither resume(#{..}) nor checkpoint(#{..})"
+                .into(),
+        );
+    }
+    if let Some(bad) = first_non_finite(&tracked) {
+        return Some(format!(
+            "no checkpoint written: {bad} holds NaN or Inf; the last periodic checkpoint, if \
+             any, is kept"
+        ));
+    }
+    let saved = with_dir(|d| {
+        let path = d.last_checkpoint();
+        checkpoint::save(&path, next, &rng, &tracked)?;
+        Ok(d.path().to_path_buf())
+    })?;
+    Some(match saved {
+        Ok(dir) => format!(
+            "checkpoint written before exiting (resumes at step {next}): sslhost run {} \
+             --resume {}",
+            recipe.display(),
+            dir.display()
+        ),
+        Err(e) => format!("the checkpoint after the error could not be written: {e}"),
+    })
+}
+
+/// The first tracked network parameter (`key/name`) that is not finite.
+fn first_non_finite(tracked: &[(String, Item)]) -> Option<String> {
+    tracked.iter().find_map(|(key, item)| {
+        let Item::Net(net) = item else {
+            return None;
+        };
+        net.parameters()
+            .into_iter()
+            .find(|(_, t)| !t.all_finite().unwrap_or(false))
+            .map(|(name, _)| format!("`{key}/{name}`"))
+    })
+}
+
 thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }

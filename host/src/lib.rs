@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod files;
 pub mod guard;
 pub mod kernels;
 pub mod live;

@@ -158,8 +158,11 @@ pub mod run_api {
         run(|| {
             let step = count(step, "log step")? as u64;
             let json = super::metrics_json(&values)?;
-            if let Some(written) = crate::train::current::with_dir(|d| d.log(step, &json)) {
-                written?;
+            if let Some(created) = crate::train::current::with_dir(|d| {
+                d.log(step, &json);
+                Ok(())
+            }) {
+                created?;
             }
             if let Some(loss) = json.get("loss").and_then(serde_json::Value::as_f64) {
                 crate::train::progress::note_loss(loss);
@@ -232,6 +235,11 @@ pub mod run_api {
                 s.rng = crate::tensor::HostRng::from_state(&loaded.rng);
                 s.start_step = loaded.next_step;
             });
+            if let Some(continued) =
+                crate::train::current::with_dir(|d| d.continue_at(loaded.next_step))
+            {
+                continued?;
+            }
             tracing::info!(
                 "resumed from {} at step {}",
                 path.display(),

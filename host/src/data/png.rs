@@ -51,5 +51,5 @@ pub fn save_grid(images: &DynTensor, path: &Path, nrow: usize, padding: usize) -
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, ImageFormat::Png)
         .map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
-    crate::train::tensor_file::write_atomic(path, bytes.get_ref())
+    crate::files::write_atomic(path, bytes.get_ref())
 }

@@ -606,7 +606,7 @@ impl LiveFunctions {
     fn archive(&self, step: u64, text: &str) -> Option<PathBuf> {
         let dir = self.archive_dir.as_ref()?;
         let path = dir.join(format!("step-{step:08}.rhai"));
-        match crate::train::tensor_file::write_atomic(&path, text.as_bytes()) {
+        match crate::files::write_atomic(&path, text.as_bytes()) {
             Ok(()) => Some(path),
             Err(e) => {
                 tracing::warn!("live: could not archive the accepted version: {e}");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use image::{Rgb, RgbImage};
 
 use crate::error::{Error, Result};
-use crate::train::tensor_file::write_atomic;
+use crate::files::write_atomic;
 
 /// Width of one panel in pixels.
 pub const PANEL_WIDTH: u32 = 400;
@@ -59,10 +59,8 @@ impl Series {
 /// to draw (no metrics file, or no numeric metric).
 pub fn render_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     let metrics = run_dir.join("metrics.jsonl");
-    let text = match std::fs::read_to_string(&metrics) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::file(&metrics, format!("cannot read: {e}"))),
+    let Some(text) = crate::files::read_regular(&metrics)? else {
+        return Ok(None);
     };
     let series = curves(&parse_metrics(&text));
     if series.is_empty() {

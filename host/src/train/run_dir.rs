@@ -2,22 +2,25 @@
 //! recipe, metrics as JSON lines (and as TensorBoard scalars), archived live edits and
 //! checkpoints.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::train::tensor_file::write_atomic;
+use crate::files::{Appender, write_atomic};
 use crate::train::tensorboard::{self, EventWriter};
 
 /// An open run directory.
 pub struct RunDir {
     root: PathBuf,
-    metrics: File,
+    metrics: Appender,
     /// This session's TensorBoard event file, created at the first logged scalar (a resumed
     /// run writes a new one).
     events: Option<EventWriter>,
+    /// Why the event file could not be created, once warned about (it is tried again at
+    /// every log).
+    events_failed: bool,
+    /// The step a resumed run continues from: marked in its event file as a restart.
+    restart: Option<u64>,
 }
 
 /// `YYYY-MM-DDTHH-MM-SS` (UTC) for a time in seconds since the Unix epoch; dashes instead of
@@ -78,17 +81,63 @@ impl RunDir {
         if !root.is_dir() {
             return Err(Error::file(root, "not a run directory"));
         }
-        let path = root.join("metrics.jsonl");
-        let metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::file(&path, format!("cannot open: {e}")))?;
+        // Temporary files of atomic writes that a killed run left behind.
+        let stale: usize = [
+            root.to_path_buf(),
+            root.join("checkpoints"),
+            root.join("live"),
+        ]
+        .iter()
+        .map(|d| crate::files::remove_stale_temp_files(d))
+        .sum();
+        if stale > 0 {
+            tracing::info!("removed {stale} temporary file(s) of an interrupted write");
+        }
+        let metrics = Appender::open(&root.join("metrics.jsonl"))?;
         Ok(RunDir {
             root: root.to_path_buf(),
             metrics,
             events: None,
+            events_failed: false,
+            restart: None,
         })
+    }
+
+    /// Continues the run at `step` (a resume): the rows of `metrics.jsonl` from `step` on,
+    /// which the resumed run logs again, are dropped (with any line a kill cut short), and the
+    /// new event file starts with a restart marker at `step` so TensorBoard drops the old
+    /// events from there.
+    pub fn continue_at(&mut self, step: u64) -> Result<()> {
+        self.restart = Some(step);
+        let path = self.root.join("metrics.jsonl");
+        let Some(text) = crate::files::read_regular(&path)? else {
+            return Ok(());
+        };
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s < step)
+            })
+            .collect();
+        let dropped = text.lines().count() - kept.len();
+        if dropped == 0 {
+            return Ok(());
+        }
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        write_atomic(&path, out.as_bytes())?;
+        // The rename replaced the file the appender had open.
+        self.metrics = Appender::open(&path)?;
+        tracing::info!(
+            "metrics.jsonl: {dropped} row(s) from step {step} on dropped (the resumed run logs \
+             them again)"
+        );
+        Ok(())
     }
 
     /// The directory.
@@ -128,12 +177,10 @@ impl RunDir {
     }
 
     /// Appends one line `{"step": .., "time": .., ..values}` to `metrics.jsonl`, and the
-    /// numeric values as scalars to the TensorBoard event file.
-    pub fn log(
-        &mut self,
-        step: u64,
-        values: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
+    /// numeric values as scalars to the TensorBoard event file. A file that cannot be written
+    /// (a full disk) is warned about once and does not stop the run: its lines are written
+    /// whole when it takes writes again.
+    pub fn log(&mut self, step: u64, values: &serde_json::Map<String, serde_json::Value>) {
         let time = now_secs();
         let mut line = serde_json::Map::new();
         line.insert("step".into(), step.into());
@@ -141,19 +188,33 @@ impl RunDir {
         for (k, v) in values {
             line.insert(k.clone(), v.clone());
         }
-        let path = self.root.join("metrics.jsonl");
-        writeln!(self.metrics, "{}", serde_json::Value::Object(line))
-            .and_then(|()| self.metrics.flush())
-            .map_err(|e| Error::file(&path, format!("cannot append: {e}")))?;
+        let mut text = serde_json::Value::Object(line).to_string();
+        text.push('\n');
+        self.metrics.append(text.into_bytes());
         let scalars = tensorboard::scalars(values);
         if scalars.is_empty() {
-            return Ok(());
+            return;
         }
-        let events = match &mut self.events {
-            Some(w) => w,
-            None => self.events.insert(EventWriter::create(&self.root, time)?),
-        };
-        events.add_scalars(step, time, &scalars)
+        if self.events.is_none() {
+            match EventWriter::create(&self.root, time) {
+                Ok(mut w) => {
+                    if let Some(at) = self.restart {
+                        w.restart_at(at, time);
+                    }
+                    self.events = Some(w)
+                }
+                Err(e) => {
+                    if !self.events_failed {
+                        tracing::warn!("TensorBoard events are not written for now: {e}");
+                    }
+                    self.events_failed = true;
+                    return;
+                }
+            }
+        }
+        if let Some(events) = &mut self.events {
+            events.add_scalars(step, time, &scalars);
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! `{dtype, shape, data_offsets}` (plus `__metadata__`, string to string), then the data.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -81,32 +80,7 @@ pub fn write(
     bytes.extend((head.len() as u64).to_le_bytes());
     bytes.extend(head);
     bytes.extend(data);
-    write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves either
-/// the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write: {e}"))
-    })
+    crate::files::write_atomic(path, &bytes)
 }
 
 /// Reads a file written by [`write()`] (or any safetensors file of F32/I64 tensors).

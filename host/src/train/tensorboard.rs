@@ -15,19 +15,18 @@
 //! TensorBoard reads every `*tfevents*` file of a directory, so a resumed run starts a new
 //! file next to the old one.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::files::Appender;
 
 /// The version string of the first event of every file.
 pub const FILE_VERSION: &str = "brain.Event:2";
 
-/// An open event file, flushed after every event.
+/// An open event file, flushed after every event; a failing disk holds events back rather
+/// than failing the run (see [`Appender`]).
 pub struct EventWriter {
-    path: PathBuf,
-    file: File,
+    file: Appender,
 }
 
 impl EventWriter {
@@ -42,7 +41,7 @@ impl EventWriter {
         let mut path = dir.join(&base);
         let mut n = 1;
         let file = loop {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match Appender::create_new(&path) {
                 Ok(f) => break f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
                     n += 1;
@@ -51,35 +50,32 @@ impl EventWriter {
                 Err(e) => return Err(Error::file(&path, format!("cannot create: {e}"))),
             }
         };
-        let mut writer = EventWriter { path, file };
-        writer.write_event(&version_event(wall_time))?;
+        let mut writer = EventWriter { file };
+        writer.write_event(&version_event(wall_time));
         Ok(writer)
+    }
+
+    /// Marks a restart at `step` (a `SessionLog` of status START): TensorBoard then drops the
+    /// events of earlier files at `step` and after, which a resumed run writes again.
+    pub fn restart_at(&mut self, step: u64, wall_time: f64) {
+        self.write_event(&restart_event(step, wall_time));
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Appends one event with the scalar summaries `(tag, value)` at `step`. Nothing is
     /// written for an empty list.
-    pub fn add_scalars(
-        &mut self,
-        step: u64,
-        wall_time: f64,
-        scalars: &[(&str, f32)],
-    ) -> Result<()> {
-        if scalars.is_empty() {
-            return Ok(());
+    pub fn add_scalars(&mut self, step: u64, wall_time: f64, scalars: &[(&str, f32)]) {
+        if !scalars.is_empty() {
+            self.write_event(&scalar_event(step, wall_time, scalars));
         }
-        self.write_event(&scalar_event(step, wall_time, scalars))
     }
 
-    fn write_event(&mut self, event: &[u8]) -> Result<()> {
-        self.file
-            .write_all(&record(event))
-            .and_then(|()| self.file.flush())
-            .map_err(|e| Error::file(&self.path, format!("cannot append: {e}")))
+    fn write_event(&mut self, event: &[u8]) {
+        self.file.append(record(event));
     }
 }
 
@@ -130,6 +126,20 @@ pub fn masked_crc(bytes: &[u8]) -> u32 {
     crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
+/// A restart marker: `wall_time`, `step` and `session_log` (field 6) with `status` (field 1)
+/// START (1).
+fn restart_event(step: u64, wall_time: f64) -> Vec<u8> {
+    let mut event = Vec::new();
+    put_double(&mut event, 1, wall_time);
+    put_key(&mut event, 2, WIRE_VARINT);
+    put_varint(&mut event, step);
+    let mut session_log = Vec::new();
+    put_key(&mut session_log, 1, WIRE_VARINT);
+    put_varint(&mut session_log, SESSION_LOG_START);
+    put_bytes(&mut event, 6, &session_log);
+    event
+}
+
 /// The first event of a file: `wall_time` and `file_version`.
 fn version_event(wall_time: f64) -> Vec<u8> {
     let mut event = Vec::new();
@@ -155,6 +165,9 @@ fn scalar_event(step: u64, wall_time: f64, scalars: &[(&str, f32)]) -> Vec<u8> {
     put_bytes(&mut event, 5, &summary);
     event
 }
+
+/// `SessionLog.SessionStatus.START`.
+const SESSION_LOG_START: u64 = 1;
 
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
@@ -195,6 +208,8 @@ mod tests {
         step: u64,
         file_version: Option<String>,
         values: Vec<(String, f32)>,
+        /// The status of a `session_log`, if the event has one.
+        session_status: Option<u64>,
     }
 
     /// Splits a file into TFRecord payloads, checking both CRCs of every record.
@@ -273,6 +288,10 @@ mod tests {
                         event.values.push((tag, simple));
                     }
                 }
+                6 => {
+                    let status = fields(&raw).into_iter().find(|f| f.0 == 1).map(|f| f.2);
+                    event.session_status = Some(status.unwrap_or(0));
+                }
                 other => panic!("unexpected event field {other}"),
             }
         }
@@ -280,15 +299,32 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_is_marked_by_a_session_start_at_its_step() {
+        let dir = std::env::temp_dir().join(format!("sslhost-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = EventWriter::create(&dir, 1_700_000_000.0).unwrap();
+        w.restart_at(120, 1_700_000_001.0);
+        w.add_scalars(120, 1_700_000_002.0, &[("loss", 1.0)]);
+        let events: Vec<Event> = records(&std::fs::read(w.path()).unwrap())
+            .iter()
+            .map(|p| decode(p))
+            .collect();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[1].step, 120);
+        assert_eq!(events[1].session_status, Some(SESSION_LOG_START));
+        assert!(events[1].values.is_empty());
+        assert_eq!(events[2].session_status, None);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn scalars_are_written_as_checksummed_events_and_read_back() {
         let dir = std::env::temp_dir().join(format!("sslhost-tfevents-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut w = EventWriter::create(&dir, 1_700_000_000.25).unwrap();
-        w.add_scalars(0, 1_700_000_001.0, &[("loss", 2.5), ("lr", 0.1)])
-            .unwrap();
-        w.add_scalars(300, 1_700_000_002.0, &[("loss", -1.25e-3)])
-            .unwrap();
-        w.add_scalars(301, 1_700_000_003.0, &[]).unwrap();
+        w.add_scalars(0, 1_700_000_001.0, &[("loss", 2.5), ("lr", 0.1)]);
+        w.add_scalars(300, 1_700_000_002.0, &[("loss", -1.25e-3)]);
+        w.add_scalars(301, 1_700_000_003.0, &[]);
         let name = w.path().file_name().unwrap().to_string_lossy().to_string();
         assert!(
             name.starts_with("events.out.tfevents.1700000000."),

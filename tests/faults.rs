@@ -1,0 +1,78 @@
+//! Faults around a run that must not stop it or lose work: a disk that refuses the metrics,
+//! temporary files a killed write left behind.
+
+mod run_common;
+
+use run_common::{only_run, sslhost_run};
+
+const RECIPE: &str = r#"// faults test recipe
+let cfg = config(#{ epochs: 1 });
+let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 1 });
+let l = loader(ds, #{ batch_size: 16 });
+let net = mlp([64, 16, 4]);
+let opt = sgd([net], #{ momentum: 0.9 });
+let state = #{ net: net, opt: opt };
+resume(state);
+for b in steps(l, cfg.epochs) {
+    let loss = cross_entropy(net.forward(b.images.reshape([16, 64])), b.labels);
+    opt.step(loss, 0.05);
+    log(b.step, #{ loss: loss });
+    if (b.step + 1) % 8 == 0 { checkpoint(state); }
+}
+"#;
+
+#[test]
+fn a_full_disk_under_the_metrics_warns_once_and_the_run_goes_on_to_its_checkpoint() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("no /dev/full here: skipped");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sslhost-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+    let runs = dir.join("runs");
+    let out = sslhost_run(&recipe, &runs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = only_run(&runs);
+
+    // Every write to metrics.jsonl now fails with "no space left on device"; a killed write
+    // left a temporary file beside the checkpoint.
+    let metrics = run.join("metrics.jsonl");
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &metrics).unwrap();
+    let stale = run.join("checkpoints/.last.safetensors.tmp-4294967");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+
+    let out = sslhost_run(&recipe, &runs)
+        .args(["--set", "epochs=3", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warnings = stderr.matches("metrics.jsonl: cannot write").count();
+    assert_eq!(warnings, 1, "one warning, not one a step:\n{stderr}");
+    assert!(
+        stderr.contains("resumes at step 24"),
+        "the last checkpoint was written:\n{stderr}"
+    );
+    assert!(!stale.exists(), "the stale temporary file was removed");
+    // TensorBoard's events were written meanwhile.
+    let events = std::fs::read_dir(&run)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tfevents")
+        })
+        .count();
+    assert_eq!(events, 2, "one event file per session");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -76,7 +76,7 @@ pub fn read_regular(path: &Path) -> Result<Option<String>> {
 /// back to an earlier length (tests use one that fails on demand).
 pub trait RecordSink {
     /// The current length in bytes.
-    fn len(&mut self) -> std::io::Result<u64>;
+    fn size(&mut self) -> std::io::Result<u64>;
     /// Appends `bytes` and flushes them.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
     /// Cuts the sink back to `len` bytes (undoing a partly written record).
@@ -84,7 +84,7 @@ pub trait RecordSink {
 }
 
 impl RecordSink for File {
-    fn len(&mut self) -> std::io::Result<u64> {
+    fn size(&mut self) -> std::io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 
@@ -195,7 +195,7 @@ impl<S: RecordSink> Appender<S> {
 
 /// Writes one record whole, or cuts the partial write back out.
 fn write_whole(sink: &mut impl RecordSink, record: &[u8]) -> std::io::Result<()> {
-    let before = sink.len();
+    let before = sink.size();
     let written = sink.append(record);
     if written.is_err()
         && let Ok(len) = before
@@ -216,7 +216,7 @@ mod tests {
     }
 
     impl RecordSink for &mut Disk {
-        fn len(&mut self) -> std::io::Result<u64> {
+        fn size(&mut self) -> std::io::Result<u64> {
             Ok(self.bytes.len() as u64)
         }
         fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {

@@ -6,15 +6,15 @@ mod run_common;
 use run_common::{only_run, sslhost_run};
 
 const RECIPE: &str = r#"// faults test recipe
-let cfg = config(#{ epochs: 1 });
+let cfg = config(#{ epochs: 1, batch_size: 16 });
 let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 1 });
-let l = loader(ds, #{ batch_size: 16 });
+let l = loader(ds, #{ batch_size: cfg.batch_size });
 let net = mlp([64, 16, 4]);
 let opt = sgd([net], #{ momentum: 0.9 });
 let state = #{ net: net, opt: opt };
 resume(state);
 for b in steps(l, cfg.epochs) {
-    let loss = cross_entropy(net.forward(b.images.reshape([16, 64])), b.labels);
+    let loss = cross_entropy(net.forward(b.images.reshape([cfg.batch_size, 64])), b.labels);
     opt.step(loss, 0.05);
     log(b.step, #{ loss: loss });
     if (b.step + 1) % 8 == 0 { checkpoint(state); }
@@ -74,5 +74,73 @@ fn a_full_disk_under_the_metrics_warns_once_and_the_run_goes_on_to_its_checkpoin
         })
         .count();
     assert_eq!(events, 2, "one event file per session");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn resuming_with_a_different_data_order_or_model_needs_force() {
+    let dir = std::env::temp_dir().join(format!("sslhost-resume-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+    let runs = dir.join("runs");
+    let out = sslhost_run(&recipe, &runs).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = only_run(&runs);
+    let resume = |args: &[&str]| {
+        let out = sslhost_run(&recipe, &runs)
+            .args(args)
+            .arg("--resume")
+            .arg(&run)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stderr) = resume(&["--set", "batch_size=32"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("resuming with batch_size 16 -> 32"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--force"), "{stderr}");
+    let (code, stderr) = resume(&["--seed", "7"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--seed 0, this one --seed 7"), "{stderr}");
+    // Settings that keep the order and the model: a warning names them, and the run goes on.
+    let (code, stderr) = resume(&["--set", "epochs=2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("resuming with changed settings: epochs 1 -> 2"),
+        "{stderr}"
+    );
+    let (code, stderr) = resume(&["--set", "batch_size=32", "--set", "epochs=6", "--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("batch_size 16 -> 32"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn data_pointing_nowhere_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("sslhost-nodata-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, RECIPE).unwrap();
+    let out = sslhost_run(&recipe, &dir.join("runs"))
+        .args(["--data", "/no/such/folder"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/no/such/folder: --data: no such directory"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -54,6 +54,11 @@ enum Command {
         /// Override a key of the script's `config(..)`: `--set batch_size=512` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// With --resume: continue even though a setting that changes the data order or the
+        /// model (data, limit, batch_size, seed, depth, widths, blocks, --seed) differs from
+        /// the checkpoint's.
+        #[arg(long, requires = "resume")]
+        force: bool,
     },
     /// Compile a script and run it on tiny data: two real steps, no run directory.
     Check {
@@ -220,7 +225,13 @@ fn execute(cli: Cli) -> Result<()> {
             runs,
             data,
             set,
+            force,
         } => {
+            if let Some(dir) = &data
+                && !dir.is_dir()
+            {
+                return Err(Error::file(dir, "--data: no such directory"));
+            }
             let (device, kernels) = open_device(device, precision)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
@@ -237,6 +248,7 @@ fn execute(cli: Cli) -> Result<()> {
                     }
                     session.resume_from = Some(checkpoint);
                     session.saved_config = Some(run.read_config()?);
+                    session.force = force;
                     sslhost::train::current::resume(run, &script, &text);
                 }
                 None => sslhost::train::current::begin(&script, &text, &runs),

@@ -43,6 +43,8 @@ pub struct Session {
     pub resume_from: Option<std::path::PathBuf>,
     /// The resolved configuration of the run being resumed: the base `config(..)` starts from.
     pub saved_config: Option<serde_json::Value>,
+    /// `--force`: resume even with settings that change the data order or the model.
+    pub force: bool,
     /// `sslhost check`: datasets cut to [`CHECK_SAMPLES`], batches to [`CHECK_BATCH`], loops
     /// to [`CHECK_STEPS`] steps, and no run directory.
     pub check: bool,
@@ -72,6 +74,7 @@ impl Session {
             step_updated: false,
             resume_from: None,
             saved_config: None,
+            force: false,
             check: false,
         }
     }

@@ -69,15 +69,18 @@ pub mod config_api {
     #[rhai_fn(return_raw)]
     pub fn config(defaults: Map) -> RhaiResult<Map> {
         run(|| {
-            let (overrides, saved) =
-                session::with(|s| (s.overrides.clone(), s.saved_config.clone()));
-            let defaults = match saved {
-                Some(saved) => super::with_saved(defaults, &saved)?,
+            let (overrides, saved, force) =
+                session::with(|s| (s.overrides.clone(), s.saved_config.clone(), s.force));
+            let defaults = match &saved {
+                Some(saved) => super::with_saved(defaults, saved)?,
                 None => defaults,
             };
             let resolved = resolve(defaults, &overrides)?;
             let json = serde_json::to_value(Dynamic::from_map(resolved.clone()))
                 .map_err(|e| crate::error::Error::Other(format!("config: {e}")))?;
+            if let Some(saved) = &saved {
+                super::check_resumed(saved, &json, force)?;
+            }
             session::with(|s| s.config = Some(json));
             Ok(resolved)
         })
@@ -133,4 +136,55 @@ pub fn with_saved(mut defaults: Map, saved: &serde_json::Value) -> Result<Map> {
         }
     }
     Ok(defaults)
+}
+
+/// Config keys that change a run's data order or its model: a resumed run may change them
+/// only with `--force`.
+pub const RESUME_LOCKED: &[&str] = &[
+    "data",
+    "limit",
+    "batch_size",
+    "seed",
+    "depth",
+    "widths",
+    "blocks",
+];
+
+/// Compares a resumed run's configuration with the one its checkpoint was written under: a
+/// warning lists the keys that differ, and a changed key of [`RESUME_LOCKED`] is an error
+/// unless `force`.
+pub fn check_resumed(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    force: bool,
+) -> Result<()> {
+    let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
+        return Ok(());
+    };
+    let mut changed: Vec<(&str, String)> = now
+        .iter()
+        .filter_map(|(k, v)| {
+            let old = saved.get(k)?;
+            (old != v).then(|| (k.as_str(), format!("{k} {old} -> {v}")))
+        })
+        .collect();
+    changed.sort();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let locked: Vec<&str> = changed
+        .iter()
+        .filter(|(k, _)| RESUME_LOCKED.contains(k))
+        .map(|(_, what)| what.as_str())
+        .collect();
+    if !locked.is_empty() && !force {
+        return Err(Error::Invalid(format!(
+            "resuming with {} would continue with another data order or model than the \
+             checkpoint's; drop those --set values, or pass --force to resume anyway",
+            locked.join(", ")
+        )));
+    }
+    let all: Vec<&str> = changed.iter().map(|(_, what)| what.as_str()).collect();
+    tracing::warn!("resuming with changed settings: {}", all.join(", "));
+    Ok(())
 }

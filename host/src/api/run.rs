@@ -193,11 +193,11 @@ pub mod run_api {
             crate::train::current::track(&items);
             if session::with(|s| s.check) {
                 // `sslhost check`: write and read back a checkpoint in a temporary folder.
-                let (next, rng) = session::with(|s| (s.next_step(), s.rng.state()));
+                let (next, rng, seed) = session::with(|s| (s.next_step(), s.rng.state(), s.seed));
                 let dir =
                     std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
                 let path = dir.join("last.safetensors");
-                let saved = crate::train::checkpoint::save(&path, next, &rng, &items)
+                let saved = crate::train::checkpoint::save(&path, next, &rng, seed, &items)
                     .and_then(|()| crate::train::checkpoint::load(&path).map(|_| ()));
                 let _ = std::fs::remove_dir_all(&dir);
                 saved?;
@@ -225,11 +225,26 @@ pub mod run_api {
         run(|| {
             let items = super::tracked_items(&items)?;
             crate::train::current::track(&items);
-            let (from, device) = session::with(|s| (s.resume_from.clone(), s.device.clone()));
+            let (from, device, seed, force) =
+                session::with(|s| (s.resume_from.clone(), s.device.clone(), s.seed, s.force));
             let Some(path) = from else {
                 return Ok(0);
             };
             let loaded = crate::train::checkpoint::load(&path)?;
+            if let Some(saved) = loaded.seed
+                && saved != seed
+            {
+                let what = format!(
+                    "the checkpoint's run has --seed {saved}, this one --seed {seed}: the data \
+                     order would differ from the checkpoint's"
+                );
+                if !force {
+                    return Err(Error::Invalid(format!(
+                        "{what}; pass --seed {saved}, or --force to resume anyway"
+                    )));
+                }
+                tracing::warn!("{what} (--force)");
+            }
             loaded.restore(&items, &device)?;
             session::with(|s| {
                 s.rng = crate::tensor::HostRng::from_state(&loaded.rng);
@@ -336,6 +351,14 @@ fn knn(
                 })?,
         ),
     };
+    if config.k >= train.len() {
+        return Err(Error::Invalid(format!(
+            "knn_accuracy: k = {} needs a train set larger than k, which has {} images \
+             (every test image would vote with the whole set)",
+            config.k,
+            train.len()
+        )));
+    }
     if train.classes() != test.classes() {
         return Err(Error::Invalid(format!(
             "knn_accuracy: train has {} classes, test {}",

@@ -2,7 +2,7 @@
 //! generator's position, in one tensor file written atomically.
 //!
 //! Names: `<key>/<param>` for networks; `<key>/<net>.<param>/first|second|steps` and
-//! `<key>/steps` for optimisers. Metadata: `format`, `next_step`, `rng`.
+//! `<key>/steps` for optimisers. Metadata: `format`, `next_step`, `rng`, `seed`.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +37,8 @@ pub struct Loaded {
     pub next_step: u64,
     /// The random generator's position at that step.
     pub rng: RngState,
+    /// The run's seed (`--seed`), which data orders derive from; older files lack it.
+    pub seed: Option<u64>,
     tensors: HashMap<String, NamedTensor>,
     path: String,
 }
@@ -60,7 +62,13 @@ fn int(name: String, v: u64) -> NamedTensor {
 }
 
 /// Writes a checkpoint of `items` to `path` (atomically).
-pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)]) -> Result<()> {
+pub fn save(
+    path: &Path,
+    next_step: u64,
+    rng: &RngState,
+    seed: u64,
+    items: &[(String, Item)],
+) -> Result<()> {
     let mut tensors = Vec::new();
     for (key, item) in items {
         match item {
@@ -101,6 +109,7 @@ pub fn save(path: &Path, next_step: u64, rng: &RngState, items: &[(String, Item)
         ("format".to_string(), FORMAT.to_string()),
         ("next_step".to_string(), next_step.to_string()),
         ("rng".to_string(), rng.encode()),
+        ("seed".to_string(), seed.to_string()),
     ]);
     tensor_file::write(path, &tensors, &metadata)
 }
@@ -123,6 +132,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     Ok(Loaded {
         next_step,
         rng,
+        seed: meta.get("seed").and_then(|s| s.parse().ok()),
         tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
         path: path.display().to_string(),
     })

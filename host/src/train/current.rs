@@ -63,10 +63,10 @@ pub fn track(items: &[(String, Item)]) {
 /// Writes `items` to the run directory's last checkpoint, continuing at the session's next
 /// step with its random state. `None` when there is no run directory.
 pub fn save_checkpoint(items: &[(String, Item)]) -> Option<Result<PathBuf>> {
-    let (next, rng) = crate::session::with(|s| (s.next_step(), s.rng.state()));
+    let (next, rng, seed) = crate::session::with(|s| (s.next_step(), s.rng.state(), s.seed));
     with_dir(|d| {
         let path = d.last_checkpoint();
-        checkpoint::save(&path, next, &rng, items)?;
+        checkpoint::save(&path, next, &rng, seed, items)?;
         tracing::info!("checkpoint: {} (resumes at step {next})", path.display());
         Ok(path)
     })
@@ -105,7 +105,7 @@ pub fn stop_for_interrupt() -> Error {
 /// failure after an update resumes at the next step. Weights holding NaN or Inf are not
 /// saved: the last periodic checkpoint stays.
 pub fn checkpoint_after_error() -> Option<String> {
-    let (check, step, start, updated, step_rng, rng) = crate::session::with(|s| {
+    let (check, step, start, updated, step_rng, rng, seed) = crate::session::with(|s| {
         (
             s.check,
             s.step,
@@ -113,6 +113,7 @@ pub fn checkpoint_after_error() -> Option<String> {
             s.step_updated,
             s.step_rng.clone(),
             s.rng.state(),
+            s.seed,
         )
     });
     let step = step.filter(|_| !check)?;
@@ -142,7 +143,7 @@ pub fn checkpoint_after_error() -> Option<String> {
     }
     let saved = with_dir(|d| {
         let path = d.last_checkpoint();
-        checkpoint::save(&path, next, &rng, &tracked)?;
+        checkpoint::save(&path, next, &rng, seed, &tracked)?;
         Ok(d.path().to_path_buf())
     })?;
     Some(match saved {

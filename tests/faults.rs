@@ -144,3 +144,32 @@ fn data_pointing_nowhere_is_an_error() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn max_memory_bounds_one_tensor_with_an_error_at_the_line() {
+    let dir = std::env::temp_dir().join(format!("sslhost-maxmem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("big.rhai");
+    std::fs::write(
+        &script,
+        "let a = ones([1000, 1]);\nlet b = a + ones([1, 1000]);\n",
+    )
+    .unwrap();
+    let run = |budget: &str| {
+        sslhost_run(&script, &dir.join("runs"))
+            .args(["--max-memory", budget])
+            .output()
+            .unwrap()
+    };
+    // 1000 x 1000 floats are 3.8 MiB: over a 1 MiB budget, under a 16 MiB one.
+    let out = run("1M");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("big.rhai:2:11"), "{stderr}");
+    assert!(
+        stderr.contains("more than the 1.0 MiB allowed (--max-memory)"),
+        "{stderr}"
+    );
+    assert!(run("16M").status.success());
+    std::fs::remove_dir_all(&dir).ok();
+}

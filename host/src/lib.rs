@@ -6,6 +6,7 @@
 pub mod allocator;
 pub mod api;
 pub mod augment;
+pub mod budget;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -59,6 +59,10 @@ enum Command {
         /// the checkpoint's.
         #[arg(long, requires = "resume")]
         force: bool,
+        /// The largest tensor allowed (8G, 512M, ...): a bigger one is an error at the
+        /// script's line. Default: the machine's memory.
+        #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
+        max_memory: Option<u64>,
     },
     /// Compile a script and run it on tiny data: two real steps, no run directory.
     Check {
@@ -76,6 +80,9 @@ enum Command {
         /// Override a key of the script's `config(..)` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// The largest tensor allowed (8G, 512M, ...); default: the machine's memory.
+        #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
+        max_memory: Option<u64>,
     },
     /// Time training steps of a method on random images (the recipes' networks, heads, losses,
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
@@ -226,7 +233,9 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             set,
             force,
+            max_memory,
         } => {
+            sslhost::budget::set_max_bytes(max_memory);
             if let Some(dir) = &data
                 && !dir.is_dir()
             {
@@ -286,7 +295,9 @@ fn execute(cli: Cli) -> Result<()> {
             device,
             precision,
             set,
+            max_memory,
         } => {
+            sslhost::budget::set_max_bytes(max_memory);
             let (device, kernels) = open_device(device, precision)?;
             let session = Session::new(device, 0)
                 .with_kernels(kernels)

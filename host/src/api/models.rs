@@ -74,6 +74,9 @@ pub mod models_api {
                 })?);
             }
             config.stem_stride = o.usize("stem_stride", 1)?;
+            // The widest convolution's weight: the last stage's 3x3 (x4 for a bottleneck).
+            let widest = config.widths[3].saturating_mul(4);
+            crate::budget::elements(&[widest, widest, 3, 3], "resnet widths")?;
             session::with(|s| SharedNet::resnet(&config, &mut s.rng, &s.device))
         })
     }
@@ -102,6 +105,9 @@ pub mod models_api {
             config.batch_norm = o.bool("batch_norm", true)?;
             config.last_batch_norm = o.bool("last_batch_norm", false)?;
             config.bias = o.bool("bias", true)?;
+            for pair in config.dims.windows(2) {
+                crate::budget::elements(pair, "mlp layer weight")?;
+            }
             session::with(|s| SharedNet::mlp(&config, &mut s.rng, &s.device))
         })
     }
@@ -118,6 +124,7 @@ pub mod models_api {
                 args::count(d_input, "linear input size")?,
                 args::count(d_output, "linear output size")?,
             );
+            crate::budget::elements(&[config.d_input, config.d_output], "linear weight")?;
             session::with(|s| SharedNet::linear(&config, &mut s.rng, &s.device))
         })
     }
@@ -230,6 +237,7 @@ pub mod models_api {
                 args::count(size, "queue size")?,
                 args::count(dim, "queue dim")?,
             );
+            crate::budget::elements(&[size, dim], "queue")?;
             let q = session::with(|s| crate::models::Queue::new(size, dim, &mut s.rng, &s.device))?;
             Ok(std::rc::Rc::new(std::cell::RefCell::new(q)))
         })

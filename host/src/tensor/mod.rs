@@ -101,7 +101,7 @@ pub fn padded(shape: &[usize]) -> [usize; 4] {
     out
 }
 
-/// Checks that a shape has rank 1–4 and no zero-sized dimension.
+/// Checks that a shape has rank 1–4, no zero-sized dimension, and fits the memory budget.
 pub fn check_shape(shape: &[usize]) -> Result<()> {
     if shape.is_empty() || shape.len() > MAX_RANK {
         return Err(Error::Shape(format!(
@@ -114,7 +114,7 @@ pub fn check_shape(shape: &[usize]) -> Result<()> {
             "every dimension must be at least 1, got {shape:?}"
         )));
     }
-    Ok(())
+    crate::budget::elements(shape, "tensor").map(|_| ())
 }
 
 impl DynTensor {

@@ -77,6 +77,7 @@ impl DynTensor {
                 op.symbol()
             ))
         })?;
+        crate::budget::elements(&shape, op.symbol())?;
         let rank = shape.len();
         if let (Values::Int(a), Values::Int(b)) = (&self.values, &other.values)
             && op != BinaryOp::Div
@@ -160,6 +161,7 @@ impl DynTensor {
         })?;
         let mut out_shape = batch.clone();
         out_shape.extend([m, n]);
+        crate::budget::elements(&out_shape, "matmul output")?;
         let expand = |t: Tensor<4>, rows: usize, cols: usize| {
             let mut s = batch.clone();
             s.extend([rows, cols]);
@@ -333,6 +335,7 @@ impl DynTensor {
                 other.shape()
             ))
         })?;
+        crate::budget::elements(&shape, "eq")?;
         let p = padded(&shape);
         let out = match (&self.values, &other.values) {
             (Values::Int(a), Values::Int(b)) => {

@@ -110,6 +110,7 @@ impl ScriptEngine {
     /// Compiles `text` under the source name `name`.
     pub fn compile(&mut self, name: &str, text: &str) -> Result<AST> {
         self.sources.insert(name.to_string(), text.to_string());
+        crate::error::check_positions(name, text).map_err(|e| Error::Script(Box::new(e)))?;
         let mut ast = self
             .engine
             .compile(text)

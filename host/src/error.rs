@@ -169,11 +169,12 @@ impl fmt::Display for ScriptError {
         if let (Some(line), Some(frame)) = (&self.source_line, self.frames.first()) {
             let num = frame.line.to_string();
             let pad = " ".repeat(num.len());
-            write!(f, "\n {pad} |\n {num} | {line}\n {pad} | ")?;
+            let (shown, caret) = window(line, frame.col);
+            write!(f, "\n {pad} |\n {num} | {shown}\n {pad} | ")?;
             // The caret sits under the column, counting characters (tabs kept as tabs).
-            let lead: String = line
+            let lead: String = shown
                 .chars()
-                .take(frame.col.saturating_sub(1))
+                .take(caret)
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             write!(f, "{lead}^")?;
@@ -182,5 +183,111 @@ impl fmt::Display for ScriptError {
             write!(f, "\n  = called from {}", format_frame(caller))?;
         }
         Ok(())
+    }
+}
+
+/// Characters of a source line shown at most; longer lines are cut to a window around the
+/// error's column.
+const SHOWN_CHARS: usize = 120;
+
+/// The part of `line` to show for an error at 1-based `col`, and the caret's offset in it
+/// (in characters).
+fn window(line: &str, col: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let at = col.saturating_sub(1).min(chars.len());
+    if chars.len() <= SHOWN_CHARS {
+        return (line.to_string(), at);
+    }
+    let start = at.saturating_sub(SHOWN_CHARS / 2);
+    let end = (start + SHOWN_CHARS).min(chars.len());
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push('…');
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    (shown, at - start + usize::from(start > 0))
+}
+
+/// Rhai counts lines and columns in 16 bits: a position past 65,535 would be reported
+/// wrongly, so a script with a longer line, or more lines, is refused with a located error.
+pub fn check_positions(source: &str, text: &str) -> std::result::Result<(), ScriptError> {
+    const MAX: usize = u16::MAX as usize;
+    let too_long = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.chars().count() > MAX);
+    let (line, col, message) = if let Some((i, l)) = too_long {
+        (
+            i + 1,
+            1,
+            format!(
+                "line {} has {} characters; positions are located only within the first \
+                 65,535 characters of a line: split it (one element per line) or read the \
+                 data from a file",
+                i + 1,
+                l.chars().count()
+            ),
+        )
+    } else if text.lines().count() > MAX {
+        (
+            MAX,
+            1,
+            "the script has more than 65,535 lines, beyond which positions cannot be located: \
+             split it into modules (`import`)"
+                .to_string(),
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ScriptError {
+        message,
+        frames: vec![Frame {
+            source: Some(source.to_string()),
+            line,
+            col,
+        }],
+        source_line: text.lines().nth(line - 1).map(str::to_string),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_is_shown_as_a_window_with_the_caret_under_the_column() {
+        let line = format!("{}BAD{}", "x".repeat(1000), "y".repeat(1000));
+        let e = ScriptError {
+            message: "here".into(),
+            frames: vec![Frame {
+                source: Some("s.rhai".into()),
+                line: 3,
+                col: 1001,
+            }],
+            source_line: Some(line),
+        };
+        let text = e.to_string();
+        assert!(text.contains("--> s.rhai:3:1001"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let (code, caret) = (lines[3], lines[4]);
+        assert!(code.chars().count() < 140, "{code}");
+        let at = caret.chars().position(|c| c == '^').unwrap();
+        assert_eq!(code.chars().nth(at), Some('B'), "{code}\n{caret}");
+    }
+
+    #[test]
+    fn lines_beyond_rhais_positions_are_refused() {
+        let text = format!("let a = 1;\nlet x = [{}];\n", "1,".repeat(40_000));
+        let e = check_positions("s.rhai", &text).unwrap_err();
+        assert_eq!(e.location(), "s.rhai:2:1");
+        assert!(
+            e.message.contains("line 2 has 80011 characters"),
+            "{}",
+            e.message
+        );
+        assert!(check_positions("s.rhai", "let a = 1;\n").is_ok());
     }
 }

@@ -60,7 +60,7 @@ pub fn catch_any_thread<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
         .ok()
         .and_then(|mut first| first.take());
     match (out, elsewhere) {
-        (Err(_), Some(cause)) => Err(Error::Backend(cause)),
+        (Err(_), Some(cause)) => Err(panic_error(cause)),
         (out, _) => out,
     }
 }
@@ -71,7 +71,31 @@ pub fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     CATCHING.with(|c| c.set(c.get() + 1));
     let out = panic::catch_unwind(AssertUnwindSafe(f));
     CATCHING.with(|c| c.set(c.get() - 1));
-    out.unwrap_or_else(|payload| Err(Error::Backend(payload_message(payload.as_ref()))))
+    out.unwrap_or_else(|payload| Err(panic_error(payload_message(payload.as_ref()))))
+}
+
+/// The error a caught panic stands for: a misuse Burn reports by panicking (a second
+/// backward over one graph, a failed tensor check) reads as the user's error; anything
+/// else is the backend's.
+pub fn panic_error(message: String) -> Error {
+    if message.contains("graph tape has already been consumed") {
+        return Error::Invalid(
+            "backward() ran a second time over the same graph: the graph is freed by the first \
+             backward (there is no retain_graph); add the losses and call backward once, or \
+             run the forward pass again"
+                .into(),
+        );
+    }
+    if let Some(rest) = message.strip_prefix("=== Tensor Operation Error ===") {
+        // "Operation: 'X'", "Reason:", "1. ...": one line.
+        let parts: Vec<&str> = rest
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "Reason:")
+            .collect();
+        return Error::Invalid(format!("tensor operation {}", parts.join(" ")));
+    }
+    Error::Backend(message)
 }
 
 #[cfg(test)]
@@ -91,5 +115,27 @@ mod tests {
         assert!(err.contains("no driver on the device thread"), "{err}");
         // Success passes through untouched, and the kept message does not leak into it.
         assert_eq!(catch_any_thread(|| Ok(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn burns_reports_of_misuse_read_as_the_users_error() {
+        let e = panic_error("Cannot run backward: graph tape has already been consumed".into());
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(
+            e.to_string().contains("backward() ran a second time"),
+            "{e}"
+        );
+        let check = "=== Tensor Operation Error ===\n  Operation: 'Reshape'\n  Reason:\n    1. \
+                     The given shape doesn't have the same number of elements.\n";
+        let e = panic_error(check.into()).to_string();
+        assert_eq!(
+            e,
+            "invalid argument: tensor operation Operation: 'Reshape' 1. The given shape doesn't \
+             have the same number of elements."
+        );
+        assert!(matches!(
+            panic_error("index out of bounds".into()),
+            Error::Backend(_)
+        ));
     }
 }

@@ -519,6 +519,7 @@ impl LiveFunctions {
     /// Compiles and probes a new version; the functions-only AST if it is acceptable.
     fn validate(&self, engine: &Engine, text: &str) -> Result<AST> {
         let script_error = |e: ScriptError| Error::Script(Box::new(e));
+        crate::error::check_positions(&self.source_name, text).map_err(script_error)?;
         let mut ast = engine
             .compile(text)
             .map_err(|e| script_error(self.locate(&e.into(), text)))?;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection, StaticModuleResolver};
-use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, Scope};
+use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
 
 use crate::error::{Error, Result, ScriptError};
 use crate::guard;
@@ -41,6 +41,72 @@ pub const STDLIB: &[(&str, &str)] = &[
 pub const MAX_CALL_LEVELS: usize = 64;
 /// Nesting depth of expressions (global, in functions).
 pub const MAX_EXPR_DEPTHS: (usize, usize) = (128, 64);
+
+/// Rhai files for `import`, confined to the script's folder and the working directory (the
+/// stdlib is embedded): a script cannot run any `.rhai` file of the machine.
+struct ConfinedFiles {
+    files: FileModuleResolver,
+    roots: Vec<PathBuf>,
+}
+
+impl ConfinedFiles {
+    fn new(base_dir: &Path) -> Self {
+        let roots = [base_dir.to_path_buf(), PathBuf::from(".")]
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect();
+        ConfinedFiles {
+            files: FileModuleResolver::new_with_path(base_dir),
+            roots,
+        }
+    }
+
+    /// The error for an import whose file lies outside the roots, if it does.
+    fn outside(
+        &self,
+        source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> Option<Box<EvalAltResult>> {
+        let from = source.and_then(|s| Path::new(s).parent());
+        let file = self.files.get_file_path(path, from);
+        // A file that does not exist is the resolver's to report.
+        let real = std::fs::canonicalize(&file).ok()?;
+        if self.roots.iter().any(|r| real.starts_with(r)) {
+            return None;
+        }
+        // The resolvers' collection passes on only "not found" and "in module" errors.
+        let refusal = EvalAltResult::ErrorRuntime(
+            format!(
+                "import \"{path}\": {} lies outside the script's folder and the working \
+                 directory, where imports are looked for",
+                real.display()
+            )
+            .into(),
+            Position::NONE,
+        );
+        Some(Box::new(EvalAltResult::ErrorInModule(
+            path.to_string(),
+            refusal.into(),
+            pos,
+        )))
+    }
+}
+
+impl ModuleResolver for ConfinedFiles {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> std::result::Result<Shared<Module>, Box<EvalAltResult>> {
+        match self.outside(source, path, pos) {
+            Some(e) => Err(e),
+            None => self.files.resolve(engine, source, path, pos),
+        }
+    }
+}
 
 /// A configured engine plus the texts of every source it compiled, for error rendering.
 pub struct ScriptEngine {
@@ -92,7 +158,7 @@ impl ScriptEngine {
 
         let mut resolvers = ModuleResolversCollection::new();
         resolvers.push(statics);
-        resolvers.push(FileModuleResolver::new_with_path(base_dir));
+        resolvers.push(ConfinedFiles::new(base_dir));
         engine.set_module_resolver(resolvers);
         Ok(ScriptEngine { engine, sources })
     }

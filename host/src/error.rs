@@ -22,8 +22,8 @@ pub enum Error {
     /// A loss or a value that is NaN or infinite where a finite number is needed.
     #[error("non-finite value: {0}")]
     NonFinite(String),
-    /// A panic inside Burn, caught and turned into an error.
-    #[error("internal error in the tensor backend: {0}")]
+    /// A panic (inside Burn or another library), caught and turned into an error.
+    #[error("internal error (a bug in sslhost or a library it uses, not in the script): {0}")]
     Backend(String),
     /// A file that could not be read or written.
     #[error("{path}: {message}")]

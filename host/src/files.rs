@@ -61,6 +61,58 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
     removed
 }
 
+/// Where a script may write the file it names `path`: a relative path is taken from the
+/// working directory; the file must lie under one of `roots` (the working directory, the run
+/// directory), never through `..` or a link out of them, have the extension `extension`, and
+/// not replace an existing file unless `replaceable` says it is one sslhost wrote.
+pub fn script_output(
+    path: &str,
+    roots: &[PathBuf],
+    extension: &str,
+    replaceable: impl Fn(&Path) -> bool,
+) -> Result<PathBuf> {
+    let p = Path::new(path);
+    let refuse = |why: &str| Error::file(p, format!("not written: {why}"));
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(refuse(
+            "a script writes only below the working or run directory (no `..`)",
+        ));
+    }
+    if p.extension()
+        .is_none_or(|e| !e.eq_ignore_ascii_case(extension))
+    {
+        return Err(refuse(&format!("the file must end in .{extension}")));
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::file(".", e))?;
+    let full = cwd.join(p);
+    // The deepest folder that exists, with links resolved, must be inside a root.
+    let mut existing = full.parent().map(Path::to_path_buf).unwrap_or_default();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(up) => existing = up.to_path_buf(),
+            None => break,
+        }
+    }
+    let real = std::fs::canonicalize(&existing).unwrap_or(existing);
+    let inside = roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .any(|r| real.starts_with(r));
+    if !inside {
+        return Err(refuse(
+            "a script writes only below the working or run directory",
+        ));
+    }
+    if std::fs::symlink_metadata(&full).is_ok() && !replaceable(&full) {
+        return Err(refuse(
+            "a file of that name exists and sslhost did not write it; choose another name",
+        ));
+    }
+    Ok(full)
+}
+
 /// The text of `path` when it is a regular file; `None` when it does not exist or is not a
 /// regular file (a device such as `/dev/full` reads forever).
 pub fn read_regular(path: &Path) -> Result<Option<String>> {

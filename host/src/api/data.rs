@@ -77,7 +77,9 @@ pub mod data_api {
     // ---- images ----------------------------------------------------------------------
 
     /// Writes images `[N, C, H, W]` in [0, 1] as one PNG grid. Options: `nrow` (images per
-    /// row, default 8), `padding` (pixels between images, default 2).
+    /// row, default 8), `padding` (pixels between images, default 2). The path ends in
+    /// `.png` and lies below the working directory or the run directory; an existing file
+    /// is replaced only when it is an image sslhost wrote.
     ///
     /// ```rhai
     /// save_image_grid(b.images, "views.png", #{ nrow: 16 });
@@ -94,7 +96,10 @@ pub mod data_api {
                 )));
             }
             let padding = padding as usize;
-            d::png::save_grid(&images, std::path::Path::new(path), nrow, padding)
+            let mut roots = vec![std::path::PathBuf::from(".")];
+            roots.extend(crate::train::current::dir_path());
+            let path = crate::files::script_output(path, &roots, "png", d::png::ours)?;
+            d::png::save_grid(&images, &path, nrow, padding)
         })
     }
 

@@ -1,8 +1,11 @@
 //! Writing a batch of images as one PNG grid, so a person can see what a model sees.
+//!
+//! Every PNG sslhost writes carries a `Software` text chunk naming sslhost, so that a script
+//! may replace an image sslhost wrote before but never another file (see [`ours`]).
 
 use std::path::Path;
 
-use image::{ImageFormat, RgbImage};
+use image::RgbImage;
 
 use crate::error::{Error, Result};
 use crate::tensor::DynTensor;
@@ -48,8 +51,43 @@ pub fn save_grid(images: &DynTensor, path: &Path, nrow: usize, padding: usize) -
             }
         }
     }
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ImageFormat::Png)
-        .map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
-    crate::files::write_atomic(path, bytes.get_ref())
+    crate::files::write_atomic(path, &encode(&img).map_err(|e| Error::file(path, e))?)
+}
+
+/// The `Software` text of sslhost's PNGs.
+fn software() -> String {
+    format!("sslhost {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `img` as PNG bytes, marked as sslhost's.
+pub fn encode(img: &RgbImage) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let bad = |e: png::EncodingError| format!("cannot encode PNG: {e}");
+    let mut encoder = png::Encoder::new(&mut bytes, img.width(), img.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder
+        .add_text_chunk("Software".into(), software())
+        .map_err(bad)?;
+    let mut writer = encoder.write_header().map_err(bad)?;
+    writer.write_image_data(img.as_raw()).map_err(bad)?;
+    writer.finish().map_err(bad)?;
+    Ok(bytes)
+}
+
+/// Whether the file at `path` is a PNG that sslhost wrote (its `Software` text chunk).
+pub fn ours(path: &Path) -> bool {
+    // Images are small; a large file is not one of ours.
+    let small = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() < 1 << 28);
+    let Some(bytes) = small.then(|| std::fs::read(path).ok()).flatten() else {
+        return false;
+    };
+    let Ok(reader) = png::Decoder::new(std::io::Cursor::new(bytes)).read_info() else {
+        return false;
+    };
+    reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .any(|t| t.keyword == "Software" && t.text.starts_with("sslhost"))
 }

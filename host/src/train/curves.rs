@@ -67,11 +67,8 @@ pub fn render_run(run_dir: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let out = run_dir.join("curves.png");
-    let mut png = std::io::Cursor::new(Vec::new());
-    render(&series)
-        .write_to(&mut png, image::ImageFormat::Png)
-        .map_err(|e| Error::file(&out, format!("cannot encode PNG: {e}")))?;
-    write_atomic(&out, png.get_ref())?;
+    let png = crate::data::png::encode(&render(&series)).map_err(|e| Error::file(&out, e))?;
+    write_atomic(&out, &png)?;
     Ok(Some(out))
 }
 

@@ -10,18 +10,29 @@ use crate::error::{Error, Result};
 
 /// `--max-memory` in bytes; 0 when not given.
 static MAX_BYTES: AtomicU64 = AtomicU64::new(0);
+/// The GPU's memory in bytes once a GPU is the run's device; 0 otherwise.
+static DEVICE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Records the memory of the GPU the run uses: the default budget from then on.
+pub fn set_device_bytes(bytes: u64) {
+    DEVICE_BYTES.store(bytes, Ordering::Relaxed);
+}
 
 /// Sets the budget (`--max-memory`); `None` goes back to the machine's memory.
 pub fn set_max_bytes(bytes: Option<u64>) {
     MAX_BYTES.store(bytes.unwrap_or(0), Ordering::Relaxed);
 }
 
-/// The largest allocation allowed, in bytes: `--max-memory`, else the machine's memory
-/// (`MemTotal`; unlimited where that is unknown).
+/// The largest allocation allowed, in bytes: `--max-memory`, else the GPU's memory when a
+/// GPU is the device, else the machine's memory (`MemTotal`; unlimited where unknown).
 pub fn max_bytes() -> u64 {
-    match MAX_BYTES.load(Ordering::Relaxed) {
-        0 => machine_bytes(),
-        set => set,
+    match (
+        MAX_BYTES.load(Ordering::Relaxed),
+        DEVICE_BYTES.load(Ordering::Relaxed),
+    ) {
+        (0, 0) => machine_bytes(),
+        (0, device) => device,
+        (set, _) => set,
     }
 }
 
@@ -58,7 +69,7 @@ pub fn elements(shape: &[usize], what: &str) -> Result<usize> {
             human(bytes),
             human(u128::from(max)),
             match MAX_BYTES.load(Ordering::Relaxed) {
-                0 => "the machine's memory; --max-memory sets another budget",
+                0 => "the device's memory; --max-memory sets another budget",
                 _ => "--max-memory",
             }
         )));

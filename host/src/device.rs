@@ -134,6 +134,10 @@ fn cuda() -> Result<Device> {
         let device = Device::cuda(0).autodiff();
         let sum = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
         if sum == 4.0 {
+            // The budget of one tensor (crate::budget): this GPU's memory.
+            if let Ok(bytes) = cudarc::driver::CudaContext::new(0).and_then(|c| c.total_mem()) {
+                crate::budget::set_device_bytes(bytes as u64);
+            }
             Ok(device)
         } else {
             Err(Error::Other(format!("the GPU computed 1+1+1+1 = {sum}")))

@@ -43,7 +43,7 @@ pub enum PrecisionChoice {
 /// The precision `choice` means on `device`.
 pub fn precision(choice: PrecisionChoice, device: &Device) -> Precision {
     match choice {
-        PrecisionChoice::Auto if kind(device) == "cuda" => Precision::Bf16,
+        PrecisionChoice::Auto if kind(device) == DeviceKind::Cuda => Precision::Bf16,
         PrecisionChoice::Auto | PrecisionChoice::F32 => Precision::F32,
         PrecisionChoice::Bf16 => Precision::Bf16,
         PrecisionChoice::F16 => Precision::F16,
@@ -55,22 +55,44 @@ pub fn cpu() -> Device {
     Device::flex().autodiff()
 }
 
-/// `"cpu"`, `"cuda"` or `"cubecl-cpu"`: what a recipe adapts its defaults to (`cubecl-cpu`
+/// The kinds of device a run can be on: what a recipe adapts its defaults to (`cubecl-cpu`
 /// takes the CPU presets, and the host's GPU code path).
-pub fn kind(device: &Device) -> &'static str {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// burn-flex on the CPU, with the host's CPU kernels.
+    Cpu,
+    /// A CUDA GPU.
+    Cuda,
+    /// cubecl's CPU runtime: the GPU code path compiled for the CPU.
+    CubeclCpu,
+}
+
+impl DeviceKind {
+    /// `"cpu"`, `"cuda"` or `"cubecl-cpu"`, as scripts see it (`device_kind()`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::CubeclCpu => "cubecl-cpu",
+        }
+    }
+}
+
+/// The kind of `device`.
+pub fn kind(device: &Device) -> DeviceKind {
     if *device == Device::flex() {
-        "cpu"
+        DeviceKind::Cpu
     } else if is_cubecl_cpu(device) {
-        "cubecl-cpu"
+        DeviceKind::CubeclCpu
     } else {
-        "cuda"
+        DeviceKind::Cuda
     }
 }
 
 /// Whether the host takes its GPU code path on `device`: one input shape per kernel (the kNN's
 /// last batch), top-k on the device, GPU batch norm. Every device but burn-flex.
 pub fn gpu_path(device: &Device) -> bool {
-    kind(device) != "cpu"
+    kind(device) != DeviceKind::Cpu
 }
 
 #[cfg(feature = "cubecl-cpu")]

@@ -30,15 +30,8 @@ enum Command {
     Run {
         /// The script file.
         script: PathBuf,
-        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
-        /// path on the CPU, with the cargo feature `cubecl-cpu`).
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
-        /// stay f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        precision: PrecisionChoice,
+        #[command(flatten)]
+        on: DeviceArgs,
         /// Seed of the run's random generator.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -68,15 +61,8 @@ enum Command {
     Check {
         /// The script file.
         script: PathBuf,
-        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
-        /// path on the CPU, with the cargo feature `cubecl-cpu`).
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
-        /// stay f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        precision: PrecisionChoice,
+        #[command(flatten)]
+        on: DeviceArgs,
         /// Override a key of the script's `config(..)` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
@@ -88,15 +74,8 @@ enum Command {
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
     /// of the Rhai layer. The last line of stdout is the result as JSON.
     Bench {
-        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
-        /// path on the CPU, with the cargo feature `cubecl-cpu`).
-        #[arg(long, value_enum, default_value = "auto")]
-        device: DeviceChoice,
-        /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the
-        /// CPU), f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state
-        /// stay f32.
-        #[arg(long, value_enum, default_value = "auto")]
-        precision: PrecisionChoice,
+        #[command(flatten)]
+        on: DeviceArgs,
         /// The method whose step is timed.
         #[arg(long, value_enum, default_value = "byol")]
         method: BenchMethod,
@@ -146,6 +125,19 @@ enum Command {
     },
 }
 
+/// Where a script runs and what it multiplies in (`run`, `check`, `bench`).
+#[derive(clap::Args, Debug)]
+struct DeviceArgs {
+    /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu (the GPU code
+    /// path on the CPU, with the cargo feature `cubecl-cpu`).
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// What convolutions and linear layers multiply in: auto (bf16 on CUDA, f32 on the CPU),
+    /// f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state stay f32.
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: PrecisionChoice,
+}
+
 /// The methods `sslhost bench` knows.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BenchMethod {
@@ -191,8 +183,8 @@ fn main() -> ExitCode {
     // The script runs on a worker of the thread pool the CPU kernels use (RAYON_NUM_THREADS
     // threads, the cores by default), so each parallel op starts on this thread at once and
     // only wakes the others, instead of handing every op to the pool and sleeping until it is
-    // done: the small ResNet's SimCLR step 414-424 -> 382-395 ms, the BYOL CPU preset 8.9 -> 7.5
-    // minutes. A large stack, as the main thread's, for deep scripts.
+    // done (the gain is in docs/PERFORMANCE.md). A large stack, as the main thread's, for deep
+    // scripts.
     let result = match rayon::ThreadPoolBuilder::new().stack_size(64 << 20).build() {
         Ok(pool) => pool.install(run),
         Err(_) => run(),
@@ -225,8 +217,7 @@ fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             script,
-            device,
-            precision,
+            on,
             seed,
             resume,
             runs,
@@ -241,7 +232,7 @@ fn execute(cli: Cli) -> Result<()> {
             {
                 return Err(Error::file(dir, "--data: no such directory"));
             }
-            let (device, kernels) = open_device(device, precision)?;
+            let (device, kernels) = open_device(on.device, on.precision)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
                 .with_kernels(kernels)
@@ -292,13 +283,12 @@ fn execute(cli: Cli) -> Result<()> {
         }
         Command::Check {
             script,
-            device,
-            precision,
+            on,
             set,
             max_memory,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
-            let (device, kernels) = open_device(device, precision)?;
+            let (device, kernels) = open_device(on.device, on.precision)?;
             let session = Session::new(device, 0)
                 .with_kernels(kernels)
                 .with_overrides(set);
@@ -307,8 +297,7 @@ fn execute(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
-            device,
-            precision,
+            on,
             method,
             depth,
             batch,
@@ -325,7 +314,7 @@ fn execute(cli: Cli) -> Result<()> {
                      (got {batch}, {image}, {warmup}, {steps})"
                 )));
             }
-            let (device, kernels) = open_device(device, precision)?;
+            let (device, kernels) = open_device(on.device, on.precision)?;
             let method = match method {
                 BenchMethod::Byol => "byol",
                 BenchMethod::Moco => "moco",
@@ -474,7 +463,7 @@ fn open_device(
             None => "",
         }
     );
-    if device::kind(&device) == "cuda" {
+    if device::kind(&device) == device::DeviceKind::Cuda {
         tracing::info!(
             "the first step compiles and autotunes the GPU kernels (about 160 s for ResNet-18 on \
              an H200; its autotune results are cached on disk for later runs)"

@@ -22,7 +22,7 @@ pub mod config_api {
     /// let on_gpu = device_kind() == "cuda";
     /// ```
     pub fn device_kind() -> String {
-        crate::device::kind(&session::device()).to_string()
+        crate::device::kind(&session::device()).name().to_string()
     }
 
     /// What convolutions and linear layers multiply in, `"f32"` or `"bf16"` (`--precision`;

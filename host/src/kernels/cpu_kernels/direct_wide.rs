@@ -122,12 +122,8 @@ fn pays_stride_1(s: &ConvShape) -> bool {
 }
 
 /// Whether the forward pass of `s` takes this kernel: at stride 1 see [`pays_stride_1`]; at
-/// stride 2 every shape measured, from 16 → 32 channels at 32x32 to 256 → 512 at 8x8 (ms, this
-/// / im2col, three runs each): 16 → 32 at 14x14 0.56–0.66 / 0.63–0.72, 32 → 64 at 7x7
-/// 0.47–0.50 / 0.68–0.86, 64 → 128 at 4x4 0.55–0.70 / 0.71–0.98, 16 → 32 at 32x32 2.77–3.11
-/// / 3.06–3.68, 32 → 64 at 16x16 1.89–1.96 / 2.50–2.82, 64 → 128 at 8x8 1.77–1.89 /
-/// 2.23–2.74, 64 → 128 at 32x32 23.8–25.4 / 27.9–32.8, 128 → 256 at 16x16 23.0–25.3 /
-/// 27.4–28.0, 256 → 512 at 8x8 24.0–24.8 / 28.8–36.5.
+/// stride 2 it ran faster than im2col on every shape measured, from 16 → 32 channels at 32x32
+/// to 256 → 512 at 8x8 (the timings are in docs/PERFORMANCE.md).
 pub fn pays_forward(s: &ConvShape) -> bool {
     fits(s)
         && Tile::for_outputs(s.c_out).is_some()

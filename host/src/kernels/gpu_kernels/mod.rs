@@ -21,6 +21,7 @@ pub mod handshake;
 
 pub use ops::GpuKernels;
 
+use crate::device::DeviceKind;
 use burn::backend::Dispatch;
 use burn::tensor::module::BatchNormTrainOutput;
 use burn::tensor::{Device, Tensor};
@@ -86,9 +87,9 @@ pub fn batch_norm_train<const D: usize>(
 pub fn active(device: &Device) -> bool {
     crate::kernels::current().gpu == crate::kernels::GpuKernelSet::Cudnn
         && match crate::device::kind(device) {
-            "cuda" => loaded(),
-            "cubecl-cpu" => true,
-            _ => false,
+            DeviceKind::Cuda => loaded(),
+            DeviceKind::CubeclCpu => true,
+            DeviceKind::Cpu => false,
         }
 }
 
@@ -105,8 +106,9 @@ fn loaded() -> bool {
 /// What the extension's operations run on `device`: `"cuDNN 9.x.y"`, or burn's kernels and
 /// why.
 pub fn kernels_name(device: &Device) -> String {
-    if crate::device::kind(device) != "cuda" {
-        return format!("burn's ({} device)", crate::device::kind(device));
+    let kind = crate::device::kind(device);
+    if kind != DeviceKind::Cuda {
+        return format!("burn's ({} device)", kind.name());
     }
     #[cfg(feature = "cuda")]
     {

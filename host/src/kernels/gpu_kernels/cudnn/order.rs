@@ -18,8 +18,8 @@
 //!   stream-ordered memory pool stays sound. Nothing on the host may wait for the device
 //!   between a signal and its answer: cuDNN's algorithm search (allocations, a free that
 //!   synchronises the whole device) runs only after both streams are drained
-//!   (`Cudnn::drain`). The first H200 run, before that drain, stalled (docs/PERFORMANCE.md,
-//!   session 10), so this stays opt-in until the self-test passes with it.
+//!   (`Cudnn::drain`). A run without that drain stalled (docs/PERFORMANCE.md), so this stays
+//!   opt-in until the self-test passes with it.
 
 use burn_cubecl::cubecl::client::Client;
 use cudarc::driver::sys;

@@ -17,6 +17,7 @@ pub mod kernels;
 pub mod live;
 pub mod models;
 pub mod optim;
+pub mod profiling;
 pub mod session;
 pub mod tensor;
 pub mod train;

@@ -13,8 +13,8 @@ use sslhost::session::Session;
 /// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
 /// script block counts as host time rather than as time of the Rhai layer.
 #[global_allocator]
-static ALLOCATOR: sslhost::api::system::ReleaseTimingAllocator =
-    sslhost::api::system::ReleaseTimingAllocator;
+static ALLOCATOR: sslhost::profiling::ReleaseTimingAllocator =
+    sslhost::profiling::ReleaseTimingAllocator;
 
 /// Self-supervised vision training loops as Rhai scripts.
 #[derive(Parser, Debug)]
@@ -332,7 +332,7 @@ fn execute(cli: Cli) -> Result<()> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            sslhost::api::args::set_host_timing(true);
+            sslhost::profiling::set_host_timing(true);
             let variants = if variants.is_empty() {
                 vec![None]
             } else {

@@ -250,7 +250,7 @@ pub mod models_api {
     /// ```
     #[rhai_fn(name = "tensor")]
     pub fn queue_tensor(q: &mut Queue) -> DynTensor {
-        args::host_time(|| q.borrow().tensor())
+        crate::profiling::host_time(|| q.borrow().tensor())
     }
 
     /// Adds keys `[n, dim]` at the front, dropping the `n` oldest (keys are detached).

@@ -647,7 +647,7 @@ pub mod tensor_api {
     /// let n = x.shape()[0];
     /// ```
     pub fn shape(a: &mut Tensor) -> Array {
-        args::host_time(|| {
+        crate::profiling::host_time(|| {
             a.shape()
                 .into_iter()
                 .map(|d| Dynamic::from(d as i64))
@@ -691,7 +691,7 @@ pub mod tensor_api {
     /// let y = labels.float();
     /// ```
     pub fn float(a: Tensor) -> Tensor {
-        args::host_time(|| a.to_float())
+        crate::profiling::host_time(|| a.to_float())
     }
 
     /// An int copy (floats truncated toward zero).
@@ -700,7 +700,7 @@ pub mod tensor_api {
     /// let labels = tensor([0.0, 1.0]).int();
     /// ```
     pub fn int(a: Tensor) -> Tensor {
-        args::host_time(|| a.to_int())
+        crate::profiling::host_time(|| a.to_int())
     }
 
     /// Index of the largest value along `dim` (int tensor).
@@ -790,7 +790,7 @@ pub mod tensor_api {
     /// let z = target.forward(x).detach();
     /// ```
     pub fn detach(a: Tensor) -> Tensor {
-        args::host_time(|| a.detach())
+        crate::profiling::host_time(|| a.detach())
     }
 
     /// Marks a float tensor as a leaf that collects gradients.

@@ -192,15 +192,7 @@ pub mod run_api {
             let items = super::tracked_items(&items)?;
             crate::train::current::track(&items);
             if session::with(|s| s.check) {
-                // `sslhost check`: write and read back a checkpoint in a temporary folder.
-                let (next, rng, seed) = session::with(|s| (s.next_step(), s.rng.state(), s.seed));
-                let dir =
-                    std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
-                let path = dir.join("last.safetensors");
-                let saved = crate::train::checkpoint::save(&path, next, &rng, seed, &items)
-                    .and_then(|()| crate::train::checkpoint::load(&path).map(|_| ()));
-                let _ = std::fs::remove_dir_all(&dir);
-                saved?;
+                let path = crate::train::current::check_checkpoint(&items)?;
                 return Ok(path.display().to_string());
             }
             match crate::train::current::save_checkpoint(&items) {
@@ -326,7 +318,7 @@ fn knn(
     test: &crate::data::Dataset,
     options: &rhai::Map,
 ) -> crate::error::Result<f64> {
-    use crate::train::knn::{KnnConfig, accuracy, embed};
+    use crate::train::knn::KnnConfig;
     let o = crate::api::args::Options::new(
         options,
         "knn_accuracy",
@@ -351,48 +343,16 @@ fn knn(
                 })?,
         ),
     };
-    if config.k >= train.len() {
-        return Err(Error::Invalid(format!(
-            "knn_accuracy: k = {} needs a train set larger than k, which has {} images \
-             (every test image would vote with the whole set)",
-            config.k,
-            train.len()
-        )));
-    }
-    if train.classes() != test.classes() {
-        return Err(Error::Invalid(format!(
-            "knn_accuracy: train has {} classes, test {}",
-            train.classes(),
-            test.classes()
-        )));
-    }
     let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
-    // An evaluation copy: running statistics, and no autodiff graph kept per batch (a
-    // tracked forward over a whole dataset would hold every activation until a backward).
-    let encoder = encoder.map(|e| e.evaluation_copy());
-    let mut encode =
-        |images: crate::tensor::DynTensor| -> crate::error::Result<crate::tensor::DynTensor> {
-            let images = match &transform {
-                Some(t) => crate::tensor::DynTensor::from_float4(
-                    t.apply(images.float4("knn")?, &mut rng)?,
-                    4,
-                ),
-                None => images,
-            };
-            let images = images.without_autodiff();
-            match &encoder {
-                Some(e) => e.forward(&images),
-                None => {
-                    let n = images.shape()[0] as i64;
-                    images.reshape(&[n, -1])
-                }
-            }
-        };
-    // One input shape on a GPU (its kernels are tuned per shape); the CPU needs none.
-    let same_shape = crate::device::gpu_path(&device);
-    let tr = embed(train, config.batch_size, same_shape, &device, &mut encode)?;
-    let te = embed(test, config.batch_size, same_shape, &device, &mut encode)?;
-    accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), &config)
+    crate::train::knn::evaluate(
+        encoder,
+        train,
+        test,
+        &config,
+        transform.as_ref(),
+        &device,
+        &mut rng,
+    )
 }
 
 /// The networks and optimisers of a checkpoint map, sorted by key.

@@ -72,6 +72,18 @@ pub fn save_checkpoint(items: &[(String, Item)]) -> Option<Result<PathBuf>> {
     })
 }
 
+/// `sslhost check`'s checkpoint: `items` written to a temporary folder and read back (the
+/// folder is removed); the path it had.
+pub fn check_checkpoint(items: &[(String, Item)]) -> Result<PathBuf> {
+    let (next, rng, seed) = crate::session::with(|s| (s.next_step(), s.rng.state(), s.seed));
+    let dir = std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
+    let path = dir.join("last.safetensors");
+    let saved = checkpoint::save(&path, next, &rng, seed, items)
+        .and_then(|()| checkpoint::load(&path).map(|_| ()));
+    let _ = std::fs::remove_dir_all(&dir);
+    saved.map(|()| path)
+}
+
 /// Called at a step boundary after Ctrl-C: writes the tracked state and returns the error
 /// that ends the script.
 pub fn stop_for_interrupt() -> Error {

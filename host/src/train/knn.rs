@@ -7,9 +7,11 @@
 use burn::tensor::{Device, Int, Tensor};
 use rayon::prelude::*;
 
+use crate::augment::Transform;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::tensor::DynTensor;
+use crate::models::SharedNet;
+use crate::tensor::{DynTensor, HostRng};
 
 /// Settings of the kNN monitor.
 #[derive(Clone, Debug)]
@@ -30,6 +32,57 @@ impl Default for KnnConfig {
             batch_size: 256,
         }
     }
+}
+
+/// Weighted kNN top-1 accuracy of `encoder`'s embeddings of `test` against `train` (of the
+/// raw pixels, flattened, without an encoder), with `transform` applied to the images first.
+/// The encoder runs as an evaluation copy (running statistics, no autodiff graph kept per
+/// batch); it is untouched. `k` must be smaller than the train set.
+pub fn evaluate(
+    encoder: Option<&SharedNet>,
+    train: &Dataset,
+    test: &Dataset,
+    config: &KnnConfig,
+    transform: Option<&Transform>,
+    device: &Device,
+    rng: &mut HostRng,
+) -> Result<f64> {
+    if config.k >= train.len() {
+        return Err(Error::Invalid(format!(
+            "knn_accuracy: k = {} needs a train set larger than k, which has {} images \
+             (every test image would vote with the whole set)",
+            config.k,
+            train.len()
+        )));
+    }
+    if train.classes() != test.classes() {
+        return Err(Error::Invalid(format!(
+            "knn_accuracy: train has {} classes, test {}",
+            train.classes(),
+            test.classes()
+        )));
+    }
+    // A tracked forward over a whole dataset would hold every activation until a backward.
+    let encoder = encoder.map(|e| e.evaluation_copy());
+    let mut encode = |images: DynTensor| -> Result<DynTensor> {
+        let images = match transform {
+            Some(t) => DynTensor::from_float4(t.apply(images.float4("knn")?, rng)?, 4),
+            None => images,
+        };
+        let images = images.without_autodiff();
+        match &encoder {
+            Some(e) => e.forward(&images),
+            None => {
+                let n = images.shape()[0] as i64;
+                images.reshape(&[n, -1])
+            }
+        }
+    };
+    // One input shape on a GPU (its kernels are tuned per shape); the CPU needs none.
+    let same_shape = crate::device::gpu_path(device);
+    let tr = embed(train, config.batch_size, same_shape, device, &mut encode)?;
+    let te = embed(test, config.batch_size, same_shape, device, &mut encode)?;
+    accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), config)
 }
 
 /// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.

@@ -173,3 +173,29 @@ fn max_memory_bounds_one_tensor_with_an_error_at_the_line() {
     assert!(run("16M").status.success());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn weights_with_nan_are_named_and_not_worth_a_checkpoint() {
+    use sslhost::train::checkpoint::Checkpointed;
+    let device = sslhost::device::cpu();
+    let mut rng = sslhost::tensor::HostRng::new(0);
+    let config = sslhost::models::layers::LinearConfig::new(3, 2);
+    let net = sslhost::models::SharedNet::linear(&config, &mut rng, &device).unwrap();
+    assert_eq!(net.non_finite("online"), None);
+    let mut values = std::collections::HashMap::new();
+    for (name, t) in net.parameters() {
+        let bad = if name.ends_with("weight") {
+            t.binary_scalar(f64::NAN, sslhost::tensor::BinaryOp::Mul, false)
+                .unwrap()
+        } else {
+            t.clone()
+        };
+        values.insert(name, bad);
+    }
+    net.load(&values).unwrap();
+    let bad = net.non_finite("online").expect("a NaN weight is found");
+    assert!(
+        bad.starts_with("`online/") && bad.ends_with("weight`"),
+        "{bad}"
+    );
+}

@@ -362,15 +362,15 @@ fn tracked_items(
     use crate::train::checkpoint::Item;
     let mut out = Vec::new();
     for (k, v) in items {
-        let item = if let Some(net) = v.clone().try_cast::<crate::models::SharedNet>() {
-            Item::Net(net)
+        let item: Item = if let Some(net) = v.clone().try_cast::<crate::models::SharedNet>() {
+            std::rc::Rc::new(net)
         } else if let Some(opt) = v.clone().try_cast::<crate::api::optim::OptimizerHandle>() {
-            Item::Optimizer(opt.shared())
+            opt.shared()
         } else if let Some(q) = v
             .clone()
-            .try_cast::<std::rc::Rc<std::cell::RefCell<crate::models::Queue>>>()
+            .try_cast::<crate::api::models::models_api::Queue>()
         {
-            Item::Queue(q)
+            q
         } else {
             return Err(Error::Invalid(format!(
                 "checkpoint: `{k}` must be a network, an optimiser or a queue, got {}",

@@ -20,15 +20,119 @@ use crate::tensor::{DynTensor, RngState};
 /// The format tag written into every checkpoint.
 pub const FORMAT: &str = "sslhost-checkpoint-1";
 
-/// Something a checkpoint holds.
-#[derive(Clone)]
-pub enum Item {
-    /// A network's parameters and buffers.
-    Net(SharedNet),
-    /// An optimiser's per-parameter state and step count.
-    Optimizer(Rc<RefCell<Optimizer>>),
-    /// A MoCo queue's keys.
-    Queue(Rc<RefCell<Queue>>),
+/// What a checkpoint can hold: a network, an optimiser's state, a queue. Each writes its
+/// tensors under its key and reads them back; a new kind of run state implements this.
+pub trait Checkpointed {
+    /// The tensors to save, named `<key>/..`.
+    fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>>;
+    /// Takes its state back from `loaded`'s tensors under `key`.
+    fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()>;
+    /// The name (under `key`) of a value that is NaN or infinite, if any: such state is not
+    /// worth a checkpoint after a failure. Reads the device.
+    fn non_finite(&self, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+/// One tracked thing of a checkpoint (shared with the script that holds it).
+pub type Item = Rc<dyn Checkpointed>;
+
+impl Checkpointed for SharedNet {
+    fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>> {
+        self.parameters()
+            .into_iter()
+            .map(|(name, t)| float(format!("{key}/{name}"), &t.promoted4()))
+            .collect()
+    }
+
+    fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()> {
+        let mut values = HashMap::new();
+        for (name, t) in self.parameters() {
+            let stored = loaded.tensor4(&format!("{key}/{name}"), device)?;
+            values.insert(name, DynTensor::from_float4(stored, t.rank()));
+        }
+        self.load(&values)
+    }
+
+    fn non_finite(&self, key: &str) -> Option<String> {
+        self.parameters()
+            .into_iter()
+            .find(|(_, t)| !t.all_finite().unwrap_or(false))
+            .map(|(name, _)| format!("`{key}/{name}`"))
+    }
+}
+
+impl Checkpointed for RefCell<Queue> {
+    fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>> {
+        let keys = self.borrow().keys().clone();
+        let [n, d] = keys.dims();
+        Ok(vec![float(
+            format!("{key}/keys"),
+            &keys.reshape([1, 1, n, d]),
+        )?])
+    }
+
+    fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()> {
+        let keys = loaded.tensor4(&format!("{key}/keys"), device)?;
+        let [_, _, n, d] = keys.dims();
+        self.borrow_mut().set(keys.reshape([n, d]))
+    }
+}
+
+impl Checkpointed for RefCell<Optimizer> {
+    fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>> {
+        // A skipped update (a non-finite loss on a GPU) is reported before its state is
+        // saved; the state itself is consistent either way.
+        self.borrow_mut().check_skips()?;
+        let opt = self.borrow();
+        let (state, steps) = opt.state();
+        let mut tensors = vec![int(format!("{key}/steps"), steps)];
+        // In name order, so a checkpoint's tensors come out in the same order.
+        let mut state: Vec<_> = state.into_iter().collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        for (param, st) in &state {
+            let base = format!("{key}/{param}");
+            tensors.push(int(format!("{base}/steps"), st.steps));
+            if let Some(t) = &st.first {
+                tensors.push(float(format!("{base}/first"), t)?);
+            }
+            if let Some(t) = &st.second {
+                tensors.push(float(format!("{base}/second"), t)?);
+            }
+        }
+        Ok(tensors)
+    }
+
+    fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()> {
+        let prefix = format!("{key}/");
+        let mut state: HashMap<String, ParamState> = HashMap::new();
+        for name in loaded.tensors.keys() {
+            let Some(param) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix("/steps"))
+            else {
+                continue;
+            };
+            let base = format!("{prefix}{param}");
+            let optional = |part: &str| {
+                let name = format!("{base}/{part}");
+                loaded
+                    .tensors
+                    .contains_key(&name)
+                    .then(|| loaded.tensor4(&name, device))
+                    .transpose()
+            };
+            let st = ParamState {
+                first: optional("first")?,
+                second: optional("second")?,
+                steps: loaded.count(name)?,
+            };
+            state.insert(param.to_string(), st);
+        }
+        let steps = loaded.count(&format!("{key}/steps"))?;
+        self.borrow_mut().set_state(state, steps);
+        Ok(())
+    }
 }
 
 /// What a checkpoint file holds besides the tracked items' tensors.
@@ -71,39 +175,7 @@ pub fn save(
 ) -> Result<()> {
     let mut tensors = Vec::new();
     for (key, item) in items {
-        match item {
-            Item::Net(net) => {
-                for (name, t) in net.parameters() {
-                    tensors.push(float(format!("{key}/{name}"), &t.promoted4())?);
-                }
-            }
-            Item::Queue(q) => {
-                let keys = q.borrow().keys().clone();
-                let [n, d] = keys.dims();
-                tensors.push(float(format!("{key}/keys"), &keys.reshape([1, 1, n, d]))?);
-            }
-            Item::Optimizer(opt) => {
-                // A skipped update (a non-finite loss on a GPU) is reported before its state
-                // is saved; the state itself is consistent either way.
-                opt.borrow_mut().check_skips()?;
-                let opt = opt.borrow();
-                let (state, steps) = opt.state();
-                tensors.push(int(format!("{key}/steps"), steps));
-                // In name order, so a checkpoint's tensors come out in the same order.
-                let mut state: Vec<_> = state.into_iter().collect();
-                state.sort_by(|a, b| a.0.cmp(&b.0));
-                for (param, st) in &state {
-                    let base = format!("{key}/{param}");
-                    tensors.push(int(format!("{base}/steps"), st.steps));
-                    if let Some(t) = &st.first {
-                        tensors.push(float(format!("{base}/first"), t)?);
-                    }
-                    if let Some(t) = &st.second {
-                        tensors.push(float(format!("{base}/second"), t)?);
-                    }
-                }
-            }
-        }
+        tensors.extend(item.tensors(key)?);
     }
     let metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -169,52 +241,7 @@ impl Loaded {
     /// Loads every item from the checkpoint; an item the checkpoint lacks is an error.
     pub fn restore(&self, items: &[(String, Item)], device: &Device) -> Result<()> {
         for (key, item) in items {
-            match item {
-                Item::Net(net) => {
-                    let mut values = HashMap::new();
-                    for (name, t) in net.parameters() {
-                        let stored = self.tensor4(&format!("{key}/{name}"), device)?;
-                        values.insert(name, DynTensor::from_float4(stored, t.rank()));
-                    }
-                    net.load(&values)?;
-                }
-                Item::Queue(q) => {
-                    let keys = self.tensor4(&format!("{key}/keys"), device)?;
-                    let [_, _, n, d] = keys.dims();
-                    q.borrow_mut().set(keys.reshape([n, d]))?;
-                }
-                Item::Optimizer(opt) => {
-                    let prefix = format!("{key}/");
-                    let mut state: HashMap<String, ParamState> = HashMap::new();
-                    for name in self.tensors.keys() {
-                        let Some(rest) = name.strip_prefix(&prefix) else {
-                            continue;
-                        };
-                        let Some(param) = rest.strip_suffix("/steps") else {
-                            continue;
-                        };
-                        let base = format!("{prefix}{param}");
-                        let first = format!("{base}/first");
-                        let second = format!("{base}/second");
-                        let st = ParamState {
-                            first: self
-                                .tensors
-                                .contains_key(&first)
-                                .then(|| self.tensor4(&first, device))
-                                .transpose()?,
-                            second: self
-                                .tensors
-                                .contains_key(&second)
-                                .then(|| self.tensor4(&second, device))
-                                .transpose()?,
-                            steps: self.count(name)?,
-                        };
-                        state.insert(param.to_string(), st);
-                    }
-                    let steps = self.count(&format!("{key}/steps"))?;
-                    opt.borrow_mut().set_state(state, steps);
-                }
-            }
+            item.restore(key, self, device)?;
         }
         Ok(())
     }

@@ -169,17 +169,9 @@ pub fn checkpoint_after_error() -> Option<String> {
     })
 }
 
-/// The first tracked network parameter (`key/name`) that is not finite.
+/// The first tracked value (`key/name`) that is not finite.
 fn first_non_finite(tracked: &[(String, Item)]) -> Option<String> {
-    tracked.iter().find_map(|(key, item)| {
-        let Item::Net(net) = item else {
-            return None;
-        };
-        net.parameters()
-            .into_iter()
-            .find(|(_, t)| !t.all_finite().unwrap_or(false))
-            .map(|(name, _)| format!("`{key}/{name}`"))
-    })
+    tracked.iter().find_map(|(key, item)| item.non_finite(key))
 }
 
 thread_local! {

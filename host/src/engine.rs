@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use rhai::module_resolvers::{FileModuleResolver, ModuleResolversCollection, StaticModuleResolver};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
 
+use crate::context::RunContext;
 use crate::error::{Error, Frame, Result, ScriptError};
 use crate::guard;
 use crate::live::{self, LiveFunctions};
-use crate::session::{self, Session};
+use crate::session::Session;
 
 /// The stdlib files embedded in the binary: (module path, source).
 pub const STDLIB: &[(&str, &str)] = &[
@@ -223,32 +224,35 @@ fn base_dir(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Runs the script at `path` in `session` (installed as this thread's session), watching
-/// the file for live edits.
+/// Runs the script at `path` in a run context of its own holding `session`, watching the file
+/// for live edits.
 pub fn run_file(path: &Path, session: Session) -> Result<Dynamic> {
+    let _entered = RunContext::new(session).enter();
+    run_file_here(path)
+}
+
+/// Runs the script at `path` in the current run context (`main` enters one that outlives the
+/// script: a failure's checkpoint and the curves come after), watching the file for live
+/// edits.
+pub fn run_file_here(path: &Path) -> Result<Dynamic> {
     let text = read_script(path)?;
     run_text(
         &path.display().to_string(),
         &text,
         &base_dir(path),
-        session,
         Some(path),
     )
 }
 
-/// Runs script text under the source name `name` (no file watched).
+/// Runs script text under the source name `name` (no file watched) in a run context of its
+/// own holding `session`.
 pub fn run_source(name: &str, text: &str, base: &Path, session: Session) -> Result<Dynamic> {
-    run_text(name, text, base, session, None)
+    let _entered = RunContext::new(session).enter();
+    run_text(name, text, base, None)
 }
 
-fn run_text(
-    name: &str,
-    text: &str,
-    base: &Path,
-    session: Session,
-    watch: Option<&Path>,
-) -> Result<Dynamic> {
-    session::install(session);
+/// Compiles and runs `text` in the current run context, with its live functions.
+fn run_text(name: &str, text: &str, base: &Path, watch: Option<&Path>) -> Result<Dynamic> {
     let mut engine = ScriptEngine::new(base)?;
     let ast = engine.compile(name, text)?;
     let mut live = LiveFunctions::new(name, &ast).with_text(text);
@@ -266,13 +270,8 @@ fn run_text(
 pub fn check_file(path: &Path, mut session: Session) -> Result<()> {
     session.check = true;
     let text = read_script(path)?;
-    let _ = run_text(
-        &path.display().to_string(),
-        &text,
-        &base_dir(path),
-        session,
-        None,
-    )?;
+    let _entered = RunContext::new(session).enter();
+    let _ = run_text(&path.display().to_string(), &text, &base_dir(path), None)?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod api;
 pub mod augment;
 pub mod budget;
+pub mod context;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sslhost::context::RunContext;
 use sslhost::device::{self, DeviceChoice, PrecisionChoice};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
 use sslhost::kernels::KernelPolicy;
 use sslhost::session::Session;
+use sslhost::train::current::RunRecord;
 
 /// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
 /// script block counts as host time rather than as time of the Rhai layer.
@@ -239,7 +241,7 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_overrides(set)
                 .with_data_root(data);
             let text = engine::read_script(&script)?;
-            match resume {
+            let record = match resume {
                 Some(dir) => {
                     let run = sslhost::train::run_dir::RunDir::open(&dir)?;
                     let checkpoint = run.last_checkpoint();
@@ -249,12 +251,15 @@ fn execute(cli: Cli) -> Result<()> {
                     session.resume_from = Some(checkpoint);
                     session.saved_config = Some(run.read_config()?);
                     session.force = force;
-                    sslhost::train::current::resume(run, &script, &text);
+                    RunRecord::resuming(run, &script, &text)
                 }
-                None => sslhost::train::current::begin(&script, &text, &runs),
-            }
+                None => RunRecord::new(&script, &text, &runs),
+            };
+            // The run's context outlives the script: a failure's checkpoint, the curves and
+            // the check of --set below read it.
+            let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            let result = sslhost::guard::catch(|| engine::run_file(&script, session));
+            let result = sslhost::guard::catch(|| engine::run_file_here(&script));
             let saved = match (&result, sslhost::train::current::interrupted()) {
                 (Err(_), false) => sslhost::train::current::checkpoint_after_error(),
                 _ => None,

@@ -1,10 +1,5 @@
 //! The state every script function shares in one run: the device, its kernel policy and the
-//! seeded generator.
-//!
-//! The engine runs on one thread, so the session lives in a thread-local; tests that run on
-//! separate threads get separate sessions.
-
-use std::cell::RefCell;
+//! seeded generator. It is part of the run context (`crate::context`).
 
 use burn::tensor::Device;
 
@@ -122,10 +117,6 @@ impl Session {
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Session>> = const { RefCell::new(None) };
-}
-
 /// The choices of the GPU code path that are measured against each other: the GPU kernels
 /// (burn's batch norm, over rows in either layout, or cuDNN's with its convolutions), and half
 /// activations or f32.
@@ -160,19 +151,16 @@ impl std::str::FromStr for GpuVariant {
     }
 }
 
-/// Makes `session` the current one for this thread, with its kernel policy.
+/// Makes `session` the session of the thread's current run context (tools and tests; a run
+/// enters a context of its own, `crate::context`), with its kernel policy.
 pub fn install(session: Session) {
     crate::kernels::install(session.kernels);
-    CURRENT.with(|c| *c.borrow_mut() = Some(session));
+    crate::context::session(|c| *c.borrow_mut() = session);
 }
 
-/// Runs `f` with the current session; a CPU session seeded with 0 is created if none is.
+/// Runs `f` with the current run context's session (a CPU session seeded with 0 outside any).
 pub fn with<T>(f: impl FnOnce(&mut Session) -> T) -> T {
-    CURRENT.with(|c| {
-        let mut c = c.borrow_mut();
-        let s = c.get_or_insert_with(|| Session::new(crate::device::cpu(), 0));
-        f(s)
-    })
+    crate::context::session(|c| f(&mut c.borrow_mut()))
 }
 
 /// Marks the current step as having changed tracked state (see [`Session::step_updated`]).

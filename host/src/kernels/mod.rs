@@ -20,7 +20,8 @@ pub mod precision;
 pub mod views;
 
 pub use policy::{
-    CpuKernelSet, CudnnOrder, GpuKernelSet, KernelPolicy, Precision, current, install,
+    CpuKernelSet, CudnnOrder, GpuKernelSet, KernelPolicy, Precision, current, install, installed,
+    restore,
 };
 
 use burn::backend::Dispatch;

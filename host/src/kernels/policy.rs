@@ -218,6 +218,16 @@ pub fn install(policy: KernelPolicy) {
     CURRENT.with(|c| c.set(Some(policy)));
 }
 
+/// The policy installed on this thread, if any (to restore it later).
+pub fn installed() -> Option<KernelPolicy> {
+    CURRENT.with(Cell::get)
+}
+
+/// Puts back what [`installed`] returned.
+pub fn restore(policy: Option<KernelPolicy>) {
+    CURRENT.with(|c| c.set(policy));
+}
+
 /// This thread's policy: the installed one, else the environment's (f32 products; an
 /// environment value it does not take counts as unset here, `main` reports it).
 pub fn current() -> KernelPolicy {

@@ -23,7 +23,6 @@
 mod source;
 mod watcher;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -136,18 +135,14 @@ pub struct LiveFunctions {
     rollbacks: usize,
 }
 
-thread_local! {
-    static LIVE: RefCell<Option<LiveFunctions>> = const { RefCell::new(None) };
-}
-
-/// Makes `live` the current registry for this thread (replacing any previous one).
+/// Makes `live` the registry of the current run context (replacing any previous one).
 pub fn install(live: LiveFunctions) {
-    LIVE.with(|l| *l.borrow_mut() = Some(live));
+    crate::context::live(|l| *l.borrow_mut() = Some(live));
 }
 
 /// Runs `f` on the current registry, if any.
 pub fn with<T>(f: impl FnOnce(&mut LiveFunctions) -> T) -> Option<T> {
-    LIVE.with(|l| l.borrow_mut().as_mut().map(f))
+    crate::context::live(|l| l.borrow_mut().as_mut().map(f))
 }
 
 /// Accepted swaps so far (empty without a registry).
@@ -307,7 +302,7 @@ pub fn call(
     args: Vec<Dynamic>,
     step: Option<u64>,
 ) -> std::result::Result<Dynamic, Box<EvalAltResult>> {
-    let Some(()) = LIVE.with(|l| {
+    let Some(()) = crate::context::live(|l| {
         let mut l = l.borrow_mut();
         let live = l.as_mut()?;
         if let Some(s) = step

@@ -1,7 +1,6 @@
 //! The current run of this thread: which recipe, where its directory goes, and the
 //! directory once something (a metric, a checkpoint) needs it.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use std::sync::Mutex;
@@ -11,7 +10,9 @@ use super::checkpoint::{self, Item};
 use super::run_dir::RunDir;
 use crate::error::{Error, Result};
 
-struct Current {
+/// A run's record: its recipe, where its directory goes, the directory once made, and what a
+/// checkpoint tracks. Part of the run context.
+pub struct RunRecord {
     recipe: PathBuf,
     text: String,
     runs_root: PathBuf,
@@ -53,7 +54,7 @@ pub fn interrupted() -> bool {
 /// Remembers what a checkpoint holds (`resume(#{..})`, `checkpoint(#{..})`), so Ctrl-C can
 /// save it.
 pub fn track(items: &[(String, Item)]) {
-    CURRENT.with(|c| {
+    crate::context::record(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
             cur.tracked = items.to_vec();
         }
@@ -88,7 +89,7 @@ pub fn check_checkpoint(items: &[(String, Item)]) -> Result<PathBuf> {
 /// that ends the script.
 pub fn stop_for_interrupt() -> Error {
     let next_step = crate::session::with(|s| s.next_step());
-    let tracked = CURRENT.with(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
+    let tracked = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
     let tracked = tracked.unwrap_or_default();
     if tracked.is_empty() {
         return Error::Other(format!(
@@ -136,7 +137,7 @@ pub fn checkpoint_after_error() -> Option<String> {
     if next <= start {
         return None;
     }
-    let (tracked, recipe) = CURRENT.with(|c| {
+    let (tracked, recipe) = crate::context::record(|c| {
         let c = c.borrow();
         let cur = c.as_ref()?;
         Some((cur.tracked.clone(), cur.recipe.clone()))
@@ -174,45 +175,40 @@ fn first_non_finite(tracked: &[(String, Item)]) -> Option<String> {
     tracked.iter().find_map(|(key, item)| item.non_finite(key))
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
-}
-
-/// Declares the running recipe; its run directory is created under `runs_root` on first use.
-pub fn begin(recipe: &Path, text: &str, runs_root: &Path) {
-    CURRENT.with(|c| {
-        *c.borrow_mut() = Some(Current {
+impl RunRecord {
+    /// The record of a new run of `recipe` (its text `text`): the run directory is created
+    /// under `runs_root` on first use.
+    pub fn new(recipe: &Path, text: &str, runs_root: &Path) -> Self {
+        RunRecord {
             recipe: recipe.to_path_buf(),
             text: text.to_string(),
             runs_root: runs_root.to_path_buf(),
             dir: None,
             tracked: Vec::new(),
-        })
-    });
-}
+        }
+    }
 
-/// Continues an existing run directory (resume).
-pub fn resume(dir: RunDir, recipe: &Path, text: &str) {
-    let runs_root = dir
-        .path()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    CURRENT.with(|c| {
-        *c.borrow_mut() = Some(Current {
+    /// The record of a run continued in its existing directory (`--resume`).
+    pub fn resuming(dir: RunDir, recipe: &Path, text: &str) -> Self {
+        let runs_root = dir
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        RunRecord {
             recipe: recipe.to_path_buf(),
             text: text.to_string(),
             runs_root,
             dir: Some(dir),
             tracked: Vec::new(),
-        })
-    });
+        }
+    }
 }
 
 /// Runs `f` on the run directory, creating it (with the resolved config and the recipe) if
 /// this is its first use. `None` when no recipe run is declared (tests, tools run from code).
 pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>> {
-    CURRENT.with(|c| {
+    crate::context::record(|c| {
         let mut c = c.borrow_mut();
         let cur = c.as_mut()?;
         if cur.dir.is_none() {
@@ -259,7 +255,7 @@ fn draw_curves(dir: &Path) {
 
 /// The run directory's path, if it exists yet.
 pub fn dir_path() -> Option<PathBuf> {
-    CURRENT.with(|c| {
+    crate::context::record(|c| {
         c.borrow()
             .as_ref()?
             .dir

@@ -13,7 +13,6 @@
 //! Log output goes through [`StderrWriter`], which hides the bar while a line is written, so
 //! the two never garble each other.
 
-use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +26,7 @@ static BAR: Mutex<Option<(u64, ProgressBar)>> = Mutex::new(None);
 /// Ids of [`Progress`] values.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    static STATUS: RefCell<Status> = RefCell::new(Status::default());
-}
-
-/// What the running step stream and `log(..)` last reported on this thread.
+/// What the running step stream and `log(..)` last reported in the current run context.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Status {
     /// Epoch of the current step (from 0, as `b.epoch`), while a step stream runs.
@@ -76,12 +71,12 @@ fn rate_text(rate: f64) -> String {
 
 /// This thread's current [`Status`].
 pub fn status() -> Status {
-    STATUS.with(|s| *s.borrow())
+    crate::context::progress(|s| *s.borrow())
 }
 
 /// Records the loss given to `log(..)`, shown by the bar from now on.
 pub fn note_loss(loss: f64) {
-    let status = STATUS.with(|s| {
+    let status = crate::context::progress(|s| {
         let mut s = s.borrow_mut();
         s.loss = Some(loss);
         *s
@@ -140,7 +135,7 @@ impl Progress {
     /// Progress of a stream covering steps `start..total` of `epochs` epochs of
     /// `steps_per_epoch`, drawn as a bar when `draw` (see [`should_draw`]).
     pub fn new(start: u64, total: u64, epochs: u64, steps_per_epoch: u64, draw: bool) -> Self {
-        STATUS.with(|s| {
+        crate::context::progress(|s| {
             let mut s = s.borrow_mut();
             s.epochs = epochs;
             s.img_per_s = None;
@@ -178,7 +173,7 @@ impl Progress {
         self.throughput.batch(Instant::now(), size);
         self.batches += 1;
         self.images += size as u64;
-        let status = STATUS.with(|s| {
+        let status = crate::context::progress(|s| {
             let mut s = s.borrow_mut();
             s.epoch = Some(epoch);
             s.img_per_s = self.throughput.rate();
@@ -213,7 +208,7 @@ impl Progress {
 
     /// Removes the bar (if any) and forgets the stream's epoch.
     pub fn clear(&mut self) {
-        STATUS.with(|s| s.borrow_mut().epoch = None);
+        crate::context::progress(|s| s.borrow_mut().epoch = None);
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
             if let Ok(mut active) = BAR.lock()
@@ -251,7 +246,7 @@ pub fn clear() {
     if let Some((_, bar)) = bar {
         bar.finish_and_clear();
     }
-    STATUS.with(|s| *s.borrow_mut() = Status::default());
+    crate::context::progress(|s| *s.borrow_mut() = Status::default());
 }
 
 /// Runs `f` with the bar (if any) hidden, so it can write to the terminal.

@@ -199,3 +199,24 @@ fn weights_with_nan_are_named_and_not_worth_a_checkpoint() {
         "{bad}"
     );
 }
+
+#[test]
+fn a_loop_over_loader_epoch_marks_steps_like_steps_does() {
+    // `loader.epoch(e)` is the same batch stream as `steps(..)`: its steps are known, so an
+    // error in it checkpoints the work done, as in a `steps` loop.
+    let dir = std::env::temp_dir().join(format!("sslhost-epoch-loop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    let text = RECIPE
+        .replace("for b in steps(l, cfg.epochs) {", "for b in l.epoch(1) {")
+        .replace(
+            "    log(b.step, #{ loss: loss });",
+            "    if b.step == 11 { throw \"bug\"; }",
+        );
+    std::fs::write(&recipe, text).unwrap();
+    let out = sslhost_run(&recipe, &dir.join("runs")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(resumes at step 12)"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,58 +1,10 @@
 //! `dataset(..)`, `loader(..)` and batches in scripts.
 //!
-//! `for b in loader.epoch(e) { .. }` streams: the epoch's batches are prepared on background
-//! threads and uploaded one at a time as the loop takes them. Rhai's `#[export_module]`
-//! cannot declare iterators, so [`register_iterators`] adds the one for `Epoch`.
-
-use std::sync::{Arc, Mutex};
+//! `for b in loader.epoch(e) { .. }` is the same batch stream as `steps(..)` (`api::run`),
+//! cut to one epoch: batches prepared on background threads and uploaded one at a time as the
+//! loop takes them, with live swaps, Ctrl-C and progress at each step.
 
 use rhai::plugin::*;
-
-use crate::api::args::RhaiResult;
-use crate::data::{Batch, DeviceEpoch};
-use crate::error::Error;
-
-/// The batches of one epoch as a script value: `for b in loader.epoch(0) { .. }`.
-///
-/// Copies share the same stream, so a batch is taken once whichever copy takes it. The
-/// background threads stop when the last copy is dropped (or the loop ends).
-#[derive(Clone)]
-pub struct Epoch {
-    inner: Arc<Mutex<DeviceEpoch>>,
-}
-
-impl Epoch {
-    /// Wraps a device epoch.
-    pub fn new(epoch: DeviceEpoch) -> Self {
-        Epoch {
-            inner: Arc::new(Mutex::new(epoch)),
-        }
-    }
-}
-
-impl Iterator for Epoch {
-    type Item = RhaiResult<Batch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut guard = match self.inner.lock() {
-            Ok(g) => g,
-            Err(_) => {
-                return Some(Err(crate::api::args::to_rhai(Error::Other(
-                    "loader: epoch poisoned by an earlier panic".into(),
-                ))));
-            }
-        };
-        let next = crate::guard::catch(|| guard.next().transpose());
-        next.transpose()
-            .map(|r| r.map_err(crate::api::args::to_rhai))
-    }
-}
-
-/// Registers the iterator of `Epoch` (`for b in loader.epoch(e)`), which an export module
-/// cannot declare.
-pub fn register_iterators(engine: &mut Engine) {
-    engine.register_iterator_result::<Epoch, Batch>();
-}
 
 /// Datasets and loaders.
 #[export_module]
@@ -72,7 +24,7 @@ pub mod data_api {
     /// One batch on the run's device.
     pub type Batch = d::Batch;
     /// The batches of one epoch (iterate it with `for`).
-    pub type Epoch = super::Epoch;
+    pub type Epoch = crate::api::run::StepStream;
 
     // ---- images ----------------------------------------------------------------------
 
@@ -435,11 +387,7 @@ pub mod data_api {
             let start = usize::try_from(start).map_err(|_| {
                 Error::Invalid(format!("epoch: start batch must be >= 0, got {start}"))
             })?;
-            Ok(super::Epoch::new(l.epoch_on(
-                e,
-                start,
-                &session::device(),
-            )?))
+            crate::api::run::epoch_stream(l, e, start)
         })
     }
 
@@ -456,16 +404,6 @@ pub mod data_api {
             l.len(),
             l.dataset()
         )
-    }
-
-    /// `Epoch`.
-    ///
-    /// ```rhai
-    /// print(train.epoch(0));
-    /// ```
-    #[rhai_fn(global, name = "to_string", name = "to_debug")]
-    pub fn epoch_to_string(_e: &mut Epoch) -> String {
-        "Epoch".into()
     }
 
     // ---- batches -----------------------------------------------------------------------

@@ -27,7 +27,6 @@ pub fn register(engine: &mut Engine) {
     engine.register_global_module(exported_module!(run::run_api).into());
     run::register_iterators(engine);
     engine.register_global_module(exported_module!(data::data_api).into());
-    data::register_iterators(engine);
     engine.register_global_module(exported_module!(augment::augment_api).into());
     engine.register_global_module(exported_module!(system::system_api).into());
 }

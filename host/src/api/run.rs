@@ -293,22 +293,45 @@ fn step_stream(
     max_steps: u64,
 ) -> crate::error::Result<StepStream> {
     let epochs = crate::api::args::count(epochs, "epochs")? as u64;
-    let (start, device, check) = session::with(|s| (s.start_step, s.device.clone(), s.check));
-    let mut steps = loader
+    let (start, device) = session::with(|s| (s.start_step, s.device.clone()));
+    let steps = loader
         .steps_on(epochs, start, &device)?
         .max_steps(max_steps);
-    if check {
+    Ok(stream(steps))
+}
+
+/// The stream of `loader.epoch(e, start)`: the steps of epoch `e` from its batch `start` on.
+pub fn epoch_stream(
+    loader: &crate::data::Loader,
+    epoch: u64,
+    start: usize,
+) -> crate::error::Result<StepStream> {
+    let len = loader.len() as u64;
+    if start as u64 > len {
+        return Err(Error::Invalid(format!(
+            "epoch: start batch {start} is out of range (an epoch has {len} batches)"
+        )));
+    }
+    let device = session::device();
+    let steps = loader.steps_on(epoch + 1, epoch * len + start as u64, &device)?;
+    Ok(stream(steps))
+}
+
+/// A stream over `steps`, cut to a couple of steps under `sslhost check`.
+fn stream(mut steps: Steps) -> StepStream {
+    if session::with(|s| s.check) {
         // `sslhost check`: a couple of real steps are enough.
-        steps = steps.max_steps(start + session::CHECK_STEPS);
+        let cap = steps.start() + session::CHECK_STEPS;
+        steps = steps.max_steps(cap);
     }
     crate::live::set_end_step(steps.end());
-    Ok(StepStream {
+    StepStream {
         inner: Arc::new(Mutex::new(StreamState {
             steps,
             progress: None,
             started: false,
         })),
-    })
+    }
 }
 
 /// kNN accuracy with the options of `knn_accuracy`.

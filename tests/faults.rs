@@ -3,7 +3,7 @@
 
 mod run_common;
 
-use run_common::{only_run, sslhost_run};
+use run_common::{finished_run, recipe_in_temp, sslhost_run};
 
 const RECIPE: &str = r#"// faults test recipe
 let cfg = config(#{ epochs: 1, batch_size: 16 });
@@ -27,18 +27,9 @@ fn a_full_disk_under_the_metrics_warns_once_and_the_run_goes_on_to_its_checkpoin
         eprintln!("no /dev/full here: skipped");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("sslhost-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recipe = dir.join("recipe.rhai");
-    std::fs::write(&recipe, RECIPE).unwrap();
+    let (dir, recipe) = recipe_in_temp("faults", RECIPE);
     let runs = dir.join("runs");
-    let out = sslhost_run(&recipe, &runs).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = only_run(&runs);
+    let run = finished_run(sslhost_run(&recipe, &runs), &runs);
 
     // Every write to metrics.jsonl now fails with "no space left on device"; a killed write
     // left a temporary file beside the checkpoint.
@@ -79,18 +70,9 @@ fn a_full_disk_under_the_metrics_warns_once_and_the_run_goes_on_to_its_checkpoin
 
 #[test]
 fn resuming_with_a_different_data_order_or_model_needs_force() {
-    let dir = std::env::temp_dir().join(format!("sslhost-resume-guard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recipe = dir.join("recipe.rhai");
-    std::fs::write(&recipe, RECIPE).unwrap();
+    let (dir, recipe) = recipe_in_temp("resume-guard", RECIPE);
     let runs = dir.join("runs");
-    let out = sslhost_run(&recipe, &runs).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = only_run(&runs);
+    let run = finished_run(sslhost_run(&recipe, &runs), &runs);
     let resume = |args: &[&str]| {
         let out = sslhost_run(&recipe, &runs)
             .args(args)
@@ -128,10 +110,7 @@ fn resuming_with_a_different_data_order_or_model_needs_force() {
 
 #[test]
 fn data_pointing_nowhere_is_an_error() {
-    let dir = std::env::temp_dir().join(format!("sslhost-nodata-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recipe = dir.join("recipe.rhai");
-    std::fs::write(&recipe, RECIPE).unwrap();
+    let (dir, recipe) = recipe_in_temp("nodata", RECIPE);
     let out = sslhost_run(&recipe, &dir.join("runs"))
         .args(["--data", "/no/such/folder"])
         .output()

@@ -3,14 +3,15 @@
 //! its last good version, and it must end on its own with exit 0. An accepted version that
 //! fails at a later step is rolled back (checked on the library, where the steps are chosen).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+mod run_common;
+
 use std::time::{Duration, Instant};
 
 use rhai::Dynamic;
 use sslhost::engine::ScriptEngine;
 use sslhost::live::{self, LiveFunctions};
+
+use run_common::{next_line, spawn_lines, sslhost_run};
 
 const RECIPE: &str = r#"// live edits test recipe
 fn lr(step, total) { 0.1 }
@@ -31,37 +32,6 @@ for b in steps(l, 100000) {
 }
 "#;
 
-/// Starts `sslhost run recipe` on the CPU; its stderr arrives line by line on the receiver.
-fn spawn_run(
-    recipe: &std::path::Path,
-    runs: &std::path::Path,
-) -> (std::process::Child, Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu", "--runs"])
-        .arg(runs)
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-fn next_line(rx: &Receiver<String>, deadline: Instant) -> String {
-    let left = deadline.saturating_duration_since(Instant::now());
-    rx.recv_timeout(left)
-        .expect("the run stopped printing or the test timed out")
-}
-
 /// The learning rate a `step N lr X` line reports.
 fn lr_of(line: &str) -> Option<f64> {
     let rest = &line[line.find("step ")? + 5..];
@@ -77,7 +47,7 @@ fn broken_live_edits_are_rejected_with_locations_and_the_run_ends_cleanly() {
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = dir.join("recipe.rhai");
     std::fs::write(&recipe, RECIPE).unwrap();
-    let (mut child, rx) = spawn_run(&recipe, &dir.join("runs"));
+    let (mut child, rx) = spawn_lines(sslhost_run(&recipe, &dir.join("runs")));
     let deadline = Instant::now() + Duration::from_secs(240);
     // (edit, the line:col it must be located at, a text the report must hold)
     let broken: &[(String, &str, &str)] = &[

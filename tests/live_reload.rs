@@ -1,10 +1,13 @@
 //! Live functions in a running process: an edit of `lr` takes effect at a later step, a broken
 //! edit is reported with its location and the last good version keeps running.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
+mod run_common;
+
+use std::process::Command;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
+
+use run_common::{next_line, spawn_lines};
 
 const RECIPE: &str = r#"// live test recipe
 fn lr(step, total) { 0.1 }
@@ -24,30 +27,10 @@ for b in steps(l, 100000) {
 
 /// Starts `sslhost run recipe` on the CPU; its stderr arrives line by line on the receiver.
 fn spawn_run(recipe: &std::path::Path) -> (std::process::Child, Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// The next line of the child's stderr, or a failure at the deadline.
-fn next_line(rx: &Receiver<String>, deadline: Instant) -> String {
-    let left = deadline.saturating_duration_since(Instant::now());
-    rx.recv_timeout(left)
-        .expect("the run stopped printing or the test timed out")
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sslhost"));
+    c.args(["run", recipe.to_str().unwrap(), "--device", "cpu"])
+        .env("NO_COLOR", "1");
+    spawn_lines(c)
 }
 
 fn parse(line: &str) -> Option<(u64, f64)> {

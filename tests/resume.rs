@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use run_common::{only_run, sslhost_run};
+use run_common::{finished_run, only_run, recipe_in_temp, sslhost_run};
 
 const RECIPE: &str = r#"// resume test: augmentation randomness, momentum optimiser, EMA target
 let cfg = config(#{ epochs: 3, batch_size: 16, fail_at: -1, fail_late: -1 });
@@ -54,20 +54,11 @@ fn sslhost(recipe: &Path, runs: &Path) -> Command {
 /// Runs the recipe whole, then again stopped by `signal` once step 10 is logged, resumed with
 /// `--resume`; the per-step losses of both must be equal.
 fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str) {
-    let dir = std::env::temp_dir().join(format!("sslhost-resume-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recipe = dir.join("recipe.rhai");
-    std::fs::write(&recipe, RECIPE).unwrap();
+    let (dir, recipe) = recipe_in_temp(&format!("resume-{tag}"), RECIPE);
 
     // The reference: never interrupted.
     let whole = dir.join("whole");
-    let out = sslhost(&recipe, &whole).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference = losses(&only_run(&whole));
+    let reference = losses(&finished_run(sslhost(&recipe, &whole), &whole));
     assert_eq!(reference.len(), 24, "3 epochs of 8 batches");
 
     let split = dir.join("split");
@@ -137,18 +128,9 @@ fn ctrl_c_checkpoints_at_a_step_boundary_and_resumes_exactly() {
 /// Runs the recipe whole, then again with a script error at step 13 (`fail_at`: before the
 /// step's update; `fail_late`: after it) and resumed from the checkpoint the error wrote.
 fn failed_and_resumed(key: &str, tag: &str) -> (BTreeMap<u64, String>, BTreeMap<u64, String>) {
-    let dir = std::env::temp_dir().join(format!("sslhost-fail-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recipe = dir.join("recipe.rhai");
-    std::fs::write(&recipe, RECIPE).unwrap();
+    let (dir, recipe) = recipe_in_temp(&format!("fail-{tag}"), RECIPE);
     let whole = dir.join("whole");
-    let out = sslhost(&recipe, &whole).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reference = losses(&only_run(&whole));
+    let reference = losses(&finished_run(sslhost(&recipe, &whole), &whole));
 
     let split = dir.join("split");
     let out = sslhost(&recipe, &split)

@@ -22,3 +22,56 @@ pub fn only_run(runs: &Path) -> PathBuf {
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.pop().unwrap()
 }
+
+/// A fresh folder `sslhost-<tag>-<pid>` in the temporary directory holding `recipe.rhai`
+/// with `text`; returns the folder and the recipe's path.
+pub fn recipe_in_temp(tag: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sslhost-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    std::fs::write(&recipe, text).unwrap();
+    (dir, recipe)
+}
+
+/// Runs `command` to its end, which must succeed; the one run directory under `runs`.
+pub fn finished_run(mut command: Command, runs: &Path) -> PathBuf {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    only_run(runs)
+}
+
+/// Starts `command` with its stderr arriving line by line on the receiver.
+pub fn spawn_lines(
+    mut command: Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The next line from [`spawn_lines`], or a failure at the deadline.
+pub fn next_line(rx: &std::sync::mpsc::Receiver<String>, deadline: std::time::Instant) -> String {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    rx.recv_timeout(left)
+        .expect("the run stopped printing or the test timed out")
+}

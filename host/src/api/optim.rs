@@ -176,7 +176,7 @@ pub mod optim_api {
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(lr, crate::live::Role::LearningRate, step);
             crate::session::note_update();
-            opt.inner.borrow_mut().step(&loss, lr)
+            opt.inner.borrow_mut().at_step(step).step(&loss, lr)
         })
     }
 
@@ -188,8 +188,9 @@ pub mod optim_api {
     #[rhai_fn(name = "step", return_raw)]
     pub fn step_default(opt: &mut Optimizer, loss: DynTensor) -> RhaiResult<()> {
         let lr = opt.lr;
+        let step = crate::session::with(|s| s.step);
         crate::session::note_update();
-        run(|| opt.inner.borrow_mut().step(&loss, lr))
+        run(|| opt.inner.borrow_mut().at_step(step).step(&loss, lr))
     }
 
     /// `Optimizer(lars, 2 steps)`.

@@ -24,6 +24,10 @@ pub use policy::{
     restore,
 };
 
+/// Values per row of the flat parameter vectors' `[rows, FLAT_ROW]` view (`models::flat`);
+/// the CPU update kernels walk the vectors row by row.
+pub const FLAT_ROW: usize = 1024;
+
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::BatchNormTrainOutput;

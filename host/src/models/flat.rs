@@ -17,7 +17,7 @@ use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 use super::params::is_buffer;
 
 /// Values per row of the `[chunks, CHUNK]` view; each parameter starts on a row.
-pub const CHUNK: usize = 1024;
+pub const CHUNK: usize = crate::kernels::FLAT_ROW;
 
 /// One trainable parameter's place in the vector.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,9 @@ pub struct Optimizer {
     /// Per network leaf (by the name prefix of its parameters), while valid.
     leaves: HashMap<String, LeafState>,
     steps: u64,
+    /// The training loop's step of the next update (set by the caller), to name the step of
+    /// a skipped update; the update count stands in without one.
+    run_step: Option<u64>,
     /// On a GPU: updates skipped on the device for a non-finite loss, not yet read.
     skips: Option<Skips>,
 }
@@ -322,8 +325,15 @@ impl Optimizer {
             state: HashMap::new(),
             leaves: HashMap::new(),
             steps: 0,
+            run_step: None,
             skips: None,
         })
+    }
+
+    /// Tells the optimiser the training loop's step of its next update (for messages).
+    pub fn at_step(&mut self, step: Option<u64>) -> &mut Self {
+        self.run_step = step;
+        self
     }
 
     /// The update rule.
@@ -560,7 +570,7 @@ impl Optimizer {
     /// Adds this step's outcome to the device's count of skipped updates.
     fn count_skip(&mut self, ok: Tensor<4, Bool>) {
         let skipped = ok.bool_not().float().reshape([1]);
-        let step = crate::session::with(|s| s.step).unwrap_or(self.steps - 1);
+        let step = self.run_step.unwrap_or(self.steps - 1);
         let skips = self.skips.get_or_insert_with(|| Skips {
             count: skipped.zeros_like(),
             first: skipped.zeros_like(),

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::models::flat::CHUNK;
+use crate::kernels::FLAT_ROW as CHUNK;
 
 /// One row's values and what goes with them: the row's decay factor (1 or 0) and, for LARS,
 /// its trust ratio.

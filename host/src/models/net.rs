@@ -41,6 +41,9 @@ struct Node {
     /// A leaf's trainable parameters as one vector, while its parameters are views of it
     /// (see [`super::flat`]); dropped whenever anything else replaces them.
     flat: Option<(FlatLayout, Tensor<1>)>,
+    /// The online network whose parameters this one (a momentum target) was checked to
+    /// match by name and shape, so that check runs once, not every step.
+    momentum_source: Option<std::rc::Weak<RefCell<Node>>>,
 }
 
 /// A shared, mutable network handle.
@@ -91,6 +94,7 @@ impl SharedNet {
             net,
             training: true,
             flat: None,
+            momentum_source: None,
         })))
     }
 
@@ -377,6 +381,7 @@ impl SharedNet {
             net,
             training: node.training,
             flat: node.flat.clone(),
+            momentum_source: None,
         })))
     }
 
@@ -395,6 +400,7 @@ impl SharedNet {
             net,
             training: false,
             flat: None,
+            momentum_source: None,
         })))
     }
 
@@ -420,31 +426,15 @@ impl SharedNet {
                 "update_momentum: m must be in [0, 1], got {m}"
             )));
         }
-        let mut source: HashMap<String, DynTensor> = HashMap::new();
-        online.visit(&mut |name, t| {
-            source.insert(name.to_string(), t);
-        });
-        let mut problem = None;
-        let mut seen = 0;
-        target.visit(&mut |name, t| match source.get(name) {
-            Some(o) if o.shape() == t.shape() => seen += 1,
-            Some(o) => {
-                problem.get_or_insert(format!(
-                    "{name} has shape {:?} in the target but {:?} online",
-                    t.shape(),
-                    o.shape()
-                ));
-            }
-            None => {
-                problem.get_or_insert(format!("{name} is in the target but not online"));
-            }
-        });
-        if let Some(p) = problem.or_else(|| {
-            (seen != source.len()).then(|| "the networks have different parameters".into())
-        }) {
-            return Err(Error::Shape(format!(
-                "update_momentum: target and online differ: {p}"
-            )));
+        let checked = target
+            .0
+            .borrow()
+            .momentum_source
+            .as_ref()
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), Rc::as_ptr(&online.0)));
+        if !checked {
+            Self::check_same_parameters(online, target)?;
+            target.0.borrow_mut().momentum_source = Some(Rc::downgrade(&online.0));
         }
         // The trainable parameters leaf by leaf, each as one vector: one op a leaf, and the
         // online leaf's vector is the one its optimiser just wrote.
@@ -472,16 +462,56 @@ impl SharedNet {
             };
             t.set_flat(&layout, mixed);
         }
-        // The batch norms' running statistics, which change every forward, tensor by tensor.
+        // The batch norms' running statistics, which change every forward, tensor by tensor,
+        // paired in visit order (the two networks' names and shapes were checked to match).
+        let mut online_buffers = Vec::new();
+        online.visit(&mut |name, t| {
+            if is_buffer(name) {
+                online_buffers.push(t);
+            }
+        });
+        let mut online_buffers = online_buffers.into_iter();
         target.map(None, &mut |name, t, _| {
             if !is_buffer(name) {
                 return None;
             }
-            let o = source.get(name)?.promoted4().inner();
+            let o = online_buffers.next()?.promoted4().inner();
             let mixed = t.promoted4().mul_scalar(m).add(o.mul_scalar(1.0 - m));
             Some(DynTensor::from_float4(mixed, t.rank()))
         });
         Ok(())
+    }
+}
+
+impl SharedNet {
+    /// Checks that `target` has the parameters and buffers of `online`, by name and shape.
+    fn check_same_parameters(online: &SharedNet, target: &SharedNet) -> Result<()> {
+        let mut source: HashMap<String, Vec<usize>> = HashMap::new();
+        online.visit(&mut |name, t| {
+            source.insert(name.to_string(), t.shape());
+        });
+        let mut problem = None;
+        let mut seen = 0;
+        target.visit(&mut |name, t| match source.get(name) {
+            Some(shape) if *shape == t.shape() => seen += 1,
+            Some(shape) => {
+                problem.get_or_insert(format!(
+                    "{name} has shape {:?} in the target but {shape:?} online",
+                    t.shape(),
+                ));
+            }
+            None => {
+                problem.get_or_insert(format!("{name} is in the target but not online"));
+            }
+        });
+        match problem.or_else(|| {
+            (seen != source.len()).then(|| "the networks have different parameters".into())
+        }) {
+            Some(p) => Err(Error::Shape(format!(
+                "update_momentum: target and online differ: {p}"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -65,3 +65,30 @@ fn log_creates_the_run_directory_with_config_recipe_and_metrics() {
     assert!(run.join("live").is_dir() && run.join("checkpoints").is_dir());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn log_lines_off_a_terminal_have_no_colours_and_four_significant_digits() {
+    let dir = std::env::temp_dir().join(format!("sslhost-loglines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("tiny.rhai");
+    std::fs::write(&recipe, "log(0, #{ loss: 2.0 / 3.0, steps: 7 });\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", recipe.to_str().unwrap(), "--device", "cpu", "--runs"])
+        .arg(dir.join("runs"))
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes off a terminal: {stderr:?}"
+    );
+    assert!(stderr.contains("loss 0.6667, steps 7"), "{stderr}");
+    // The file keeps every digit.
+    let runs: Vec<_> = std::fs::read_dir(dir.join("runs")).unwrap().collect();
+    let run = runs[0].as_ref().unwrap().path();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("0.6666666666666666"), "{metrics}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -176,6 +176,11 @@ fn main() -> ExitCode {
         )
         // Through the progress bar, which hides itself while a line is written.
         .with_writer(sslhost::train::progress::StderrWriter)
+        // Colours only on a terminal (never in a log file or a pipe), and never with NO_COLOR.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_target(false)
         .init();
     sslhost::guard::install_hook();

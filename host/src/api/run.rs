@@ -167,7 +167,14 @@ pub mod run_api {
             if let Some(loss) = json.get("loss").and_then(serde_json::Value::as_f64) {
                 crate::train::progress::note_loss(loss);
             }
-            let shown: Vec<String> = json.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            // About four significant digits here; metrics.jsonl keeps every digit.
+            let shown: Vec<String> = json
+                .iter()
+                .map(|(k, v)| match v.as_f64() {
+                    Some(x) if v.is_f64() => format!("{k} {}", crate::train::curves::number(x)),
+                    _ => format!("{k} {v}"),
+                })
+                .collect();
             match crate::train::progress::status().describe() {
                 Some(progress) => {
                     tracing::info!("step {step}: {} ({progress})", shown.join(", "))

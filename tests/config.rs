@@ -56,6 +56,56 @@ fn unknown_keys_and_wrong_types_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("true or false"), "{e}");
+    let e = resolve(defaults(), &set(&[("lr", "nan")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`lr` is a finite number"), "{e}");
+}
+
+/// The defaults with a list of stage widths.
+fn d_widths() -> Map {
+    let mut d = defaults();
+    d.insert(
+        "widths".into(),
+        Dynamic::from_array(vec![Dynamic::from(64_i64), Dynamic::from(128_i64)]),
+    );
+    d
+}
+
+#[test]
+fn overrides_read_as_a_hydra_user_writes_them() {
+    let m = resolve(
+        d_widths(),
+        &set(&[
+            (" batch_size ", " 32"),
+            ("fast", "True"),
+            ("data", "\"cifar10\""),
+            ("widths", "[16, 32,64 ,128]"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(m["batch_size"].as_int().unwrap(), 32);
+    assert!(m["fast"].as_bool().unwrap());
+    assert_eq!(m["data"].clone().into_string().unwrap(), "cifar10");
+    let widths: Vec<i64> = m["widths"]
+        .clone()
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_int().unwrap())
+        .collect();
+    assert_eq!(widths, [16, 32, 64, 128]);
+    let e = resolve(d_widths(), &set(&[("widths", "[16, x]")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a list whose elements are each an integer"),
+        "{e}"
+    );
+    let m = resolve(defaults(), &set(&[("fast", "1")])).unwrap();
+    assert!(m["fast"].as_bool().unwrap());
+    let m = resolve(defaults(), &set(&[("fast", "FALSE")])).unwrap();
+    assert!(!m["fast"].as_bool().unwrap());
 }
 
 #[test]
@@ -94,5 +144,46 @@ fn the_cli_reports_a_bad_set_at_the_config_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("never calls config(..)"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn print_config_shows_the_resolved_config_and_runs_nothing() {
+    let dir = std::env::temp_dir().join(format!("sslhost-print-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("cfg.rhai");
+    std::fs::write(
+        &script,
+        "let cfg = config(#{ epochs: 2, widths: [4, 8], fast: false });\nthrow \"ran on\";\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args([
+            "run",
+            script.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--print-config",
+        ])
+        .args([
+            "-s",
+            "epochs = 5",
+            "-s",
+            "widths=[16, 32]",
+            "--set",
+            "fast=True",
+        ])
+        .arg("--runs")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({ "epochs": 5, "widths": [16, 32], "fast": true })
+    );
+    assert!(!dir.join("runs").exists(), "no run directory");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -47,13 +47,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Override a key of the script's `config(..)`: `--set batch_size=512` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
         /// With --resume: continue even though a setting that changes the data order or the
         /// model (data, limit, batch_size, seed, depth, widths, blocks, --seed) differs from
         /// the checkpoint's.
         #[arg(long, requires = "resume")]
         force: bool,
+        /// Print the resolved config (the recipe's defaults, the checkpoint's values on
+        /// --resume, then --set) as JSON when the script calls config(..), and exit.
+        #[arg(long)]
+        print_config: bool,
         /// The largest tensor allowed (8G, 512M, ...): a bigger one is an error at the
         /// script's line. Default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
@@ -66,7 +70,7 @@ enum Command {
         #[command(flatten)]
         on: DeviceArgs,
         /// Override a key of the script's `config(..)` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
         /// The largest tensor allowed (8G, 512M, ...); default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
@@ -231,6 +235,7 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             set,
             force,
+            print_config,
             max_memory,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
@@ -245,6 +250,7 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_kernels(kernels)
                 .with_overrides(set)
                 .with_data_root(data);
+            session.print_config = print_config;
             let text = engine::read_script(&script)?;
             let record = match resume {
                 Some(dir) => {

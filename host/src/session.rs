@@ -40,6 +40,8 @@ pub struct Session {
     pub saved_config: Option<serde_json::Value>,
     /// `--force`: resume even with settings that change the data order or the model.
     pub force: bool,
+    /// `--print-config`: `config(..)` prints the resolved config and the process exits.
+    pub print_config: bool,
     /// `sslhost check`: datasets cut to [`CHECK_SAMPLES`], batches to [`CHECK_BATCH`], loops
     /// to [`CHECK_STEPS`] steps, and no run directory.
     pub check: bool,
@@ -70,6 +72,7 @@ impl Session {
             resume_from: None,
             saved_config: None,
             force: false,
+            print_config: false,
             check: false,
         }
     }

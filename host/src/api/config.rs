@@ -81,16 +81,28 @@ pub mod config_api {
             if let Some(saved) = &saved {
                 super::check_resumed(saved, &json, force)?;
             }
+            if session::with(|s| s.print_config) {
+                // `--print-config`: nothing has run yet and no run directory exists.
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+                std::process::exit(0);
+            }
             session::with(|s| s.config = Some(json));
             Ok(resolved)
         })
     }
 }
 
-/// Applies `key=value` overrides to `defaults`, parsing each value as its default's type.
+/// Applies `key=value` overrides to `defaults`, parsing each value as its default's type:
+/// integers; numbers (finite only); bools as `true`/`false`/`1`/`0` in any case; strings with
+/// one pair of surrounding quotes taken off; lists as `[a, b, ..]` of their elements' type.
+/// Keys and values are trimmed.
 pub fn resolve(mut defaults: Map, overrides: &[(String, String)]) -> Result<Map> {
     for (key, text) in overrides {
-        let Some(old) = defaults.get(key.as_str()) else {
+        let (key, text) = (key.trim(), text.trim());
+        let Some(old) = defaults.get(key) else {
             let mut known: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
             known.sort();
             return Err(Error::Invalid(format!(
@@ -98,28 +110,61 @@ pub fn resolve(mut defaults: Map, overrides: &[(String, String)]) -> Result<Map>
                 known.join(", ")
             )));
         };
-        let wrong = |ty: &str| {
+        let new = parse_like(old, text).map_err(|ty| {
             Error::Invalid(format!(
                 "--set {key}={text}: `{key}` is {ty} (default {old}), and `{text}` is not"
             ))
-        };
-        let new = if old.is_int() {
-            Dynamic::from(text.parse::<i64>().map_err(|_| wrong("an integer"))?)
-        } else if old.is_float() {
-            Dynamic::from(text.parse::<f64>().map_err(|_| wrong("a number"))?)
-        } else if old.is_bool() {
-            Dynamic::from(text.parse::<bool>().map_err(|_| wrong("true or false"))?)
-        } else if old.is_string() {
-            Dynamic::from(text.clone())
-        } else {
-            return Err(Error::Invalid(format!(
-                "--set {key}=..: only int, float, bool and string keys can be set, `{key}` is {}",
-                old.type_name()
-            )));
-        };
-        defaults.insert(key.as_str().into(), new);
+        })?;
+        defaults.insert(key.into(), new);
     }
     Ok(defaults)
+}
+
+/// `text` as a value of `like`'s type; the type's description when it does not parse.
+fn parse_like(like: &Dynamic, text: &str) -> std::result::Result<Dynamic, String> {
+    if like.is_int() {
+        text.parse::<i64>()
+            .map(Dynamic::from)
+            .map_err(|_| "an integer".into())
+    } else if like.is_float() {
+        match text.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(Dynamic::from(x)),
+            _ => Err("a finite number".into()),
+        }
+    } else if like.is_bool() {
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(Dynamic::from(true)),
+            "false" | "0" => Ok(Dynamic::from(false)),
+            _ => Err("true or false (or 1 or 0)".into()),
+        }
+    } else if like.is_string() {
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| text.strip_prefix(*q)?.strip_suffix(*q))
+            .unwrap_or(text);
+        Ok(Dynamic::from(unquoted.to_string()))
+    } else if let Some(items) = like.read_lock::<rhai::Array>() {
+        let inner = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .ok_or_else(|| "a list `[a, b, ..]`".to_string())?;
+        // Elements take the type of the default's first element (numbers if it is empty).
+        let element = items.first().cloned().unwrap_or(Dynamic::from(0.0_f64));
+        if inner.trim().is_empty() {
+            return Ok(Dynamic::from_array(Vec::new()));
+        }
+        inner
+            .split(',')
+            .map(|part| parse_like(&element, part.trim()))
+            .collect::<std::result::Result<rhai::Array, String>>()
+            .map(Dynamic::from_array)
+            .map_err(|ty| format!("a list whose elements are each {ty}"))
+    } else {
+        Err(format!(
+            "{} (only int, float, bool, string and list keys can be set)",
+            like.type_name()
+        ))
+    }
 }
 
 /// A resumed run's saved configuration over the recipe's defaults: the run continues with

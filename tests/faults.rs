@@ -199,3 +199,43 @@ fn a_loop_over_loader_epoch_marks_steps_like_steps_does() {
     assert!(stderr.contains("(resumes at step 12)"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_run_records_each_session_and_a_resume_needs_no_script() {
+    let (dir, recipe) = recipe_in_temp("record", RECIPE);
+    let runs = dir.join("runs");
+    let run = finished_run(sslhost_run(&recipe, &runs), &runs);
+    // --resume alone runs the run directory's copy of the recipe.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", "--device", "cpu", "-s", "epochs=2", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resumes at step 16"), "{stderr}");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join(name)).unwrap()).unwrap()
+    };
+    let sessions = read("run.json");
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions[0]["seed"], 0);
+    assert_eq!(sessions[0]["device"], "cpu");
+    assert_eq!(sessions[0]["precision"], "f32");
+    assert!(sessions[0]["resumed_at"].is_null());
+    assert_eq!(sessions[1]["resumed_at"], 8);
+    let command = sessions[1]["command"].as_array().unwrap();
+    assert!(command.iter().any(|a| a == "--resume"), "{command:?}");
+    assert_eq!(
+        read("config.json")["epochs"],
+        2,
+        "the resumed run's settings"
+    );
+    assert_eq!(
+        read("config-8.json")["epochs"],
+        1,
+        "the earlier settings are kept"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -261,6 +261,10 @@ fn run_text(name: &str, text: &str, base: &Path, watch: Option<&Path>) -> Result
     {
         tracing::warn!("live edits are off: {e}");
     }
+    // A resumed run's directory exists already: accepted edits are archived there too.
+    if let Some(dir) = crate::train::current::dir_path() {
+        live.archive_in(&dir.join("live"));
+    }
     live::install(live);
     engine.run(name, &ast)
 }

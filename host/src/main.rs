@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Run a script (a recipe or a tool) to its end.
     Run {
-        /// The script file.
-        script: PathBuf,
+        /// The script file (with --resume: the run directory's recipe.rhai when left out).
+        #[arg(required_unless_present = "resume")]
+        script: Option<PathBuf>,
         #[command(flatten)]
         on: DeviceArgs,
         /// Seed of the run's random generator.
@@ -69,6 +70,12 @@ enum Command {
         script: PathBuf,
         #[command(flatten)]
         on: DeviceArgs,
+        /// Seed of the run's random generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Directory holding the dataset's files (else $SSLHOST_DATA, then standard places).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
         /// Override a key of the script's `config(..)` (repeatable).
         #[arg(short = 's', long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
@@ -239,11 +246,7 @@ fn execute(cli: Cli) -> Result<()> {
             max_memory,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
-            if let Some(dir) = &data
-                && !dir.is_dir()
-            {
-                return Err(Error::file(dir, "--data: no such directory"));
-            }
+            check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
@@ -251,6 +254,15 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_overrides(set)
                 .with_data_root(data);
             session.print_config = print_config;
+            let script = match (script, &resume) {
+                (Some(script), _) => script,
+                (None, Some(dir)) => dir.join("recipe.rhai"),
+                (None, None) => {
+                    return Err(Error::Invalid(
+                        "run needs a script, or --resume RUN_DIR to run its recipe.rhai".into(),
+                    ));
+                }
+            };
             let text = engine::read_script(&script)?;
             let record = match resume {
                 Some(dir) => {
@@ -259,6 +271,7 @@ fn execute(cli: Cli) -> Result<()> {
                     if !checkpoint.is_file() {
                         return Err(Error::file(&checkpoint, "no checkpoint to resume from"));
                     }
+                    session.resume_step = Some(sslhost::train::checkpoint::next_step(&checkpoint)?);
                     session.resume_from = Some(checkpoint);
                     session.saved_config = Some(run.read_config()?);
                     session.force = force;
@@ -300,14 +313,18 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Check {
             script,
             on,
+            seed,
+            data,
             set,
             max_memory,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
+            check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
-            let session = Session::new(device, 0)
+            let session = Session::new(device, seed)
                 .with_kernels(kernels)
-                .with_overrides(set);
+                .with_overrides(set)
+                .with_data_root(data);
             engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
             Ok(())
@@ -376,6 +393,14 @@ fn execute(cli: Cli) -> Result<()> {
             batch,
             dtypes,
         } => gpu_selftest(device, batch, &dtypes),
+    }
+}
+
+/// `--data DIR` must name a folder: a typo would otherwise fall back to another copy.
+fn check_data_dir(data: Option<&std::path::Path>) -> Result<()> {
+    match data {
+        Some(dir) if !dir.is_dir() => Err(Error::file(dir, "--data: no such directory")),
+        _ => Ok(()),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Session {
     pub step_updated: bool,
     /// The checkpoint a resumed run continues from (`--resume`).
     pub resume_from: Option<std::path::PathBuf>,
+    /// The step that checkpoint continues from.
+    pub resume_step: Option<u64>,
     /// The resolved configuration of the run being resumed: the base `config(..)` starts from.
     pub saved_config: Option<serde_json::Value>,
     /// `--force`: resume even with settings that change the data order or the model.
@@ -70,6 +72,7 @@ impl Session {
             step_rng: None,
             step_updated: false,
             resume_from: None,
+            resume_step: None,
             saved_config: None,
             force: false,
             print_config: false,

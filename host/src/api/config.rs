@@ -78,8 +78,16 @@ pub mod config_api {
             let resolved = resolve(defaults, &overrides)?;
             let json = serde_json::to_value(Dynamic::from_map(resolved.clone()))
                 .map_err(|e| crate::error::Error::Other(format!("config: {e}")))?;
-            if let Some(saved) = &saved {
-                super::check_resumed(saved, &json, force)?;
+            if let Some(saved) = &saved
+                && super::check_resumed(saved, &json, force)?
+            {
+                // The run record says what the resumed run runs with.
+                let step = session::with(|s| s.resume_step.unwrap_or(s.start_step));
+                if let Some(replaced) =
+                    crate::train::current::with_dir(|d| d.replace_config(&json, step))
+                {
+                    replaced?;
+                }
             }
             if session::with(|s| s.print_config) {
                 // `--print-config`: nothing has run yet and no run directory exists.
@@ -197,14 +205,14 @@ pub const RESUME_LOCKED: &[&str] = &[
 
 /// Compares a resumed run's configuration with the one its checkpoint was written under: a
 /// warning lists the keys that differ, and a changed key of [`RESUME_LOCKED`] is an error
-/// unless `force`.
+/// unless `force`. Whether anything differs.
 pub fn check_resumed(
     saved: &serde_json::Value,
     now: &serde_json::Value,
     force: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
-        return Ok(());
+        return Ok(false);
     };
     let mut changed: Vec<(&str, String)> = now
         .iter()
@@ -215,7 +223,7 @@ pub fn check_resumed(
         .collect();
     changed.sort();
     if changed.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let locked: Vec<&str> = changed
         .iter()
@@ -231,5 +239,5 @@ pub fn check_resumed(
     }
     let all: Vec<&str> = changed.iter().map(|(_, what)| what.as_str()).collect();
     tracing::warn!("resuming with changed settings: {}", all.join(", "));
-    Ok(())
+    Ok(true)
 }

@@ -186,6 +186,14 @@ pub fn save(
     tensor_file::write(path, &tensors, &metadata)
 }
 
+/// The step a checkpoint continues from, reading only its header.
+pub fn next_step(path: &Path) -> Result<u64> {
+    tensor_file::read_metadata(path)?
+        .get("next_step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::file(path, "not an sslhost checkpoint: no next_step"))
+}
+
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path) -> Result<Loaded> {
     let (tensors, meta) = tensor_file::read(path)?;

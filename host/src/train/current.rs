@@ -18,6 +18,8 @@ pub struct RunRecord {
     runs_root: PathBuf,
     dir: Option<RunDir>,
     tracked: Vec<(String, Item)>,
+    /// Whether this session is in the directory's `run.json` yet.
+    recorded: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -185,6 +187,7 @@ impl RunRecord {
             runs_root: runs_root.to_path_buf(),
             dir: None,
             tracked: Vec::new(),
+            recorded: false,
         }
     }
 
@@ -201,6 +204,7 @@ impl RunRecord {
             runs_root,
             dir: Some(dir),
             tracked: Vec::new(),
+            recorded: false,
         }
     }
 }
@@ -230,7 +234,48 @@ pub fn with_dir<T>(f: impl FnOnce(&mut RunDir) -> Result<T>) -> Option<Result<T>
                 Err(e) => return Some(Err(e)),
             }
         }
-        cur.dir.as_mut().map(f)
+        let dir = cur.dir.as_mut()?;
+        if !cur.recorded {
+            cur.recorded = true;
+            if let Err(e) = dir.record_session(session_record()) {
+                tracing::warn!("run.json not written: {e}");
+            }
+        }
+        Some(f(dir))
+    })
+}
+
+/// How this session of the run started: the command line, sslhost's version and features,
+/// the seed, device and precision, and the step it resumed at.
+fn session_record() -> serde_json::Value {
+    let features: Vec<&str> = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("cubecl-cpu", cfg!(feature = "cubecl-cpu")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let (seed, device, policy, resumed_at) = crate::session::with(|s| {
+        (
+            s.seed,
+            crate::device::kind(&s.device).name(),
+            s.kernels,
+            s.resume_step,
+        )
+    });
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    serde_json::json!({
+        "started": super::run_dir::timestamp(started),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "features": features,
+        "seed": seed,
+        "device": device,
+        "precision": policy.precision.name(),
+        "activations": policy.activations_name(),
+        "resumed_at": resumed_at,
     })
 }
 

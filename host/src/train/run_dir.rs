@@ -166,6 +166,32 @@ impl RunDir {
         write_atomic(&self.root.join("config.json"), text.as_bytes())
     }
 
+    /// Replaces `config.json` with `config` on a resume that changed settings, keeping the
+    /// earlier one as `config-<step>.json` (`step`: where the resumed run continues).
+    pub fn replace_config(&self, config: &serde_json::Value, step: u64) -> Result<()> {
+        let path = self.root.join("config.json");
+        if path.is_file() {
+            let kept = self.root.join(format!("config-{step}.json"));
+            std::fs::rename(&path, &kept)
+                .map_err(|e| Error::file(&kept, format!("cannot keep the earlier config: {e}")))?;
+        }
+        self.write_config(config)
+    }
+
+    /// Appends `session` (how this session of the run was started) to `run.json`, the list of
+    /// a run's sessions: the first, then one per resume.
+    pub fn record_session(&self, session: serde_json::Value) -> Result<()> {
+        let path = self.root.join("run.json");
+        let mut sessions = match crate::files::read_regular(&path)? {
+            Some(text) => serde_json::from_str::<Vec<serde_json::Value>>(&text)
+                .map_err(|e| Error::file(&path, format!("not a list of sessions: {e}")))?,
+            None => Vec::new(),
+        };
+        sessions.push(session);
+        let text = serde_json::to_string_pretty(&sessions).expect("json values serialise");
+        write_atomic(&path, text.as_bytes())
+    }
+
     /// The saved `config.json` (an empty object if the run never wrote one).
     pub fn read_config(&self) -> Result<serde_json::Value> {
         let path = self.root.join("config.json");

@@ -83,6 +83,32 @@ pub fn write(
     crate::files::write_atomic(path, &bytes)
 }
 
+/// The metadata of a file written by [`write()`], reading only its header.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let bad = |what: String| Error::file(path, format!("not a tensor file: {what}"));
+    let mut file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| bad(e.to_string()))?;
+    let n = u64::from_le_bytes(len);
+    let file_len = file.metadata().map_err(|e| Error::file(path, e))?.len();
+    if n > file_len.saturating_sub(8) {
+        return Err(bad("header runs past the end".into()));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(e.to_string()))?;
+    let header: serde_json::Map<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    Ok(match header.get("__metadata__") {
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+        _ => BTreeMap::new(),
+    })
+}
+
 /// Reads a file written by [`write()`] (or any safetensors file of F32/I64 tensors).
 pub fn read(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;

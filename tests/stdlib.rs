@@ -190,3 +190,23 @@ fn contrastive_losses_read_the_device_only_for_their_value() {
         );
     }
 }
+
+#[test]
+fn burn_style_slices_take_one_range_per_dimension() {
+    let x = "let x = arange(0, 24).float().reshape([4, 6]);";
+    // Rows 1..3, columns 0..=1: [[6, 7], [12, 13]].
+    close(&format!("{x} x.slice([1..3, 0..=1]).sum().item()"), 38.0);
+    close(&format!("{x} x.slice([1..3, 0..=1]).shape()[1] * 1.0"), 2.0);
+    // Trailing dimensions kept whole; negative ends count from the end.
+    close(&format!("{x} x.slice([0..1]).sum().item()"), 15.0);
+    close(&format!("{x} x.slice([0..1, -2..6]).sum().item()"), 9.0);
+    let e = engine::run_source(
+        "stdlib-test",
+        &format!("{x} x.slice([0..1, \"a\"])"),
+        Path::new("."),
+        Session::new(sslhost::device::cpu(), 0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("entry 1 must be a range"), "{e}");
+}

@@ -631,6 +631,34 @@ pub mod tensor_api {
         run(|| a.slice(dim, start, end))
     }
 
+    /// Burn's and NumPy's form: one range per leading dimension, `start..end` or
+    /// `start..=end` (negative indices count from the end); dimensions without a range are
+    /// kept whole.
+    ///
+    /// ```rhai
+    /// let corner = x.slice([0..6, 0..1]);
+    /// ```
+    #[rhai_fn(name = "slice", return_raw)]
+    pub fn slice_ranges(a: Tensor, ranges: Array) -> RhaiResult<Tensor> {
+        run(|| {
+            let mut out = a.clone();
+            for (dim, r) in ranges.iter().enumerate() {
+                let (start, end) = if let Some(r) = r.clone().try_cast::<std::ops::Range<i64>>() {
+                    (r.start, r.end)
+                } else if let Some(r) = r.clone().try_cast::<std::ops::RangeInclusive<i64>>() {
+                    (*r.start(), *r.end() + 1)
+                } else {
+                    return Err(crate::error::Error::Invalid(format!(
+                        "slice: entry {dim} must be a range such as 0..6, got {}",
+                        r.type_name()
+                    )));
+                };
+                out = out.slice(dim as i64, start, end)?;
+            }
+            Ok(out)
+        })
+    }
+
     /// The diagonal of a matrix, or a diagonal matrix from a vector.
     ///
     /// ```rhai

@@ -410,3 +410,19 @@ for b in l.epoch(0) {{ let n = b.size; }}"#,
     assert!(e.contains("1.png"), "{e}");
     assert!(e.contains("cannot decode"), "{e}");
 }
+
+#[test]
+fn a_for_loop_over_a_loader_takes_its_next_epoch_each_time() {
+    // What a PyTorch user writes first: `for b in loader`, one epoch per loop.
+    let script = r#"
+        let l = loader(dataset("synthetic", #{ samples: 64, classes: 2, size: 4, channels: 1 }),
+                       #{ batch_size: 16 });
+        let steps = [];
+        for b in l { steps.push(b.step); }
+        for b in l { steps.push(b.epoch); }
+        steps
+    "#;
+    let v = run_script(script, None).unwrap().into_array().unwrap();
+    let v: Vec<i64> = v.iter().map(|x| x.as_int().unwrap()).collect();
+    assert_eq!(v, [0, 1, 2, 3, 1, 1, 1, 1]);
+}

@@ -26,6 +26,9 @@ struct StreamState {
     steps: Steps,
     progress: Option<Progress>,
     started: bool,
+    /// Why the stream could not start, reported by its first `next` (a `for` loop over a
+    /// value has no other way to fail).
+    failed: Option<Error>,
 }
 
 impl StreamState {
@@ -50,6 +53,9 @@ impl Iterator for StepStream {
             Err(_) => return Some(Err(to_rhai(Error::Other("steps: poisoned".into())))),
         };
         let state = &mut *guard;
+        if let Some(e) = state.failed.take() {
+            return Some(Err(to_rhai(e)));
+        }
         if crate::train::current::interrupted() {
             state.end_progress(false);
             return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
@@ -94,6 +100,7 @@ impl Iterator for StepStream {
 /// Registers the iterator of `StepStream`, which an export module cannot declare.
 pub fn register_iterators(engine: &mut Engine) {
     engine.register_iterator_result::<StepStream, Batch>();
+    engine.register_iterator_result::<crate::data::Loader, Batch>();
 }
 
 /// The training loop.
@@ -337,7 +344,27 @@ fn stream(mut steps: Steps) -> StepStream {
             steps,
             progress: None,
             started: false,
+            failed: None,
         })),
+    }
+}
+
+/// `for b in loader { .. }`: the loader's next epoch (each loop over it one more, as with a
+/// PyTorch loader), the same stream as `steps(..)`.
+impl IntoIterator for crate::data::Loader {
+    type Item = RhaiResult<Batch>;
+    type IntoIter = StepStream;
+
+    fn into_iter(self) -> StepStream {
+        let epoch = self.next_epoch();
+        epoch_stream(&self, epoch, 0).unwrap_or_else(|e| {
+            // An empty stream that reports `e` when the loop asks for its first batch.
+            let stream = stream(Steps::empty(&self, &session::device()));
+            if let Ok(mut state) = stream.inner.lock() {
+                state.failed = Some(e);
+            }
+            stream
+        })
     }
 }
 

@@ -73,14 +73,22 @@ pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<usiz
     order
 }
 
-/// Batches of a dataset, epoch after epoch. Cloning is cheap.
+/// Batches of a dataset, epoch after epoch. Cloning is cheap (clones share the count of
+/// [`Loader::next_epoch`]).
 #[derive(Clone, Debug)]
 pub struct Loader {
     dataset: Dataset,
     config: LoaderConfig,
+    iterated: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Loader {
+    /// The epoch a loop over the loader itself takes next (`for b in loader`, as a PyTorch
+    /// loader is iterated): 0, then one more each time.
+    pub fn next_epoch(&self) -> u64 {
+        self.iterated.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// A loader over `dataset`; an epoch with no batch is an error.
     pub fn new(dataset: Dataset, config: LoaderConfig) -> Result<Self> {
         if config.batch_size == 0 {
@@ -92,7 +100,11 @@ impl Loader {
                 dataset.name()
             )));
         }
-        let loader = Loader { dataset, config };
+        let loader = Loader {
+            dataset,
+            config,
+            iterated: Arc::default(),
+        };
         if loader.is_empty() {
             return Err(Error::Invalid(format!(
                 "loader: batch_size {} is larger than dataset {} ({} samples) and drop_last is \
@@ -281,6 +293,21 @@ impl Steps {
     /// The step the stream ends before: `min(epochs * steps_per_epoch, max_steps)`.
     pub fn end(&self) -> u64 {
         self.end
+    }
+
+    /// A stream of no batches over `loader`.
+    pub fn empty(loader: &Loader, device: &Device) -> Self {
+        Steps {
+            loader: loader.clone(),
+            device: device.clone(),
+            epochs: 0,
+            next_epoch: 0,
+            next_start: 0,
+            current: None,
+            start: 0,
+            next_step: 0,
+            end: 0,
+        }
     }
 
     /// The same stream ending after `max_steps` steps of the run (steps `0..max_steps`);

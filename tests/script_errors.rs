@@ -101,3 +101,26 @@ fn a_panic_inside_a_host_function_becomes_a_located_error() {
         "{err}"
     );
 }
+
+#[test]
+fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
+    let run = |arg: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+            .arg(arg)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let version = run("--version");
+    let gpu = if cfg!(feature = "cuda") {
+        "(CUDA built in)"
+    } else {
+        "(CPU only"
+    };
+    assert!(version.contains(gpu), "{version}");
+    let help = run("--help");
+    for want in ["Exit codes:", "130", "NO_COLOR", "SSLHOST_DATA", "RUST_LOG"] {
+        assert!(help.contains(want), "no `{want}` in:\n{help}");
+    }
+}

@@ -20,7 +20,7 @@ static ALLOCATOR: sslhost::profiling::ReleaseTimingAllocator =
 
 /// Self-supervised vision training loops as Rhai scripts.
 #[derive(Parser, Debug)]
-#[command(name = "sslhost", version, about)]
+#[command(name = "sslhost", version = VERSION, about, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -170,6 +170,35 @@ enum SelftestType {
     /// f32.
     F32,
 }
+
+/// `--version`: the version and whether this build can use a GPU.
+#[cfg(feature = "cuda")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (CUDA built in)");
+/// `--version`: the version and whether this build can use a GPU.
+#[cfg(not(feature = "cuda"))]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (CPU only: build with `--features cuda` for GPUs)"
+);
+
+/// The end of `--help`: exit codes and the environment.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    the script ran to its end
+  1    an error outside the script (a missing file, a device, a value sslhost refused)
+  2    an error in the script (file:line:col, the line and a caret), or a malformed command line
+  130  stopped by Ctrl-C (after writing a checkpoint at the step boundary)
+
+Environment:
+  SSLHOST_DATA               where datasets are looked for first (after --data)
+  SSLHOST_SYSTEM_DATA        replaces /usr/share/datasets as the system's dataset folder
+  RUST_LOG                   log filter (default: warn,sslhost=info,script=info)
+  NO_COLOR                   no colours in logs (they are off anyway when stderr is not a terminal)
+  RAYON_NUM_THREADS          CPU threads (default: the cores)
+  SSLHOST_CPU_KERNELS        CPU kernels: im2col, no-direct or burn (default: the host's own)
+  SSLHOST_GPU_BATCH_NORM     GPU kernels: burn, rows, nhwc or cudnn
+  SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
+  SSLHOST_CUDNN_ORDER        sync (default) or flags: how cuDNN's stream follows cubecl's";
 
 /// The bench's script: the recipes' step, timed.
 const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");

@@ -18,7 +18,10 @@ fn gpu_path() -> Device {
 #[test]
 fn cubecl_cpu_is_a_gpu_path_device_with_the_cpu_presets() {
     let device = gpu_path();
-    assert_eq!(sslhost::device::kind(&device), "cubecl-cpu");
+    assert_eq!(
+        sslhost::device::kind(&device),
+        sslhost::device::DeviceKind::CubeclCpu
+    );
     assert!(sslhost::device::gpu_path(&device));
     assert!(!sslhost::device::gpu_path(&sslhost::device::cpu()));
 }

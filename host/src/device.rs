@@ -9,7 +9,6 @@
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
-use crate::kernels::Precision;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,31 +22,6 @@ pub enum DeviceChoice {
     /// The GPU code path on the CPU (burn-cpu: cubecl kernels compiled through LLVM), with
     /// the cargo feature `cubecl-cpu`. Slow; for checking what a GPU run computes.
     CubeclCpu,
-}
-
-/// What the user asked convolutions and linear layers to multiply in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionChoice {
-    /// bf16 on CUDA (as torch.autocast), f32 on the CPU.
-    Auto,
-    /// f32 everywhere.
-    F32,
-    /// bf16 products with f32 weights, gradients and optimiser state (on the CPU too, slowly:
-    /// for checking what a GPU run computes).
-    Bf16,
-    /// f16 products, without loss scaling: for devices without bf16 (the cubecl CPU runtime,
-    /// where tests check the GPU code path), not for long training.
-    F16,
-}
-
-/// The precision `choice` means on `device`.
-pub fn precision(choice: PrecisionChoice, device: &Device) -> Precision {
-    match choice {
-        PrecisionChoice::Auto if kind(device) == DeviceKind::Cuda => Precision::Bf16,
-        PrecisionChoice::Auto | PrecisionChoice::F32 => Precision::F32,
-        PrecisionChoice::Bf16 => Precision::Bf16,
-        PrecisionChoice::F16 => Precision::F16,
-    }
 }
 
 /// The CPU device with autodiff.

@@ -1,6 +1,6 @@
 //! One error type for the host, and the rendering of script errors as
 //! `file:line:col`, the source line and a caret (the engine locates Rhai's errors:
-//! `crate::engine::locate`).
+//! `crate::located`).
 
 use std::fmt;
 use std::path::PathBuf;

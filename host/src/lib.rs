@@ -16,6 +16,7 @@ pub mod files;
 pub mod guard;
 pub mod kernels;
 pub mod live;
+pub mod located;
 pub mod models;
 pub mod optim;
 pub mod profiling;

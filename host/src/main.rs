@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sslhost::context::RunContext;
-use sslhost::device::{self, DeviceChoice, PrecisionChoice};
+use sslhost::device::{self, DeviceChoice};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
-use sslhost::kernels::KernelPolicy;
+use sslhost::kernels::{self, KernelPolicy, PrecisionChoice};
 use sslhost::session::Session;
 use sslhost::train::current::RunRecord;
 
@@ -524,7 +524,7 @@ fn open_device(
     precision: PrecisionChoice,
 ) -> Result<(burn::tensor::Device, KernelPolicy)> {
     let (device, why) = device::select(choice)?;
-    let kernels = KernelPolicy::from_env()?.with_precision(device::precision(precision, &device));
+    let kernels = KernelPolicy::from_env()?.with_precision(kernels::precision(precision, &device));
     tracing::info!(
         "device: {why}; products in {}{}",
         kernels.precision.name(),

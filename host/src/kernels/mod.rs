@@ -20,8 +20,8 @@ pub mod precision;
 pub mod views;
 
 pub use policy::{
-    CpuKernelSet, CudnnOrder, GpuKernelSet, KernelPolicy, Precision, current, install, installed,
-    restore,
+    CpuKernelSet, CudnnOrder, GpuKernelSet, KernelPolicy, Precision, PrecisionChoice, current,
+    install, installed, precision, restore,
 };
 
 /// Values per row of the flat parameter vectors' `[rows, FLAT_ROW]` view (`models::flat`);

@@ -10,6 +10,9 @@
 //! The policy belongs to a thread, as `torch.autocast`'s state does: each run, and each test
 //! thread, installs its own. A thread that installed none takes the environment's.
 
+use burn::tensor::Device;
+
+use crate::device::{DeviceKind, kind};
 use std::cell::Cell;
 
 use burn::tensor::FloatDType;
@@ -206,6 +209,31 @@ impl KernelPolicy {
             Some(FloatDType::BF16) => "bf16",
             Some(_) => "f16",
         }
+    }
+}
+
+/// What the user asked convolutions and linear layers to multiply in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionChoice {
+    /// bf16 on CUDA (as torch.autocast), f32 on the CPU.
+    Auto,
+    /// f32 everywhere.
+    F32,
+    /// bf16 products with f32 weights, gradients and optimiser state (on the CPU too, slowly:
+    /// for checking what a GPU run computes).
+    Bf16,
+    /// f16 products, without loss scaling: for devices without bf16 (the cubecl CPU runtime,
+    /// where tests check the GPU code path), not for long training.
+    F16,
+}
+
+/// The precision `choice` means on `device`.
+pub fn precision(choice: PrecisionChoice, device: &Device) -> Precision {
+    match choice {
+        PrecisionChoice::Auto if kind(device) == DeviceKind::Cuda => Precision::Bf16,
+        PrecisionChoice::Auto | PrecisionChoice::F32 => Precision::F32,
+        PrecisionChoice::Bf16 => Precision::Bf16,
+        PrecisionChoice::F16 => Precision::F16,
     }
 }
 

@@ -492,7 +492,7 @@ impl LiveFunctions {
     /// A Rhai error from running a version whose text is `text`, located.
     fn locate(&self, e: &EvalAltResult, text: &str) -> ScriptError {
         let sources = HashMap::from([(self.source_name.clone(), text.to_string())]);
-        crate::engine::locate(e, &sources, &self.source_name)
+        crate::located::locate(e, &sources, &self.source_name)
     }
 
     /// Replaces the failing current version with the one before it.

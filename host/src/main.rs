@@ -1,4 +1,4 @@
-//! The `sslhost` command line: run | check | bench | gpu-selftest.
+//! The `sslhost` command line: run | check | export | bench | gpu-selftest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +82,20 @@ enum Command {
         /// The largest tensor allowed (8G, 512M, ...); default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
         max_memory: Option<u64>,
+    },
+    /// Write a trained ResNet backbone from a checkpoint with torchvision's names and shapes
+    /// (`torchvision.models.resnet18()`, with the same stem, loads it with strict=True
+    /// except `fc`), its architecture, the run's config and recipe in the metadata.
+    Export {
+        /// A run directory (its checkpoints/last.safetensors) or a checkpoint file.
+        run: PathBuf,
+        /// The network to export: a checkpoint key (`online`, `target`) or a key and a part
+        /// (`online.0`). Default: the only ResNet, else `online`'s.
+        #[arg(long, value_name = "NAME")]
+        net: Option<String>,
+        /// The file to write.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
     },
     /// Time training steps of a method on random images (the recipes' networks, heads, losses,
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
@@ -186,7 +200,8 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0    the script ran to its end
   1    an error outside the script (a missing file, a device, a value sslhost refused)
-  2    an error in the script (file:line:col, the line and a caret), or a malformed command line
+  2    an error in the script (file:line:col, the line and a caret), a malformed command line,
+       or bad input to `export` (no checkpoint, an unknown net, a damaged file)
   130  stopped by Ctrl-C (after writing a checkpoint at the step boundary)
 
 Environment:
@@ -225,6 +240,7 @@ fn main() -> ExitCode {
         .init();
     sslhost::guard::install_hook();
     let cli = Cli::parse();
+    let takes_input = matches!(cli.command, Command::Export { .. });
     // Anything that still panics is reported as an error, never as a panic with a backtrace.
     let run = || sslhost::guard::catch(|| execute(cli));
     // The script runs on a worker of the thread pool the CPU kernels use (RAYON_NUM_THREADS
@@ -240,7 +256,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", render(&e));
-            ExitCode::from(e.exit_code() as u8)
+            let code = match e {
+                // What export reads is the user's input, as a script is.
+                Error::Backend(_) => 1,
+                _ if takes_input => 2,
+                _ => e.exit_code(),
+            };
+            ExitCode::from(code as u8)
         }
     }
 }
@@ -356,6 +378,42 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_data_root(data);
             engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
+            Ok(())
+        }
+        Command::Export { run, net, output } => {
+            let done = sslhost::train::export::export(&run, net.as_deref(), &output)?;
+            let c = &done.config;
+            println!(
+                "exported {} ({} steps): ResNet depth {}, {} stem, widths {:?}{}, {} tensors -> {}",
+                done.net,
+                done.steps,
+                c.depth,
+                if c.cifar_stem { "CIFAR" } else { "ImageNet" },
+                c.widths,
+                c.blocks
+                    .map(|b| format!(", blocks {b:?}"))
+                    .unwrap_or_default(),
+                done.tensors,
+                output.display()
+            );
+            match done.torchvision_model {
+                Some(m) => println!(
+                    "loads into torchvision.models.{m}(){} with strict=True except fc",
+                    if c.cifar_stem {
+                        format!(
+                            " after the CIFAR stem change (conv1 = Conv2d({}, {}, 3, stride={}, \
+                             padding=1, bias=False), maxpool = Identity())",
+                            c.in_channels, c.widths[0], c.stem_stride
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => println!(
+                    "custom widths or blocks: build it from torchvision's ResNet and BasicBlock/\
+                     Bottleneck classes (scripts/check_export.py shows how)"
+                ),
+            }
             Ok(())
         }
         Command::Bench {

@@ -114,6 +114,26 @@ impl<'a> Options<'a> {
         }
     }
 
+    /// A string option, if given.
+    pub fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .into_string()
+                .map(Some)
+                .map_err(|t| self.wrong(key, "a string", t)),
+        }
+    }
+
+    /// A positive integer option, if given.
+    pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.map.contains_key(key) {
+            true => self.usize(key, 1).map(Some),
+            false => Ok(None),
+        }
+    }
+
     /// An array-of-positive-integers option.
     pub fn shape(&self, key: &str) -> Result<Option<Vec<usize>>> {
         match self.map.get(key) {

@@ -16,6 +16,7 @@ pub mod data_api {
     use crate::error::Error;
     use crate::session;
     use crate::tensor::DynTensor;
+    use crate::train::tensor_file;
 
     /// Labelled images of one size.
     pub type Dataset = d::Dataset;
@@ -52,6 +53,41 @@ pub mod data_api {
             roots.extend(crate::train::current::dir_path());
             let path = crate::files::script_output(path, &roots, "png", d::png::ours)?;
             d::png::save_grid(&images, &path, nrow, padding)
+        })
+    }
+
+    /// Writes named tensors to a safetensors file (`safetensors.torch.load_file` reads it;
+    /// float tensors as F32, int tensors as I64, each with a checksum): features to compare
+    /// with another framework, embeddings to plot. The path ends in `.safetensors` and lies
+    /// below the working directory or the run directory; an existing file is replaced only
+    /// when sslhost wrote it.
+    ///
+    /// ```rhai
+    /// let x = tensor([[1.0, 2.0], [3.0, 4.0]]);
+    /// save_tensors("features.safetensors", #{ features: x, labels: x.argmax(1) });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn save_tensors(path: &str, tensors: Map) -> RhaiResult<()> {
+        run(|| {
+            let mut named = Vec::with_capacity(tensors.len());
+            for (name, value) in &tensors {
+                let t = value.clone().try_cast::<DynTensor>().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "save_tensors: `{name}` is a {}, not a tensor",
+                        value.type_name()
+                    ))
+                })?;
+                named.push(tensor_file::NamedTensor::of(name, &t)?);
+            }
+            let mut roots = vec![std::path::PathBuf::from(".")];
+            roots.extend(crate::train::current::dir_path());
+            let path =
+                crate::files::script_output(path, &roots, "safetensors", tensor_file::is_ours)?;
+            let meta = std::collections::BTreeMap::from([(
+                "format".to_string(),
+                tensor_file::SCRIPT_FORMAT.to_string(),
+            )]);
+            tensor_file::write(&path, &named, &meta)
         })
     }
 

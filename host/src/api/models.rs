@@ -81,6 +81,44 @@ pub mod models_api {
         })
     }
 
+    /// A ResNet with trained weights: from a run directory or a checkpoint file (the ResNet
+    /// of its `online` network), or from a backbone in torchvision's layout (`sslhost
+    /// export`'s file, or a torchvision `state_dict` saved with `safetensors.torch.save_file`;
+    /// `fc` is ignored). The architecture is read from the file, else from the weights.
+    ///
+    /// ```rhai
+    /// let backbone = load_backbone("backbone.safetensors");
+    /// ```
+    #[rhai_fn(name = "load_backbone", return_raw)]
+    pub fn load_backbone_default(path: &str) -> RhaiResult<Net> {
+        load_backbone(path, Map::new())
+    }
+
+    /// `load_backbone` with options: `net` (which network of a checkpoint: `"target"`,
+    /// `"online.0"`; default the only ResNet, else `online`'s) and `stem_stride` (a CIFAR
+    /// stem's stride, which the weights of a torchvision file cannot show; default 1 there,
+    /// the recorded one in sslhost's files).
+    ///
+    /// ```rhai
+    /// let target = load_backbone("runs/byol-20261204-101500", #{ net: "target" });
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn load_backbone(path: &str, options: Map) -> RhaiResult<Net> {
+        run(|| {
+            let o = Options::new(&options, "load_backbone", &["net", "stem_stride"])?;
+            let net = o.string("net")?;
+            let stride = o.usize_opt("stem_stride")?;
+            let device = session::device();
+            let (backbone, _) = crate::train::export::load_backbone(
+                std::path::Path::new(path),
+                net.as_deref(),
+                stride,
+                &device,
+            )?;
+            Ok(backbone)
+        })
+    }
+
     /// An MLP over widths `[in, hidden.., out]` with batch norm after hidden layers.
     ///
     /// ```rhai

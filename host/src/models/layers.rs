@@ -86,6 +86,11 @@ impl Conv2dConfig {
 }
 
 impl Conv2d {
+    /// The stride on both axes.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
     /// `[N, in, H, W] -> [N, out, H', W']`, in f32 or, under half activations, in the half
     /// type (see [`precision`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -97,7 +102,7 @@ impl Conv2d {
 }
 
 /// Configuration of a [`Linear`] layer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinearConfig {
     /// Input features.
     pub d_input: usize,
@@ -153,6 +158,12 @@ impl LinearConfig {
 }
 
 impl Linear {
+    /// The configuration that builds a layer of this one's shape.
+    pub fn config(&self) -> LinearConfig {
+        let [d_output, d_input] = self.weight.dims();
+        LinearConfig::new(d_input, d_output).with_bias(self.bias.is_some())
+    }
+
     /// `[N, in] -> [N, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = precision::matrix_op(x, self.weight.val(), crate::kernels::linear);

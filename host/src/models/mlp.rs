@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::tensor::HostRng;
 
 /// Configuration of an [`Mlp`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MlpConfig {
     /// Widths: input, hidden..., output (at least two entries).
     pub dims: Vec<usize>,
@@ -77,6 +77,19 @@ impl MlpConfig {
 }
 
 impl Mlp {
+    /// The configuration that builds an MLP of this one's shape.
+    pub fn config(&self) -> MlpConfig {
+        let last = self.layers.len() - 1;
+        let mut dims = vec![self.d_input()];
+        dims.extend(self.layers.iter().map(|l| l.linear.weight.dims()[0]));
+        MlpConfig {
+            dims,
+            batch_norm: self.layers[..last].iter().any(|l| l.bn.is_some()),
+            last_batch_norm: self.layers[last].bn.is_some(),
+            bias: self.layers[0].linear.bias.is_some(),
+        }
+    }
+
     /// Input width.
     pub fn d_input(&self) -> usize {
         self.layers[0].linear.weight.dims()[1]

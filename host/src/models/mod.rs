@@ -1,5 +1,6 @@
 //! Plain Burn models: layers, ResNets, MLPs, and the shared network handle scripts use.
 
+pub mod architecture;
 pub mod flat;
 pub mod layers;
 pub mod mlp;
@@ -7,7 +8,9 @@ pub mod net;
 pub mod params;
 pub mod queue;
 pub mod resnet;
+pub mod torchvision;
 
+pub use architecture::Architecture;
 pub use mlp::MlpConfig;
 pub use net::SharedNet;
 pub use queue::Queue;

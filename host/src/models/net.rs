@@ -13,6 +13,7 @@ use burn::module::Flag;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Gradients, Tensor};
 
+use super::architecture::Architecture;
 use super::flat::{self, FlatLayout};
 use super::layers::{Linear, LinearConfig};
 use super::mlp::{Mlp, MlpConfig};
@@ -205,6 +206,19 @@ impl SharedNet {
     /// True if both handles point at the same network.
     pub fn same(&self, other: &SharedNet) -> bool {
         Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// What this network is, without its weights.
+    pub fn architecture(&self) -> Architecture {
+        let node = self.0.borrow();
+        match &node.net {
+            Net::ResNet(r) => Architecture::Resnet(r.config()),
+            Net::Mlp(m) => Architecture::Mlp(m.config()),
+            Net::Linear(l) => Architecture::Linear(l.config()),
+            Net::Sequential(parts) => {
+                Architecture::Sequential(parts.iter().map(|p| p.architecture()).collect())
+            }
+        }
     }
 
     /// A short description, e.g. `resnet(features 512)`.

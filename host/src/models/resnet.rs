@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::tensor::HostRng;
 
 /// Configuration of a [`ResNet`] backbone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResNetConfig {
     /// 18, 34 or 50.
     pub depth: usize,
@@ -74,7 +74,7 @@ impl ResNetConfig {
     }
 
     /// Blocks per stage and whether blocks are bottlenecks.
-    fn layout(&self) -> Result<([usize; 4], bool)> {
+    pub fn layout(&self) -> Result<([usize; 4], bool)> {
         let (blocks, bottleneck) = match self.depth {
             18 => ([2, 2, 2, 2], false),
             34 => ([3, 4, 6, 3], false),
@@ -207,6 +207,32 @@ impl Block {
 }
 
 impl ResNet {
+    /// The configuration that builds a network of this one's shape (the depth is 50 for
+    /// bottleneck blocks, 34 or 18 for basic ones; `blocks` is set where the stage lengths
+    /// differ from the depth's).
+    pub fn config(&self) -> ResNetConfig {
+        let stages = [&self.layer1, &self.layer2, &self.layer3, &self.layer4];
+        let blocks = stages.map(|l| l.len());
+        let bottleneck = self.layer1[0].conv3.is_some();
+        let depth = match (bottleneck, blocks) {
+            (true, _) => 50,
+            (false, [3, 4, 6, 3]) => 34,
+            _ => 18,
+        };
+        let mut config = ResNetConfig::new(depth);
+        config.cifar_stem = self.cifar_stem;
+        config.in_channels = self.in_channels();
+        config.widths = stages.map(|l| l[0].conv1.weight.dims()[0]);
+        let standard = config.layout().map(|(b, _)| b).ok();
+        config.blocks = (standard != Some(blocks)).then_some(blocks);
+        config.stem_stride = if self.cifar_stem {
+            self.conv1.stride()
+        } else {
+            1
+        };
+        config
+    }
+
     /// The width of the output features.
     pub fn features(&self) -> usize {
         self.features

@@ -43,6 +43,8 @@ pub struct ParamState {
     pub second: Option<Tensor<4>>,
     /// Updates applied to this parameter.
     pub steps: u64,
+    /// The parameter's shape (the state tensors are held padded to rank 4).
+    pub shape: Vec<usize>,
 }
 
 /// One update of a network's parameters laid end to end (see [`crate::models::flat`]): every
@@ -115,6 +117,7 @@ impl LeafState {
                 first: self.first.as_ref().map(|f| self.layout.slice4(f, j)),
                 second: self.second.as_ref().map(|v| self.layout.slice4(v, j)),
                 steps: self.steps,
+                shape: e.shape.clone(),
             };
             (param_key(&prefix, &e.name), state)
         })

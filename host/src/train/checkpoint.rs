@@ -2,7 +2,13 @@
 //! generator's position, in one tensor file written atomically.
 //!
 //! Names: `<key>/<param>` for networks; `<key>/<net>.<param>/first|second|steps` and
-//! `<key>/steps` for optimisers. Metadata: `format`, `next_step`, `rng`, `seed`.
+//! `<key>/steps` for optimisers; `<key>/keys` for queues. Tensors are stored at their own
+//! rank (`[C]` for a batch norm's scale), each with a checksum (`tensor_file`).
+//!
+//! Metadata (all strings): `format` (`sslhost-checkpoint-2`), `format_version`,
+//! `sslhost_version`, `next_step`, `rng`, `seed`, `config` (the resolved config as JSON) and
+//! `networks` (each saved network's architecture, JSON by key). Version 1 files (every
+//! tensor padded to rank 4, no checksums, no architectures) still load.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -13,12 +19,28 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::tensor_file::{self, NamedTensor, Values};
 use crate::error::{Error, Result};
-use crate::models::{Queue, SharedNet};
+use crate::models::{Architecture, Queue, SharedNet};
 use crate::optim::{Optimizer, ParamState};
 use crate::tensor::{DynTensor, RngState};
 
 /// The format tag written into every checkpoint.
-pub const FORMAT: &str = "sslhost-checkpoint-1";
+pub const FORMAT: &str = "sslhost-checkpoint-2";
+
+/// The tag of version 1 files, which still load.
+const FORMAT_V1: &str = "sslhost-checkpoint-1";
+
+/// Where a checkpoint continues, and what made it: its metadata besides the tensors.
+#[derive(Clone, Debug)]
+pub struct Position {
+    /// The first step the resumed run executes.
+    pub next_step: u64,
+    /// The random generator's position at that step.
+    pub rng: RngState,
+    /// The run's seed (`--seed`), which data orders derive from.
+    pub seed: u64,
+    /// The run's resolved config, when the recipe has one.
+    pub config: Option<serde_json::Value>,
+}
 
 /// What a checkpoint can hold: a network, an optimiser's state, a queue. Each writes its
 /// tensors under its key and reads them back; a new kind of run state implements this.
@@ -32,6 +54,10 @@ pub trait Checkpointed {
     fn non_finite(&self, _key: &str) -> Option<String> {
         None
     }
+    /// What it is, when it is a network (saved so the file can be used without the recipe).
+    fn architecture(&self) -> Option<Architecture> {
+        None
+    }
 }
 
 /// One tracked thing of a checkpoint (shared with the script that holds it).
@@ -41,8 +67,12 @@ impl Checkpointed for SharedNet {
     fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>> {
         self.parameters()
             .into_iter()
-            .map(|(name, t)| float(format!("{key}/{name}"), &t.promoted4()))
+            .map(|(name, t)| float(format!("{key}/{name}"), &t.promoted4(), t.shape()))
             .collect()
+    }
+
+    fn architecture(&self) -> Option<Architecture> {
+        Some(SharedNet::architecture(self))
     }
 
     fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()> {
@@ -69,6 +99,7 @@ impl Checkpointed for RefCell<Queue> {
         Ok(vec![float(
             format!("{key}/keys"),
             &keys.reshape([1, 1, n, d]),
+            vec![n, d],
         )?])
     }
 
@@ -94,10 +125,10 @@ impl Checkpointed for RefCell<Optimizer> {
             let base = format!("{key}/{param}");
             tensors.push(int(format!("{base}/steps"), st.steps));
             if let Some(t) = &st.first {
-                tensors.push(float(format!("{base}/first"), t)?);
+                tensors.push(float(format!("{base}/first"), t, st.shape.clone())?);
             }
             if let Some(t) = &st.second {
-                tensors.push(float(format!("{base}/second"), t)?);
+                tensors.push(float(format!("{base}/second"), t, st.shape.clone())?);
             }
         }
         Ok(tensors)
@@ -126,6 +157,7 @@ impl Checkpointed for RefCell<Optimizer> {
                 first: optional("first")?,
                 second: optional("second")?,
                 steps: loaded.count(name)?,
+                shape: Vec::new(),
             };
             state.insert(param.to_string(), st);
         }
@@ -143,12 +175,18 @@ pub struct Loaded {
     pub rng: RngState,
     /// The run's seed (`--seed`), which data orders derive from; older files lack it.
     pub seed: Option<u64>,
+    /// The resolved config of the run that wrote it (version 2).
+    pub config: Option<serde_json::Value>,
+    /// The architecture of each saved network, by key (version 2).
+    pub networks: BTreeMap<String, Architecture>,
+    /// The format version: 1 or 2.
+    pub version: u32,
     tensors: HashMap<String, NamedTensor>,
     path: String,
 }
 
-fn float(name: String, t: &Tensor<4>) -> Result<NamedTensor> {
-    let shape = t.dims().to_vec();
+/// `t` (held padded to rank 4) stored with its own `shape`.
+fn float(name: String, t: &Tensor<4>, shape: Vec<usize>) -> Result<NamedTensor> {
     let values = crate::tensor::float_values(t.clone())?;
     Ok(NamedTensor {
         name,
@@ -166,25 +204,35 @@ fn int(name: String, v: u64) -> NamedTensor {
 }
 
 /// Writes a checkpoint of `items` to `path` (atomically).
-pub fn save(
-    path: &Path,
-    next_step: u64,
-    rng: &RngState,
-    seed: u64,
-    items: &[(String, Item)],
-) -> Result<()> {
+pub fn save(path: &Path, at: &Position, items: &[(String, Item)]) -> Result<()> {
     let mut tensors = Vec::new();
+    let mut networks = serde_json::Map::new();
     for (key, item) in items {
         tensors.extend(item.tensors(key)?);
+        if let Some(a) = item.architecture() {
+            networks.insert(key.clone(), serde_json::to_value(a).expect("plain data"));
+        }
     }
-    let metadata = BTreeMap::from([
+    let mut metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("next_step".to_string(), next_step.to_string()),
-        ("rng".to_string(), rng.encode()),
-        ("seed".to_string(), seed.to_string()),
+        ("format_version".to_string(), "2".to_string()),
+        ("sslhost_version".to_string(), VERSION.to_string()),
+        ("next_step".to_string(), at.next_step.to_string()),
+        ("rng".to_string(), at.rng.encode()),
+        ("seed".to_string(), at.seed.to_string()),
+        (
+            "networks".to_string(),
+            serde_json::Value::Object(networks).to_string(),
+        ),
     ]);
+    if let Some(config) = &at.config {
+        metadata.insert("config".into(), config.to_string());
+    }
     tensor_file::write(path, &tensors, &metadata)
 }
+
+/// The version of sslhost that writes checkpoints and exports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The step a checkpoint continues from, reading only its header.
 pub fn next_step(path: &Path) -> Result<u64> {
@@ -198,9 +246,25 @@ pub fn next_step(path: &Path) -> Result<u64> {
 pub fn load(path: &Path) -> Result<Loaded> {
     let (tensors, meta) = tensor_file::read(path)?;
     let bad = |what: &str| Error::file(path, format!("not an sslhost checkpoint: {what}"));
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad("missing or unknown format tag"));
-    }
+    let version = match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => 2,
+        Some(FORMAT_V1) => 1,
+        Some(other) => {
+            return Err(bad(&format!(
+                "format `{other}` (this sslhost reads {FORMAT_V1} and {FORMAT}; a newer \
+                 sslhost wrote it?)"
+            )));
+        }
+        None => return Err(bad("no format tag")),
+    };
+    let config = match meta.get("config") {
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| bad(&format!("config: {e}")))?),
+        None => None,
+    };
+    let networks = match meta.get("networks") {
+        Some(text) => serde_json::from_str(text).map_err(|e| bad(&format!("networks: {e}")))?,
+        None => BTreeMap::new(),
+    };
     let next_step = meta
         .get("next_step")
         .and_then(|s| s.parse().ok())
@@ -213,25 +277,48 @@ pub fn load(path: &Path) -> Result<Loaded> {
         next_step,
         rng,
         seed: meta.get("seed").and_then(|s| s.parse().ok()),
+        config,
+        networks,
+        version,
         tensors: tensors.into_iter().map(|t| (t.name.clone(), t)).collect(),
         path: path.display().to_string(),
     })
 }
 
 impl Loaded {
+    /// The stored tensor `name`, if the file has it.
+    pub fn tensor(&self, name: &str) -> Option<&NamedTensor> {
+        self.tensors.get(name)
+    }
+
+    /// The names of the stored tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Tensor `name` padded to rank 4 (as the host holds tensors), from its stored rank
+    /// (version 2) or the padded one (version 1).
     fn tensor4(&self, name: &str, device: &Device) -> Result<Tensor<4>> {
         let t = self
             .tensors
             .get(name)
             .ok_or_else(|| Error::file(&self.path, format!("the checkpoint has no `{name}`")))?;
-        match (&t.values, t.shape.as_slice()) {
-            (Values::F32(v), &[a, b, c, d]) => Ok(Tensor::from_data(
-                TensorData::new(v.clone(), [a, b, c, d]),
+        match &t.values {
+            Values::F32(v) if (1..=4).contains(&t.shape.len()) => Ok(Tensor::from_data(
+                TensorData::new(v.clone(), crate::tensor::padded(&t.shape)),
                 device,
             )),
             _ => Err(Error::file(
                 &self.path,
-                format!("`{name}` is not a stored float tensor"),
+                format!(
+                    "`{name}` is not a stored float tensor of rank 1 to 4 (shape {:?})",
+                    t.shape
+                ),
             )),
         }
     }

@@ -66,23 +66,38 @@ pub fn track(items: &[(String, Item)]) {
 /// Writes `items` to the run directory's last checkpoint, continuing at the session's next
 /// step with its random state. `None` when there is no run directory.
 pub fn save_checkpoint(items: &[(String, Item)]) -> Option<Result<PathBuf>> {
-    let (next, rng, seed) = crate::session::with(|s| (s.next_step(), s.rng.state(), s.seed));
+    let at = position(None);
+    let next = at.next_step;
     with_dir(|d| {
         let path = d.last_checkpoint();
-        checkpoint::save(&path, next, &rng, seed, items)?;
+        checkpoint::save(&path, &at, items)?;
         tracing::info!("checkpoint: {} (resumes at step {next})", path.display());
         Ok(path)
+    })
+}
+
+/// A checkpoint's position: the session's next step and generator, or `at` (a step and
+/// the generator's state there); the run's seed and resolved config.
+fn position(at: Option<(u64, crate::tensor::RngState)>) -> checkpoint::Position {
+    crate::session::with(|s| {
+        let (next_step, rng) = at.unwrap_or_else(|| (s.next_step(), s.rng.state()));
+        checkpoint::Position {
+            next_step,
+            rng,
+            seed: s.seed,
+            config: s.config.clone(),
+        }
     })
 }
 
 /// `sslhost check`'s checkpoint: `items` written to a temporary folder and read back (the
 /// folder is removed); the path it had.
 pub fn check_checkpoint(items: &[(String, Item)]) -> Result<PathBuf> {
-    let (next, rng, seed) = crate::session::with(|s| (s.next_step(), s.rng.state(), s.seed));
+    let at = position(None);
     let dir = std::env::temp_dir().join(format!("sslhost-check-{}", std::process::id()));
     let path = dir.join("last.safetensors");
-    let saved = checkpoint::save(&path, next, &rng, seed, items)
-        .and_then(|()| checkpoint::load(&path).map(|_| ()));
+    let saved =
+        checkpoint::save(&path, &at, items).and_then(|()| checkpoint::load(&path).map(|_| ()));
     let _ = std::fs::remove_dir_all(&dir);
     saved.map(|()| path)
 }
@@ -120,7 +135,7 @@ pub fn stop_for_interrupt() -> Error {
 /// failure after an update resumes at the next step. Weights holding NaN or Inf are not
 /// saved: the last periodic checkpoint stays.
 pub fn checkpoint_after_error() -> Option<String> {
-    let (check, step, start, updated, step_rng, rng, seed) = crate::session::with(|s| {
+    let (check, step, start, updated, step_rng, rng) = crate::session::with(|s| {
         (
             s.check,
             s.step,
@@ -128,7 +143,6 @@ pub fn checkpoint_after_error() -> Option<String> {
             s.step_updated,
             s.step_rng.clone(),
             s.rng.state(),
-            s.seed,
         )
     });
     let step = step.filter(|_| !check)?;
@@ -158,7 +172,7 @@ pub fn checkpoint_after_error() -> Option<String> {
     }
     let saved = with_dir(|d| {
         let path = d.last_checkpoint();
-        checkpoint::save(&path, next, &rng, seed, &tracked)?;
+        checkpoint::save(&path, &position(Some((next, rng))), &tracked)?;
         Ok(d.path().to_path_buf())
     })?;
     Some(match saved {

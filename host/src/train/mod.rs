@@ -1,9 +1,10 @@
 //! Runs: the run directory and metrics (JSON lines, TensorBoard, curves), progress,
-//! checkpoint files, evaluation (kNN).
+//! checkpoint files, exported backbones, evaluation (kNN).
 
 pub mod checkpoint;
 pub mod current;
 pub mod curves;
+pub mod export;
 pub mod knn;
 pub mod progress;
 pub mod run_dir;

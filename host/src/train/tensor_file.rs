@@ -1,15 +1,22 @@
-//! Named tensors in the safetensors layout (PyTorch users can open our checkpoints), written
-//! atomically: a temporary file in the same folder, flushed, then renamed over the target.
+//! Named tensors in a safetensors file (the `safetensors` crate's layout, which PyTorch's
+//! `safetensors.torch.load_file` reads), written atomically: the whole file is serialised in
+//! memory, then written to a temporary file in the same folder and renamed over the target.
 //!
-//! Layout: an 8-byte little-endian header length, a JSON header mapping each name to
-//! `{dtype, shape, data_offsets}` (plus `__metadata__`, string to string), then the data.
+//! Every file written here carries a CRC-32 of each tensor's bytes in its metadata
+//! (`checksums`, a JSON object of name to 8 hex digits); reading checks them, so a flipped
+//! bit is an error naming the file and the tensor rather than a silently different network.
+//! Files without checksums (version 1 checkpoints, files from elsewhere) are read unchecked.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use safetensors::{Dtype, SafeTensors, View};
 
 use crate::error::{Error, Result};
+
+/// The metadata key of the per-tensor checksums.
+const CHECKSUMS: &str = "checksums";
 
 /// The values of one stored tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,33 +30,79 @@ pub enum Values {
 /// One named tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
-    /// Its name, e.g. `online.0.conv1.weight`.
+    /// Its name, e.g. `online/0.conv1.weight`.
     pub name: String,
-    /// Its shape.
+    /// Its shape (`[]` for a scalar, as PyTorch's `num_batches_tracked`).
     pub shape: Vec<usize>,
     /// Its values, row-major.
     pub values: Values,
 }
 
 impl NamedTensor {
+    /// A script tensor's values, named (reads the device).
+    pub fn of(name: &str, t: &crate::tensor::DynTensor) -> Result<Self> {
+        let values = if t.is_int() {
+            Values::I64(crate::tensor::int_values(t.int4("save_tensors")?)?)
+        } else {
+            Values::F32(crate::tensor::float_values(t.promoted4())?)
+        };
+        Ok(NamedTensor {
+            name: name.to_string(),
+            shape: t.shape(),
+            values,
+        })
+    }
+
     fn len(&self) -> usize {
         match &self.values {
             Values::F32(v) => v.len(),
             Values::I64(v) => v.len(),
         }
     }
+
+    fn bytes(&self) -> Vec<u8> {
+        match &self.values {
+            Values::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Values::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
 }
 
-/// Writes `tensors` and `metadata` to `path` atomically.
+/// A tensor ready for the `safetensors` writer: its bytes, made once.
+struct Encoded<'a> {
+    tensor: &'a NamedTensor,
+    bytes: Vec<u8>,
+}
+
+impl View for &Encoded<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.tensor.values {
+            Values::F32(_) => Dtype::F32,
+            Values::I64(_) => Dtype::I64,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes `tensors` and `metadata` (plus the tensors' checksums) to `path` atomically.
 pub fn write(
     path: &Path,
     tensors: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!(metadata));
-    let mut offset = 0usize;
-    let mut data = Vec::new();
+    let mut encoded = Vec::with_capacity(tensors.len());
+    let mut checksums = serde_json::Map::new();
     for t in tensors {
         if t.shape.iter().product::<usize>() != t.len() {
             return Err(Error::Shape(format!(
@@ -59,31 +112,39 @@ pub fn write(
                 t.shape
             )));
         }
-        let (dtype, bytes): (&str, Vec<u8>) = match &t.values {
-            Values::F32(v) => ("F32", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            Values::I64(v) => ("I64", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        };
-        let end = offset + bytes.len();
-        header.insert(
-            t.name.clone(),
-            json!({ "dtype": dtype, "shape": t.shape, "data_offsets": [offset, end] }),
-        );
-        data.extend(bytes);
-        offset = end;
+        let bytes = t.bytes();
+        checksums.insert(t.name.clone(), checksum(&bytes).into());
+        encoded.push(Encoded { tensor: t, bytes });
     }
-    let mut head = serde_json::to_vec(&Value::Object(header)).expect("json of plain values");
-    // Pad the header with spaces so the data starts 8-byte aligned, as safetensors does.
-    while !(8 + head.len()).is_multiple_of(8) {
-        head.push(b' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + head.len() + data.len());
-    bytes.extend((head.len() as u64).to_le_bytes());
-    bytes.extend(head);
-    bytes.extend(data);
+    let mut info: HashMap<String, String> = metadata.clone().into_iter().collect();
+    info.insert(
+        CHECKSUMS.into(),
+        serde_json::Value::Object(checksums).to_string(),
+    );
+    let bytes = safetensors::serialize(
+        encoded.iter().map(|e| (e.tensor.name.as_str(), e)),
+        Some(info),
+    )
+    .map_err(|e| Error::file(path, format!("cannot encode the tensors: {e}")))?;
     crate::files::write_atomic(path, &bytes)
 }
 
-/// The metadata of a file written by [`write()`], reading only its header.
+/// The format tag of the tensors a script saves (`save_tensors`).
+pub const SCRIPT_FORMAT: &str = "sslhost-tensors-1";
+
+/// Whether the file at `path` is one sslhost wrote (a checkpoint, an export, a script's
+/// tensors), which a script may replace.
+pub fn is_ours(path: &Path) -> bool {
+    read_metadata(path).is_ok_and(|m| m.get("format").is_some_and(|f| f.starts_with("sslhost")))
+}
+
+/// A CRC-32 of `bytes` as 8 hex digits.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// The metadata of a safetensors file, reading only its header (a checkpoint's step before
+/// its tensors are needed).
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     use std::io::Read;
     let bad = |what: String| Error::file(path, format!("not a tensor file: {what}"));
@@ -98,94 +159,86 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(e.to_string()))?;
-    let header: serde_json::Map<String, Value> =
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: BTreeMap<String, String>,
+    }
+    let header: Header =
         serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    Ok(match header.get("__metadata__") {
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-            .collect(),
-        _ => BTreeMap::new(),
-    })
+    Ok(header.metadata)
 }
 
-/// Reads a file written by [`write()`] (or any safetensors file of F32/I64 tensors).
+/// Reads a safetensors file of F32 and I64 tensors (sslhost's own, or one from elsewhere),
+/// checking the tensors against their checksums when the file has them. Tensors come back in
+/// name order.
 pub fn read(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let bad = |what: &str| Error::file(path, format!("not a valid tensor file: {what}"));
-    if bytes.len() < 8 {
-        return Err(bad("shorter than its 8-byte header length"));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let data_start = 8usize
-        .checked_add(n)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| bad("header runs past the end"))?;
-    let header: serde_json::Map<String, Value> =
-        serde_json::from_slice(&bytes[8..data_start]).map_err(|e| bad(&format!("header: {e}")))?;
-    let data = &bytes[data_start..];
-    let mut metadata = BTreeMap::new();
-    let mut tensors = Vec::new();
-    for (name, entry) in header {
-        if name == "__metadata__" {
-            if let Value::Object(m) = entry {
-                for (k, v) in m {
-                    metadata.insert(k, v.as_str().unwrap_or_default().to_string());
-                }
+    let bad = |what: String| Error::file(path, format!("not a valid tensor file: {what}"));
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| {
+        bad(match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer
+            | safetensors::SafeTensorError::InvalidHeaderLength => {
+                format!("{e} (truncated?)")
             }
-            continue;
+            e => e.to_string(),
+        })
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let checksums: Option<HashMap<String, String>> = match metadata.get(CHECKSUMS) {
+        Some(text) => {
+            Some(serde_json::from_str(text).map_err(|e| bad(format!("its checksums: {e}")))?)
         }
-        let dtype = entry["dtype"]
-            .as_str()
-            .ok_or_else(|| bad(&format!("{name}: no dtype")))?;
-        let shape: Vec<usize> = entry["shape"]
-            .as_array()
-            .ok_or_else(|| bad(&format!("{name}: no shape")))?
-            .iter()
-            .map(|d| d.as_u64().map(|d| d as usize))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad(&format!("{name}: bad shape")))?;
-        let offsets = entry["data_offsets"]
-            .as_array()
-            .ok_or_else(|| bad(&format!("{name}: no offsets")))?;
-        let (b, e) = match offsets.as_slice() {
-            [b, e] => (
-                b.as_u64().unwrap_or(u64::MAX) as usize,
-                e.as_u64().unwrap_or(0) as usize,
-            ),
-            _ => return Err(bad(&format!("{name}: bad offsets"))),
-        };
-        if b > e || e > data.len() {
-            return Err(bad(&format!(
-                "{name}: data {b}..{e} outside the file (truncated?)"
-            )));
+        None => None,
+    };
+    let mut tensors = Vec::new();
+    for (name, view) in file.iter() {
+        let raw = view.data();
+        if let Some(sums) = &checksums {
+            match sums.get(name) {
+                Some(sum) if *sum == checksum(raw) => {}
+                Some(_) => {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor `{name}` fails its checksum: the file was damaged after \
+                             it was written (restore it, or resume from another checkpoint)"
+                        ),
+                    ));
+                }
+                None => return Err(bad(format!("tensor `{name}` has no checksum"))),
+            }
         }
-        let raw = &data[b..e];
-        let count: usize = shape.iter().product();
-        let values = match dtype {
-            "F32" if raw.len() == count * 4 => Values::F32(
+        let values = match view.dtype() {
+            Dtype::F32 => Values::F32(
                 raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect(),
             ),
-            "I64" if raw.len() == count * 8 => Values::I64(
+            Dtype::I64 => Values::I64(
                 raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect(),
             ),
             other => {
-                return Err(bad(&format!(
-                    "{name}: dtype {other} with {} bytes for shape {shape:?}",
-                    raw.len()
+                return Err(bad(format!(
+                    "tensor `{name}` is {other:?}; sslhost reads F32 and I64 tensors"
                 )));
             }
         };
         tensors.push(NamedTensor {
-            name,
-            shape,
+            name: name.to_string(),
+            shape: view.shape().to_vec(),
             values,
         });
     }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((tensors, metadata))
 }
 
@@ -193,37 +246,71 @@ pub fn read(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)>
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_truncation() {
-        let dir = std::env::temp_dir().join(format!("sslhost-tf-{}", std::process::id()));
-        let path = dir.join("a.safetensors");
-        let tensors = vec![
+    fn sample() -> Vec<NamedTensor> {
+        vec![
+            NamedTensor {
+                name: "a.num_batches_tracked".into(),
+                shape: vec![],
+                values: Values::I64(vec![42]),
+            },
             NamedTensor {
                 name: "w".into(),
                 shape: vec![2, 2],
                 values: Values::F32(vec![1.0, -2.5, 3.0, 0.0]),
             },
-            NamedTensor {
-                name: "step".into(),
-                shape: vec![1],
-                values: Values::I64(vec![42]),
-            },
-        ];
-        let mut meta = BTreeMap::new();
-        meta.insert("format".to_string(), "sslhost".to_string());
+        ]
+    }
+
+    #[test]
+    fn round_trip_truncation_and_a_flipped_bit() {
+        let dir = std::env::temp_dir().join(format!("sslhost-tf-{}", std::process::id()));
+        let path = dir.join("a.safetensors");
+        let tensors = sample();
+        let meta = BTreeMap::from([("format".to_string(), "sslhost".to_string())]);
         write(&path, &tensors, &meta).unwrap();
-        let (mut back, meta_back) = read(&path).unwrap();
-        back.sort_by(|a, b| b.name.cmp(&a.name));
+        let (back, meta_back) = read(&path).unwrap();
         assert_eq!(back, tensors);
-        assert_eq!(meta_back, meta);
-        // A truncated file is an error naming the file, not a panic.
+        assert_eq!(meta_back["format"], "sslhost");
+        assert!(meta_back.contains_key(CHECKSUMS));
+        assert_eq!(read_metadata(&path).unwrap(), meta_back);
         let bytes = std::fs::read(&path).unwrap();
+
+        // One flipped bit in the last tensor's data: an error naming the file and the tensor.
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 0x10;
+        std::fs::write(&path, &flipped).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("a.safetensors") && err.contains("`w` fails its checksum"),
+            "{err}"
+        );
+
+        // A truncated file is an error naming the file, not a panic.
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(
             err.contains("a.safetensors") && err.contains("truncated"),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn files_without_checksums_are_read() {
+        // As PyTorch's safetensors writes them: no metadata at all.
+        let t = &sample()[1];
+        let e = Encoded {
+            tensor: t,
+            bytes: t.bytes(),
+        };
+        let bytes = safetensors::serialize([("w", &e)], None).unwrap();
+        let dir = std::env::temp_dir().join(format!("sslhost-tf-plain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plain.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let (back, meta) = read(&path).unwrap();
+        assert_eq!(back, vec![t.clone()]);
+        assert!(meta.is_empty());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -79,13 +79,14 @@ def main():
     model.eval()
     print(f"loaded strictly (fc aside) into {model_name if model_name.startswith('resnet') else 'torchvision ResNet classes'}: {len(state)} tensors")
 
+    # sslhost writes a script's tensors only below the working directory.
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        out = pathlib.Path(tmp) / "features.safetensors"
+        out = pathlib.Path(tmp).resolve().relative_to(pathlib.Path.cwd().resolve()) / "features.safetensors"
         subprocess.run(
             [
                 args.sslhost, "run", str(ROOT / "scripts/export_features.rhai"),
                 "--device", "cpu", "--runs", tmp,
-                "--set", f"weights={args.backbone}", "--set", f"out={out.relative_to(pathlib.Path.cwd())}",
+                "--set", f"weights={args.backbone}", "--set", f"out={out}",
                 "--set", f"size={args.size}", "--set", f"count={args.count}",
             ],
             check=True,

@@ -1,4 +1,4 @@
-//! The `sslhost` command line: run | check | export | bench | gpu-selftest.
+//! The `sslhost` command line: run | check | export | eval | bench | gpu-selftest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +96,59 @@ enum Command {
         /// The file to write.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+    },
+    /// Evaluate a trained backbone on a labelled dataset: weighted kNN (cosine, T = 0.1) and
+    /// the offline linear protocol (frozen backbone, features computed once, a linear
+    /// classifier trained on them); writes eval.json beside the checkpoint or file and prints
+    /// a table. Without --knn or --linear, both.
+    Eval {
+        /// A run directory, a checkpoint, an exported backbone, or a torchvision state dict
+        /// saved with safetensors.
+        run: PathBuf,
+        /// Score the kNN classifier.
+        #[arg(long)]
+        knn: bool,
+        /// Train and score the linear classifier.
+        #[arg(long)]
+        linear: bool,
+        /// The network of a checkpoint (`online`, `target`, `online.0`). Default: the only
+        /// ResNet, else `online`'s.
+        #[arg(long, value_name = "NAME")]
+        net: Option<String>,
+        /// The labelled dataset (a name as `dataset(..)` takes, or a folder). Default: the
+        /// run's `data`.
+        #[arg(long, value_name = "NAME_OR_FOLDER")]
+        eval_data: Option<String>,
+        /// Directory holding the dataset's files (else $SSLHOST_DATA, then standard places).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The first N images of each split (0: all). Default: the run's `limit`.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The side images are resized to. Default: the run's `size`, else the dataset's.
+        #[arg(long)]
+        size: Option<usize>,
+        /// The kNN neighbourhoods.
+        #[arg(long, value_delimiter = ',', default_value = "20,200")]
+        k: Vec<usize>,
+        /// Linear protocol: epochs over the train features.
+        #[arg(long, default_value_t = 100)]
+        linear_epochs: usize,
+        /// Linear protocol: peak learning rate (SGD, momentum 0.9, cosine to 0).
+        #[arg(long, default_value_t = 0.1)]
+        linear_lr: f64,
+        /// Linear protocol: features per step.
+        #[arg(long, default_value_t = 256)]
+        linear_batch: usize,
+        /// Linear protocol: weight decay of the classifier's weight.
+        #[arg(long, default_value_t = 0.0)]
+        linear_weight_decay: f64,
+        /// Seed of the linear classifier's shuffles.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where tensors live: auto (CUDA if present), cuda, cpu, or cubecl-cpu.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
     },
     /// Time training steps of a method on random images (the recipes' networks, heads, losses,
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
@@ -201,7 +254,8 @@ Exit codes:
   0    the script ran to its end
   1    an error outside the script (a missing file, a device, a value sslhost refused)
   2    an error in the script (file:line:col, the line and a caret), a malformed command line,
-       or bad input to `export` (no checkpoint, an unknown net, a damaged file)
+       or bad input to `export` or `eval` (no checkpoint, an unknown net, a damaged file,
+       a dataset that does not fit)
   130  stopped by Ctrl-C (after writing a checkpoint at the step boundary)
 
 Environment:
@@ -240,7 +294,7 @@ fn main() -> ExitCode {
         .init();
     sslhost::guard::install_hook();
     let cli = Cli::parse();
-    let takes_input = matches!(cli.command, Command::Export { .. });
+    let takes_input = matches!(cli.command, Command::Export { .. } | Command::Eval { .. });
     // Anything that still panics is reported as an error, never as a panic with a backtrace.
     let run = || sslhost::guard::catch(|| execute(cli));
     // The script runs on a worker of the thread pool the CPU kernels use (RAYON_NUM_THREADS
@@ -414,6 +468,85 @@ fn execute(cli: Cli) -> Result<()> {
                      Bottleneck classes (scripts/check_export.py shows how)"
                 ),
             }
+            Ok(())
+        }
+        Command::Eval {
+            run,
+            knn,
+            linear,
+            net,
+            eval_data,
+            data,
+            limit,
+            size,
+            k,
+            linear_epochs,
+            linear_lr,
+            linear_batch,
+            linear_weight_decay,
+            seed,
+            device,
+        } => {
+            use sslhost::train::evaluation::{EvalRequest, evaluate};
+            check_data_dir(data.as_deref())?;
+            use sslhost::train::linear_eval::LinearEvalConfig;
+            let both = !knn && !linear;
+            let request = EvalRequest {
+                source: run,
+                net,
+                dataset: eval_data,
+                data_root: data.or_else(|| std::env::var_os("SSLHOST_DATA").map(PathBuf::from)),
+                limit,
+                size,
+                knn_k: if knn || both { k } else { Vec::new() },
+                linear: (linear || both).then_some(LinearEvalConfig {
+                    epochs: linear_epochs,
+                    lr: linear_lr,
+                    batch_size: linear_batch,
+                    weight_decay: linear_weight_decay,
+                    ..LinearEvalConfig::default()
+                }),
+                seed,
+            };
+            let (device, policy) = open_device(device, PrecisionChoice::F32)?;
+            kernels::install(policy);
+            let (r, path) = evaluate(&request, &device)?;
+            println!(
+                "{}{}{}: {} ({} train / {} test images at {}x{}), {} features",
+                r.weights,
+                r.net
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                r.steps.map(|s| format!(", {s} steps")).unwrap_or_default(),
+                r.dataset,
+                r.train_images,
+                r.test_images,
+                r.image_size,
+                r.image_size,
+                r.features
+            );
+            println!("  {:<62} {:>7}", "protocol", "top-1");
+            for s in &r.knn {
+                println!(
+                    "  {:<62} {:>6.2}%",
+                    format!("kNN k={}, weighted, cosine, T={}", s.k, s.temperature),
+                    100.0 * s.top1
+                );
+            }
+            if let Some(l) = &r.linear {
+                let p = &l.protocol;
+                println!(
+                    "  {:<62} {:>6.2}%  (train {:.2}%)",
+                    format!(
+                        "linear, {} epochs, SGD lr {} cosine, batch {}, wd {}",
+                        p.epochs, p.lr, p.batch_size, p.weight_decay
+                    ),
+                    100.0 * l.result.top1,
+                    100.0 * l.result.train_top1
+                );
+            }
+            println!("wrote {} ({:.1} s)", path.display(), r.seconds);
             Ok(())
         }
         Command::Bench {

@@ -109,13 +109,13 @@ pub mod models_api {
             let net = o.string("net")?;
             let stride = o.usize_opt("stem_stride")?;
             let device = session::device();
-            let (backbone, _) = crate::train::export::load_backbone(
+            let loaded = crate::train::export::load_backbone(
                 std::path::Path::new(path),
                 net.as_deref(),
                 stride,
                 &device,
             )?;
-            Ok(backbone)
+            Ok(loaded.net)
         })
     }
 

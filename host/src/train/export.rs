@@ -308,6 +308,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A trained ResNet read back, and where it came from.
+pub struct LoadedBackbone {
+    /// The network, in training mode.
+    pub net: crate::models::SharedNet,
+    /// Its configuration.
+    pub config: ResNetConfig,
+    /// The file its weights came from.
+    pub file: PathBuf,
+    /// Which network it was in a checkpoint (`online.0`); `None` for a backbone file.
+    pub name: Option<String>,
+    /// The training steps behind it, when recorded.
+    pub steps: Option<u64>,
+    /// The resolved config of the run that trained it, when recorded.
+    pub run_config: Option<serde_json::Value>,
+}
+
 /// A ResNet with trained weights, from a run directory or checkpoint (its network `net`,
 /// as [`choose`] takes it), or from a file in torchvision's layout: one `sslhost export`
 /// wrote, or a torchvision state dict saved with `safetensors.torch.save_file` (`fc` and
@@ -319,35 +335,49 @@ pub fn load_backbone(
     net: Option<&str>,
     stem_stride: Option<usize>,
     device: &burn::tensor::Device,
-) -> Result<(crate::models::SharedNet, ResNetConfig)> {
+) -> Result<LoadedBackbone> {
     let is_checkpoint = |p: &Path| {
         tensor_file::read_metadata(p).map(|m| {
             m.get("format")
                 .is_some_and(|f| f.starts_with("sslhost-checkpoint"))
         })
     };
-    let (tensors, mut config, file) = if path.is_dir() || is_checkpoint(path)? {
-        let file = checkpoint_file(path)?;
-        let loaded = checkpoint::load(&file)?;
-        let b = choose(&loaded, net)?;
-        (torchvision_tensors(&loaded, &b), b.config, file)
-    } else {
-        let (tensors, meta) = tensor_file::read(path)?;
-        let config = match meta.get("architecture") {
-            Some(text) => match Architecture::from_json(text)? {
-                Architecture::Resnet(c) => c,
-                _ => return Err(Error::file(path, "its architecture is not a ResNet")),
-            },
-            None => {
-                let shapes = tensors
-                    .iter()
-                    .map(|t| (t.name.clone(), t.shape.clone()))
-                    .collect();
-                torchvision::infer_resnet(&shapes).map_err(|e| Error::file(path, e))?
-            }
+    let (tensors, mut config, file, name, steps, run_config) =
+        if path.is_dir() || is_checkpoint(path)? {
+            let file = checkpoint_file(path)?;
+            let loaded = checkpoint::load(&file)?;
+            let b = choose(&loaded, net)?;
+            let run_config = loaded.config.clone().or_else(|| saved_config(&file));
+            let tensors = torchvision_tensors(&loaded, &b);
+            (
+                tensors,
+                b.config.clone(),
+                file,
+                Some(b.name()),
+                Some(loaded.next_step),
+                run_config,
+            )
+        } else {
+            let (tensors, meta) = tensor_file::read(path)?;
+            let steps = meta.get("steps").and_then(|s| s.parse().ok());
+            let run_config = meta
+                .get("config")
+                .and_then(|c| serde_json::from_str(c).ok());
+            let config = match meta.get("architecture") {
+                Some(text) => match Architecture::from_json(text)? {
+                    Architecture::Resnet(c) => c,
+                    _ => return Err(Error::file(path, "its architecture is not a ResNet")),
+                },
+                None => {
+                    let shapes = tensors
+                        .iter()
+                        .map(|t| (t.name.clone(), t.shape.clone()))
+                        .collect();
+                    torchvision::infer_resnet(&shapes).map_err(|e| Error::file(path, e))?
+                }
+            };
+            (tensors, config, path.to_path_buf(), None, steps, run_config)
         };
-        (tensors, config, path.to_path_buf())
-    };
     if let Some(s) = stem_stride {
         config.stem_stride = s;
     }
@@ -380,5 +410,20 @@ pub fn load_backbone(
         );
     }
     backbone.load(&values).map_err(|e| Error::file(&file, e))?;
-    Ok((backbone, config))
+    Ok(LoadedBackbone {
+        net: backbone,
+        config,
+        file,
+        name,
+        steps,
+        run_config,
+    })
+}
+
+/// The `config.json` of the run directory holding checkpoint `file` (version 1 checkpoints
+/// do not record the config).
+fn saved_config(file: &Path) -> Option<serde_json::Value> {
+    let run_dir = file.parent()?.parent()?;
+    let text = std::fs::read_to_string(run_dir.join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
 }

@@ -11,7 +11,7 @@ use crate::augment::Transform;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::models::SharedNet;
-use crate::tensor::{DynTensor, HostRng};
+use crate::tensor::{DynTensor, HostRng, unit_rows};
 
 /// Settings of the kNN monitor.
 #[derive(Clone, Debug)]
@@ -82,11 +82,12 @@ pub fn evaluate(
     let same_shape = crate::device::gpu_path(device);
     let tr = embed(train, config.batch_size, same_shape, device, &mut encode)?;
     let te = embed(test, config.batch_size, same_shape, device, &mut encode)?;
-    accuracy((&tr.0, &tr.1), (&te.0, &te.1), train.classes(), config)
+    let (tr_f, te_f) = (unit_rows(tr.0), unit_rows(te.0));
+    accuracy((&tr_f, &tr.1), (&te_f, &te.1), train.classes(), config)
 }
 
 /// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.
-/// Rows come back L2-normalised, on plain (non-autodiff) tensors.
+/// Rows come back as the encoder gave them, on plain (non-autodiff) tensors.
 ///
 /// With `same_shape`, every batch `encode` sees has `batch_size` images: a short last batch
 /// is widened backwards over images already encoded, and only its new rows are kept. A GPU
@@ -123,7 +124,7 @@ pub fn embed(
             .inner()
             .detach()
             .narrow(0, skip, new);
-        features.push(crate::tensor::unit_rows(f));
+        features.push(f);
         labels.push(y.int_rank::<1>("knn")?.inner().narrow(0, skip, new));
     }
     if features.is_empty() {
@@ -147,7 +148,8 @@ fn batch_rows(start: usize, n: usize, batch_size: usize, same_shape: bool) -> (u
     }
 }
 
-/// Top-1 accuracy of the weighted kNN vote of `test` embeddings among `train` embeddings.
+/// Top-1 accuracy of the weighted kNN vote of `test` embeddings among `train` embeddings
+/// (rows of unit length: the vote's similarity is their dot product, the cosine).
 pub fn accuracy(
     train: (&Tensor<2>, &Tensor<1, Int>),
     test: (&Tensor<2>, &Tensor<1, Int>),

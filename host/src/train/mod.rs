@@ -4,8 +4,10 @@
 pub mod checkpoint;
 pub mod current;
 pub mod curves;
+pub mod evaluation;
 pub mod export;
 pub mod knn;
+pub mod linear_eval;
 pub mod progress;
 pub mod run_dir;
 pub mod tensor_file;

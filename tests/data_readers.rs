@@ -328,6 +328,43 @@ fn folders_without_classes_or_images_are_errors() {
     );
 }
 
+#[test]
+fn a_folder_without_class_folders_is_a_dataset_without_labels() {
+    use sslhost::data::{DatasetOptions, Locations, Split, open};
+    let tmp = TempDir::new("folder-plain");
+    write_image(&tmp.join("photos/b.png"), (8, 8), [0, 0, 255]);
+    write_image(&tmp.join("photos/a.jpg"), (8, 8), [255, 0, 0]);
+    write_image(&tmp.join("nested/2023/x.png"), (8, 8), [0, 255, 0]);
+    write_image(&tmp.join("nested/2024/y.png"), (8, 8), [0, 255, 0]);
+    let loc = Locations::new(None);
+    let opts = |plain_folder| DatasetOptions {
+        size: Some(4),
+        plain_folder,
+        ..DatasetOptions::split(Split::Train)
+    };
+
+    // Images directly in the folder: one collection, no labels.
+    let photos = tmp.join("photos");
+    let ds = open(photos.to_str().unwrap(), &opts(false), &loc).unwrap();
+    assert!(!ds.labelled());
+    assert_eq!((ds.len(), ds.classes()), (2, 0));
+    assert_eq!(ds.image_shape(), [3, 4, 4]);
+
+    // Nested folders are classes unless asked otherwise.
+    let nested = tmp.join("nested");
+    let ds = open(nested.to_str().unwrap(), &opts(false), &loc).unwrap();
+    assert!(ds.labelled());
+    assert_eq!(ds.class_names(), &["2023".to_string(), "2024".to_string()]);
+    let ds = open(nested.to_str().unwrap(), &opts(true), &loc).unwrap();
+    assert!(!ds.labelled());
+    assert_eq!(ds.len(), 2);
+
+    // A folder with no images at all is an error naming it.
+    std::fs::create_dir_all(tmp.join("empty/sub")).unwrap();
+    let e = err_text(folder::read_plain("x", &tmp.join("empty"), 4));
+    assert!(e.contains("no images here or below"), "{e}");
+}
+
 // ---- synthetic --------------------------------------------------------------------------
 
 #[test]

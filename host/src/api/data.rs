@@ -128,6 +128,7 @@ pub mod data_api {
                 "dataset",
                 &[
                     "split", "rgb", "size", "limit", "samples", "classes", "channels", "seed",
+                    "labels",
                 ],
             )?;
             let split = match options.get("split") {
@@ -175,6 +176,7 @@ pub mod data_api {
                     (limit, true) => Some(limit.unwrap_or(usize::MAX).min(session::CHECK_SAMPLES)),
                     (limit, false) => limit,
                 },
+                plain_folder: !o.bool("labels", true)?,
                 samples: opt("samples")?,
                 classes: opt("classes")?,
                 channels: opt("channels")?,
@@ -195,7 +197,19 @@ pub mod data_api {
         ds.len() as i64
     }
 
-    /// Number of classes (labels are `0..classes`).
+    /// Whether the samples have labels: false for a folder of images without class
+    /// sub-folders (or one opened with `labels: false`).
+    ///
+    /// ```rhai
+    /// let ds = dataset("fashion-mnist");
+    /// if ds.labelled { print(`${ds.classes} classes`); }
+    /// ```
+    #[rhai_fn(get = "labelled", pure)]
+    pub fn labelled(ds: &mut Dataset) -> bool {
+        ds.labelled()
+    }
+
+    /// Number of classes (labels are `0..classes`; 0 without labels).
     ///
     /// ```rhai
     /// let head = linear(512, dataset("cifar10").classes);
@@ -291,7 +305,9 @@ pub mod data_api {
             let (images, labels) = ds.tensors(start, end, &session::device())?;
             let mut m = Map::new();
             m.insert("images".into(), Dynamic::from(images));
-            m.insert("labels".into(), Dynamic::from(labels));
+            if ds.labelled() {
+                m.insert("labels".into(), Dynamic::from(labels));
+            }
             Ok(m)
         })
     }
@@ -454,14 +470,22 @@ pub mod data_api {
         b.images.clone()
     }
 
-    /// Int labels `[N]`.
+    /// Int labels `[N]`; an error for a dataset without labels (check `ds.labelled`).
     ///
     /// ```rhai
     /// let loss = cross_entropy(logits, b.labels);
     /// ```
-    #[rhai_fn(get = "labels", pure)]
-    pub fn labels(b: &mut Batch) -> DynTensor {
-        b.labels.clone()
+    #[rhai_fn(get = "labels", pure, return_raw)]
+    pub fn labels(b: &mut Batch) -> RhaiResult<DynTensor> {
+        if b.labelled {
+            Ok(b.labels.clone())
+        } else {
+            Err(crate::api::args::to_rhai(Error::Invalid(
+                "this batch has no labels: its dataset is a folder of images without class \
+                 sub-folders (check `ds.labelled` before using labels)"
+                    .into(),
+            )))
+        }
     }
 
     /// Index of the batch in its epoch.

@@ -274,7 +274,8 @@ pub mod run_api {
     /// its `k` most cosine-similar `train` images weighted by `exp(sim / temperature)`.
     /// Options: `k` (200), `temperature` (0.1), `batch_size` (256), `transform` (applied to
     /// images before encoding, e.g. resize + normalize as in training). A copy of the encoder
-    /// runs in evaluation mode, without autodiff; the encoder itself is untouched.
+    /// runs in evaluation mode, without autodiff; the encoder itself is untouched. Datasets
+    /// without labels give `()` (which `log` leaves out), with one log line.
     ///
     /// ```rhai
     /// let acc = knn_accuracy(backbone, train_ds, test_ds, #{ k: 200, transform: eval_view });
@@ -285,7 +286,7 @@ pub mod run_api {
         train: Dataset,
         test: Dataset,
         options: Map,
-    ) -> RhaiResult<f64> {
+    ) -> RhaiResult<Dynamic> {
         run(|| knn(Some(&encoder), &train, &test, &options))
     }
 
@@ -295,7 +296,7 @@ pub mod run_api {
     /// let anchor = knn_accuracy(train_ds, test_ds, #{ k: 200 });
     /// ```
     #[rhai_fn(name = "knn_accuracy", return_raw)]
-    pub fn knn_accuracy_pixels(train: Dataset, test: Dataset, options: Map) -> RhaiResult<f64> {
+    pub fn knn_accuracy_pixels(train: Dataset, test: Dataset, options: Map) -> RhaiResult<Dynamic> {
         run(|| knn(None, &train, &test, &options))
     }
 }
@@ -374,8 +375,23 @@ fn knn(
     train: &crate::data::Dataset,
     test: &crate::data::Dataset,
     options: &rhai::Map,
-) -> crate::error::Result<f64> {
+) -> crate::error::Result<rhai::Dynamic> {
     use crate::train::knn::KnnConfig;
+    if !train.labelled() || !test.labelled() {
+        // One line a run, however often the monitor is due.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::info!(
+                "kNN monitor skipped: dataset {} has no labels",
+                if train.labelled() {
+                    test.name()
+                } else {
+                    train.name()
+                }
+            )
+        });
+        return Ok(rhai::Dynamic::UNIT);
+    }
     let o = crate::api::args::Options::new(
         options,
         "knn_accuracy",
@@ -410,6 +426,7 @@ fn knn(
         &device,
         &mut rng,
     )
+    .map(rhai::Dynamic::from_float)
 }
 
 /// The networks and optimisers of a checkpoint map, sorted by key.
@@ -445,6 +462,10 @@ fn metrics_json(
 ) -> crate::error::Result<serde_json::Map<String, serde_json::Value>> {
     let mut out = serde_json::Map::new();
     for (k, v) in values {
+        // `()`: nothing to log this time (a monitor skipped for want of labels).
+        if v.is_unit() {
+            continue;
+        }
         let value = if let Ok(f) = v.as_float() {
             serde_json::json!(f)
         } else if let Ok(i) = v.as_int() {

@@ -69,6 +69,37 @@ pub fn looks_like_image_folder(dir: &Path) -> bool {
     })
 }
 
+/// True when `dir` holds image files directly and no sub-folder holding images: a plain
+/// collection (one's own photos) rather than one folder per class.
+pub fn holds_only_images(dir: &Path) -> bool {
+    let Ok(list) = entries(dir) else {
+        return false;
+    };
+    list.iter().any(|p| p.is_file() && is_image(p)) && !looks_like_image_folder(dir)
+}
+
+/// Every image below `dir` (nested folders included) as one dataset of `size x size` RGB
+/// images without labels.
+pub fn read_plain(name: &str, dir: &Path, size: usize) -> Result<Dataset> {
+    let mut paths = Vec::new();
+    collect_images(dir, &mut paths)?;
+    if paths.is_empty() {
+        return Err(Error::file(
+            dir,
+            "no images here or below (expected .png, .jpg or .jpeg files)",
+        ));
+    }
+    let labels = vec![0; paths.len()];
+    Dataset::from_files(
+        name,
+        dir.display().to_string(),
+        paths,
+        labels,
+        Vec::new(),
+        size,
+    )
+}
+
 /// Lists the class folders of `dir` into a dataset of `size x size` RGB images.
 pub fn read_dir(name: &str, dir: &Path, size: usize) -> Result<Dataset> {
     let classes = class_dirs(dir)?;

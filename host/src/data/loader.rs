@@ -402,6 +402,7 @@ impl Job {
                     shape: [indices.len(), c, h, w],
                     images,
                     labels,
+                    labelled: self.dataset.labelled(),
                 })
             });
             let failed = result.is_err();
@@ -424,8 +425,10 @@ pub struct HostBatch {
     pub shape: [usize; 4],
     /// Row-major pixel values.
     pub images: Vec<f32>,
-    /// One label per image.
+    /// One label per image (0 for a dataset without labels).
     pub labels: Vec<i64>,
+    /// Whether the labels are real.
+    pub labelled: bool,
 }
 
 impl HostBatch {
@@ -435,6 +438,7 @@ impl HostBatch {
         Ok(Batch {
             images: DynTensor::from_vec(self.images, &self.shape, device)?,
             labels: DynTensor::from_int_vec(self.labels, &[n], device)?,
+            labelled: self.labelled,
             index: self.index,
             epoch: self.epoch,
             step: self.epoch * batches_per_epoch as u64 + self.index as u64,
@@ -447,8 +451,10 @@ impl HostBatch {
 pub struct Batch {
     /// Float images `[N, C, H, W]` in `[0, 1]`.
     pub images: DynTensor,
-    /// Int labels `[N]`.
+    /// Int labels `[N]` (zeros for a dataset without labels).
     pub labels: DynTensor,
+    /// Whether `labels` are real.
+    pub labelled: bool,
     /// Index of the batch in its epoch.
     pub index: usize,
     /// The epoch.

@@ -129,7 +129,8 @@ impl Dataset {
         )
     }
 
-    /// A dataset from checked parts (labels are checked against the class count here).
+    /// A dataset from checked parts (labels are checked against the class count here; with
+    /// no class names it has no labels, and every stored label is 0).
     fn assemble(
         name: String,
         source: String,
@@ -138,7 +139,7 @@ impl Dataset {
         images: Images,
         [height, width]: [usize; 2],
     ) -> Result<Self> {
-        check_labels(&name, &labels, class_names.len())?;
+        check_labels(&name, &labels, class_names.len().max(1))?;
         Ok(Dataset {
             name,
             source,
@@ -231,9 +232,14 @@ impl Dataset {
         self.len == 0
     }
 
-    /// Number of classes (labels are `0..classes`).
+    /// Number of classes (labels are `0..classes`); 0 for a dataset without labels.
     pub fn classes(&self) -> usize {
         self.class_names.len()
+    }
+
+    /// Whether the samples have labels (an image folder without class sub-folders has none).
+    pub fn labelled(&self) -> bool {
+        !self.class_names.is_empty()
     }
 
     /// Class names, indexed by label.

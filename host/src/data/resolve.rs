@@ -81,6 +81,9 @@ pub struct DatasetOptions {
     pub size: Option<usize>,
     /// Keep only the first `limit` samples.
     pub limit: Option<usize>,
+    /// Image folders: every image below the folder, class sub-folders or not, as one
+    /// collection without labels (`labels: false` in scripts).
+    pub plain_folder: bool,
     /// Synthetic only: number of samples.
     pub samples: Option<usize>,
     /// Synthetic only: number of classes.
@@ -433,17 +436,31 @@ fn open_path(name: &str, dir: &Path, opts: &DatasetOptions) -> Result<Dataset> {
         }
     }
     let size = opts.size.unwrap_or(DEFAULT_SIZE);
-    if let Some(split_dir) = split_folder(dir, opts.split) {
-        return folder::read_dir(name, &split_dir, size);
-    }
-    if folder::looks_like_image_folder(dir) {
-        if !train {
+    let split_dir = split_folder(dir, opts.split);
+    let images_dir = split_dir.as_deref().unwrap_or(dir);
+    let plain = opts.plain_folder || folder::holds_only_images(images_dir);
+    if plain || folder::looks_like_image_folder(images_dir) {
+        if !train && split_dir.is_none() {
             tracing::warn!(
                 "dataset {name}: no train/ and test/ sub-folders, so the test split is the \
                  same images as the train split"
             );
         }
-        return folder::read_dir(name, dir, size);
+        if !plain {
+            return folder::read_dir(name, images_dir, size);
+        }
+        let ds = folder::read_plain(name, images_dir, size)?;
+        tracing::info!(
+            "dataset {name}: {} images without labels ({}): the kNN and linear monitors are \
+             skipped",
+            ds.len(),
+            if opts.plain_folder {
+                "labels: false"
+            } else {
+                "no class sub-folders"
+            }
+        );
+        return Ok(ds);
     }
     Err(Error::file(
         dir,

@@ -153,11 +153,17 @@ impl Checkpointed for RefCell<Optimizer> {
                     .then(|| loaded.tensor4(&name, device))
                     .transpose()
             };
+            // The parameter's shape as stored (its own in version 2, padded in version 1).
+            let shape = ["first", "second"]
+                .iter()
+                .find_map(|part| loaded.tensors.get(&format!("{base}/{part}")))
+                .map(|t| t.shape.clone())
+                .unwrap_or_default();
             let st = ParamState {
                 first: optional("first")?,
                 second: optional("second")?,
                 steps: loaded.count(name)?,
-                shape: Vec::new(),
+                shape,
             };
             state.insert(param.to_string(), st);
         }

@@ -136,6 +136,12 @@ pub fn evaluate(req: &EvalRequest, device: &Device) -> Result<(EvalReport, PathB
             train.channels()
         )));
     }
+    if !train.labelled() || !test.labelled() {
+        return Err(Error::Invalid(format!(
+            "dataset {dataset} has no labels (a folder of images without class sub-folders): \
+             evaluation needs a labelled dataset; name one with --eval-data"
+        )));
+    }
     if train.classes() != test.classes() || train.classes() < 2 {
         return Err(Error::Invalid(format!(
             "dataset {dataset}: evaluation needs labels of 2+ classes in both splits, got {} \

@@ -55,6 +55,16 @@ pub fn evaluate(
             train.len()
         )));
     }
+    if !train.labelled() || !test.labelled() {
+        return Err(Error::Invalid(format!(
+            "knn_accuracy: dataset {} has no labels to vote with",
+            if train.labelled() {
+                test.name()
+            } else {
+                train.name()
+            }
+        )));
+    }
     if train.classes() != test.classes() {
         return Err(Error::Invalid(format!(
             "knn_accuracy: train has {} classes, test {}",

@@ -3,9 +3,7 @@
 
 mod run_common;
 
-use std::process::Command;
-
-use run_common::{finished_run, recipe_in_temp, sslhost_run};
+use run_common::{finished_run, recipe_in_temp, sslhost, sslhost_run};
 
 /// A short run whose config names its dataset, as the recipes' do.
 const RECIPE: &str = r#"// eval test recipe
@@ -26,18 +24,10 @@ checkpoint(state);
 "#;
 
 fn eval(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .arg("eval")
-        .args(args)
-        .args(["--device", "cpu"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["eval"];
+    all.extend(args);
+    all.extend(["--device", "cpu"]);
+    sslhost(&all)
 }
 
 #[test]
@@ -94,11 +84,8 @@ fn eval_scores_a_run_and_writes_eval_json() {
 
     // --knn alone, on the exported backbone (the run's config travels in its metadata).
     let exported = dir.join("backbone.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["export", run_s, "-o", exported.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (code, _, stderr) = sslhost(&["export", run_s, "-o", exported.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
     let (code, stdout, stderr) = eval(&[exported.to_str().unwrap(), "--knn", "--k", "5"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("linear"), "{stdout}");
@@ -137,5 +124,27 @@ fn eval_scores_a_run_and_writes_eval_json() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+
+    // A backbone for grey images against a colour dataset, and images too small for it.
+    let (grey_dir, grey) = recipe_in_temp(
+        "eval-grey",
+        "let b = resnet(18, #{ in_channels: 1, cifar_stem: true, widths: [4, 4, 4, 4], blocks: [1, 1, 1, 1] });\ncheckpoint(#{ online: b });\n",
+    );
+    let grey_run = finished_run(
+        sslhost_run(&grey, &grey_dir.join("runs")),
+        &grey_dir.join("runs"),
+    );
+    let (code, _, stderr) = eval(&[grey_run.to_str().unwrap(), "--eval-data", "synthetic"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("has 3 channels; the backbone takes 1"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = eval(&[run_s, "--size", "1", "--knn"]);
+    assert!(
+        code == 0 || (code == 2 && !stderr.contains("panicked")),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&grey_dir).ok();
     std::fs::remove_dir_all(&dir).ok();
 }

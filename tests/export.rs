@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::rc::Rc;
 
-use run_common::{finished_run, recipe_in_temp, sslhost_run};
+use run_common::{finished_run, recipe_in_temp, sslhost, sslhost_run};
 use sslhost::models::{ResNetConfig, SharedNet};
 use sslhost::tensor::HostRng;
 use sslhost::train::checkpoint::{self, Item, Position};
@@ -133,17 +133,9 @@ checkpoint(state);
 "#;
 
 fn export(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .arg("export")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["export"];
+    all.extend(args);
+    sslhost(&all)
 }
 
 #[test]

@@ -13,6 +13,20 @@ pub fn sslhost_run(recipe: &Path, runs: &Path) -> Command {
     c
 }
 
+/// Runs `sslhost <args..>` without colours to its end: exit code, stdout, stderr.
+pub fn sslhost(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The one run directory under `runs`.
 pub fn only_run(runs: &Path) -> PathBuf {
     let mut dirs: Vec<_> = std::fs::read_dir(runs)

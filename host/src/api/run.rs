@@ -114,7 +114,8 @@ pub mod run_api {
     use crate::models::SharedNet;
     use crate::session;
 
-    use super::{StepStream, knn};
+    use super::{StepStream, knn, transform_option};
+    use crate::tensor::DynTensor;
 
     /// The stream of a run's steps.
     pub type Steps = StepStream;
@@ -290,6 +291,41 @@ pub mod run_api {
         run(|| knn(Some(&encoder), &train, &test, &options))
     }
 
+    /// `encoder`'s features of every image of `ds`, in dataset order, computed as
+    /// `knn_accuracy` computes them (an evaluation copy, no autodiff): `#{ features: [N, D],
+    /// labels: [N] }` (no `labels` for a dataset without them). Options: `transform`,
+    /// `batch_size` (256). For evaluations of one's own, such as the online probe's test
+    /// accuracy (`probe_accuracy` in the stdlib).
+    ///
+    /// ```rhai
+    /// let f = embed(backbone, test, #{ transform: eval_view });
+    /// print(f.features.shape);
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn embed(encoder: SharedNet, ds: Dataset, options: Map) -> RhaiResult<Map> {
+        run(|| {
+            let o =
+                crate::api::args::Options::new(&options, "embed", &["batch_size", "transform"])?;
+            let transform = transform_option(&options, "embed")?;
+            let batch_size = o.usize("batch_size", 256)?;
+            let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
+            let (f, y) = crate::train::knn::features(
+                Some(&encoder),
+                &ds,
+                batch_size,
+                transform.as_ref(),
+                &device,
+                &mut rng,
+            )?;
+            let mut m = Map::new();
+            m.insert("features".into(), Dynamic::from(DynTensor::from_float(f)));
+            if ds.labelled() {
+                m.insert("labels".into(), Dynamic::from(DynTensor::from_int(y)));
+            }
+            Ok(m)
+        })
+    }
+
     /// Weighted kNN accuracy of the raw pixels (flattened): the anchor an encoder must beat.
     ///
     /// ```rhai
@@ -403,19 +439,7 @@ fn knn(
         temperature: o.number("temperature", d.temperature)?,
         batch_size: o.usize("batch_size", d.batch_size)?,
     };
-    let transform = match options.get("transform") {
-        None => None,
-        Some(v) => Some(
-            v.clone()
-                .try_cast::<crate::augment::Transform>()
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "knn_accuracy: option `transform` must be a transform, got {}",
-                        v.type_name()
-                    ))
-                })?,
-        ),
-    };
+    let transform = transform_option(options, "knn_accuracy")?;
     let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
     crate::train::knn::evaluate(
         encoder,
@@ -427,6 +451,26 @@ fn knn(
         &mut rng,
     )
     .map(rhai::Dynamic::from_float)
+}
+
+/// The `transform` option of `op`, if given.
+fn transform_option(
+    options: &rhai::Map,
+    op: &str,
+) -> crate::error::Result<Option<crate::augment::Transform>> {
+    match options.get("transform") {
+        None => Ok(None),
+        Some(v) => v
+            .clone()
+            .try_cast::<crate::augment::Transform>()
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{op}: option `transform` must be a transform, got {}",
+                    v.type_name()
+                ))
+            }),
+    }
 }
 
 /// The networks and optimisers of a checkpoint map, sorted by key.

@@ -72,11 +72,29 @@ pub fn evaluate(
             test.classes()
         )));
     }
+    let tr = features(encoder, train, config.batch_size, transform, device, rng)?;
+    let te = features(encoder, test, config.batch_size, transform, device, rng)?;
+    let (tr_f, te_f) = (unit_rows(tr.0), unit_rows(te.0));
+    accuracy((&tr_f, &tr.1), (&te_f, &te.1), train.classes(), config)
+}
+
+/// `encoder`'s features `[N, D]` of every image of `dataset` (or the raw pixels, flattened,
+/// without an encoder) and the labels `[N]`, `transform` applied to the images first. The
+/// encoder runs as an evaluation copy (running statistics, no autodiff graph); it is
+/// untouched.
+pub fn features(
+    encoder: Option<&SharedNet>,
+    dataset: &Dataset,
+    batch_size: usize,
+    transform: Option<&Transform>,
+    device: &Device,
+    rng: &mut HostRng,
+) -> Result<(Tensor<2>, Tensor<1, Int>)> {
     // A tracked forward over a whole dataset would hold every activation until a backward.
     let encoder = encoder.map(|e| e.evaluation_copy());
     let mut encode = |images: DynTensor| -> Result<DynTensor> {
         let images = match transform {
-            Some(t) => DynTensor::from_float4(t.apply(images.float4("knn")?, rng)?, 4),
+            Some(t) => DynTensor::from_float4(t.apply(images.float4("features")?, rng)?, 4),
             None => images,
         };
         let images = images.without_autodiff();
@@ -90,10 +108,7 @@ pub fn evaluate(
     };
     // One input shape on a GPU (its kernels are tuned per shape); the CPU needs none.
     let same_shape = crate::device::gpu_path(device);
-    let tr = embed(train, config.batch_size, same_shape, device, &mut encode)?;
-    let te = embed(test, config.batch_size, same_shape, device, &mut encode)?;
-    let (tr_f, te_f) = (unit_rows(tr.0), unit_rows(te.0));
-    accuracy((&tr_f, &tr.1), (&te_f, &te.1), train.classes(), config)
+    embed(dataset, batch_size, same_shape, device, &mut encode)
 }
 
 /// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.

@@ -40,6 +40,58 @@ fn overrides_parse_as_the_defaults_types() {
 }
 
 #[test]
+fn dotted_keys_set_keys_of_nested_maps() {
+    let mut optim = Map::new();
+    optim.insert("lr".into(), Dynamic::from(0.1_f64));
+    optim.insert(
+        "betas".into(),
+        Dynamic::from_array(vec![Dynamic::from(0.9_f64)]),
+    );
+    let mut d = defaults();
+    d.insert("optim".into(), Dynamic::from_map(optim));
+    let m = resolve(
+        d.clone(),
+        &set(&[("optim.lr", "0.5"), ("optim.betas", "[0.8, 0.99]")]),
+    )
+    .unwrap();
+    let optim = m["optim"].read_lock::<Map>().unwrap().clone();
+    assert_eq!(optim["lr"].as_float().unwrap(), 0.5);
+    assert_eq!(optim["betas"].read_lock::<rhai::Array>().unwrap().len(), 2);
+    assert_eq!(m["batch_size"].as_int().unwrap(), 256, "the rest untouched");
+
+    for (key, value, expect) in [
+        (
+            "optim.lrr",
+            "1",
+            "`optim.lrr` is not a config key (known: optim.betas, optim.lr)",
+        ),
+        (
+            "optim.lr",
+            "fast",
+            "`optim.lr` is a finite number (default 0.1)",
+        ),
+        ("lr.x", "1", "`lr` is f64, not a map of keys"),
+        (
+            "optim",
+            "1",
+            "`optim` is a map; set its keys one by one (`--set optim.KEY=VALUE`)",
+        ),
+    ] {
+        let e = resolve(d.clone(), &set(&[(key, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{key}: {e}");
+    }
+
+    // A resumed run takes its saved nested values key by key; a key added since stays.
+    let saved = serde_json::json!({ "optim": { "lr": 0.25 } });
+    let m = sslhost::api::config::with_saved(d, &saved).unwrap();
+    let optim = m["optim"].read_lock::<Map>().unwrap().clone();
+    assert_eq!(optim["lr"].as_float().unwrap(), 0.25);
+    assert!(optim.contains_key("betas"));
+}
+
+#[test]
 fn unknown_keys_and_wrong_types_are_errors() {
     let e = resolve(defaults(), &set(&[("batch_sise", "32")]))
         .unwrap_err()

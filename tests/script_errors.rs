@@ -104,14 +104,15 @@ fn a_panic_inside_a_host_function_becomes_a_located_error() {
 
 #[test]
 fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
-    let run = |arg: &str| {
+    let run_args = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-            .arg(arg)
+            .args(args)
             .output()
             .unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).to_string()
     };
+    let run = |arg: &str| run_args(&[arg]);
     let version = run("--version");
     let gpu = if cfg!(feature = "cuda") {
         "(CUDA built in)"
@@ -119,6 +120,31 @@ fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
         "(CPU only"
     };
     assert!(version.contains(gpu), "{version}");
+    let features = if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "features: "
+    };
+    assert!(
+        version.contains(features) && version.contains("; commit "),
+        "{version}"
+    );
+    // Completions, from clap's generator; an unknown shell lists the known ones.
+    let bash = run_args(&["completions", "bash"]);
+    assert!(
+        bash.contains("sslhost") && bash.contains("export"),
+        "{bash}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("bash") && stderr.contains("zsh") && stderr.contains("fish"),
+        "{stderr}"
+    );
     let help = run("--help");
     for want in ["Exit codes:", "130", "NO_COLOR", "SSLHOST_DATA", "RUST_LOG"] {
         assert!(help.contains(want), "no `{want}` in:\n{help}");

@@ -116,7 +116,7 @@ pub struct ScriptEngine {
 }
 
 /// A stdlib file's text: `./stdlib/NAME.rhai` if present, else the embedded copy.
-fn stdlib_text(module: &str, embedded: &str) -> (String, String) {
+pub(crate) fn stdlib_text(module: &str, embedded: &str) -> (String, String) {
     let file = format!("{module}.rhai");
     match std::fs::read_to_string(&file) {
         Ok(text) => (file, text),
@@ -271,10 +271,15 @@ fn run_text(name: &str, text: &str, base: &Path, watch: Option<&Path>) -> Result
 
 /// `sslhost check`: compiles the script and runs it on tiny data: datasets cut to a few
 /// hundred samples, small batches, two steps of every training loop, no run directory.
-pub fn check_file(path: &Path, mut session: Session) -> Result<()> {
-    session.check = true;
+pub fn check_file(path: &Path, session: Session) -> Result<()> {
     let text = read_script(path)?;
+    check_source(&path.display().to_string(), &text, &base_dir(path), session)
+}
+
+/// [`check_file`] on script text under the source name `name`, imports resolved from `base`.
+pub fn check_source(name: &str, text: &str, base: &Path, mut session: Session) -> Result<()> {
+    session.check = true;
     let _entered = RunContext::new(session).enter();
-    let _ = run_text(&path.display().to_string(), &text, &base_dir(path), None)?;
+    let _ = run_text(name, text, base, None)?;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod located;
 pub mod models;
 pub mod optim;
 pub mod profiling;
+pub mod reference;
 pub mod session;
 pub mod tensor;
 pub mod train;

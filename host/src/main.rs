@@ -1,4 +1,4 @@
-//! The `sslhost` command line: run | check | export | eval | bench | gpu-selftest.
+//! The `sslhost` command line: run | check | export | eval | completions | bench | gpu-selftest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,6 +150,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Print a shell's completion script for sslhost: `sslhost completions bash >
+    /// ~/.local/share/bash-completion/completions/sslhost` (zsh: into a folder of $fpath as
+    /// `_sslhost`; fish: ~/.config/fish/completions/sslhost.fish).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the script API reference (Markdown: one page per host module and stdlib file, each
+    /// function's signature, doc text and example) and the Rhai language server's definition
+    /// files (`OUT/definitions/*.d.rhai`) into a folder.
+    Docs {
+        /// The folder (created if missing).
+        #[arg(long, short, default_value = "api-docs")]
+        out: PathBuf,
+    },
     /// Time training steps of a method on random images (the recipes' networks, heads, losses,
     /// optimisers and views): median and mean step time, images/s, peak memory and the share
     /// of the Rhai layer. The last line of stdout is the result as JSON.
@@ -238,15 +254,9 @@ enum SelftestType {
     F32,
 }
 
-/// `--version`: the version and whether this build can use a GPU.
-#[cfg(feature = "cuda")]
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (CUDA built in)");
-/// `--version`: the version and whether this build can use a GPU.
-#[cfg(not(feature = "cuda"))]
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (CPU only: build with `--features cuda` for GPUs)"
-);
+/// `--version`: the version, whether this build can use a GPU, the commit and the features
+/// (made by build.rs).
+const VERSION: &str = env!("SSLHOST_VERSION_LINE");
 
 /// The end of `--help`: exit codes and the environment.
 const AFTER_HELP: &str = "\
@@ -432,6 +442,22 @@ fn execute(cli: Cli) -> Result<()> {
                 .with_data_root(data);
             engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "sslhost", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Docs { out } => {
+            let done = sslhost::reference::write(&out)?;
+            println!(
+                "{} functions on {} pages, {} definition files -> {} (start at index.md)",
+                done.functions,
+                done.pages,
+                done.definitions,
+                done.out.display()
+            );
             Ok(())
         }
         Command::Export { run, net, output } => {

@@ -106,26 +106,61 @@ pub mod config_api {
 /// Applies `key=value` overrides to `defaults`, parsing each value as its default's type:
 /// integers; numbers (finite only); bools as `true`/`false`/`1`/`0` in any case; strings with
 /// one pair of surrounding quotes taken off; lists as `[a, b, ..]` of their elements' type.
-/// Keys and values are trimmed.
+/// Keys and values are trimmed. A dotted key (`optim.lr`) sets a key of a nested map.
 pub fn resolve(mut defaults: Map, overrides: &[(String, String)]) -> Result<Map> {
     for (key, text) in overrides {
         let (key, text) = (key.trim(), text.trim());
-        let Some(old) = defaults.get(key) else {
-            let mut known: Vec<&str> = defaults.keys().map(|k| k.as_str()).collect();
-            known.sort();
-            return Err(Error::Invalid(format!(
-                "--set {key}={text}: `{key}` is not a config key (known: {})",
-                known.join(", ")
-            )));
-        };
-        let new = parse_like(old, text).map_err(|ty| {
-            Error::Invalid(format!(
-                "--set {key}={text}: `{key}` is {ty} (default {old}), and `{text}` is not"
-            ))
-        })?;
-        defaults.insert(key.into(), new);
+        set_path(&mut defaults, key, "", text)?;
     }
     Ok(defaults)
+}
+
+/// Sets `path` (dotted, relative to `map`, which sits at `prefix` in the whole config) to
+/// `text` parsed as its default's type.
+fn set_path(map: &mut Map, path: &str, prefix: &str, text: &str) -> Result<()> {
+    let full = format!("{prefix}{path}");
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let known = |map: &Map| {
+        let mut keys: Vec<String> = map.keys().map(|k| format!("{prefix}{k}")).collect();
+        keys.sort();
+        keys.join(", ")
+    };
+    let Some(old) = map.get_mut(head) else {
+        return Err(Error::Invalid(format!(
+            "--set {full}={text}: `{prefix}{head}` is not a config key (known: {})",
+            known(map)
+        )));
+    };
+    match rest {
+        Some(rest) => {
+            let inner_prefix = format!("{prefix}{head}.");
+            let Some(mut inner) = old.write_lock::<Map>() else {
+                return Err(Error::Invalid(format!(
+                    "--set {full}={text}: `{prefix}{head}` is {}, not a map of keys",
+                    old.type_name()
+                )));
+            };
+            set_path(&mut inner, rest, &inner_prefix, text)
+        }
+        None => {
+            if old.is_map() {
+                return Err(Error::Invalid(format!(
+                    "--set {full}={text}: `{full}` is a map; set its keys one by one \
+                     (`--set {full}.KEY=VALUE`)"
+                )));
+            }
+            let new = parse_like(old, text).map_err(|ty| {
+                Error::Invalid(format!(
+                    "--set {full}={text}: `{full}` is {ty} (default {old}), and `{text}` is not"
+                ))
+            })?;
+            *old = new;
+            Ok(())
+        }
+    }
 }
 
 /// `text` as a value of `like`'s type; the type's description when it does not parse.
@@ -182,11 +217,18 @@ pub fn with_saved(mut defaults: Map, saved: &serde_json::Value) -> Result<Map> {
         return Ok(defaults);
     };
     for (key, value) in saved {
-        if let Some(old) = defaults.get_mut(key.as_str()) {
-            let restored: Dynamic = rhai::serde::to_dynamic(value)
-                .map_err(|e| Error::Invalid(format!("saved config `{key}`: {e}")))?;
-            *old = restored;
+        let Some(old) = defaults.get_mut(key.as_str()) else {
+            continue;
+        };
+        // A nested map takes the saved values key by key (keys added since stay).
+        if let (Some(mut inner), serde_json::Value::Object(_)) = (old.write_lock::<Map>(), value) {
+            let merged = with_saved(std::mem::take(&mut *inner), value)?;
+            *inner = merged;
+            continue;
         }
+        let restored: Dynamic = rhai::serde::to_dynamic(value)
+            .map_err(|e| Error::Invalid(format!("saved config `{key}`: {e}")))?;
+        *old = restored;
     }
     Ok(defaults)
 }

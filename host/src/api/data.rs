@@ -108,6 +108,13 @@ pub mod data_api {
         dataset(name, Map::new())
     }
 
+    /// CIFAR-10's binary files (`cifar-10-batches-bin` under `--data`, `SSLHOST_DATA` or the
+    /// working directory), the first 1000 test images:
+    ///
+    /// ```rhai no_run
+    /// let test = dataset("cifar10", #{ split: "test", limit: 1000 });
+    /// ```
+    ///
     /// A dataset with options: `split` (`"train"` or `"test"`, default `"train"`), `rgb`
     /// (expand grey images to 3 channels, default false), `size` (image side for folders and
     /// synthetic data, default 32), `limit` (keep the first N samples, 0 = all; image folders list
@@ -117,7 +124,6 @@ pub mod data_api {
     ///
     /// ```rhai
     /// let train = dataset("fashion-mnist", #{ split: "train", rgb: true });
-    /// let test = dataset("cifar10", #{ split: "test", limit: 1000 });
     /// let toy = dataset("synthetic", #{ classes: 4, samples: 512, size: 16 });
     /// ```
     #[rhai_fn(return_raw)]
@@ -212,7 +218,7 @@ pub mod data_api {
     /// Number of classes (labels are `0..classes`; 0 without labels).
     ///
     /// ```rhai
-    /// let head = linear(512, dataset("cifar10").classes);
+    /// let head = linear(512, dataset("fashion-mnist").classes);   // 10
     /// ```
     #[rhai_fn(get = "classes", pure)]
     pub fn classes(ds: &mut Dataset) -> i64 {
@@ -429,7 +435,7 @@ pub mod data_api {
     /// resuming a run midway sees the batches it would have seen).
     ///
     /// ```rhai
-    /// for b in train.epoch(3, 120) { print(b.index); }   // 120, 121, ..
+    /// for b in train.epoch(3, 10) { print(b.index); }   // 10, 11, ..
     /// ```
     #[rhai_fn(name = "epoch", return_raw, pure)]
     pub fn epoch_from(l: &mut Loader, e: i64, start: i64) -> RhaiResult<Epoch> {

@@ -86,7 +86,7 @@ pub mod models_api {
     /// export`'s file, or a torchvision `state_dict` saved with `safetensors.torch.save_file`;
     /// `fc` is ignored). The architecture is read from the file, else from the weights.
     ///
-    /// ```rhai
+    /// ```rhai no_run
     /// let backbone = load_backbone("backbone.safetensors");
     /// ```
     #[rhai_fn(name = "load_backbone", return_raw)]
@@ -99,7 +99,7 @@ pub mod models_api {
     /// stem's stride, which the weights of a torchvision file cannot show; default 1 there,
     /// the recorded one in sslhost's files).
     ///
-    /// ```rhai
+    /// ```rhai no_run
     /// let target = load_backbone("runs/byol-20261204-101500", #{ net: "target" });
     /// ```
     #[rhai_fn(return_raw)]

@@ -366,7 +366,7 @@ pub mod tensor_api {
     /// Swaps two dims.
     ///
     /// ```rhai
-    /// let nhwc = x.transpose(1, 3);
+    /// let nhwc = images.transpose(1, 3);   // [N, C, H, W] -> [N, W, H, C]
     /// ```
     #[rhai_fn(return_raw)]
     pub fn transpose(a: Tensor, d1: i64, d2: i64) -> RhaiResult<Tensor> {
@@ -860,6 +860,7 @@ pub mod tensor_api {
     /// The gradient of a leaf marked with `require_grad()`.
     ///
     /// ```rhai
+    /// let g = loss.backward();
     /// let dw = g.get(w);
     /// ```
     #[rhai_fn(return_raw)]

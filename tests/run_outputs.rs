@@ -113,11 +113,31 @@ fn a_run_writes_event_files_and_curves_and_no_bar_off_a_terminal() {
     assert_eq!(count(b"\x0a\x02lr"), 6);
     assert_eq!(count(b"\x0a\x08knn_top1"), 1);
     assert_eq!(count(b"phase") + count(b"warm"), 0);
+    // The run record as a text summary for TensorBoard's Text tab.
+    assert_eq!(count(b"\x0a\x06config"), 1);
+    assert_eq!(count(b"\x0a\x04text"), 1);
+    assert_eq!(count(b"| seed | 0 |"), 1);
+    assert_eq!(count(b"| device | cpu |"), 1);
 
     // Curves: loss, lr and the single kNN point, two columns.
     let curves = image::open(run.join("curves.png")).unwrap();
-    assert_eq!((curves.width(), curves.height()), (800, 500));
+    assert_eq!((curves.width(), curves.height()), (960, 600));
     assert!(stderr.contains("curves: "), "{stderr}");
+    // Drawn again into another file, without smoothing; a weight outside [0, 1) is refused.
+    let other = dir.join("other.png");
+    let again = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["curves", run.to_str().unwrap(), "--smoothing", "0", "-o"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(image::open(&other).unwrap().width(), curves.width());
+    let bad = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["curves", run.to_str().unwrap(), "--smoothing", "1.5"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--smoothing 1.5"));
 
     // Resumed (after its last step: the loop is empty, the final log runs again), the run
     // appends to a second event file.
@@ -163,7 +183,7 @@ fn a_failing_run_still_draws_its_curves() {
     assert!(!out.status.success());
     let run = only_run(&runs);
     let curves = image::open(run.join("curves.png")).unwrap();
-    assert_eq!((curves.width(), curves.height()), (400, 250));
+    assert_eq!((curves.width(), curves.height()), (480, 300));
     std::fs::remove_dir_all(&dir).ok();
 }
 

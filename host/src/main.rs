@@ -158,6 +158,18 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Redraw a run's `curves.png` from its `metrics.jsonl` (runs draw it when they end),
+    /// with another smoothing or into another file.
+    Curves {
+        /// The run directory.
+        run: PathBuf,
+        /// TensorBoard's smoothing weight for noisy metrics, in [0, 1): 0 draws raw values.
+        #[arg(long, default_value_t = sslhost::train::curves::DEFAULT_SMOOTHING)]
+        smoothing: f64,
+        /// The PNG to write (default: RUN/curves.png).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Write the script API reference (Markdown: one page per host module and stdlib file, each
     /// function's signature, doc text and example) and the Rhai language server's definition
     /// files (`OUT/definitions/*.d.rhai`) into a folder.
@@ -447,6 +459,29 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "sslhost", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Curves {
+            run,
+            smoothing,
+            output,
+        } => {
+            use sslhost::train::curves::{self, CurveOptions};
+            if !(0.0..1.0).contains(&smoothing) {
+                return Err(Error::Invalid(format!(
+                    "--smoothing {smoothing}: a weight in [0, 1) (0.6 is TensorBoard's default)"
+                )));
+            }
+            let out = output.unwrap_or_else(|| run.join("curves.png"));
+            match curves::render_run_to(&run, &out, &CurveOptions { smoothing })? {
+                Some(path) => println!("{}", path.display()),
+                None => {
+                    return Err(Error::file(
+                        run.join("metrics.jsonl"),
+                        "no numeric metric to draw (or no such file)",
+                    ));
+                }
+            }
             Ok(())
         }
         Command::Docs { out } => {

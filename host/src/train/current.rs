@@ -305,7 +305,9 @@ pub fn finish() {
 
 /// Draws `curves.png` in `dir` from its metrics; a problem is a warning, never an error.
 fn draw_curves(dir: &Path) {
-    match crate::guard::catch(|| super::curves::render_run(dir)) {
+    match crate::guard::catch(|| {
+        super::curves::render_run(dir, &super::curves::CurveOptions::default())
+    }) {
         Ok(Some(path)) => tracing::info!("curves: {}", path.display()),
         Ok(None) => {}
         Err(e) => tracing::warn!("curves.png not drawn: {e}"),

@@ -1,43 +1,56 @@
-//! `curves.png`: the metrics of a run drawn from `metrics.jsonl` when the run ends.
+//! `curves.png`: the metrics of a run drawn from `metrics.jsonl` when the run ends (and again
+//! with `sslhost curves RUN_DIR`).
 //!
 //! One panel per metric (`loss`, `lr`, `tau`, the `knn*` accuracies first, then any other
-//! number logged at two steps or more), two panels a row, step on the x axis. Each panel has
-//! its title and last value, the lowest and highest value on the y axis and the first and
-//! last step on the x axis, written with a small built-in 5x7 bitmap font. A value logged at
-//! one step only (a final kNN accuracy) shows as a marker; a NaN (`null` in the JSON) breaks
-//! the line. A step logged twice (a resumed run repeats the steps after its checkpoint)
+//! number logged at two steps or more), two panels a row, step on the x axis, drawn with
+//! plotters in DejaVu Sans (matplotlib's default face): a title with the last value, tick
+//! labels on both axes, a light grid. `lr` is on a log axis (its zeros, the end of a cosine,
+//! cannot be and are left out). Noisy metrics are smoothed as TensorBoard does (an EMA with
+//! its start debiased, weight 0.6 unless asked otherwise) with the raw series faint behind;
+//! schedules (`lr`, `tau`) are drawn as they are. A value logged at one step only (a final kNN
+//! accuracy) shows as a marker, as do the points of short series; a NaN (`null` in the JSON)
+//! breaks the line. A step logged twice (a resumed run repeats the steps after its checkpoint)
 //! keeps its last value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::files::write_atomic;
 
 /// Width of one panel in pixels.
-pub const PANEL_WIDTH: u32 = 400;
+pub const PANEL_WIDTH: u32 = 480;
 /// Height of one panel in pixels.
-pub const PANEL_HEIGHT: u32 = 250;
+pub const PANEL_HEIGHT: u32 = 300;
 /// Panels per row.
 pub const COLUMNS: u32 = 2;
 /// At most this many panels are drawn.
 pub const MAX_PANELS: usize = 16;
+/// TensorBoard's default smoothing weight.
+pub const DEFAULT_SMOOTHING: f64 = 0.6;
 
 /// Metrics drawn first, in this order (then keys starting with `knn`).
 const FIRST: [&str; 3] = ["loss", "lr", "tau"];
 /// Keys of `metrics.jsonl` that are bookkeeping, not curves.
 const NOT_CURVES: [&str; 5] = ["step", "time", "epoch", "wall_s", "img_per_s"];
+/// Schedules: exact by construction, never smoothed.
+const SCHEDULES: [&str; 2] = ["lr", "tau"];
 
-const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
-const AXIS: Rgb<u8> = Rgb([90, 90, 90]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const TEXT: Rgb<u8> = Rgb([20, 20, 20]);
-const MUTED: Rgb<u8> = Rgb([110, 110, 110]);
-/// The colour of curves and markers.
-pub const LINE: Rgb<u8> = Rgb([31, 119, 180]);
-
+/// The colour of curves and markers (matplotlib's first colour).
+pub const LINE: RGBColor = RGBColor(31, 119, 180);
+const TEXT: RGBColor = RGBColor(20, 20, 20);
+const MUTED: RGBColor = RGBColor(100, 100, 100);
+const GRID: RGBColor = RGBColor(228, 228, 228);
+/// Series of at most this many points are drawn with markers and never smoothed.
+const FEW_POINTS: usize = 30;
+/// The raw series behind a smoothed one.
+const FAINT: RGBColor = RGBColor(180, 208, 230);
 /// One metric over the steps: `None` where it was logged as NaN (`null`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {
@@ -57,7 +70,16 @@ impl Series {
 
 /// Renders `curves.png` in `run_dir` from its `metrics.jsonl`. `None` when there is nothing
 /// to draw (no metrics file, or no numeric metric).
-pub fn render_run(run_dir: &Path) -> Result<Option<PathBuf>> {
+pub fn render_run(run_dir: &Path, options: &CurveOptions) -> Result<Option<PathBuf>> {
+    render_run_to(run_dir, &run_dir.join("curves.png"), options)
+}
+
+/// [`render_run`] into the PNG file `out`.
+pub fn render_run_to(
+    run_dir: &Path,
+    out: &Path,
+    options: &CurveOptions,
+) -> Result<Option<PathBuf>> {
     let metrics = run_dir.join("metrics.jsonl");
     let Some(text) = crate::files::read_regular(&metrics)? else {
         return Ok(None);
@@ -66,10 +88,10 @@ pub fn render_run(run_dir: &Path) -> Result<Option<PathBuf>> {
     if series.is_empty() {
         return Ok(None);
     }
-    let out = run_dir.join("curves.png");
-    let png = crate::data::png::encode(&render(&series)).map_err(|e| Error::file(&out, e))?;
-    write_atomic(&out, &png)?;
-    Ok(Some(out))
+    let png =
+        crate::data::png::encode(&render(&series, options)?).map_err(|e| Error::file(out, e))?;
+    write_atomic(out, &png)?;
+    Ok(Some(out.to_path_buf()))
 }
 
 /// Every key of the JSON lines with its values by step. Lines that are not JSON objects
@@ -122,201 +144,205 @@ pub fn curves(all: &[Series]) -> Vec<Series> {
     chosen.into_iter().take(MAX_PANELS).cloned().collect()
 }
 
+/// How `curves.png` is drawn.
+#[derive(Clone, Copy, Debug)]
+pub struct CurveOptions {
+    /// TensorBoard's smoothing weight in [0, 1): 0 draws the raw series only.
+    pub smoothing: f64,
+}
+
+impl Default for CurveOptions {
+    fn default() -> Self {
+        CurveOptions {
+            smoothing: DEFAULT_SMOOTHING,
+        }
+    }
+}
+
 /// The panels of `series`, [`COLUMNS`] a row, each [`PANEL_WIDTH`] x [`PANEL_HEIGHT`]
 /// (one column for a single series).
-pub fn render(series: &[Series]) -> RgbImage {
+pub fn render(series: &[Series], options: &CurveOptions) -> Result<RgbImage> {
+    register_font();
     let n = series.len().max(1) as u32;
     let cols = n.min(COLUMNS);
     let rows = n.div_ceil(cols);
-    let mut img = RgbImage::from_pixel(cols * PANEL_WIDTH, rows * PANEL_HEIGHT, BACKGROUND);
-    for (i, s) in series.iter().enumerate() {
-        let i = i as u32;
-        let mut canvas = Canvas {
-            img: &mut img,
-            x0: (i % cols * PANEL_WIDTH) as i64,
-            y0: (i / cols * PANEL_HEIGHT) as i64,
-        };
-        canvas.panel(s);
+    let (width, height) = (cols * PANEL_WIDTH, rows * PANEL_HEIGHT);
+    let mut buffer = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let cells = root.split_evenly((rows as usize, cols as usize));
+        for (cell, s) in cells.iter().zip(series) {
+            panel(cell, s, options)
+                .map_err(|e| Error::Other(format!("drawing {}: {e}", s.name)))?;
+        }
+        root.present()
+            .map_err(|e| Error::Other(format!("drawing the curves: {e}")))?;
     }
-    img
+    RgbImage::from_raw(width, height, buffer)
+        .ok_or_else(|| Error::Other("the curves' buffer has the wrong size".into()))
 }
 
-/// The plot area of a panel, relative to the panel: `(left, top, right, bottom)`.
-pub const PLOT: (i64, i64, i64, i64) = (66, 34, PANEL_WIDTH as i64 - 16, PANEL_HEIGHT as i64 - 30);
-/// Pixels between the plot frame and the lowest/highest value.
-const INSET: i64 = 6;
-
-/// Drawing in one panel: coordinates are relative to its top-left corner, and pixels
-/// outside the image are ignored.
-struct Canvas<'a> {
-    img: &'a mut RgbImage,
-    x0: i64,
-    y0: i64,
+/// DejaVu Sans as plotters' sans-serif face (the binary carries it: no system fonts needed).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // The embedded font is a valid TrueType file; plotters only fails on invalid data.
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
 }
 
-impl Canvas<'_> {
-    fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
-        let (x, y) = (self.x0 + x, self.y0 + y);
-        if x >= 0 && y >= 0 && (x as u32) < self.img.width() && (y as u32) < self.img.height() {
-            self.img.put_pixel(x as u32, y as u32, c);
-        }
-    }
+type DrawResult<DB> =
+    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
-    fn rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb<u8>) {
-        for dy in 0..h {
-            for dx in 0..w {
-                self.put(x + dx, y + dy, c);
-            }
-        }
-    }
-
-    /// A line two pixels thick (Bresenham).
-    fn line(&mut self, (mut x, mut y): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>) {
-        let (dx, dy) = ((x1 - x).abs(), -(y1 - y).abs());
-        let (sx, sy) = (if x < x1 { 1 } else { -1 }, if y < y1 { 1 } else { -1 });
-        let mut err = dx + dy;
-        loop {
-            self.rect(x, y, 2, 2, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// `text` with its top-left corner at `(x, y)`, each font pixel `scale` pixels wide.
-    fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) {
-        for (i, ch) in text.chars().enumerate() {
-            let rows = font::glyph(ch);
-            let gx = x + i as i64 * font::ADVANCE * scale;
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..font::WIDTH {
-                    if bits & (1 << (font::WIDTH - 1 - col)) != 0 {
-                        self.rect(gx + col * scale, y + r as i64 * scale, scale, scale, c);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Like [`Canvas::text`], ending at `x`.
-    fn text_right(&mut self, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) {
-        self.text(x - font::width(text) * scale, y, text, scale, c);
-    }
-
-    fn panel(&mut self, s: &Series) {
-        let (left, top, right, bottom) = PLOT;
-        let points: Vec<(u64, f64)> = s.finite().collect();
-        self.text(10, 8, &s.name, 2, TEXT);
-        if let Some(&(_, last)) = points.last() {
-            let label = format!("last {}", number(last));
-            self.text_right(PANEL_WIDTH as i64 - 16, 14, &label, 1, MUTED);
-        }
-        let (Some(first), Some(last)) = (points.first(), points.last()) else {
-            return;
-        };
-        let (lo, hi) = points
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, v)| {
-                (lo.min(v), hi.max(v))
-            });
-        let (x_lo, x_hi) = (first.0, last.0);
-
-        // Frame, grid lines at the lowest and highest value (one line in the middle for a
-        // flat series), axes, and their labels.
-        let (y_hi, y_lo) = (top + INSET, bottom - INSET);
-        let levels = if hi == lo {
-            vec![((y_hi + y_lo) / 2, hi)]
+/// One metric's panel in `area`.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    s: &Series,
+    options: &CurveOptions,
+) -> DrawResult<DB> {
+    let log = s.name == "lr" && {
+        let positive: Vec<f64> = s.finite().map(|p| p.1).filter(|&v| v > 0.0).collect();
+        let (lo, hi) = bounds(positive.iter().copied());
+        // Within a decade a log axis would show one tick label, and a linear one reads better.
+        !positive.is_empty() && hi >= 10.0 * lo
+    };
+    // The raw segments (broken at NaN; a log axis also leaves out values <= 0) and, for
+    // noisy metrics, their smoothed version.
+    let segments = segments(s, log);
+    let count: usize = segments.iter().map(Vec::len).sum();
+    let smoothed =
+        (options.smoothing > 0.0 && !SCHEDULES.contains(&s.name.as_str()) && count > FEW_POINTS)
+            .then(|| smooth(&segments, options.smoothing));
+    let all = segments.iter().flatten();
+    let (lo, hi) = bounds(all.clone().map(|p| p.1));
+    let (x_lo, x_hi) = bounds(all.map(|p| p.0));
+    let Some(&(_, last)) = segments.last().and_then(|seg| seg.last()) else {
+        return Ok(());
+    };
+    let x_range = if x_hi > x_lo {
+        x_lo..x_hi
+    } else {
+        x_lo - 1.0..x_hi + 1.0
+    };
+    let caption = format!("{}   (last {})", s.name, number(last));
+    let mut chart = ChartBuilder::on(area);
+    chart
+        .caption(caption, ("sans-serif", 17).into_font().color(&TEXT))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(58);
+    if log {
+        let chart = chart.build_cartesian_2d(x_range, (lo / 1.25..hi * 1.25).log_scale())?;
+        draw(chart, &segments, smoothed.as_deref())
+    } else {
+        let pad = if hi > lo {
+            (hi - lo) * 0.06
         } else {
-            vec![(y_hi, hi), (y_lo, lo)]
+            (hi.abs() * 0.05).max(1e-6)
         };
-        for x in left..=right {
-            self.put(x, top, GRID);
-            for &(y, _) in &levels {
-                self.put(x, y, GRID);
-            }
-        }
-        for y in top..=bottom {
-            self.put(right, y, GRID);
-        }
-        for x in left..=right {
-            self.put(x, bottom, AXIS);
-        }
-        for y in top..=bottom {
-            self.put(left, y, AXIS);
-        }
-        for &(y, v) in &levels {
-            self.rect(left - 4, y, 4, 1, AXIS);
-            self.text_right(left - 7, y - 3, &number(v), 1, TEXT);
-        }
-        if x_hi == x_lo {
-            let label = x_lo.to_string();
-            self.text(
-                (left + right) / 2 - font::width(&label) / 2,
-                bottom + 8,
-                &label,
-                1,
-                TEXT,
-            );
-        } else {
-            self.text(left, bottom + 8, &x_lo.to_string(), 1, TEXT);
-            self.text_right(right, bottom + 8, &x_hi.to_string(), 1, TEXT);
-            self.text(
-                (left + right) / 2 - font::width("step") / 2,
-                bottom + 8,
-                "step",
-                1,
-                MUTED,
-            );
-        }
+        let chart = chart.build_cartesian_2d(x_range, lo - pad..hi + pad)?;
+        draw(chart, &segments, smoothed.as_deref())
+    }
+}
 
-        // Values to pixels: a flat series sits in the middle, one step in the centre.
-        let px = |step: u64| -> i64 {
-            let (x_a, x_b) = (left + INSET, right - INSET);
-            if x_hi == x_lo {
-                return (x_a + x_b) / 2;
-            }
-            let t = (step - x_lo) as f64 / (x_hi - x_lo) as f64;
-            x_a + (t * (x_b - x_a) as f64).round() as i64
-        };
-        let py = |v: f64| -> i64 {
-            if hi == lo {
-                return (y_hi + y_lo) / 2;
-            }
-            let t = (v - lo) / (hi - lo);
-            y_lo - (t * (y_lo - y_hi) as f64).round() as i64
-        };
+/// The mesh, the raw series (faint behind a smoothed one) and markers on short series.
+fn draw<DB, Y>(
+    mut chart: ChartContext<'_, DB, Cartesian2d<RangedCoordf64, Y>>,
+    raw: &[Vec<(f64, f64)>],
+    smoothed: Option<&[Vec<(f64, f64)>]>,
+) -> DrawResult<DB>
+where
+    DB: DrawingBackend,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let labels = ("sans-serif", 13).into_font().color(&TEXT);
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(GRID)
+        .axis_style(MUTED)
+        .x_labels(6)
+        .y_labels(6)
+        .x_desc("step")
+        .axis_desc_style(("sans-serif", 13).into_font().color(&MUTED))
+        .label_style(labels)
+        .x_label_formatter(&|x| step_label(*x))
+        .y_label_formatter(&|y| number(*y))
+        .draw()?;
+    let raw_colour = if smoothed.is_some() { FAINT } else { LINE };
+    for seg in raw {
+        chart.draw_series(LineSeries::new(
+            seg.iter().copied(),
+            raw_colour.stroke_width(1),
+        ))?;
+    }
+    for seg in smoothed.unwrap_or_default() {
+        chart.draw_series(LineSeries::new(seg.iter().copied(), LINE.stroke_width(2)))?;
+    }
+    // Markers where a line would not show the points: short series and isolated points.
+    let count: usize = raw.iter().map(Vec::len).sum();
+    for seg in raw
+        .iter()
+        .filter(|seg| count <= FEW_POINTS || seg.len() == 1)
+    {
+        chart.draw_series(seg.iter().map(|&p| Circle::new(p, 3, LINE.filled())))?;
+    }
+    Ok(())
+}
 
-        // The curve, broken at NaN; isolated points (and all points of short series) get a
-        // marker.
-        let few = points.len() <= 30;
-        let mut prev: Option<(i64, i64)> = None;
-        let values = &s.points;
-        for (i, &(step, v)) in values.iter().enumerate() {
-            let Some(v) = v.filter(|v| v.is_finite()) else {
-                prev = None;
-                continue;
-            };
-            let p = (px(step), py(v));
-            if let Some(q) = prev {
-                self.line(q, p, LINE);
-            }
-            let next_finite = values
-                .get(i + 1)
-                .is_some_and(|&(_, v)| v.is_some_and(f64::is_finite));
-            if few || (prev.is_none() && !next_finite) {
-                self.rect(p.0 - 2, p.1 - 2, 5, 5, LINE);
-            }
-            prev = Some(p);
+/// The finite runs of `s` as (step, value) points; on a log axis values <= 0 break it too.
+fn segments(s: &Series, log: bool) -> Vec<Vec<(f64, f64)>> {
+    let mut out: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    for &(step, v) in &s.points {
+        match v.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+            Some(v) => out.last_mut().expect("never empty").push((step as f64, v)),
+            None if out.last().is_some_and(|seg| !seg.is_empty()) => out.push(Vec::new()),
+            None => {}
         }
+    }
+    out.retain(|seg| !seg.is_empty());
+    out
+}
+
+/// TensorBoard's smoothing: an exponential moving average with weight `w` over the finite
+/// points in order (across NaN gaps), divided by `1 - w^n` so the start is not pulled to 0.
+pub fn smooth(segments: &[Vec<(f64, f64)>], w: f64) -> Vec<Vec<(f64, f64)>> {
+    let (mut last, mut n) = (0.0, 0);
+    segments
+        .iter()
+        .map(|seg| {
+            seg.iter()
+                .map(|&(x, v)| {
+                    last = last * w + (1.0 - w) * v;
+                    n += 1;
+                    (x, last / (1.0 - w.powi(n)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The lowest and highest of `values` (infinite bounds for none).
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    })
+}
+
+/// A step as a tick label: whole numbers (none between them), `12k` from ten thousand on.
+fn step_label(x: f64) -> String {
+    if (x - x.round()).abs() > 1e-6 {
+        return String::new();
+    }
+    let x = x.round();
+    if x.abs() >= 10_000.0 {
+        number(x / 1000.0) + "k"
+    } else {
+        format!("{}", x as i64)
     }
 }
 
@@ -347,75 +373,6 @@ pub fn number(v: f64) -> String {
                 format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
             }
             _ => s,
-        }
-    }
-}
-
-/// A 5x7 bitmap font: digits, lower-case letters (upper case is drawn as lower case) and
-/// `. - _ % + : / = ( ) ?`; anything else is drawn as `?`.
-mod font {
-    /// Glyph width in pixels.
-    pub const WIDTH: i64 = 5;
-    /// Horizontal distance between glyphs.
-    pub const ADVANCE: i64 = 6;
-
-    /// Width of `text` in pixels at scale 1.
-    pub fn width(text: &str) -> i64 {
-        let n = text.chars().count() as i64;
-        (n * ADVANCE - 1).max(0)
-    }
-
-    /// Seven rows, top first; bit 4 is the leftmost pixel.
-    pub fn glyph(c: char) -> [u8; 7] {
-        match c.to_ascii_lowercase() {
-            '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-            '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-            '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-            '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-            '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-            '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-            '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-            '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-            '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-            '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-            'a' => [0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F],
-            'b' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E],
-            'c' => [0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E],
-            'd' => [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F],
-            'e' => [0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E],
-            'f' => [0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08],
-            'g' => [0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E],
-            'h' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
-            'i' => [0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E],
-            'j' => [0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0C],
-            'k' => [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12],
-            'l' => [0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-            'm' => [0x00, 0x00, 0x1A, 0x15, 0x15, 0x11, 0x11],
-            'n' => [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11],
-            'o' => [0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E],
-            'p' => [0x00, 0x00, 0x1E, 0x11, 0x1E, 0x10, 0x10],
-            'q' => [0x00, 0x00, 0x0D, 0x13, 0x0F, 0x01, 0x01],
-            'r' => [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10],
-            's' => [0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E],
-            't' => [0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06],
-            'u' => [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D],
-            'v' => [0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04],
-            'w' => [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A],
-            'x' => [0x00, 0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11],
-            'y' => [0x00, 0x00, 0x11, 0x11, 0x0F, 0x01, 0x0E],
-            'z' => [0x00, 0x00, 0x1F, 0x02, 0x04, 0x08, 0x1F],
-            '.' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C],
-            '-' => [0x00, 0x00, 0x00, 0x0E, 0x00, 0x00, 0x00],
-            '_' => [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F],
-            '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-            '+' => [0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00],
-            ':' => [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00],
-            '/' => [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00],
-            '=' => [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00],
-            '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-            ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-            ' ' => [0x00; 7],
-            _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04],
         }
     }
 }
@@ -459,41 +416,133 @@ not json at all
         let dir = std::env::temp_dir().join(format!("sslhost-curves-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("metrics.jsonl"), METRICS).unwrap();
-        let path = render_run(&dir).unwrap().expect("something to draw");
+        let path = render_run(&dir, &CurveOptions::default())
+            .unwrap()
+            .expect("something to draw");
         assert_eq!(path, dir.join("curves.png"));
         let img = image::open(&path).unwrap().to_rgb8();
         // Five panels: two columns, three rows.
         assert_eq!(img.dimensions(), (2 * PANEL_WIDTH, 3 * PANEL_HEIGHT));
-        let (left, top, right, bottom) = PLOT;
-        for i in 0..5u32 {
+        let cell = |i: u32| {
             let (x0, y0) = (i % 2 * PANEL_WIDTH, i / 2 * PANEL_HEIGHT);
-            let drawn = (left + 1..right)
-                .flat_map(|x| (top + 1..bottom).map(move |y| (x, y)))
-                .filter(|&(x, y)| *img.get_pixel(x0 + x as u32, y0 + y as u32) == LINE)
+            (0..PANEL_WIDTH).flat_map(move |x| (0..PANEL_HEIGHT).map(move |y| (x0 + x, y0 + y)))
+        };
+        let line = image::Rgb([LINE.0, LINE.1, LINE.2]);
+        for i in 0..5u32 {
+            let drawn = cell(i)
+                .filter(|&(x, y)| *img.get_pixel(x, y) == line)
                 .count();
-            // A single kNN point is a 5x5 marker; curves have more.
+            // A single kNN point is a marker; curves have more.
             assert!(drawn >= 25, "panel {i}: {drawn} curve pixels");
+            // Tick labels: dark text in the strip left of the plot, at several heights.
+            let (x0, y0) = (i % 2 * PANEL_WIDTH, i / 2 * PANEL_HEIGHT);
+            let rows: Vec<u32> = (40..PANEL_HEIGHT - 40)
+                .filter(|&y| {
+                    (10..60).any(|x| img.get_pixel(x0 + x, y0 + y).0.iter().all(|&c| c < 90))
+                })
+                .collect();
+            let labels = rows.windows(2).filter(|w| w[1] > w[0] + 3).count() + 1;
+            assert!(labels >= 3, "panel {i}: {labels} y tick labels");
         }
-        // The empty sixth cell stays background.
-        let (x0, y0) = (PANEL_WIDTH, 2 * PANEL_HEIGHT);
-        assert!(
-            (0..PANEL_WIDTH)
-                .all(|x| (0..PANEL_HEIGHT).all(|y| *img.get_pixel(x0 + x, y0 + y) == BACKGROUND))
-        );
+        // The empty sixth cell stays white.
+        assert!(cell(5).all(|(x, y)| img.get_pixel(x, y).0 == [255, 255, 255]));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn long_noisy_runs_are_smoothed_and_a_decaying_lr_is_logarithmic() {
+        // 300 steps: a noisy falling loss, a warm-up then cosine lr over three decades.
+        let points = |f: &dyn Fn(f64) -> f64| -> Vec<(u64, Option<f64>)> {
+            (0..300u64).map(|i| (i, Some(f(i as f64)))).collect()
+        };
+        let series = vec![
+            Series {
+                name: "loss".into(),
+                points: points(&|i| 4.0 - i / 100.0 + 0.3 * (i * 1.7).sin()),
+            },
+            Series {
+                name: "lr".into(),
+                points: points(&|i| {
+                    if i < 30.0 {
+                        (i + 1.0) / 30.0
+                    } else {
+                        1e-3 + 0.5 * (1.0 + (std::f64::consts::PI * (i - 30.0) / 270.0).cos())
+                    }
+                }),
+            },
+        ];
+        let img = render(&series, &CurveOptions::default()).unwrap();
+        let count = |x0: u32, c: RGBColor| {
+            (x0..x0 + PANEL_WIDTH)
+                .flat_map(|x| (0..PANEL_HEIGHT).map(move |y| (x, y)))
+                .filter(|&(x, y)| img.get_pixel(x, y).0 == [c.0, c.1, c.2])
+                .count()
+        };
+        // The loss: smoothed in the line colour over the faint raw series.
+        assert!(
+            count(0, FAINT) > 100,
+            "no raw series behind the smoothed loss"
+        );
+        assert!(count(0, LINE) > 100);
+        // The lr: never smoothed, on a log axis with a label per decade (1e-3 .. 1).
+        assert_eq!(count(PANEL_WIDTH, FAINT), 0);
+        let labels = (40..PANEL_HEIGHT - 40)
+            .filter(|&y| {
+                (10..60).any(|x| img.get_pixel(PANEL_WIDTH + x, y).0.iter().all(|&c| c < 90))
+            })
+            .collect::<Vec<_>>();
+        let labels = labels.windows(2).filter(|w| w[1] > w[0] + 3).count() + 1;
+        assert!(labels >= 3, "{labels} y tick labels on the lr panel");
+    }
+
+    #[test]
+    fn smoothing_is_tensorboards_debiased_ema() {
+        let raw = vec![vec![(0.0, 1.0), (1.0, 3.0)], vec![(3.0, 3.0)]];
+        let s = smooth(&raw, 0.5);
+        // First point: itself; then (0.5 * 0.5 + 0.5 * 3) / (1 - 0.25) = 2.333..
+        assert_eq!(s[0][0], (0.0, 1.0));
+        assert!((s[0][1].1 - 1.75 / 0.75).abs() < 1e-12);
+        // Across the gap: ((0.875) * 0.5 + 1.5) / (1 - 0.125).
+        assert!((s[1][0].1 - (1.75 * 0.5 + 1.5) / 0.875).abs() < 1e-12);
+        // A constant stays constant; weight 0 is the raw series.
+        let flat = smooth(&[vec![(0.0, 2.0), (1.0, 2.0), (2.0, 2.0)]], 0.9);
+        assert!(flat[0].iter().all(|p| (p.1 - 2.0).abs() < 1e-12));
+        assert_eq!(smooth(&raw, 0.0), raw);
+    }
+
+    #[test]
+    fn a_log_axis_leaves_out_zeros_and_nan_breaks_lines() {
+        let all = parse_metrics(METRICS);
+        let lr = all.iter().find(|s| s.name == "lr").unwrap();
+        assert_eq!(
+            segments(lr, true),
+            vec![vec![(10.0, 0.1), (20.0, 0.2), (30.0, 0.1), (40.0, 0.05)]]
+        );
+        assert_eq!(segments(lr, false)[0].len(), 5);
+        let loss = all.iter().find(|s| s.name == "loss").unwrap();
+        assert_eq!(
+            segments(loss, false),
+            vec![
+                vec![(0.0, 2.0), (10.0, 1.5)],
+                vec![(30.0, 0.75), (40.0, 0.5)]
+            ]
+        );
+        assert_eq!(step_label(12_500.0), "12.5k");
+        assert_eq!(step_label(300.0), "300");
+        assert_eq!(step_label(40.5), "");
     }
 
     #[test]
     fn nothing_to_draw_writes_nothing() {
         let dir = std::env::temp_dir().join(format!("sslhost-curves-none-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(render_run(&dir).unwrap(), None);
+        assert_eq!(render_run(&dir, &CurveOptions::default()).unwrap(), None);
         std::fs::write(
             dir.join("metrics.jsonl"),
             "{\"step\":0,\"name\":\"x\"}\ngarbage\n",
         )
         .unwrap();
-        assert_eq!(render_run(&dir).unwrap(), None);
+        assert_eq!(render_run(&dir, &CurveOptions::default()).unwrap(), None);
         assert!(!dir.join("curves.png").exists());
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -202,6 +202,45 @@ impl RunDir {
         }
     }
 
+    /// The resolved config and the latest session of `run.json` as Markdown tables (for
+    /// TensorBoard's Text tab): nested keys dotted as `--set` takes them.
+    fn record_markdown(&self) -> String {
+        let mut md = String::from("**config** (config.json)\n\n| key | value |\n|---|---|\n");
+        let mut rows = Vec::new();
+        flat_rows("", &self.read_config().unwrap_or_default(), &mut rows);
+        for (k, v) in rows {
+            md += &format!("| {k} | {v} |\n");
+        }
+        let sessions = crate::files::read_regular(&self.root.join("run.json"))
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+            .unwrap_or_default();
+        if let Some(session) = sessions.last() {
+            md += "\n**session** (run.json)\n\n| key | value |\n|---|---|\n";
+            let mut rows = Vec::new();
+            flat_rows("", session, &mut rows);
+            // The command line as a shell shows it.
+            if let Some(args) = session.get("command").and_then(|c| c.as_array()) {
+                let words: Vec<String> = args
+                    .iter()
+                    .filter_map(|a| a.as_str())
+                    .map(|a| match a.contains(char::is_whitespace) {
+                        true => format!("'{a}'"),
+                        false => a.to_string(),
+                    })
+                    .collect();
+                for row in rows.iter_mut().filter(|r| r.0 == "command") {
+                    row.1 = format!("`{}`", words.join(" ").replace('|', "\\|"));
+                }
+            }
+            for (k, v) in rows {
+                md += &format!("| {k} | {v} |\n");
+            }
+        }
+        md
+    }
+
     /// Appends one line `{"step": .., "time": .., ..values}` to `metrics.jsonl`, and the
     /// numeric values as scalars to the TensorBoard event file. A file that cannot be written
     /// (a full disk) is warned about once and does not stop the run: its lines are written
@@ -227,6 +266,8 @@ impl RunDir {
                     if let Some(at) = self.restart {
                         w.restart_at(at, time);
                     }
+                    // Each event file (a run's first session, each resume) says how it ran.
+                    w.add_text(step, time, "config", &self.record_markdown());
                     self.events = Some(w)
                 }
                 Err(e) => {
@@ -244,6 +285,25 @@ impl RunDir {
     }
 }
 
+/// `value` as (dotted key, text) rows: a map's entries by key, anything else as one row
+/// (strings bare, other values as JSON; `|` escaped for Markdown tables).
+fn flat_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flat_rows(&key, v, rows);
+            }
+        }
+        serde_json::Value::String(s) => rows.push((prefix.to_string(), s.replace('|', "\\|"))),
+        other => rows.push((prefix.to_string(), other.to_string().replace('|', "\\|"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +315,21 @@ mod tests {
         assert_eq!(timestamp(1_795_341_600), "2026-11-22T10-00-00");
         // Leap day.
         assert_eq!(timestamp(951_782_400), "2000-02-29T00-00-00");
+    }
+
+    #[test]
+    fn nested_config_rows_have_dotted_keys() {
+        let config =
+            serde_json::json!({ "lr": 0.1, "optim": { "name": "a|b", "betas": [0.9, 0.99] } });
+        let mut rows = Vec::new();
+        flat_rows("", &config, &mut rows);
+        assert_eq!(
+            rows,
+            vec![
+                ("lr".to_string(), "0.1".to_string()),
+                ("optim.betas".to_string(), "[0.9,0.99]".to_string()),
+                ("optim.name".to_string(), "a\\|b".to_string()),
+            ]
+        );
     }
 }

@@ -12,6 +12,11 @@
 //!   (field 5) of repeated `value`s (field 1), each a `tag` (field 1, string) and a
 //!   `simple_value` (field 2, float).
 //!
+//! A text summary (TensorBoard's Text tab) is a `value` with a `tensor` (field 8: `dtype` 1 =
+//! `DT_STRING` (7), `tensor_shape` 2 with one `dim` of size 1, `string_val` 8) and `metadata`
+//! (field 9) naming the plugin `"text"` (`plugin_data` 1, `plugin_name` 1), as PyTorch's
+//! `add_text` writes it; the text is Markdown.
+//!
 //! TensorBoard reads every `*tfevents*` file of a directory, so a resumed run starts a new
 //! file next to the old one.
 
@@ -72,6 +77,11 @@ impl EventWriter {
         if !scalars.is_empty() {
             self.write_event(&scalar_event(step, wall_time, scalars));
         }
+    }
+
+    /// Appends a Markdown text summary under `tag` at `step` (TensorBoard's Text tab).
+    pub fn add_text(&mut self, step: u64, wall_time: f64, tag: &str, markdown: &str) {
+        self.write_event(&text_event(step, wall_time, tag, markdown));
     }
 
     fn write_event(&mut self, event: &[u8]) {
@@ -158,13 +168,46 @@ fn scalar_event(step: u64, wall_time: f64, scalars: &[(&str, f32)]) -> Vec<u8> {
         v.extend_from_slice(&value.to_le_bytes());
         put_bytes(&mut summary, 1, &v);
     }
+    summary_event(step, wall_time, &summary)
+}
+
+/// An event with one text value: a string tensor of shape [1] for the text plugin.
+fn text_event(step: u64, wall_time: f64, tag: &str, text: &str) -> Vec<u8> {
+    let mut dim = Vec::new();
+    put_key(&mut dim, 1, WIRE_VARINT);
+    put_varint(&mut dim, 1);
+    let mut shape = Vec::new();
+    put_bytes(&mut shape, 2, &dim);
+    let mut tensor = Vec::new();
+    put_key(&mut tensor, 1, WIRE_VARINT);
+    put_varint(&mut tensor, DT_STRING);
+    put_bytes(&mut tensor, 2, &shape);
+    put_bytes(&mut tensor, 8, text.as_bytes());
+    let mut plugin = Vec::new();
+    put_bytes(&mut plugin, 1, b"text");
+    let mut metadata = Vec::new();
+    put_bytes(&mut metadata, 1, &plugin);
+    let mut v = Vec::new();
+    put_bytes(&mut v, 1, tag.as_bytes());
+    put_bytes(&mut v, 8, &tensor);
+    put_bytes(&mut v, 9, &metadata);
+    let mut summary = Vec::new();
+    put_bytes(&mut summary, 1, &v);
+    summary_event(step, wall_time, &summary)
+}
+
+/// An event at `step` holding `summary` (its encoded values).
+fn summary_event(step: u64, wall_time: f64, summary: &[u8]) -> Vec<u8> {
     let mut event = Vec::new();
     put_double(&mut event, 1, wall_time);
     put_key(&mut event, 2, WIRE_VARINT);
     put_varint(&mut event, step);
-    put_bytes(&mut event, 5, &summary);
+    put_bytes(&mut event, 5, summary);
     event
 }
+
+/// `tensorflow.DataType.DT_STRING`.
+const DT_STRING: u64 = 7;
 
 /// `SessionLog.SessionStatus.START`.
 const SESSION_LOG_START: u64 = 1;
@@ -210,6 +253,8 @@ mod tests {
         values: Vec<(String, f32)>,
         /// The status of a `session_log`, if the event has one.
         session_status: Option<u64>,
+        /// Text values: (tag, plugin name, dtype, shape dims, text).
+        texts: Vec<(String, String, u64, Vec<u64>, String)>,
     }
 
     /// Splits a file into TFRecord payloads, checking both CRCs of every record.
@@ -277,15 +322,39 @@ mod tests {
                     for (f, value, _) in fields(&raw) {
                         assert_eq!(f, 1, "summary.value");
                         let mut tag = String::new();
-                        let mut simple = f32::NAN;
+                        let mut simple = None;
+                        let (mut plugin, mut dtype, mut dims, mut text) =
+                            (String::new(), 0, Vec::new(), None);
                         for (f, raw, _) in fields(&value) {
                             match f {
                                 1 => tag = String::from_utf8(raw).unwrap(),
-                                2 => simple = f32::from_le_bytes(raw.try_into().unwrap()),
+                                2 => simple = Some(f32::from_le_bytes(raw.try_into().unwrap())),
+                                8 => {
+                                    for (f, raw, int) in fields(&raw) {
+                                        match f {
+                                            1 => dtype = int,
+                                            2 => {
+                                                for (_, dim, _) in fields(&raw) {
+                                                    dims.push(fields(&dim)[0].2);
+                                                }
+                                            }
+                                            8 => text = Some(String::from_utf8(raw).unwrap()),
+                                            other => panic!("unexpected tensor field {other}"),
+                                        }
+                                    }
+                                }
+                                9 => {
+                                    let data = fields(&raw).remove(0).1;
+                                    plugin = String::from_utf8(fields(&data).remove(0).1).unwrap();
+                                }
                                 other => panic!("unexpected value field {other}"),
                             }
                         }
-                        event.values.push((tag, simple));
+                        match (simple, text) {
+                            (Some(v), None) => event.values.push((tag, v)),
+                            (None, Some(t)) => event.texts.push((tag, plugin, dtype, dims, t)),
+                            other => panic!("a value with {other:?}"),
+                        }
                     }
                 }
                 6 => {
@@ -350,6 +419,36 @@ mod tests {
         );
         assert_eq!(events[2].step, 300);
         assert_eq!(events[2].values, vec![("loss".to_string(), -1.25e-3)]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn text_is_a_string_tensor_for_the_text_plugin() {
+        let dir = std::env::temp_dir().join(format!("sslhost-tftext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = EventWriter::create(&dir, 1_700_000_000.0).unwrap();
+        w.add_text(
+            7,
+            1_700_000_001.0,
+            "config",
+            "| key | value |\n|---|---|\n| lr | 0.1 |",
+        );
+        let events: Vec<Event> = records(&std::fs::read(w.path()).unwrap())
+            .iter()
+            .map(|p| decode(p))
+            .collect();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].step, 7);
+        assert_eq!(
+            events[1].texts,
+            vec![(
+                "config".to_string(),
+                "text".to_string(),
+                DT_STRING,
+                vec![1],
+                "| key | value |\n|---|---|\n| lr | 0.1 |".to_string()
+            )]
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -210,3 +210,63 @@ fn burn_style_slices_take_one_range_per_dimension() {
     .to_string();
     assert!(e.contains("entry 1 must be a range"), "{e}");
 }
+
+#[test]
+fn decorrelation_losses_match_hand_values() {
+    // Barlow Twins on identical views whose two columns are the same +-1 pattern: every
+    // entry of C is c = 1 / (1 + 1e-5) (the standardised columns), so the loss is
+    // 2 (1 - c)^2 + lambda * 2 c^2.
+    let c = 1.0 / (1.0 + 1e-5_f64);
+    close(
+        "let z = tensor([[1.0, 1.0], [-1.0, -1.0]]); barlow_twins_loss(z, z, 0.5).item()",
+        2.0 * (1.0 - c).powi(2) + 0.5 * 2.0 * c * c,
+    );
+    // Decorrelated, unit-variance columns: C = I up to the epsilon, the loss ~ 0.
+    close(
+        "let z = tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]]); \
+         barlow_twins_loss(z, z, 0.0051).item()",
+        2.0 * (1.0 - c).powi(2),
+    );
+    // VICReg on z = [[1, 0], [-1, 0]] twice: no invariance term; column 0 has std
+    // sqrt(2 + 1e-4) > 1 (no penalty), column 1 std 0.01 (penalty 0.99), so variance is
+    // 0.99 / 2 per branch; the covariance [[2, 0], [0, 0]] has no off-diagonal.
+    close(
+        "let z = tensor([[1.0, 0.0], [-1.0, 0.0]]); vicreg_loss(z, z, 25.0, 25.0, 1.0).item()",
+        25.0 * 0.99,
+    );
+    // Covariance: two perfectly correlated columns of variance 2/1: cov = [[2, 2], [2, 2]]
+    // (unbiased, N = 2), off-diagonal squares 8, over D = 2.
+    close(
+        "vicreg_covariance(tensor([[1.0, 1.0], [-1.0, -1.0]])).item()",
+        4.0,
+    );
+}
+
+/// UniGrad's loss has the paper's per-sample gradient: d loss / d u_i = (-um_i + lambda F u_i) / N.
+#[test]
+fn unigrad_gradient_is_the_closed_form() {
+    let diff = eval(
+        r#"
+        let u = randn([6, 4]).normalize(1).require_grad();
+        let um = randn([6, 4]).normalize(1);
+        let um2 = randn([6, 4]).normalize(1);
+        let f = unigrad_correlation(um, um2);
+        let lambda = 100.0;
+        let g = unigrad_loss(u, um, f, lambda).backward();
+        let want = (lambda * u.detach().matmul(f) - um) / 6;
+        (g.get(u) - want).abs().max().item()
+        "#,
+    );
+    assert!(diff < 1e-4, "largest gradient difference {diff}");
+    // The correlation is symmetric and has trace 1 (unit rows): (1 + 1) / 2.
+    close(
+        "let a = randn([5, 3]).normalize(1); let b = randn([5, 3]).normalize(1); \
+         let f = unigrad_correlation(a, b); (f - f.t()).abs().max().item()",
+        0.0,
+    );
+    close(
+        "let a = randn([5, 3]).normalize(1); let b = randn([5, 3]).normalize(1); \
+         unigrad_correlation(a, b).diag().sum().item()",
+        1.0,
+    );
+}

@@ -36,6 +36,7 @@ pub const STDLIB: &[(&str, &str)] = &[
         "stdlib/transforms",
         include_str!("../../stdlib/transforms.rhai"),
     ),
+    ("stdlib/presets", include_str!("../../stdlib/presets.rhai")),
 ];
 
 /// Recursion depth allowed for script functions.

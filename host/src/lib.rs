@@ -22,6 +22,7 @@ pub mod optim;
 pub mod profiling;
 pub mod reference;
 pub mod session;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

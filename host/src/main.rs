@@ -158,6 +158,32 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Run a recipe once per combination of config values (and seed), one after another,
+    /// each in its own run directory under OUT; OUT/summary.md and OUT/results.jsonl hold
+    /// the grid values, the final kNN top-1 and loss and the wall time of each. Started
+    /// again, it skips finished runs and continues an interrupted one from its checkpoint.
+    Sweep {
+        /// The recipe.
+        script: PathBuf,
+        /// A config key and its values: `--grid tau_base=0,0.9,0.99,1.0` (repeatable: every
+        /// combination runs). Commas inside brackets belong to a value (`widths=[16,32],[8,16]`).
+        #[arg(long, value_name = "KEY=V1,V2,..", value_parser = sslhost::sweep::parse_axis, required = true)]
+        grid: Vec<sslhost::sweep::Axis>,
+        /// Seeds per combination (0, 1, ..).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// The sweep folder (default: sweeps/<recipe>).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        on: DeviceArgs,
+        /// Directory holding the dataset's files (passed to every run).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// A setting every run gets (`-s epochs=2`), besides the grid's.
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+    },
     /// Redraw a run's `curves.png` from its `metrics.jsonl` (runs draw it when they end),
     /// with another smoothing or into another file.
     Curves {
@@ -459,6 +485,51 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "sslhost", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Sweep {
+            script,
+            grid,
+            seeds,
+            out,
+            on,
+            data,
+            set,
+        } => {
+            use clap::ValueEnum;
+            let name = |v: Option<clap::builder::PossibleValue>| {
+                v.map(|p| p.get_name().to_string()).unwrap_or_default()
+            };
+            let mut run_args = vec![
+                "--device".to_string(),
+                name(on.device.to_possible_value()),
+                "--precision".to_string(),
+                name(on.precision.to_possible_value()),
+            ];
+            if let Some(dir) = data {
+                run_args.extend(["--data".to_string(), dir.display().to_string()]);
+            }
+            for (k, v) in set {
+                run_args.extend(["--set".to_string(), format!("{k}={v}")]);
+            }
+            let stem = script
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "sweep".into());
+            let plan = sslhost::sweep::SweepPlan {
+                recipe: script,
+                axes: grid,
+                seeds,
+                out: out.unwrap_or_else(|| PathBuf::from("sweeps").join(stem)),
+                run_args,
+            };
+            let done = sslhost::sweep::run(&plan)?;
+            println!(
+                "{} runs made, {} already finished: {}",
+                done.ran,
+                done.skipped,
+                done.summary.display()
+            );
             Ok(())
         }
         Command::Curves {

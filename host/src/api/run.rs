@@ -489,9 +489,14 @@ fn tracked_items(
             .try_cast::<crate::api::models::models_api::Queue>()
         {
             q
+        } else if let Some(s) = v
+            .clone()
+            .try_cast::<crate::api::tensor::tensor_api::State>()
+        {
+            s
         } else {
             return Err(Error::Invalid(format!(
-                "checkpoint: `{k}` must be a network, an optimiser or a queue, got {}",
+                "checkpoint: `{k}` must be a network, an optimiser, a queue or a state tensor, got {}",
                 v.type_name()
             )));
         };

@@ -10,6 +10,7 @@ use crate::tensor::DynTensor;
 /// Tensors of rank 1–4 on the run's device; autodiff flows through every op.
 #[export_module]
 pub mod tensor_api {
+    use std::cell::RefCell;
     use std::rc::Rc;
 
     use burn::tensor::Gradients;
@@ -18,7 +19,7 @@ pub mod tensor_api {
     use crate::api::args::{self, RhaiResult, run};
     use crate::error::Error;
     use crate::session;
-    use crate::tensor::{BinaryOp, DynTensor};
+    use crate::tensor::{BinaryOp, DynTensor, StateTensor};
 
     use super::{flatten, nest, tensor_list};
 
@@ -443,6 +444,16 @@ pub mod tensor_api {
     #[rhai_fn(name = "mean", return_raw)]
     pub fn mean_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
         run(|| a.mean_dim(dim, keepdim))
+    }
+
+    /// The largest element (shape `[1]`).
+    ///
+    /// ```rhai
+    /// let worst = (a - b).abs().max().item();
+    /// ```
+    #[rhai_fn(name = "max", return_raw)]
+    pub fn max_all(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.max_all())
     }
 
     /// Maximum over `dim`, dropping it.
@@ -875,6 +886,73 @@ pub mod tensor_api {
                 )),
             }
         })
+    }
+
+    // ---- state tensors -------------------------------------------------------------------
+
+    /// A tensor a method carries from step to step outside any network (UniGrad's moving
+    /// correlation, DINO's centre). Put it in the checkpoint map: `checkpoint` saves it and
+    /// `resume` restores it (a shape that differs from the checkpoint's is an error naming
+    /// both). Holds float values without gradients; copies of the handle share the value.
+    pub type State = Rc<RefCell<StateTensor>>;
+
+    /// A state tensor starting at `init` (detached).
+    ///
+    /// ```rhai
+    /// let centre = state_tensor(zeros([1, 128]));
+    /// let state = #{ centre: centre };
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn state_tensor(init: Tensor) -> RhaiResult<State> {
+        run(|| Ok(Rc::new(RefCell::new(StateTensor::new(&init)?))))
+    }
+
+    /// The current value (no gradient flows into the state).
+    ///
+    /// ```rhai
+    /// let centre = state_tensor(zeros([1, 4]));
+    /// let centred = z - centre.value;
+    /// ```
+    #[rhai_fn(get = "value", pure)]
+    pub fn state_value(s: &mut State) -> Tensor {
+        s.borrow().value()
+    }
+
+    /// The shape, fixed when the state was made.
+    ///
+    /// ```rhai
+    /// let f = state_tensor(eye(4));
+    /// print(f.shape);   // [4, 4]
+    /// ```
+    #[rhai_fn(get = "shape", pure)]
+    pub fn state_shape(s: &mut State) -> Array {
+        s.borrow()
+            .shape()
+            .into_iter()
+            .map(|d| Dynamic::from(d as i64))
+            .collect()
+    }
+
+    /// Replaces the value (detached); the new value must have the state's shape.
+    ///
+    /// ```rhai
+    /// let centre = state_tensor(zeros([1, 4]));
+    /// centre.set(0.9 * centre.value + 0.1 * z.mean(0, true));
+    /// ```
+    #[rhai_fn(name = "set", return_raw)]
+    pub fn state_set(s: &mut State, value: Tensor) -> RhaiResult<()> {
+        session::note_update();
+        run(|| s.borrow_mut().set(&value))
+    }
+
+    /// `State[128, 128]`.
+    ///
+    /// ```rhai
+    /// print(state_tensor(eye(3)));
+    /// ```
+    #[rhai_fn(global, name = "to_string", name = "to_debug")]
+    pub fn state_to_string(s: &mut State) -> String {
+        format!("State{:?}", s.borrow().shape())
     }
 
     // ---- helpers (not exported) ----------------------------------------------------------

@@ -8,9 +8,11 @@
 
 mod ops;
 mod random;
+mod state;
 
 pub use ops::{BinaryOp, broadcast_shape};
 pub use random::{HostRng, RngState};
+pub use state::StateTensor;
 
 use std::cell::Cell;
 use std::sync::Arc;

@@ -279,6 +279,12 @@ impl DynTensor {
         self.reduce_dim(dim, keepdim, "max", |t, p| t.max_dim(p))
     }
 
+    /// The largest of all elements, shape `[1]`.
+    pub fn max_all(&self) -> Result<Self> {
+        let t = self.float4("max")?;
+        Ok(Self::scalar(t.max()))
+    }
+
     /// Euclidean norm of all elements, shape `[1]`.
     pub fn norm(&self) -> Result<Self> {
         let t = self.float4("norm")?;

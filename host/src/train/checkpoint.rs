@@ -21,7 +21,7 @@ use super::tensor_file::{self, NamedTensor, Values};
 use crate::error::{Error, Result};
 use crate::models::{Architecture, Queue, SharedNet};
 use crate::optim::{Optimizer, ParamState};
-use crate::tensor::{DynTensor, RngState};
+use crate::tensor::{DynTensor, RngState, StateTensor};
 
 /// The format tag written into every checkpoint.
 pub const FORMAT: &str = "sslhost-checkpoint-2";
@@ -107,6 +107,40 @@ impl Checkpointed for RefCell<Queue> {
         let keys = loaded.tensor4(&format!("{key}/keys"), device)?;
         let [_, _, n, d] = keys.dims();
         self.borrow_mut().set(keys.reshape([n, d]))
+    }
+}
+
+impl Checkpointed for RefCell<StateTensor> {
+    fn tensors(&self, key: &str) -> Result<Vec<NamedTensor>> {
+        let state = self.borrow();
+        let value = state.value();
+        Ok(vec![float(
+            format!("{key}/value"),
+            &value.promoted4(),
+            state.shape(),
+        )?])
+    }
+
+    fn restore(&self, key: &str, loaded: &Loaded, device: &Device) -> Result<()> {
+        let name = format!("{key}/value");
+        let want = self.borrow().shape();
+        if let Some(stored) = loaded.tensor(&name)
+            && stored.shape != want
+        {
+            return Err(Error::Shape(format!(
+                "{}: state tensor `{key}` is {:?} in the checkpoint but {want:?} in the recipe",
+                loaded.path(),
+                stored.shape
+            )));
+        }
+        let value = loaded.tensor4(&name, device)?;
+        self.borrow_mut()
+            .set(&DynTensor::from_float4(value, want.len()))
+    }
+
+    fn non_finite(&self, key: &str) -> Option<String> {
+        let finite = self.borrow().value().all_finite().unwrap_or(false);
+        (!finite).then(|| format!("`{key}`"))
     }
 }
 

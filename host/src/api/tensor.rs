@@ -568,6 +568,29 @@ pub mod tensor_api {
         run(|| a.unary("relu", burn::tensor::activation::relu))
     }
 
+    /// GELU, `x * Phi(x)` (the exact form, as PyTorch's default): the activation of DINO's
+    /// head and of transformers.
+    ///
+    /// ```rhai
+    /// let h = x.gelu();
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn gelu(a: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.unary("gelu", burn::tensor::activation::gelu))
+    }
+
+    /// The entries at `indices` (a rank-1 int tensor; repeats allowed) along `dim`, in that
+    /// order; gradients flow back to the entries taken. An index out of range is an error.
+    ///
+    /// ```rhai
+    /// let support = randn([32, 4]);
+    /// let nearest = support.select(0, z.matmul(support.t()).argmax(1));   // [N, 4]
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn select(a: Tensor, dim: i64, indices: Tensor) -> RhaiResult<Tensor> {
+        run(|| a.select(dim, &indices))
+    }
+
     /// `x ** p` elementwise.
     ///
     /// ```rhai

@@ -332,6 +332,42 @@ impl DynTensor {
         Ok(DynTensor::from_int4(out.reshape(padded(&s)), s.len()))
     }
 
+    /// The entries at `indices` (a rank-1 int tensor) along `dim`, in their order (repeats
+    /// allowed); gradients flow back to the rows taken. NNCLR's nearest neighbours are
+    /// `support.select(0, sim.argmax(1))`.
+    pub fn select(&self, dim: i64, indices: &DynTensor) -> Result<Self> {
+        let p = self.physical_dim(dim, "select")?;
+        if indices.rank() != 1 || !indices.is_int() {
+            return Err(Error::Shape(format!(
+                "select: indices must be a rank-1 int tensor (use .int()), got a {} tensor of shape {:?}",
+                indices.dtype_name(),
+                indices.shape()
+            )));
+        }
+        let size = self.promoted4().dims()[p];
+        let idx = indices.int4("select")?.reshape([indices.numel()]);
+        // Out-of-range indices are an error here, not a panic in the backend (one read).
+        if let Some(bad) = crate::tensor::int_values(idx.clone())?
+            .into_iter()
+            .find(|&i| i < 0 || i as usize >= size)
+        {
+            return Err(Error::Shape(format!(
+                "select: index {bad} is out of range for dim {dim} of size {size} (shape {:?})",
+                self.shape()
+            )));
+        }
+        let mut shape = self.shape();
+        shape[p + self.rank - 4] = indices.numel();
+        if self.is_int() {
+            Ok(DynTensor::from_int4(
+                self.int4("select")?.select(p, idx),
+                self.rank,
+            ))
+        } else {
+            Ok(self.with_float(self.float4("select")?.select(p, idx)))
+        }
+    }
+
     /// 1.0 where `a == b`, else 0.0 (float, broadcast).
     pub fn eq(&self, other: &DynTensor) -> Result<Self> {
         let shape = broadcast_shape(&self.shape(), &other.shape()).ok_or_else(|| {

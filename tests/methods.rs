@@ -8,19 +8,24 @@ use std::path::Path;
 
 use run_common::{finished_run, recipe_in_temp, sslhost_run};
 
-/// The `loss` values of a run's metrics.jsonl, in step order.
-fn losses(run: &Path) -> Vec<f64> {
+/// The `key` values (a loss) of a run's metrics.jsonl, in step order.
+fn losses(run: &Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("loss")?.as_f64())
+        .filter_map(|v| v.get(key)?.as_f64())
         .collect()
 }
 
 /// 40 steps of `recipe` on 640 images (batch 32, two epochs), a loss logged each step: all
 /// finite, and the last ten lower on average than the first ten.
 fn loss_falls(recipe: &str) {
+    logged_loss_falls(recipe, "loss");
+}
+
+/// As [`loss_falls`] for the logged value `key`.
+fn logged_loss_falls(recipe: &str, key: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let runs = std::env::temp_dir().join(format!("sslhost-method-{recipe}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
@@ -38,7 +43,7 @@ fn loss_falls(recipe: &str) {
         "linear_probe=false",
     ]);
     let run = finished_run(command, &runs);
-    let loss = losses(&run);
+    let loss = losses(&run, key);
     assert_eq!(loss.len(), 40, "{recipe}: {loss:?}");
     assert!(loss.iter().all(|l| l.is_finite()), "{recipe}: {loss:?}");
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
@@ -65,6 +70,71 @@ fn vicreg_trains() {
 #[test]
 fn unigrad_trains() {
     loss_falls("unigrad");
+}
+
+#[test]
+fn mocov3_trains() {
+    loss_falls("mocov3");
+}
+
+#[test]
+fn nnclr_trains() {
+    loss_falls("nnclr");
+}
+
+/// DINO's loss rises at first, with the teacher's entropy, while the centring flattens the
+/// teacher; what the student learns is the loss less that entropy (`kl`).
+#[test]
+fn dino_trains() {
+    logged_loss_falls("dino", "kl");
+}
+
+#[test]
+fn swav_trains() {
+    loss_falls("swav");
+}
+
+/// The kNN monitor of the preset recipes prints the raw pixels' accuracy of the same split
+/// beside the encoder's (`knn_top1 0.8 (raw pixels 0.7)`) and records it in metrics.jsonl.
+#[test]
+fn knn_monitor_shows_the_raw_pixel_anchor() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let runs = std::env::temp_dir().join(format!("sslhost-method-anchor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&runs);
+    let mut command = sslhost_run(&root.join("recipes/simclr.rhai"), &runs);
+    command.current_dir(root).args([
+        "-s",
+        "limit=320",
+        "-s",
+        "batch_size=32",
+        "-s",
+        "epochs=1",
+        "-s",
+        "knn_k=20",
+        "-s",
+        "linear_probe=false",
+    ]);
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("knn_top1"))
+        .unwrap_or_else(|| panic!("no kNN line: {stderr}"));
+    assert!(line.contains(" (raw pixels 0."), "{line}");
+    assert!(!line.contains("knn_raw_pixels"), "{line}");
+    let run = run_common::only_run(&runs);
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let raw = logged
+        .iter()
+        .find_map(|v| v.get("knn_raw_pixels")?.as_f64())
+        .expect("knn_raw_pixels in metrics.jsonl");
+    assert!(raw > 0.3 && raw < 1.0, "{raw}");
+    std::fs::remove_dir_all(&runs).ok();
 }
 
 const STATE_RECIPE: &str = r#"// state tensor test

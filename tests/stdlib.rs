@@ -270,3 +270,176 @@ fn unigrad_gradient_is_the_closed_form() {
         1.0,
     );
 }
+
+#[test]
+fn in_batch_contrastive_losses_match_hand_values() {
+    // q = k = I (2x2), T = 1: each query sees its key at cosine 1 and the other at 0:
+    // -log(e / (e + 1)) = ln(e + 1) - 1; MoCo v3 scales by 2T.
+    let one = (1f64.exp() + 1.0).ln() - 1.0;
+    close(
+        "in_batch_info_nce(tensor([[1.0, 0.0], [0.0, 2.0]]), tensor([[3.0, 0.0], [0.0, 1.0]]), 1.0).item()",
+        one,
+    );
+    // T = 0.5: logits 2 and 0; times 2T = 1.
+    let half = (2f64.exp() + 1.0).ln() - 2.0;
+    close(
+        "mocov3_loss(tensor([[1.0, 0.0], [0.0, 1.0]]), tensor([[1.0, 0.0], [0.0, 1.0]]), 0.5).item()",
+        half,
+    );
+}
+
+#[test]
+fn nearest_neighbours_take_the_closest_support_rows() {
+    // Support rows: x, y, -x (unit). The query (2, 0.1) is closest to x; (-1, -0.2) to -x;
+    // (0.1, 5) to y.
+    let prelude = "let s = tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]); \
+                   let nn = nearest_neighbours(tensor([[2.0, 0.1], [-1.0, -0.2], [0.1, 5.0]]), s);";
+    close(&format!("{prelude} nn.slice([0..1, 0..1]).item()"), 1.0);
+    close(&format!("{prelude} nn.slice([1..2, 0..1]).item()"), -1.0);
+    close(&format!("{prelude} nn.slice([2..3, 1..2]).item()"), 1.0);
+    close(&format!("{prelude} nn.shape[0].to_float()"), 3.0);
+}
+
+#[test]
+fn sinkhorn_balances_prototypes_and_samples() {
+    // 4 samples, 3 prototypes: every row sums to 1, every column to 4 / 3 (equal shares),
+    // after 3 iterations on random scores, to within Sinkhorn's convergence.
+    let prelude = "let q = sinkhorn(randn([4, 3]), 0.5, 3);";
+    for row in 0..4 {
+        close(
+            &format!("{prelude} q.slice([{row}..{}, 0..3]).sum().item()", row + 1),
+            1.0,
+        );
+    }
+    for col in 0..3 {
+        let got = eval(&format!(
+            "{prelude} q.slice([0..4, {col}..{}]).sum().item()",
+            col + 1
+        ));
+        assert!((got - 4.0 / 3.0).abs() < 0.05, "column {col}: {got}");
+    }
+    // Scores far apart in scale (cosines / 0.05 reach e^40) stay finite.
+    let got = eval("sinkhorn(tensor([[30.0, -30.0], [-30.0, 30.0]]), 0.05, 3).sum().item()");
+    assert!((got - 2.0).abs() < 1e-4, "{got}");
+}
+
+#[test]
+fn dino_and_swav_losses_match_hand_values() {
+    // Soft cross-entropy of equal logits over two classes against any target: ln 2.
+    close(
+        "soft_cross_entropy(tensor([[0.0, 0.0]]), tensor([[0.3, 0.7]])).item()",
+        2f64.ln(),
+    );
+    // DINO: teacher logits [0, ln 3] with centre 0 and temperature 1 give targets [1/4, 3/4];
+    // student logits 0 at temperature 1: ln 2 for both pairs.
+    close(
+        "let t = tensor([[0.0, 1.0986123]]); let s = tensor([[0.0, 0.0]]); \
+         dino_loss(s, s, t, t, zeros([1, 2]), 1.0, 1.0).item()",
+        2f64.ln(),
+    );
+    // The centre shifts the teacher: centre [0, ln 3] makes its targets uniform; a student
+    // at [ln 3, 0] (temperature 1) then pays 0.5 (ln 4 - ln 3) + 0.5 ln 4 ... per pair.
+    let want = 0.5 * ((4f64).ln() - 3f64.ln()) + 0.5 * (4f64).ln();
+    close(
+        "let c = tensor([[0.0, 1.0986123]]); let t = c; let s = tensor([[1.0986123, 0.0]]); \
+         dino_loss(s, s, t, t, c, 1.0, 1.0).item()",
+        want,
+    );
+    // SwAV: codes [1, 0] against scores [0, 0] at temperature 1: ln 2 each way.
+    close(
+        "let p = tensor([[0.0, 0.0]]); let q = tensor([[1.0, 0.0]]); \
+         swav_loss(p, p, q, q, 1.0).item()",
+        2f64.ln(),
+    );
+}
+
+#[test]
+fn weight_normalised_prototypes_give_cosines() {
+    // Unit rows: a unit input's scores are cosines, within [-1, 1], the largest 1 for an
+    // input equal to a row.
+    close(
+        "let p = prototypes(8, 5, false); let x = randn([3, 8]).normalize(1); \
+         let s = p.forward(x); if s.abs().max().item() <= 1.0 + 1e-6 { 1.0 } else { 0.0 }",
+        1.0,
+    );
+    close(
+        "let p = prototypes(4, 3, false); let w = p.parameters()[\"weight\"]; \
+         p.forward(w.slice([1..2, 0..4]).normalize(1)).slice([0..1, 1..2]).item()",
+        1.0,
+    );
+    // A learned gain starts at 1 and scales the row: its gradient flows.
+    close(
+        "let p = prototypes(4, 3, true); p.parameters()[\"gain\"].sum().item()",
+        3.0,
+    );
+}
+
+#[test]
+fn a_frozen_part_keeps_its_parameters_while_the_rest_trains() {
+    // Two linear layers in sequence; the second frozen: one SGD step changes the first
+    // only, and the first still gets its gradient through the frozen second.
+    let script = "let a = linear(4, 3); let b = linear(3, 2); let net = sequential([a, b]); \
+                  let opt = sgd([net], #{ momentum: 0.9 }); \
+                  b.frozen = true; \
+                  let a0 = a.parameters()[\"weight\"]; let b0 = b.parameters()[\"weight\"]; \
+                  opt.step(net.forward(randn([5, 4])).pow(2).mean(), 0.5); \
+                  let da = (a.parameters()[\"weight\"] - a0).abs().sum().item(); \
+                  let db = (b.parameters()[\"weight\"] - b0).abs().sum().item(); \
+                  let thawed = !net.frozen && b.frozen; \
+                  b.frozen = false; \
+                  opt.step(net.forward(randn([5, 4])).pow(2).mean(), 0.5); \
+                  let db2 = (b.parameters()[\"weight\"] - b0).abs().sum().item();";
+    close(
+        &format!("{script} if da > 0.0 && thawed {{ 1.0 }} else {{ 0.0 }}"),
+        1.0,
+    );
+    close(&format!("{script} db"), 0.0);
+    close(
+        &format!("{script} if db2 > 0.0 && !b.frozen {{ 1.0 }} else {{ 0.0 }}"),
+        1.0,
+    );
+}
+
+#[test]
+fn gelu_values_and_refused_layer_options() {
+    close(
+        "let x = tensor([[-1.0, 2.0]]); x.gelu().slice([0..1, 0..1]).item()",
+        -0.15865525,
+    );
+    let err = engine::run_source(
+        "stdlib-test",
+        "mlp([4, 8, 2], #{ activation: \"tanh\" })",
+        Path::new("."),
+        Session::new(sslhost::device::cpu(), 0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown activation \"tanh\""), "{err}");
+    let err = engine::run_source(
+        "stdlib-test",
+        "linear(4, 2, #{ learned_gain: true })",
+        Path::new("."),
+        Session::new(sslhost::device::cpu(), 0),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("learned_gain needs weight_norm"), "{err}");
+}
+
+#[test]
+fn default_epochs_follow_the_data_size_on_the_cpu() {
+    // Set epochs are kept; unset (0): 4 on Fashion-MNIST (937 steps an epoch at batch 64),
+    // about 2,000 steps on the embedded sample (62 steps an epoch).
+    close("default_epochs(2, 62).to_float()", 2.0);
+    close("default_epochs(0, 937).to_float()", 4.0);
+    close("default_epochs(0, 62).to_float()", 33.0);
+    close("default_epochs(0, 1000).to_float()", 4.0);
+}
+
+#[test]
+fn linear_schedule_warms_up_then_holds() {
+    close("linear_schedule(0, 10, 0.04, 0.07)", 0.04);
+    close("linear_schedule(5, 10, 0.04, 0.07)", 0.055);
+    close("linear_schedule(10, 10, 0.04, 0.07)", 0.07);
+    close("linear_schedule(3, 0, 0.04, 0.07)", 0.07);
+}

@@ -14,6 +14,7 @@ pub mod models_api {
     use crate::api::args::{self, Options, RhaiResult, run};
     use crate::error::Error;
     use crate::models::layers::LinearConfig;
+    use crate::models::mlp::Activation;
     use crate::models::{MlpConfig, ResNetConfig, SharedNet};
     use crate::session;
     use crate::tensor::DynTensor;
@@ -130,19 +131,24 @@ pub mod models_api {
     }
 
     /// An MLP with options `batch_norm` (hidden, default true), `last_batch_norm` (default
-    /// false) and `bias` (default true).
+    /// false), `bias` (default true) and `activation` (`"relu"`, the default, or `"gelu"`).
     ///
     /// ```rhai
     /// let proj = mlp([512, 2048, 128], #{ last_batch_norm: true });
+    /// let dino_head = mlp([512, 2048, 256], #{ batch_norm: false, activation: "gelu" });
     /// ```
     #[rhai_fn(return_raw)]
     pub fn mlp(dims: Array, options: Map) -> RhaiResult<Net> {
         run(|| {
-            let o = Options::new(&options, "mlp", &["batch_norm", "last_batch_norm", "bias"])?;
+            let allowed = ["batch_norm", "last_batch_norm", "bias", "activation"];
+            let o = Options::new(&options, "mlp", &allowed)?;
             let mut config = MlpConfig::new(args::shape(&dims, "mlp widths")?);
             config.batch_norm = o.bool("batch_norm", true)?;
             config.last_batch_norm = o.bool("last_batch_norm", false)?;
             config.bias = o.bool("bias", true)?;
+            if let Some(name) = o.string("activation")? {
+                config.activation = Activation::parse(&name)?;
+            }
             for pair in config.dims.windows(2) {
                 crate::budget::elements(pair, "mlp layer weight")?;
             }
@@ -155,13 +161,37 @@ pub mod models_api {
     /// ```rhai
     /// let classifier = linear(512, 10);
     /// ```
+    #[rhai_fn(name = "linear", return_raw)]
+    pub fn linear_default(d_input: i64, d_output: i64) -> RhaiResult<Net> {
+        linear(d_input, d_output, Map::new())
+    }
+
+    /// A linear layer with options `bias` (default true), `weight_norm` (default false: each
+    /// row of the weight taken at unit length at every forward, so unit inputs give cosines:
+    /// prototypes) and `learned_gain` (with `weight_norm`, a trained length per row starting
+    /// at 1, as PyTorch's `weight_norm`; default true).
+    ///
+    /// ```rhai
+    /// let prototypes = linear(128, 3000, #{ bias: false, weight_norm: true, learned_gain: false });
+    /// let scores = prototypes.forward(randn([4, 128]).normalize(1));   // cosines, [4, 3000]
+    /// ```
     #[rhai_fn(return_raw)]
-    pub fn linear(d_input: i64, d_output: i64) -> RhaiResult<Net> {
+    pub fn linear(d_input: i64, d_output: i64, options: Map) -> RhaiResult<Net> {
         run(|| {
-            let config = LinearConfig::new(
+            let allowed = ["bias", "weight_norm", "learned_gain"];
+            let o = Options::new(&options, "linear", &allowed)?;
+            let mut config = LinearConfig::new(
                 args::count(d_input, "linear input size")?,
                 args::count(d_output, "linear output size")?,
-            );
+            )
+            .with_bias(o.bool("bias", true)?);
+            config.weight_norm = o.bool("weight_norm", false)?;
+            config.learned_gain = o.bool("learned_gain", config.weight_norm)?;
+            if config.learned_gain && !config.weight_norm {
+                return Err(Error::Invalid(
+                    "linear: learned_gain needs weight_norm: true".into(),
+                ));
+            }
             crate::budget::elements(&[config.d_input, config.d_output], "linear weight")?;
             session::with(|s| SharedNet::linear(&config, &mut s.rng, &s.device))
         })
@@ -238,6 +268,32 @@ pub mod models_api {
             crate::session::note_update();
             SharedNet::update_momentum(&online, &target, m)
         })
+    }
+
+    /// Whether optimisers leave the network's parameters as they are. A frozen part takes no
+    /// update, no weight decay and no change of its optimiser state, while gradients still
+    /// flow through it to the parts before it (DINO's last layer and SwAV's prototypes for
+    /// their first steps). True when every part is frozen.
+    ///
+    /// ```rhai
+    /// let head = linear(8, 4);
+    /// print(head.frozen);   // false
+    /// ```
+    #[rhai_fn(get = "frozen", pure)]
+    pub fn get_frozen(net: &mut Net) -> bool {
+        net.is_frozen()
+    }
+
+    /// Freezes (true) or thaws (false) a network and all its parts; set it every step to
+    /// freeze for the first N steps.
+    ///
+    /// ```rhai
+    /// let head = linear(8, 4);
+    /// head.frozen = true;
+    /// ```
+    #[rhai_fn(set = "frozen")]
+    pub fn set_frozen(net: &mut Net, frozen: bool) {
+        net.set_frozen(frozen);
     }
 
     /// Trainable parameter count (batch-norm buffers excluded, as torchvision counts).

@@ -110,15 +110,27 @@ pub struct LinearConfig {
     pub d_output: usize,
     /// Whether the layer adds a bias.
     pub bias: bool,
+    /// Weight normalisation (Salimans & Kingma, 2016): each row of the weight is divided by
+    /// its length at every forward, so for unit inputs the outputs are cosines (prototypes).
+    #[serde(default)]
+    pub weight_norm: bool,
+    /// With `weight_norm`, a trained length per row (PyTorch's `weight_g`), starting at 1.
+    #[serde(default)]
+    pub learned_gain: bool,
 }
 
-/// `y = x Wᵀ + b`, weight `[out, in]` as in PyTorch.
+/// `y = x Wᵀ + b`, weight `[out, in]` as in PyTorch; with weight normalisation
+/// `W = diag(g) V / |V|` row by row, `V` stored as `weight`.
 #[derive(Module, Debug)]
 pub struct Linear {
-    /// Weight `[out, in]`.
+    /// Weight `[out, in]` (the direction `V` under weight normalisation).
     pub weight: Param<Tensor<2>>,
     /// Bias `[out]`.
     pub bias: Option<Param<Tensor<1>>>,
+    /// Trained row lengths `[out]` of a weight-normalised layer with a learned gain.
+    pub gain: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    weight_norm: bool,
 }
 
 impl LinearConfig {
@@ -128,6 +140,8 @@ impl LinearConfig {
             d_input,
             d_output,
             bias: true,
+            weight_norm: false,
+            learned_gain: false,
         }
     }
 
@@ -153,7 +167,14 @@ impl LinearConfig {
                 device,
             )
         });
-        Linear { weight, bias }
+        let gain = (self.weight_norm && self.learned_gain)
+            .then(|| param(vec![1.0; self.d_output], [self.d_output], device));
+        Linear {
+            weight,
+            bias,
+            gain,
+            weight_norm: self.weight_norm,
+        }
     }
 }
 
@@ -161,12 +182,32 @@ impl Linear {
     /// The configuration that builds a layer of this one's shape.
     pub fn config(&self) -> LinearConfig {
         let [d_output, d_input] = self.weight.dims();
-        LinearConfig::new(d_input, d_output).with_bias(self.bias.is_some())
+        LinearConfig {
+            weight_norm: self.weight_norm,
+            learned_gain: self.gain.is_some(),
+            ..LinearConfig::new(d_input, d_output).with_bias(self.bias.is_some())
+        }
+    }
+
+    /// The weight the layer applies `[out, in]`: the stored one, or under weight
+    /// normalisation its rows at unit length (times the gain).
+    pub fn effective_weight(&self) -> Tensor<2> {
+        let w = self.weight.val();
+        if !self.weight_norm {
+            return w;
+        }
+        // A zero row stays zero rather than dividing by zero.
+        let length = w.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12);
+        let unit = w.div(length);
+        match &self.gain {
+            Some(g) => unit.mul(g.val().unsqueeze_dim(1)),
+            None => unit,
+        }
     }
 
     /// `[N, in] -> [N, out]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = precision::matrix_op(x, self.weight.val(), crate::kernels::linear);
+        let y = precision::matrix_op(x, self.effective_weight(), crate::kernels::linear);
         match &self.bias {
             Some(b) => y.add(b.val().unsqueeze()),
             None => y,

@@ -1,7 +1,8 @@
 //! Multi-layer perceptrons: the projection and prediction heads of SSL methods.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, activation::relu};
+use burn::tensor::activation::{gelu, relu};
+use burn::tensor::{Device, Tensor};
 
 use super::layers::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use crate::error::{Error, Result};
@@ -18,6 +19,40 @@ pub struct MlpConfig {
     pub last_batch_norm: bool,
     /// Whether the linear layers have biases.
     pub bias: bool,
+    /// The non-linearity between layers.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// The non-linearity of an [`Mlp`]'s hidden layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// `max(x, 0)`: the projection heads of most methods.
+    #[default]
+    Relu,
+    /// `x * Phi(x)`, the exact form: DINO's head.
+    Gelu,
+}
+
+impl Activation {
+    /// The activation a script names (`"relu"` or `"gelu"`).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "relu" => Ok(Activation::Relu),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(Error::Invalid(format!(
+                "unknown activation {other:?}: expected \"relu\" or \"gelu\""
+            ))),
+        }
+    }
+
+    fn apply(self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Activation::Relu => relu(x),
+            Activation::Gelu => gelu(x),
+        }
+    }
 }
 
 /// One linear layer with its optional batch norm.
@@ -27,10 +62,12 @@ pub struct MlpLayer {
     bn: Option<BatchNorm>,
 }
 
-/// `Linear -> [BN] -> ReLU` for each hidden layer, then `Linear -> [BN]`.
+/// `Linear -> [BN] -> activation` for each hidden layer, then `Linear -> [BN]`.
 #[derive(Module, Debug)]
 pub struct Mlp {
     layers: Vec<MlpLayer>,
+    #[module(skip)]
+    activation: Activation,
 }
 
 impl MlpConfig {
@@ -41,6 +78,7 @@ impl MlpConfig {
             batch_norm: true,
             last_batch_norm: false,
             bias: true,
+            activation: Activation::Relu,
         }
     }
 
@@ -72,7 +110,10 @@ impl MlpConfig {
                 }
             })
             .collect();
-        Ok(Mlp { layers })
+        Ok(Mlp {
+            layers,
+            activation: self.activation,
+        })
     }
 }
 
@@ -87,6 +128,7 @@ impl Mlp {
             batch_norm: self.layers[..last].iter().any(|l| l.bn.is_some()),
             last_batch_norm: self.layers[last].bn.is_some(),
             bias: self.layers[0].linear.bias.is_some(),
+            activation: self.activation,
         }
     }
 
@@ -106,11 +148,13 @@ impl Mlp {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             x = layer.linear.forward(x);
             let hidden = i + 1 < n;
-            x = match (&mut layer.bn, hidden) {
-                (Some(bn), true) => bn.forward_relu(x),
-                (Some(bn), false) => bn.forward(x),
-                (None, true) => relu(x),
-                (None, false) => x,
+            x = match (&mut layer.bn, hidden, self.activation) {
+                // ReLU fused into the batch norm's pass.
+                (Some(bn), true, Activation::Relu) => bn.forward_relu(x),
+                (Some(bn), true, activation) => activation.apply(bn.forward(x)),
+                (Some(bn), false, _) => bn.forward(x),
+                (None, true, activation) => activation.apply(x),
+                (None, false, _) => x,
             };
         }
         x

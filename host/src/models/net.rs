@@ -45,6 +45,8 @@ struct Node {
     /// The online network whose parameters this one (a momentum target) was checked to
     /// match by name and shape, so that check runs once, not every step.
     momentum_source: Option<std::rc::Weak<RefCell<Node>>>,
+    /// Left as it is by optimisers (see [`SharedNet::set_frozen`]).
+    frozen: bool,
 }
 
 /// A shared, mutable network handle.
@@ -96,6 +98,7 @@ impl SharedNet {
             training: true,
             flat: None,
             momentum_source: None,
+            frozen: false,
         })))
     }
 
@@ -396,6 +399,7 @@ impl SharedNet {
             training: node.training,
             flat: node.flat.clone(),
             momentum_source: None,
+            frozen: node.frozen,
         })))
     }
 
@@ -415,19 +419,36 @@ impl SharedNet {
             training: false,
             flat: None,
             momentum_source: None,
+            frozen: node.frozen,
         })))
     }
 
     /// A copy that takes no gradients: the target network of BYOL and MoCo.
     pub fn momentum_copy(&self) -> SharedNet {
         let copy = self.deep_copy();
-        copy.freeze();
+        copy.stop_gradients();
         copy
     }
 
-    fn freeze(&self) {
+    /// Freezes or thaws the network, all its parts: optimisers leave a frozen part's
+    /// parameters and state as they are (no update, no weight decay), while gradients still
+    /// flow through it to the parts before it. DINO's last layer and SwAV's prototypes are
+    /// frozen for their first steps.
+    pub fn set_frozen(&self, frozen: bool) {
         for p in self.children() {
-            p.freeze();
+            p.set_frozen(frozen);
+        }
+        self.0.borrow_mut().frozen = frozen;
+    }
+
+    /// Whether every part of the network is frozen.
+    pub fn is_frozen(&self) -> bool {
+        self.0.borrow().frozen && self.children().iter().all(|p| p.is_frozen())
+    }
+
+    fn stop_gradients(&self) {
+        for p in self.children() {
+            p.stop_gradients();
         }
         let mut node = self.0.borrow_mut();
         node.net = map_leaf!(node.net.clone(), m => m.no_grad());

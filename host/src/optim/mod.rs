@@ -414,8 +414,8 @@ impl Optimizer {
         let mut seen: Vec<SharedNet> = Vec::new();
         for (i, net) in self.nets.clone().iter().enumerate() {
             for (prefix, leaf) in net.leaves() {
-                // A leaf shared by two of the networks is updated once.
-                if seen.iter().any(|s| s.same(&leaf)) {
+                // A leaf shared by two of the networks is updated once; a frozen one not at all.
+                if leaf.is_frozen() || seen.iter().any(|s| s.same(&leaf)) {
                     continue;
                 }
                 seen.push(leaf.clone());

@@ -30,7 +30,7 @@ pub enum Net {
     /// A multi-layer perceptron.
     Mlp(Mlp),
     /// One linear layer.
-    Linear(Linear),
+    Linear(Box<Linear>),
     /// Networks applied one after another.
     Sequential(Vec<SharedNet>),
 }
@@ -62,7 +62,10 @@ macro_rules! on_leaf {
                 $body
             }
             Net::Mlp($m) => $body,
-            Net::Linear($m) => $body,
+            Net::Linear(boxed) => {
+                let $m = &**boxed;
+                $body
+            }
             Net::Sequential($seq) => $seq_body,
         }
     };
@@ -77,7 +80,10 @@ macro_rules! map_leaf {
                 Net::ResNet(Box::new($body))
             }
             Net::Mlp($m) => Net::Mlp($body),
-            Net::Linear($m) => Net::Linear($body),
+            Net::Linear(boxed) => {
+                let $m = *boxed;
+                Net::Linear(Box::new($body))
+            }
             Net::Sequential(parts) => Net::Sequential(parts),
         }
     };
@@ -193,7 +199,7 @@ impl SharedNet {
                 config.d_input, config.d_output
             )));
         }
-        Ok(Self::new(Net::Linear(config.init(rng, device))))
+        Ok(Self::new(Net::Linear(Box::new(config.init(rng, device)))))
     }
 
     /// A sequence of networks (shared, not copied).

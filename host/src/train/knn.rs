@@ -72,10 +72,97 @@ pub fn evaluate(
             test.classes()
         )));
     }
-    let tr = features(encoder, train, config.batch_size, transform, device, rng)?;
     let te = features(encoder, test, config.batch_size, transform, device, rng)?;
-    let (tr_f, te_f) = (unit_rows(tr.0), unit_rows(te.0));
+    let te_f = unit_rows(te.0);
+    if encoder.is_none() {
+        // Raw pixels are wide (2352 values for a 28x28 RGB image): the train set's would be
+        // 560 MB of Fashion-MNIST, held twice (the rows and their unit rows).
+        let test = (&te_f, &te.1);
+        return streamed_accuracy(train, test, config, transform, RAW_CHUNK, device, rng);
+    }
+    let tr = features(encoder, train, config.batch_size, transform, device, rng)?;
+    let tr_f = unit_rows(tr.0);
     accuracy((&tr_f, &tr.1), (&te_f, &te.1), train.classes(), config)
+}
+
+/// Train images read at a time by [`streamed_accuracy`].
+const RAW_CHUNK: usize = 2048;
+
+/// The weighted kNN vote of `test`'s unit rows among `train`'s raw pixels (flattened, at
+/// unit length), without holding the train set's pixels: they are read `chunk` images at a
+/// time, and each test row keeps the `k` most similar training rows seen so far. The same
+/// neighbours, votes and prediction as [`accuracy`] (ties aside); memory is the test rows,
+/// one chunk and `k` candidates a test row.
+fn streamed_accuracy(
+    train: &Dataset,
+    test: (&Tensor<2>, &Tensor<1, Int>),
+    config: &KnnConfig,
+    transform: Option<&Transform>,
+    chunk: usize,
+    device: &Device,
+    rng: &mut HostRng,
+) -> Result<f64> {
+    let (test_f, test_y) = test;
+    let n_test = test_f.dims()[0];
+    let k = config.k.min(train.len()).max(1);
+    let mut best: Vec<Vec<(f32, i64)>> = vec![Vec::with_capacity(k + chunk); n_test];
+    for start in (0..train.len()).step_by(chunk.max(1)) {
+        let end = (start + chunk).min(train.len());
+        let (images, labels) = train.tensors(start, end, device)?;
+        let images = match transform {
+            Some(t) => DynTensor::from_float4(t.apply(images.float4("knn")?, rng)?, 4),
+            None => images,
+        };
+        let rows = images
+            .without_autodiff()
+            .reshape(&[(end - start) as i64, -1])?;
+        let rows = unit_rows(rows.float_rank::<2>("knn")?.inner());
+        if rows.dims()[1] != test_f.dims()[1] {
+            return Err(Error::Shape(format!(
+                "knn: train images have {} values, test images {}",
+                rows.dims()[1],
+                test_f.dims()[1]
+            )));
+        }
+        let sim = crate::tensor::float_values(crate::kernels::linear(test_f.clone(), rows))?;
+        let labels = crate::tensor::int_values(labels.int_rank::<1>("knn")?.inner())?;
+        best.par_iter_mut()
+            .zip(sim.par_chunks(end - start))
+            .for_each(|(kept, row)| {
+                kept.extend(row.iter().copied().zip(labels.iter().copied()));
+                if kept.len() > k {
+                    kept.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                    kept.truncate(k);
+                }
+            });
+    }
+    let truth = crate::tensor::int_values(test_y.clone())?;
+    let classes = train.classes();
+    let correct = best
+        .par_iter()
+        .zip(&truth)
+        .filter(|(kept, t)| {
+            let mut scores = vec![0.0f64; classes];
+            for &(similarity, label) in kept.iter() {
+                if let Some(score) = usize::try_from(label).ok().and_then(|l| scores.get_mut(l)) {
+                    *score += (f64::from(similarity) / config.temperature).exp();
+                }
+            }
+            first_largest(&scores) as i64 == **t
+        })
+        .count();
+    Ok(correct as f64 / n_test as f64)
+}
+
+/// The index of the first of the largest values, as argmax gives.
+fn first_largest(scores: &[f64]) -> usize {
+    let mut best = 0;
+    for (c, &score) in scores.iter().enumerate() {
+        if score > scores[best] {
+            best = c;
+        }
+    }
+    best
 }
 
 /// `encoder`'s features `[N, D]` of every image of `dataset` (or the raw pixels, flattened,
@@ -289,14 +376,7 @@ impl Votes<'_> {
                 *score += (f64::from(similarities[i as usize]) / self.temperature).exp();
             }
         }
-        // The first of the largest scores, as argmax does.
-        let mut best = 0;
-        for (c, &score) in scores.iter().enumerate() {
-            if score > scores[best] {
-                best = c;
-            }
-        }
-        best
+        first_largest(&scores)
     }
 }
 
@@ -351,6 +431,42 @@ mod tests {
         assert_eq!(f_short, f_same);
         assert_eq!(y_short, labels);
         assert_eq!(y_same, labels);
+    }
+
+    #[test]
+    fn streamed_raw_pixels_vote_as_the_whole_bank_does() {
+        let device = Device::flex();
+        // 300 train and 60 test images of 2x3 pixels in 4 classes; chunks of 7 images.
+        let image =
+            |i: usize| -> Vec<u8> { (0..6).map(|j| ((i * 37 + j * 101) % 251) as u8).collect() };
+        let set = |name: &str, n: usize, offset: usize| {
+            Dataset::from_memory(
+                "tiny",
+                name,
+                (0..n).flat_map(|i| image(i + offset)).collect(),
+                [1, 2, 3],
+                (0..n).map(|i| ((i + offset) % 4) as i64).collect(),
+                crate::data::numbered_classes(4),
+            )
+            .unwrap()
+        };
+        let (train, test) = (set("train", 300, 0), set("test", 60, 1000));
+        let mut rng = HostRng::new(0);
+        for k in [1, 5, 20] {
+            let config = KnnConfig {
+                k,
+                ..KnnConfig::default()
+            };
+            let tr = features(None, &train, 64, None, &device, &mut rng).unwrap();
+            let te = features(None, &test, 64, None, &device, &mut rng).unwrap();
+            let (tr_f, te_f) = (unit_rows(tr.0), unit_rows(te.0));
+            let whole = accuracy((&tr_f, &tr.1), (&te_f, &te.1), 4, &config).unwrap();
+            let streamed =
+                streamed_accuracy(&train, (&te_f, &te.1), &config, None, 7, &device, &mut rng)
+                    .unwrap();
+            assert_eq!(whole, streamed, "k = {k}");
+            assert!(whole > 0.0, "k = {k}");
+        }
     }
 
     #[test]

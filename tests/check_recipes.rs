@@ -48,3 +48,31 @@ fn every_recipe_passes_check() {
 fn every_recipe_passes_check_in_bf16() {
     check_every_recipe("bf16");
 }
+
+/// The CUDA presets' branches that the CPU presets leave off: SwAV's queues (codes balanced
+/// over the batch and the queued projections, the queues saved by the check's checkpoint
+/// round trip) and DINO's learned prototype lengths.
+#[test]
+fn gpu_preset_options_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (recipe, sets) in [
+        ("swav", &["queue_size=64", "queue_start_epochs=0"][..]),
+        ("dino", &["norm_last_layer=false"][..]),
+        ("byol", &["predictor=false", "tau_constant=true"][..]),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sslhost"));
+        command.current_dir(root).args([
+            "check",
+            &format!("recipes/{recipe}.rhai"),
+            "--device",
+            "cpu",
+        ]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{recipe} {sets:?}: {stderr}");
+        assert!(stderr.contains("step 0"), "{recipe}: {stderr}");
+    }
+}

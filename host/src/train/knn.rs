@@ -86,7 +86,7 @@ pub fn evaluate(
 }
 
 /// Train images read at a time by [`streamed_accuracy`].
-const RAW_CHUNK: usize = 2048;
+const RAW_CHUNK: usize = 1024;
 
 /// The weighted kNN vote of `test`'s unit rows among `train`'s raw pixels (flattened, at
 /// unit length), without holding the train set's pixels: they are read `chunk` images at a
@@ -105,7 +105,9 @@ fn streamed_accuracy(
     let (test_f, test_y) = test;
     let n_test = test_f.dims()[0];
     let k = config.k.min(train.len()).max(1);
-    let mut best: Vec<Vec<(f32, i64)>> = vec![Vec::with_capacity(k + chunk); n_test];
+    // Each test row's k best (similarity, label) so far: k entries a row, merged with a
+    // chunk's candidates in one scratch vector a thread.
+    let mut best: Vec<Vec<(f32, i32)>> = vec![Vec::with_capacity(k); n_test];
     for start in (0..train.len()).step_by(chunk.max(1)) {
         let end = (start + chunk).min(train.len());
         let (images, labels) = train.tensors(start, end, device)?;
@@ -126,14 +128,18 @@ fn streamed_accuracy(
         }
         let sim = crate::tensor::float_values(crate::kernels::linear(test_f.clone(), rows))?;
         let labels = crate::tensor::int_values(labels.int_rank::<1>("knn")?.inner())?;
+        let labels: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
         best.par_iter_mut()
             .zip(sim.par_chunks(end - start))
-            .for_each(|(kept, row)| {
-                kept.extend(row.iter().copied().zip(labels.iter().copied()));
-                if kept.len() > k {
-                    kept.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-                    kept.truncate(k);
+            .for_each_init(Vec::new, |scratch, (kept, row)| {
+                scratch.clear();
+                scratch.extend_from_slice(kept);
+                scratch.extend(row.iter().copied().zip(labels.iter().copied()));
+                if scratch.len() > k {
+                    scratch.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
                 }
+                kept.clear();
+                kept.extend_from_slice(&scratch[..scratch.len().min(k)]);
             });
     }
     let truth = crate::tensor::int_values(test_y.clone())?;

@@ -4,11 +4,11 @@
 
 mod run_common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use run_common::{finished_run, recipe_in_temp, sslhost_run};
 
-/// The `key` values (a loss) of a run's metrics.jsonl, in step order.
+/// The `key` values (a loss, a monitor) of a run's metrics.jsonl, in step order.
 fn losses(run: &Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -24,24 +24,30 @@ fn loss_falls(recipe: &str) {
     logged_loss_falls(recipe, "loss");
 }
 
-/// As [`loss_falls`] for the logged value `key`.
-fn logged_loss_falls(recipe: &str, key: &str) {
+/// The command that runs the shipped `recipe` with `--set` for each of `sets`, into a fresh
+/// runs folder named after `tag`; and that folder.
+fn shipped_recipe(recipe: &str, tag: &str, sets: &[&str]) -> (std::process::Command, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let runs = std::env::temp_dir().join(format!("sslhost-method-{recipe}-{}", std::process::id()));
+    let runs = std::env::temp_dir().join(format!("sslhost-method-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
     let mut command = sslhost_run(&root.join(format!("recipes/{recipe}.rhai")), &runs);
-    command.current_dir(root).args([
-        "-s",
+    command.current_dir(root);
+    for set in sets {
+        command.args(["-s", set]);
+    }
+    (command, runs)
+}
+
+/// As [`loss_falls`] for the logged value `key`.
+fn logged_loss_falls(recipe: &str, key: &str) {
+    let sets = [
         "limit=640",
-        "-s",
         "batch_size=32",
-        "-s",
         "epochs=2",
-        "-s",
         "log_every=1",
-        "-s",
         "linear_probe=false",
-    ]);
+    ];
+    let (command, runs) = shipped_recipe(recipe, recipe, &sets);
     let run = finished_run(command, &runs);
     let loss = losses(&run, key);
     assert_eq!(loss.len(), 40, "{recipe}: {loss:?}");
@@ -98,22 +104,14 @@ fn swav_trains() {
 /// beside the encoder's (`knn_top1 0.8 (raw pixels 0.7)`) and records it in metrics.jsonl.
 #[test]
 fn knn_monitor_shows_the_raw_pixel_anchor() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let runs = std::env::temp_dir().join(format!("sslhost-method-anchor-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&runs);
-    let mut command = sslhost_run(&root.join("recipes/simclr.rhai"), &runs);
-    command.current_dir(root).args([
-        "-s",
+    let sets = [
         "limit=320",
-        "-s",
         "batch_size=32",
-        "-s",
         "epochs=1",
-        "-s",
         "knn_k=20",
-        "-s",
         "linear_probe=false",
-    ]);
+    ];
+    let (mut command, runs) = shipped_recipe("simclr", "anchor", &sets);
     let out = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -123,17 +121,9 @@ fn knn_monitor_shows_the_raw_pixel_anchor() {
         .unwrap_or_else(|| panic!("no kNN line: {stderr}"));
     assert!(line.contains(" (raw pixels 0."), "{line}");
     assert!(!line.contains("knn_raw_pixels"), "{line}");
-    let run = run_common::only_run(&runs);
-    let logged: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let raw = logged
-        .iter()
-        .find_map(|v| v.get("knn_raw_pixels")?.as_f64())
-        .expect("knn_raw_pixels in metrics.jsonl");
-    assert!(raw > 0.3 && raw < 1.0, "{raw}");
+    let raw = losses(&run_common::only_run(&runs), "knn_raw_pixels");
+    assert_eq!(raw.len(), 1, "knn_raw_pixels in metrics.jsonl: {raw:?}");
+    assert!(raw[0] > 0.3 && raw[0] < 1.0, "{raw:?}");
     std::fs::remove_dir_all(&runs).ok();
 }
 

@@ -17,6 +17,18 @@ fn eval(expr: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{expr}: not a float: {v}"))
 }
 
+/// The error message of `expr`, which must fail.
+fn error_of(expr: &str) -> String {
+    engine::run_source(
+        "stdlib-test",
+        expr,
+        Path::new("."),
+        Session::new(sslhost::device::cpu(), 0),
+    )
+    .expect_err(expr)
+    .to_string()
+}
+
 fn close(expr: &str, want: f64) {
     let got = eval(expr);
     assert!((got - want).abs() < 1e-5, "{expr} = {got}, want {want}");
@@ -143,14 +155,7 @@ fn cross_entropy_rejects_bad_labels() {
             "[N, C]",
         ),
     ] {
-        let err = engine::run_source(
-            "stdlib-test",
-            expr,
-            Path::new("."),
-            Session::new(sslhost::device::cpu(), 0),
-        )
-        .expect_err(expr)
-        .to_string();
+        let err = error_of(expr);
         assert!(err.contains(says), "{expr}: {err}");
     }
 }
@@ -200,14 +205,7 @@ fn burn_style_slices_take_one_range_per_dimension() {
     // Trailing dimensions kept whole; negative ends count from the end.
     close(&format!("{x} x.slice([0..1]).sum().item()"), 15.0);
     close(&format!("{x} x.slice([0..1, -2..6]).sum().item()"), 9.0);
-    let e = engine::run_source(
-        "stdlib-test",
-        &format!("{x} x.slice([0..1, \"a\"])"),
-        Path::new("."),
-        Session::new(sslhost::device::cpu(), 0),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = error_of(&format!("{x} x.slice([0..1, \"a\"])"));
     assert!(e.contains("entry 1 must be a range"), "{e}");
 }
 
@@ -406,23 +404,9 @@ fn gelu_values_and_refused_layer_options() {
         "let x = tensor([[-1.0, 2.0]]); x.gelu().slice([0..1, 0..1]).item()",
         -0.15865525,
     );
-    let err = engine::run_source(
-        "stdlib-test",
-        "mlp([4, 8, 2], #{ activation: \"tanh\" })",
-        Path::new("."),
-        Session::new(sslhost::device::cpu(), 0),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = error_of("mlp([4, 8, 2], #{ activation: \"tanh\" })");
     assert!(err.contains("unknown activation \"tanh\""), "{err}");
-    let err = engine::run_source(
-        "stdlib-test",
-        "linear(4, 2, #{ learned_gain: true })",
-        Path::new("."),
-        Session::new(sslhost::device::cpu(), 0),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = error_of("linear(4, 2, #{ learned_gain: true })");
     assert!(err.contains("learned_gain needs weight_norm"), "{err}");
 }
 

@@ -111,13 +111,7 @@ fn streamed_accuracy(
     for start in (0..train.len()).step_by(chunk.max(1)) {
         let end = (start + chunk).min(train.len());
         let (images, labels) = train.tensors(start, end, device)?;
-        let images = match transform {
-            Some(t) => DynTensor::from_float4(t.apply(images.float4("knn")?, rng)?, 4),
-            None => images,
-        };
-        let rows = images
-            .without_autodiff()
-            .reshape(&[(end - start) as i64, -1])?;
+        let rows = pixel_rows(prepared(images, transform, rng)?)?;
         let rows = unit_rows(rows.float_rank::<2>("knn")?.inner());
         if rows.dims()[1] != test_f.dims()[1] {
             return Err(Error::Shape(format!(
@@ -148,20 +142,27 @@ fn streamed_accuracy(
         .par_iter()
         .zip(&truth)
         .filter(|(kept, t)| {
-            let mut scores = vec![0.0f64; classes];
-            for &(similarity, label) in kept.iter() {
-                if let Some(score) = usize::try_from(label).ok().and_then(|l| scores.get_mut(l)) {
-                    *score += (f64::from(similarity) / config.temperature).exp();
-                }
-            }
-            first_largest(&scores) as i64 == **t
+            let neighbours = kept.iter().map(|&(s, label)| (s, i64::from(label)));
+            weighted_vote(neighbours, classes, config.temperature) as i64 == **t
         })
         .count();
     Ok(correct as f64 / n_test as f64)
 }
 
-/// The index of the first of the largest values, as argmax gives.
-fn first_largest(scores: &[f64]) -> usize {
+/// The class of the largest total weight `exp(similarity / temperature)` over `neighbours`
+/// (similarity, label); the first of equal totals, as argmax gives. Labels outside
+/// `0..classes` do not vote.
+fn weighted_vote(
+    neighbours: impl Iterator<Item = (f32, i64)>,
+    classes: usize,
+    temperature: f64,
+) -> usize {
+    let mut scores = vec![0.0f64; classes];
+    for (similarity, label) in neighbours {
+        if let Some(score) = usize::try_from(label).ok().and_then(|l| scores.get_mut(l)) {
+            *score += (f64::from(similarity) / temperature).exp();
+        }
+    }
     let mut best = 0;
     for (c, &score) in scores.iter().enumerate() {
         if score > scores[best] {
@@ -186,22 +187,35 @@ pub fn features(
     // A tracked forward over a whole dataset would hold every activation until a backward.
     let encoder = encoder.map(|e| e.evaluation_copy());
     let mut encode = |images: DynTensor| -> Result<DynTensor> {
-        let images = match transform {
-            Some(t) => DynTensor::from_float4(t.apply(images.float4("features")?, rng)?, 4),
-            None => images,
-        };
-        let images = images.without_autodiff();
+        let images = prepared(images, transform, rng)?;
         match &encoder {
             Some(e) => e.forward(&images),
-            None => {
-                let n = images.shape()[0] as i64;
-                images.reshape(&[n, -1])
-            }
+            None => pixel_rows(images),
         }
     };
     // One input shape on a GPU (its kernels are tuned per shape); the CPU needs none.
     let same_shape = crate::device::gpu_path(device);
     embed(dataset, batch_size, same_shape, device, &mut encode)
+}
+
+/// Images `[B, C, H, W]` as an encoder or the raw-pixel vote reads them: `transform`
+/// applied, without autodiff.
+fn prepared(
+    images: DynTensor,
+    transform: Option<&Transform>,
+    rng: &mut HostRng,
+) -> Result<DynTensor> {
+    let images = match transform {
+        Some(t) => DynTensor::from_float4(t.apply(images.float4("knn")?, rng)?, 4),
+        None => images,
+    };
+    Ok(images.without_autodiff())
+}
+
+/// Images `[B, C, H, W]` as rows of raw pixels `[B, C * H * W]`.
+fn pixel_rows(images: DynTensor) -> Result<DynTensor> {
+    let n = images.shape()[0] as i64;
+    images.reshape(&[n, -1])
 }
 
 /// Embeddings of a whole dataset: `encode` maps images `[B, C, H, W]` to features `[B, D]`.
@@ -375,14 +389,10 @@ impl Votes<'_> {
         if self.k < order.len() {
             order.select_nth_unstable_by(self.k - 1, by_similarity);
         }
-        let mut scores = vec![0.0f64; self.classes];
-        for &i in &order[..self.k] {
-            let label = self.labels[i as usize];
-            if let Some(score) = usize::try_from(label).ok().and_then(|l| scores.get_mut(l)) {
-                *score += (f64::from(similarities[i as usize]) / self.temperature).exp();
-            }
-        }
-        first_largest(&scores)
+        let neighbours = order[..self.k]
+            .iter()
+            .map(|&i| (similarities[i as usize], self.labels[i as usize]));
+        weighted_vote(neighbours, self.classes, self.temperature)
     }
 }
 

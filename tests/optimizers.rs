@@ -309,6 +309,7 @@ fn the_cpu_update_kernels_match_the_updates_written_as_tensor_ops() {
             entry("c", vec![1500], 4 * CHUNK),
         ],
         chunks: 6,
+        buffers: false,
     };
     let len = layout.len();
     let mut rng = HostRng::new(11);

@@ -47,9 +47,8 @@ pub struct Session {
     /// `sslhost check`: datasets cut to [`CHECK_SAMPLES`], batches to [`CHECK_BATCH`], loops
     /// to [`CHECK_STEPS`] steps, and no run directory.
     pub check: bool,
-    /// Raw-pixel kNN accuracies computed so far, by splits and settings: the anchor a kNN
-    /// monitor prints beside its result is computed once a run, not at every monitor.
-    pub raw_knn: std::collections::HashMap<String, f64>,
+    /// The kNN monitor, which remembers the raw pixels' accuracy of the splits it has seen.
+    pub knn: crate::train::knn::Monitor,
 }
 
 /// Samples per dataset under `sslhost check`.
@@ -80,7 +79,7 @@ impl Session {
             force: false,
             print_config: false,
             check: false,
-            raw_knn: std::collections::HashMap::new(),
+            knn: Default::default(),
         }
     }
 

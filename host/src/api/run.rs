@@ -417,7 +417,7 @@ impl IntoIterator for crate::data::Loader {
     }
 }
 
-/// kNN accuracy with the options of `knn_accuracy`.
+/// kNN accuracy with the options of `knn_accuracy`, through the session's monitor.
 fn knn(
     encoder: Option<&crate::models::SharedNet>,
     train: &crate::data::Dataset,
@@ -425,21 +425,6 @@ fn knn(
     options: &rhai::Map,
 ) -> crate::error::Result<rhai::Dynamic> {
     use crate::train::knn::KnnConfig;
-    if !train.labelled() || !test.labelled() {
-        // One line a run, however often the monitor is due.
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            tracing::info!(
-                "kNN monitor skipped: dataset {} has no labels",
-                if train.labelled() {
-                    test.name()
-                } else {
-                    train.name()
-                }
-            )
-        });
-        return Ok(rhai::Dynamic::UNIT);
-    }
     let o = crate::api::args::Options::new(
         options,
         "knn_accuracy",
@@ -452,24 +437,10 @@ fn knn(
         batch_size: o.usize("batch_size", d.batch_size)?,
     };
     let transform = transform_option(options, "knn_accuracy")?;
-    // The raw pixels' accuracy depends only on the splits and the settings: computed once.
-    let cached = encoder.is_none().then(|| {
-        format!(
-            "{}:{}|{}:{}|{config:?}|{transform:?}",
-            train.name(),
-            train.len(),
-            test.name(),
-            test.len()
-        )
-    });
-    if let Some(hit) = cached
-        .as_ref()
-        .and_then(|key| session::with(|s| s.raw_knn.get(key).copied()))
-    {
-        return Ok(rhai::Dynamic::from_float(hit));
-    }
-    let (device, mut rng) = session::with(|s| (s.device.clone(), s.rng.clone()));
-    let accuracy = crate::train::knn::evaluate(
+    // Taken out of the session while it runs, which can take a while and uses the session.
+    let (device, mut rng, mut monitor) =
+        session::with(|s| (s.device.clone(), s.rng.clone(), std::mem::take(&mut s.knn)));
+    let accuracy = monitor.accuracy(
         encoder,
         train,
         test,
@@ -477,11 +448,9 @@ fn knn(
         transform.as_ref(),
         &device,
         &mut rng,
-    )?;
-    if let Some(key) = cached {
-        session::with(|s| s.raw_knn.insert(key, accuracy));
-    }
-    Ok(rhai::Dynamic::from_float(accuracy))
+    );
+    session::with(|s| s.knn = monitor);
+    Ok(accuracy?.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float))
 }
 
 /// The `transform` option of `op`, if given.

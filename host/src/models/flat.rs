@@ -14,7 +14,7 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Gradients, Int, Tensor, TensorData};
 
-use super::params::is_buffer;
+use super::params::{ParamPath, is_buffer};
 
 /// Values per row of the `[chunks, CHUNK]` view; each parameter starts on a row.
 pub const CHUNK: usize = crate::kernels::FLAT_ROW;
@@ -59,32 +59,35 @@ impl FlatEntry {
 }
 
 /// Where each trainable parameter of a module sits, in the module's visit order (buffers
-/// excluded).
+/// excluded); or, for [`FlatLayout::buffers_of`], each buffer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FlatLayout {
     /// The parameters, in order.
     pub entries: Vec<FlatEntry>,
     /// Rows of the `[chunks, CHUNK]` view.
     pub chunks: usize,
+    /// Whether the entries are buffers (batch-norm running statistics) rather than trainable
+    /// parameters.
+    pub buffers: bool,
 }
 
 struct LayoutVisitor {
-    path: Vec<String>,
+    path: ParamPath,
     layout: FlatLayout,
 }
 
 impl ModuleVisitor for LayoutVisitor {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let name = self.path.join(".");
-        if is_buffer(&name) {
+        let name = self.path.name();
+        if is_buffer(&name) != self.layout.buffers {
             return;
         }
         let entry = FlatEntry {
@@ -100,9 +103,21 @@ impl ModuleVisitor for LayoutVisitor {
 impl FlatLayout {
     /// The layout of `module`'s trainable parameters.
     pub fn of<M: Module>(module: &M) -> Self {
+        Self::walk(module, false)
+    }
+
+    /// The layout of `module`'s buffers (batch-norm running statistics).
+    pub fn buffers_of<M: Module>(module: &M) -> Self {
+        Self::walk(module, true)
+    }
+
+    fn walk<M: Module>(module: &M, buffers: bool) -> Self {
         let mut visitor = LayoutVisitor {
-            path: Vec::new(),
-            layout: FlatLayout::default(),
+            path: ParamPath::default(),
+            layout: FlatLayout {
+                buffers,
+                ..FlatLayout::default()
+            },
         };
         module.visit(&mut visitor);
         visitor.layout
@@ -184,7 +199,10 @@ impl FlatLayout {
 
     /// The layout of the parameters `taken` (indices into this one), laid out afresh.
     pub fn subset(&self, taken: &[usize]) -> Self {
-        let mut part = FlatLayout::default();
+        let mut part = FlatLayout {
+            buffers: self.buffers,
+            ..FlatLayout::default()
+        };
         for &j in taken {
             let e = &self.entries[j];
             part.entries.push(FlatEntry {
@@ -204,22 +222,23 @@ impl FlatLayout {
 }
 
 struct ValueVisitor<'a> {
-    path: Vec<String>,
+    path: ParamPath,
+    buffers: bool,
     grads: Option<&'a Gradients>,
     out: Vec<Option<Tensor<1>>>,
 }
 
 impl ModuleVisitor for ValueVisitor<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if is_buffer(&self.path.join(".")) {
+        if is_buffer(&self.path.name()) != self.buffers {
             return;
         }
         let value = param.val();
@@ -231,10 +250,12 @@ impl ModuleVisitor for ValueVisitor<'_> {
     }
 }
 
-/// `module`'s trainable parameters, in layout order, flattened, without autodiff.
-pub fn values<M: Module>(module: &M) -> Vec<Tensor<1>> {
+/// `module`'s trainable parameters (or, with `buffers`, its buffers), in layout order,
+/// flattened, without autodiff.
+pub fn values<M: Module>(module: &M, buffers: bool) -> Vec<Tensor<1>> {
     let mut visitor = ValueVisitor {
-        path: Vec::new(),
+        path: ParamPath::default(),
+        buffers,
         grads: None,
         out: Vec::new(),
     };
@@ -246,7 +267,8 @@ pub fn values<M: Module>(module: &M) -> Vec<Tensor<1>> {
 /// `None` for a parameter that took none.
 pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
     let mut visitor = ValueVisitor {
-        path: Vec::new(),
+        path: ParamPath::default(),
+        buffers: false,
         grads: Some(grads),
         out: Vec::new(),
     };
@@ -255,24 +277,24 @@ pub fn gradients<M: Module>(module: &M, grads: &Gradients) -> Vec<Option<Tensor<
 }
 
 struct Writer<'a> {
-    path: Vec<String>,
+    path: ParamPath,
     layout: &'a FlatLayout,
     flat: &'a Tensor<1>,
     next: usize,
 }
 
 impl ModuleMapper for Writer<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
     }
 
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.path.exit(container_type);
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.join(".");
-        if is_buffer(&name) {
+        let name = self.path.name();
+        if is_buffer(&name) != self.layout.buffers {
             return param;
         }
         // In visit order, so the next entry is this parameter's unless the layout is a part.
@@ -294,11 +316,11 @@ impl ModuleMapper for Writer<'_> {
     }
 }
 
-/// `module` with each trainable parameter `layout` names (all of `module`'s, or a part, in
+/// `module` with each parameter or buffer `layout` names (all of `module`'s, or a part, in
 /// visit order) replaced by its view of `flat`; ids and gradient settings are kept.
 pub fn write<M: Module>(module: M, layout: &FlatLayout, flat: &Tensor<1>) -> M {
     let mut writer = Writer {
-        path: Vec::new(),
+        path: ParamPath::default(),
         layout,
         flat,
         next: 0,
@@ -326,7 +348,7 @@ mod tests {
         // 3000 weights take three rows; the bias starts on the fourth.
         assert_eq!(layout.entries[1].offset, 3 * CHUNK);
         assert_eq!(layout.chunks, 4);
-        let flat = values(layout.gather(super::values(&layer), &device));
+        let flat = values(layout.gather(super::values(&layer, false), &device));
         assert_eq!(flat.len(), 4 * CHUNK);
         assert!(flat[3000..3 * CHUNK].iter().all(|&v| v == 0.0));
         assert!(flat[3 * CHUNK + 2..].iter().all(|&v| v == 0.0));
@@ -335,6 +357,42 @@ mod tests {
         let owners = layout.row_owners(&device).into_data().convert::<i64>();
         let owners = owners.try_to_vec::<i64>().unwrap();
         assert_eq!(owners, [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn a_leaf_lays_out_its_parameters_and_buffers_apart_named_as_in_the_module() {
+        use crate::models::mlp::MlpConfig;
+        use crate::models::net::Leaf;
+        let device = Device::flex();
+        let mlp = MlpConfig::new(vec![3, 4, 2])
+            .init(&mut HostRng::new(0), &device)
+            .unwrap();
+        // The enum's variant is not part of the names (`layers.0..`, not `Mlp.layers.0..`).
+        let leaf = Leaf::Mlp(mlp);
+        let names =
+            |l: &FlatLayout| -> Vec<String> { l.entries.iter().map(|e| e.name.clone()).collect() };
+        let params = FlatLayout::of(&leaf);
+        let buffers = FlatLayout::buffers_of(&leaf);
+        assert!(!params.buffers && buffers.buffers);
+        assert!(params.entries.iter().all(|e| !is_buffer(&e.name)));
+        assert!(names(&params).iter().all(|n| n.starts_with("layers.")));
+        assert_eq!(
+            names(&buffers),
+            ["layers.0.bn.running_mean", "layers.0.bn.running_var"]
+        );
+        // Writing the buffers' vector changes the buffers and nothing else.
+        let twos = Tensor::<1>::full([buffers.len()], 2.0, &device);
+        let before = values_of(&leaf, false);
+        let leaf = write(leaf, &buffers, &twos);
+        assert_eq!(values_of(&leaf, false), before);
+        assert!(values_of(&leaf, true).iter().all(|&v| v == 2.0));
+    }
+
+    fn values_of(leaf: &crate::models::net::Leaf, buffers: bool) -> Vec<f32> {
+        super::values(leaf, buffers)
+            .into_iter()
+            .flat_map(values)
+            .collect()
     }
 
     #[test]

@@ -22,15 +22,25 @@ use super::resnet::{ResNet, ResNetConfig};
 use crate::error::{Error, Result};
 use crate::tensor::{DynTensor, HostRng};
 
-/// What a network is made of.
-#[derive(Debug, Clone)]
-pub enum Net {
+/// One Burn module at the bottom of a network: what optimisers update and checkpoints save.
+/// Its parameters are named as inside the module (`conv1.weight`, not `ResNet.conv1.weight`:
+/// [`ParamPath`](super::params::ParamPath) leaves the variant out).
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // held boxed in `Net`
+pub enum Leaf {
     /// A ResNet backbone, images in, features out.
-    ResNet(Box<ResNet>),
+    ResNet(ResNet),
     /// A multi-layer perceptron.
     Mlp(Mlp),
     /// One linear layer.
-    Linear(Box<Linear>),
+    Linear(Linear),
+}
+
+/// What a network is made of.
+#[derive(Debug, Clone)]
+enum Net {
+    /// One module.
+    Leaf(Box<Leaf>),
     /// Networks applied one after another.
     Sequential(Vec<SharedNet>),
 }
@@ -49,45 +59,28 @@ struct Node {
     frozen: bool,
 }
 
+impl Node {
+    /// The module, for a leaf.
+    fn leaf(&self) -> Option<&Leaf> {
+        match &self.net {
+            Net::Leaf(leaf) => Some(leaf),
+            Net::Sequential(_) => None,
+        }
+    }
+
+    /// Replaces a leaf's module with `f(module)`; a sequence stays as it is. `f` gets a copy
+    /// (tensor handles, not values), so a panic inside it (turned into an error by
+    /// [`crate::guard`]) leaves the network whole for the checkpoint written after the error.
+    fn map_leaf(&mut self, f: impl FnOnce(Leaf) -> Leaf) {
+        if let Net::Leaf(leaf) = &mut self.net {
+            **leaf = f((**leaf).clone());
+        }
+    }
+}
+
 /// A shared, mutable network handle.
 #[derive(Debug, Clone)]
 pub struct SharedNet(Rc<RefCell<Node>>);
-
-/// Applies `$body` to the Burn module inside a leaf net, binding it as `$m`.
-macro_rules! on_leaf {
-    ($net:expr, $m:ident => $body:expr, $seq:ident => $seq_body:expr) => {
-        match $net {
-            Net::ResNet(boxed) => {
-                let $m = &**boxed;
-                $body
-            }
-            Net::Mlp($m) => $body,
-            Net::Linear(boxed) => {
-                let $m = &**boxed;
-                $body
-            }
-            Net::Sequential($seq) => $seq_body,
-        }
-    };
-}
-
-/// Rebuilds a leaf net from `$body` applied to its module `$m`; sequences are kept as they are.
-macro_rules! map_leaf {
-    ($net:expr, $m:ident => $body:expr) => {
-        match $net {
-            Net::ResNet(boxed) => {
-                let $m = *boxed;
-                Net::ResNet(Box::new($body))
-            }
-            Net::Mlp($m) => Net::Mlp($body),
-            Net::Linear(boxed) => {
-                let $m = *boxed;
-                Net::Linear(Box::new($body))
-            }
-            Net::Sequential(parts) => Net::Sequential(parts),
-        }
-    };
-}
 
 struct TrainingFlags(bool);
 
@@ -135,15 +128,12 @@ impl SharedNet {
         if let Some(cached) = &node.flat {
             return cached.clone();
         }
-        let gathered = on_leaf!(&node.net,
-            m => {
-                let layout = FlatLayout::of(m);
-                let values = flat::values(m);
-                let device = values.first().map(|t| t.device());
-                device.map(|d| (layout.gather(values, &d), layout))
-            },
-            _parts => None
-        );
+        let gathered = node.leaf().and_then(|m| {
+            let layout = FlatLayout::of(m);
+            let values = flat::values(m, false);
+            let device = values.first().map(|t| t.device());
+            device.map(|d| (layout.gather(values, &d), layout))
+        });
         match gathered {
             Some((values, layout)) => {
                 node.flat = Some((layout.clone(), values.clone()));
@@ -161,8 +151,10 @@ impl SharedNet {
     /// `values` is kept as their vector.
     pub fn set_flat(&self, layout: &FlatLayout, values: Tensor<1>) {
         let mut node = self.0.borrow_mut();
-        let whole = on_leaf!(&node.net, m => FlatLayout::of(m) == *layout, _parts => return);
-        node.net = map_leaf!(node.net.clone(), m => flat::write(m, layout, &values));
+        let Some(whole) = node.leaf().map(|m| FlatLayout::of(m) == *layout) else {
+            return;
+        };
+        node.map_leaf(|m| flat::write(m, layout, &values));
         node.flat = whole.then(|| (layout.clone(), values));
     }
 
@@ -170,7 +162,9 @@ impl SharedNet {
     /// for one that took none. Empty for a sequence.
     pub fn flat_gradients(&self, grads: &Gradients) -> Vec<Option<Tensor<1>>> {
         let node = self.0.borrow();
-        on_leaf!(&node.net, m => flat::gradients(m, grads), _parts => Vec::new())
+        node.leaf()
+            .map(|m| flat::gradients(m, grads))
+            .unwrap_or_default()
     }
 
     /// The parts of a sequence (empty for a leaf).
@@ -183,12 +177,16 @@ impl SharedNet {
 
     /// A ResNet backbone.
     pub fn resnet(config: &ResNetConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
-        Ok(Self::new(Net::ResNet(Box::new(config.init(rng, device)?))))
+        Ok(Self::new(Net::Leaf(Box::new(Leaf::ResNet(
+            config.init(rng, device)?,
+        )))))
     }
 
     /// An MLP.
     pub fn mlp(config: &MlpConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
-        Ok(Self::new(Net::Mlp(config.init(rng, device)?)))
+        Ok(Self::new(Net::Leaf(Box::new(Leaf::Mlp(
+            config.init(rng, device)?,
+        )))))
     }
 
     /// A linear layer.
@@ -199,7 +197,9 @@ impl SharedNet {
                 config.d_input, config.d_output
             )));
         }
-        Ok(Self::new(Net::Linear(Box::new(config.init(rng, device)))))
+        Ok(Self::new(Net::Leaf(Box::new(Leaf::Linear(
+            config.init(rng, device),
+        )))))
     }
 
     /// A sequence of networks (shared, not copied).
@@ -221,9 +221,11 @@ impl SharedNet {
     pub fn architecture(&self) -> Architecture {
         let node = self.0.borrow();
         match &node.net {
-            Net::ResNet(r) => Architecture::Resnet(r.config()),
-            Net::Mlp(m) => Architecture::Mlp(m.config()),
-            Net::Linear(l) => Architecture::Linear(l.config()),
+            Net::Leaf(leaf) => match &**leaf {
+                Leaf::ResNet(r) => Architecture::Resnet(r.config()),
+                Leaf::Mlp(m) => Architecture::Mlp(m.config()),
+                Leaf::Linear(l) => Architecture::Linear(l.config()),
+            },
             Net::Sequential(parts) => {
                 Architecture::Sequential(parts.iter().map(|p| p.architecture()).collect())
             }
@@ -234,12 +236,14 @@ impl SharedNet {
     pub fn describe(&self) -> String {
         let node = self.0.borrow();
         match &node.net {
-            Net::ResNet(r) => format!("resnet(features {})", r.features()),
-            Net::Mlp(m) => format!("mlp({} -> {})", m.d_input(), m.d_output()),
-            Net::Linear(l) => {
-                let [o, i] = l.weight.dims();
-                format!("linear({i} -> {o})")
-            }
+            Net::Leaf(leaf) => match &**leaf {
+                Leaf::ResNet(r) => format!("resnet(features {})", r.features()),
+                Leaf::Mlp(m) => format!("mlp({} -> {})", m.d_input(), m.d_output()),
+                Leaf::Linear(l) => {
+                    let [o, i] = l.weight.dims();
+                    format!("linear({i} -> {o})")
+                }
+            },
             Net::Sequential(parts) => format!("sequential({} parts)", parts.len()),
         }
     }
@@ -250,8 +254,20 @@ impl SharedNet {
             .0
             .try_borrow_mut()
             .map_err(|_| Error::Invalid("a network cannot contain itself".into()))?;
-        match &mut node.net {
-            Net::ResNet(r) => {
+        let leaf = match &mut node.net {
+            Net::Leaf(leaf) => leaf,
+            Net::Sequential(parts) => {
+                let parts = parts.clone();
+                drop(node);
+                let mut x = x.clone();
+                for p in &parts {
+                    x = p.forward(&x)?;
+                }
+                return Ok(x);
+            }
+        };
+        match &mut **leaf {
+            Leaf::ResNet(r) => {
                 let s = x.shape();
                 if s.len() != 4 || s[1] != r.in_channels() {
                     return Err(Error::Shape(format!(
@@ -270,24 +286,15 @@ impl SharedNet {
                     r.forward(x.float_rank::<4>("resnet")?),
                 ))
             }
-            Net::Mlp(m) => {
+            Leaf::Mlp(m) => {
                 let d = m.d_input();
                 let x = features(x, d, "mlp")?;
                 Ok(DynTensor::from_float(m.forward(x)))
             }
-            Net::Linear(l) => {
+            Leaf::Linear(l) => {
                 let d = l.weight.dims()[1];
                 let x = features(x, d, "linear")?;
                 Ok(DynTensor::from_float(l.forward(x)))
-            }
-            Net::Sequential(parts) => {
-                let parts = parts.clone();
-                drop(node);
-                let mut x = x.clone();
-                for p in &parts {
-                    x = p.forward(&x)?;
-                }
-                Ok(x)
             }
         }
     }
@@ -299,7 +306,7 @@ impl SharedNet {
         }
         let mut node = self.0.borrow_mut();
         node.training = training;
-        node.net = map_leaf!(node.net.clone(), m => m.map(&mut TrainingFlags(training)));
+        node.map_leaf(|m| m.map(&mut TrainingFlags(training)));
     }
 
     /// Whether the network is in training mode.
@@ -314,14 +321,14 @@ impl SharedNet {
 
     fn visit_prefixed(&self, prefix: &str, f: &mut dyn FnMut(&str, DynTensor)) {
         let node = self.0.borrow();
-        on_leaf!(&node.net,
-            m => visit_named(m, prefix, f),
-            parts => {
+        match &node.net {
+            Net::Leaf(m) => visit_named(&**m, prefix, f),
+            Net::Sequential(parts) => {
                 for (i, p) in parts.iter().enumerate() {
                     p.visit_prefixed(&join(prefix, &i.to_string()), f);
                 }
             }
-        )
+        }
     }
 
     /// Replaces the parameters for which `f(name, value, grad)` returns a new value
@@ -341,7 +348,7 @@ impl SharedNet {
             replaced |= new.is_some() && !is_buffer(name);
             new
         };
-        node.net = map_leaf!(node.net.clone(), m => map_named(m, prefix, grads, &mut watched));
+        node.map_leaf(|m| map_named(m, prefix, grads, &mut watched));
         // A replaced parameter is no longer a view of the vector: gathered again when needed.
         if replaced {
             node.flat = None;
@@ -418,7 +425,7 @@ impl SharedNet {
             Net::Sequential(parts) => {
                 Net::Sequential(parts.iter().map(|p| p.evaluation_copy()).collect())
             }
-            leaf => map_leaf!(leaf.clone(), m => m.valid()),
+            Net::Leaf(m) => Net::Leaf(Box::new(m.valid())),
         };
         SharedNet(Rc::new(RefCell::new(Node {
             net,
@@ -457,7 +464,7 @@ impl SharedNet {
             p.stop_gradients();
         }
         let mut node = self.0.borrow_mut();
-        node.net = map_leaf!(node.net.clone(), m => m.no_grad());
+        node.map_leaf(|m| m.no_grad());
     }
 
     /// `target = m * target + (1 - m) * online` for every parameter and buffer.
@@ -503,23 +510,27 @@ impl SharedNet {
             };
             t.set_flat(&layout, mixed);
         }
-        // The batch norms' running statistics, which change every forward, tensor by tensor,
-        // paired in visit order (the two networks' names and shapes were checked to match).
-        let mut online_buffers = Vec::new();
-        online.visit(&mut |name, t| {
-            if is_buffer(name) {
-                online_buffers.push(t);
+        // The batch norms' running statistics, which change every forward: gathered afresh
+        // leaf by leaf into one vector each side, mixed, and written back as views.
+        for ((_, o), (_, t)) in online.leaves().iter().zip(target.leaves()) {
+            if o.same(&t) {
+                continue;
             }
-        });
-        let mut online_buffers = online_buffers.into_iter();
-        target.map(None, &mut |name, t, _| {
-            if !is_buffer(name) {
-                return None;
-            }
-            let o = online_buffers.next()?.promoted4().inner();
-            let mixed = t.promoted4().mul_scalar(m).add(o.mul_scalar(1.0 - m));
-            Some(DynTensor::from_float4(mixed, t.rank()))
-        });
+            let (o_node, mut t_node) = (o.0.borrow(), t.0.borrow_mut());
+            let (Some(o_leaf), Some(t_leaf)) = (o_node.leaf(), t_node.leaf()) else {
+                continue;
+            };
+            let layout = FlatLayout::buffers_of(o_leaf);
+            let o_values = flat::values(o_leaf, true);
+            let Some(device) = o_values.first().map(|v| v.device()) else {
+                continue;
+            };
+            let t_flat = layout.gather(flat::values(t_leaf, true), &device);
+            let o_flat = layout.gather(o_values, &device);
+            let mixed = t_flat.mul_scalar(m).add(o_flat.mul_scalar(1.0 - m));
+            drop(o_node);
+            t_node.map_leaf(|leaf| flat::write(leaf, &layout, &mixed));
+        }
         Ok(())
     }
 }

@@ -34,6 +34,60 @@ impl Default for KnnConfig {
     }
 }
 
+/// The kNN monitor of a run: [`evaluate`] as a recipe calls it every few epochs. The raw
+/// pixels' accuracy (the anchor printed beside the encoder's) depends only on the splits and
+/// the settings, so it is computed once and remembered; a dataset without labels is skipped
+/// with one log line a run rather than failing the run.
+#[derive(Debug, Clone, Default)]
+pub struct Monitor {
+    anchors: std::collections::HashMap<String, f64>,
+    said_unlabelled: bool,
+}
+
+impl Monitor {
+    /// [`evaluate`]'s accuracy, or `None` when a split has no labels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accuracy(
+        &mut self,
+        encoder: Option<&SharedNet>,
+        train: &Dataset,
+        test: &Dataset,
+        config: &KnnConfig,
+        transform: Option<&Transform>,
+        device: &Device,
+        rng: &mut HostRng,
+    ) -> Result<Option<f64>> {
+        if !train.labelled() || !test.labelled() {
+            if !std::mem::replace(&mut self.said_unlabelled, true) {
+                let name = if train.labelled() {
+                    test.name()
+                } else {
+                    train.name()
+                };
+                tracing::info!("kNN monitor skipped: dataset {name} has no labels");
+            }
+            return Ok(None);
+        }
+        let key = encoder.is_none().then(|| {
+            format!(
+                "{}:{}|{}:{}|{config:?}|{transform:?}",
+                train.name(),
+                train.len(),
+                test.name(),
+                test.len()
+            )
+        });
+        if let Some(hit) = key.as_ref().and_then(|k| self.anchors.get(k)) {
+            return Ok(Some(*hit));
+        }
+        let accuracy = evaluate(encoder, train, test, config, transform, device, rng)?;
+        if let Some(key) = key {
+            self.anchors.insert(key, accuracy);
+        }
+        Ok(Some(accuracy))
+    }
+}
+
 /// Weighted kNN top-1 accuracy of `encoder`'s embeddings of `test` against `train` (of the
 /// raw pixels, flattened, without an encoder), with `transform` applied to the images first.
 /// The encoder runs as an evaluation copy (running statistics, no autodiff graph kept per

@@ -13,14 +13,20 @@ use sslhost::tensor::{DynTensor, HostRng};
 fn layer() -> SharedNet {
     let device = sslhost::device::cpu();
     let net = SharedNet::linear(&LinearConfig::new(2, 1), &mut HostRng::new(0), &device).unwrap();
-    net.map(None, &mut |name, _, _| {
-        let (v, s): (Vec<f32>, &[usize]) = match name {
-            "weight" => (vec![0.5, -1.0], &[1, 2]),
-            "bias" => (vec![0.25], &[1]),
-            other => panic!("unexpected parameter {other}"),
-        };
-        Some(DynTensor::from_vec(v, s, &device).unwrap())
-    });
+    let values = [
+        (
+            "weight",
+            DynTensor::from_vec(vec![0.5, -1.0], &[1, 2], &device),
+        ),
+        ("bias", DynTensor::from_vec(vec![0.25], &[1], &device)),
+    ];
+    net.load(
+        &values
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.unwrap()))
+            .collect(),
+    )
+    .unwrap();
     net
 }
 

@@ -331,24 +331,19 @@ impl SharedNet {
         }
     }
 
-    /// Replaces the parameters for which `f(name, value, grad)` returns a new value
-    /// (see [`MapFn`]); `grads` supplies the gradients of a backward pass, if any.
-    pub fn map(&self, grads: Option<&Gradients>, f: &mut MapFn<'_>) {
-        self.map_prefixed("", grads, f);
-    }
-
-    fn map_prefixed(&self, prefix: &str, grads: Option<&Gradients>, f: &mut MapFn<'_>) {
+    /// Replaces the parameters and buffers for which `f(name, value)` returns a new value.
+    fn replace(&self, prefix: &str, f: &mut MapFn<'_>) {
         for (i, p) in self.children().iter().enumerate() {
-            p.map_prefixed(&join(prefix, &i.to_string()), grads, f);
+            p.replace(&join(prefix, &i.to_string()), f);
         }
         let mut node = self.0.borrow_mut();
         let mut replaced = false;
-        let mut watched = |name: &str, value, grad| {
-            let new = f(name, value, grad);
+        let mut watched = |name: &str, value| {
+            let new = f(name, value);
             replaced |= new.is_some() && !is_buffer(name);
             new
         };
-        node.map_leaf(|m| map_named(m, prefix, grads, &mut watched));
+        node.map_leaf(|m| map_named(m, prefix, &mut watched));
         // A replaced parameter is no longer a view of the vector: gathered again when needed.
         if replaced {
             node.flat = None;
@@ -382,7 +377,7 @@ impl SharedNet {
         if let Some(p) = problem {
             return Err(Error::Shape(format!("cannot load the network: {p}")));
         }
-        self.map(None, &mut |name, _, _| values.get(name).map(|v| v.detach()));
+        self.replace("", &mut |name, _| values.get(name).map(|v| v.detach()));
         Ok(())
     }
 

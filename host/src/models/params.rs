@@ -2,7 +2,7 @@
 //! script's view of a network; [`ParamPath`] names parameters for every walk over a module.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::Tensor;
 
 use crate::tensor::DynTensor;
 
@@ -69,15 +69,12 @@ impl ModuleVisitor for Visitor<'_> {
     }
 }
 
-/// The function a [`map_named`] applies: `(name, value, gradient) -> new value`.
-///
-/// `value` and `gradient` are plain (non-autodiff) tensors, so update arithmetic builds no
-/// graph; the gradient is `None` without gradients or for parameters that took none.
-pub type MapFn<'a> = dyn FnMut(&str, DynTensor, Option<DynTensor>) -> Option<DynTensor> + 'a;
+/// The function a [`map_named`] applies: `(name, value) -> new value`, `value` without
+/// autodiff.
+pub type MapFn<'a> = dyn FnMut(&str, DynTensor) -> Option<DynTensor> + 'a;
 
 struct Mapper<'a> {
     path: ParamPath,
-    grads: Option<&'a Gradients>,
     f: &'a mut MapFn<'a>,
 }
 
@@ -92,12 +89,8 @@ impl ModuleMapper for Mapper<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let old = param.val();
-        let grad = self
-            .grads
-            .and_then(|g| old.grad(g))
-            .map(DynTensor::from_float);
         let value = DynTensor::from_float(old.clone().inner());
-        let Some(new) = (self.f)(&self.path.name(), value, grad) else {
+        let Some(new) = (self.f)(&self.path.name(), value) else {
             return param;
         };
         let mut new: Tensor<D> = new
@@ -123,15 +116,9 @@ pub fn visit_named<M: Module>(module: &M, prefix: &str, f: &mut dyn FnMut(&str, 
 
 /// Replaces each parameter for which `f(name, value)` returns a new value of the same shape.
 /// The replacement keeps the parameter's id and whether it requires gradients.
-pub fn map_named<'a, M: Module>(
-    module: M,
-    prefix: &str,
-    grads: Option<&'a Gradients>,
-    f: &'a mut MapFn<'a>,
-) -> M {
+pub fn map_named<'a, M: Module>(module: M, prefix: &str, f: &'a mut MapFn<'a>) -> M {
     let mut mapper = Mapper {
         path: ParamPath::under(prefix),
-        grads,
         f,
     };
     module.map(&mut mapper)

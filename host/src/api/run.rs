@@ -440,15 +440,14 @@ fn knn(
     // Taken out of the session while it runs, which can take a while and uses the session.
     let (device, mut rng, mut monitor) =
         session::with(|s| (s.device.clone(), s.rng.clone(), std::mem::take(&mut s.knn)));
-    let accuracy = monitor.accuracy(
+    let task = crate::train::knn::KnnTask {
         encoder,
         train,
         test,
-        &config,
-        transform.as_ref(),
-        &device,
-        &mut rng,
-    );
+        config: &config,
+        transform: transform.as_ref(),
+    };
+    let accuracy = monitor.accuracy(task, &device, &mut rng);
     session::with(|s| s.knn = monitor);
     Ok(accuracy?.map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from_float))
 }

@@ -34,6 +34,22 @@ impl Default for KnnConfig {
     }
 }
 
+/// One kNN evaluation: the embeddings of `encoder` (or the raw pixels, flattened, without
+/// one) of `test` against `train`, with `transform` applied to the images first.
+#[derive(Clone, Copy)]
+pub struct KnnTask<'a> {
+    /// The encoder, or `None` for the raw pixels.
+    pub encoder: Option<&'a SharedNet>,
+    /// The images that vote.
+    pub train: &'a Dataset,
+    /// The images whose labels are predicted.
+    pub test: &'a Dataset,
+    /// The vote's settings.
+    pub config: &'a KnnConfig,
+    /// The view applied to every image before encoding.
+    pub transform: Option<&'a Transform>,
+}
+
 /// The kNN monitor of a run: [`evaluate`] as a recipe calls it every few epochs. The raw
 /// pixels' accuracy (the anchor printed beside the encoder's) depends only on the splits and
 /// the settings, so it is computed once and remembered; a dataset without labels is skipped
@@ -46,17 +62,13 @@ pub struct Monitor {
 
 impl Monitor {
     /// [`evaluate`]'s accuracy, or `None` when a split has no labels.
-    #[allow(clippy::too_many_arguments)]
     pub fn accuracy(
         &mut self,
-        encoder: Option<&SharedNet>,
-        train: &Dataset,
-        test: &Dataset,
-        config: &KnnConfig,
-        transform: Option<&Transform>,
+        task: KnnTask,
         device: &Device,
         rng: &mut HostRng,
     ) -> Result<Option<f64>> {
+        let (train, test) = (task.train, task.test);
         if !train.labelled() || !test.labelled() {
             if !std::mem::replace(&mut self.said_unlabelled, true) {
                 let name = if train.labelled() {
@@ -68,19 +80,21 @@ impl Monitor {
             }
             return Ok(None);
         }
-        let key = encoder.is_none().then(|| {
+        let key = task.encoder.is_none().then(|| {
             format!(
-                "{}:{}|{}:{}|{config:?}|{transform:?}",
+                "{}:{}|{}:{}|{:?}|{:?}",
                 train.name(),
                 train.len(),
                 test.name(),
-                test.len()
+                test.len(),
+                task.config,
+                task.transform
             )
         });
         if let Some(hit) = key.as_ref().and_then(|k| self.anchors.get(k)) {
             return Ok(Some(*hit));
         }
-        let accuracy = evaluate(encoder, train, test, config, transform, device, rng)?;
+        let accuracy = evaluate(task, device, rng)?;
         if let Some(key) = key {
             self.anchors.insert(key, accuracy);
         }
@@ -88,19 +102,17 @@ impl Monitor {
     }
 }
 
-/// Weighted kNN top-1 accuracy of `encoder`'s embeddings of `test` against `train` (of the
-/// raw pixels, flattened, without an encoder), with `transform` applied to the images first.
-/// The encoder runs as an evaluation copy (running statistics, no autodiff graph kept per
-/// batch); it is untouched. `k` must be smaller than the train set.
-pub fn evaluate(
-    encoder: Option<&SharedNet>,
-    train: &Dataset,
-    test: &Dataset,
-    config: &KnnConfig,
-    transform: Option<&Transform>,
-    device: &Device,
-    rng: &mut HostRng,
-) -> Result<f64> {
+/// Weighted kNN top-1 accuracy of `task`. The encoder runs as an evaluation copy (running
+/// statistics, no autodiff graph kept per batch); it is untouched. `k` must be smaller than
+/// the train set.
+pub fn evaluate(task: KnnTask, device: &Device, rng: &mut HostRng) -> Result<f64> {
+    let KnnTask {
+        encoder,
+        train,
+        test,
+        config,
+        transform,
+    } = task;
     if config.k >= train.len() {
         return Err(Error::Invalid(format!(
             "knn_accuracy: k = {} needs a train set larger than k, which has {} images \

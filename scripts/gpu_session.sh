@@ -28,8 +28,10 @@
 #                                    # time-boxed under DEADLINE seconds (default 400): the GPU
 #                                    # and cuDNN found, sslhost's variants (VARIANTS) and
 #                                    # PyTorch's step (TORCH=0 skips it) for METHODS, the GPU
-#                                    # self-test (SELFTEST_ARGS), QUALITY=1 a short BYOL run;
-#                                    # the kernel cache back to $OUT
+#                                    # self-test (SELFTEST_ARGS), QUALITY=1 a short BYOL run,
+#                                    # RECIPES="mocov3 dino .." each recipe's CUDA preset for
+#                                    # one epoch of the embedded sample; the kernel cache back
+#                                    # to $OUT
 #
 # VARIANT=BATCH_NORM:ACTIVATIONS (e.g. nhwc:half, what `ab` prints as fastest) sets the GPU
 # variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
@@ -228,6 +230,16 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                 --set knn_every=0 > "$out/quality.log" 2>&1
             grep -E "knn|error" "$out/quality.log" || true
         fi
+        # RECIPES="mocov3 dino ..": each recipe's CUDA preset for one epoch of the embedded
+        # sample (4,000 images: 15 steps at batch 256, then the kNN monitor), each its own
+        # stage: does it run on CUDA, are its losses finite. Later recipes reuse the kernels
+        # the first compiled (the ResNet-18 is the same; the heads differ).
+        for recipe in ${RECIPES:-}; do
+            stage "recipe $recipe" "${RECIPE_SECONDS:-120}" /tmp/sslhost run "recipes/$recipe.rhai" \
+                --device cuda --runs /tmp/runs --set epochs=1 --set log_every=5 \
+                >> "$out/recipes.log" 2>&1
+            grep -E "step [0-9]+:|knn_top1|error" "$out/recipes.log" | tail -n 2 || true
+        done
         if [ -d target/environment ]; then
             tar cf - target/environment | xz -T0 -6 > "$out/cubecl-cache.tar.xz"
             echo "gpu_session.sh: kernel cache $(du -h "$out/cubecl-cache.tar.xz" | cut -f1) to \$OUT"

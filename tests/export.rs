@@ -109,6 +109,51 @@ fn exported_resnets_have_torchvisions_keys_shapes_and_types() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn without_net_the_trained_network_is_chosen_online_or_dinos_student() {
+    let dir = std::env::temp_dir().join(format!("sslhost-export-default-{}", std::process::id()));
+    let device = sslhost::device::cpu();
+    let mut rng = HostRng::new(3);
+    let mut config = ResNetConfig::new(18);
+    config.widths = [8, 8, 8, 8];
+    let trained = SharedNet::resnet(&config, &mut rng, &device).unwrap();
+    let copy = trained.momentum_copy();
+    let wrap = |n: &SharedNet| Rc::new(SharedNet::sequential(vec![n.clone()]).unwrap()) as Item;
+    // MoCo v3's `momentum` sorts before `online`: the order of the file does not decide.
+    let pairs = [
+        ("online", "target"),
+        ("online", "momentum"),
+        ("student", "teacher"),
+    ];
+    for (trained_key, copy_key) in pairs {
+        let file = dir.join(format!("{trained_key}-{copy_key}.safetensors"));
+        save(
+            &file,
+            &[
+                (copy_key.into(), wrap(&copy)),
+                (trained_key.into(), wrap(&trained)),
+            ],
+        );
+        let out = dir.join(format!("{trained_key}-{copy_key}-tv.safetensors"));
+        let done = sslhost::train::export::export(&file, None, &out).unwrap();
+        assert_eq!(done.net, format!("{trained_key}.0"));
+    }
+    // Neither name: the choice is the user's, and the error lists what there is.
+    let file = dir.join("other.safetensors");
+    save(
+        &file,
+        &[("a".into(), wrap(&trained)), ("b".into(), wrap(&copy))],
+    );
+    let err = sslhost::train::export::export(&file, None, &dir.join("x.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("choose one with --net") && err.contains("`a.0`, `b.0`"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 fn net_features(depth: usize) -> usize {
     if depth == 50 { 2048 } else { 512 }
 }

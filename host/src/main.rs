@@ -90,7 +90,7 @@ enum Command {
         /// A run directory (its checkpoints/last.safetensors) or a checkpoint file.
         run: PathBuf,
         /// The network to export: a checkpoint key (`online`, `target`) or a key and a part
-        /// (`online.0`). Default: the only ResNet, else `online`'s.
+        /// (`online.0`). Default: the only ResNet, else `online`'s (`student`'s for DINO).
         #[arg(long, value_name = "NAME")]
         net: Option<String>,
         /// The file to write.
@@ -112,7 +112,7 @@ enum Command {
         #[arg(long)]
         linear: bool,
         /// The network of a checkpoint (`online`, `target`, `online.0`). Default: the only
-        /// ResNet, else `online`'s.
+        /// ResNet, else `online`'s (`student`'s for DINO).
         #[arg(long, value_name = "NAME")]
         net: Option<String>,
         /// The labelled dataset (a name as `dataset(..)` takes, or a folder). Default: the

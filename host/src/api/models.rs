@@ -96,7 +96,7 @@ pub mod models_api {
     }
 
     /// `load_backbone` with options: `net` (which network of a checkpoint: `"target"`,
-    /// `"online.0"`; default the only ResNet, else `online`'s) and `stem_stride` (a CIFAR
+    /// `"online.0"`; default the only ResNet, else `online`'s or `student`'s) and `stem_stride` (a CIFAR
     /// stem's stride, which the weights of a torchvision file cannot show; default 1 there,
     /// the recorded one in sslhost's files).
     ///

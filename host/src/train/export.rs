@@ -142,8 +142,13 @@ fn at_rank(shape: &[usize], rank: usize) -> Vec<usize> {
     }
 }
 
-/// The ResNet `net` names in `loaded` (`None`: the only one, else `online`'s). An unknown
-/// name, or a network without a ResNet, is an error listing the ResNets there are.
+/// The checkpoint keys of the network a method trains, looked for in this order when
+/// several hold a ResNet (the momentum copies, `target` and `teacher`, are not).
+const TRAINED_KEYS: [&str; 2] = ["online", "student"];
+
+/// The ResNet `net` names in `loaded` (`None`: the only one, else the trained network's:
+/// `online`'s, or `student`'s as DINO names it). An unknown name, or a network without a
+/// ResNet, is an error listing the ResNets there are.
 pub fn choose(loaded: &Loaded, net: Option<&str>) -> Result<Backbone> {
     let all = backbones(loaded)?;
     let names = || {
@@ -160,7 +165,9 @@ pub fn choose(loaded: &Loaded, net: Option<&str>) -> Result<Backbone> {
     }
     let pick = match net {
         None if all.len() == 1 => all.first(),
-        None => all.iter().find(|b| b.key == "online"),
+        None => TRAINED_KEYS
+            .iter()
+            .find_map(|key| all.iter().find(|b| b.key == *key)),
         Some(n) => {
             let by_key: Vec<_> = all.iter().filter(|b| b.key == n).collect();
             all.iter().find(|b| b.name() == n).or(if by_key.len() == 1 {

@@ -96,9 +96,9 @@ pub mod models_api {
     }
 
     /// `load_backbone` with options: `net` (which network of a checkpoint: `"target"`,
-    /// `"online.0"`; default the only ResNet, else `online`'s or `student`'s) and `stem_stride` (a CIFAR
-    /// stem's stride, which the weights of a torchvision file cannot show; default 1 there,
-    /// the recorded one in sslhost's files).
+    /// `"online.0"`; default the only ResNet, else `online`'s or `student`'s) and
+    /// `stem_stride` (a CIFAR stem's stride, which the weights of a torchvision file cannot
+    /// show; default 1 there, the recorded one in sslhost's files).
     ///
     /// ```rhai no_run
     /// let target = load_backbone("runs/byol-20261204-101500", #{ net: "target" });

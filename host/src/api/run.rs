@@ -437,7 +437,8 @@ fn knn(
         batch_size: o.usize("batch_size", d.batch_size)?,
     };
     let transform = transform_option(options, "knn_accuracy")?;
-    // Taken out of the session while it runs, which can take a while and uses the session.
+    // Taken out of the session for the evaluation, so the session is not borrowed while it
+    // runs (it can take seconds, and the code it calls may read the session).
     let (device, mut rng, mut monitor) =
         session::with(|s| (s.device.clone(), s.rng.clone(), std::mem::take(&mut s.knn)));
     let task = crate::train::knn::KnnTask {

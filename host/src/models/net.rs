@@ -36,6 +36,29 @@ pub enum Leaf {
     Linear(Linear),
 }
 
+impl Leaf {
+    /// What the module is, without its weights.
+    fn architecture(&self) -> Architecture {
+        match self {
+            Leaf::ResNet(r) => Architecture::Resnet(r.config()),
+            Leaf::Mlp(m) => Architecture::Mlp(m.config()),
+            Leaf::Linear(l) => Architecture::Linear(l.config()),
+        }
+    }
+
+    /// A short description, e.g. `resnet(features 512)`.
+    fn describe(&self) -> String {
+        match self {
+            Leaf::ResNet(r) => format!("resnet(features {})", r.features()),
+            Leaf::Mlp(m) => format!("mlp({} -> {})", m.d_input(), m.d_output()),
+            Leaf::Linear(l) => {
+                let [o, i] = l.weight.dims();
+                format!("linear({i} -> {o})")
+            }
+        }
+    }
+}
+
 /// What a network is made of.
 #[derive(Debug, Clone)]
 enum Net {
@@ -175,18 +198,19 @@ impl SharedNet {
         }
     }
 
+    /// A network of one module.
+    fn leaf(module: Leaf) -> Self {
+        Self::new(Net::Leaf(Box::new(module)))
+    }
+
     /// A ResNet backbone.
     pub fn resnet(config: &ResNetConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
-        Ok(Self::new(Net::Leaf(Box::new(Leaf::ResNet(
-            config.init(rng, device)?,
-        )))))
+        Ok(Self::leaf(Leaf::ResNet(config.init(rng, device)?)))
     }
 
     /// An MLP.
     pub fn mlp(config: &MlpConfig, rng: &mut HostRng, device: &Device) -> Result<Self> {
-        Ok(Self::new(Net::Leaf(Box::new(Leaf::Mlp(
-            config.init(rng, device)?,
-        )))))
+        Ok(Self::leaf(Leaf::Mlp(config.init(rng, device)?)))
     }
 
     /// A linear layer.
@@ -197,9 +221,7 @@ impl SharedNet {
                 config.d_input, config.d_output
             )));
         }
-        Ok(Self::new(Net::Leaf(Box::new(Leaf::Linear(
-            config.init(rng, device),
-        )))))
+        Ok(Self::leaf(Leaf::Linear(config.init(rng, device))))
     }
 
     /// A sequence of networks (shared, not copied).
@@ -221,11 +243,7 @@ impl SharedNet {
     pub fn architecture(&self) -> Architecture {
         let node = self.0.borrow();
         match &node.net {
-            Net::Leaf(leaf) => match &**leaf {
-                Leaf::ResNet(r) => Architecture::Resnet(r.config()),
-                Leaf::Mlp(m) => Architecture::Mlp(m.config()),
-                Leaf::Linear(l) => Architecture::Linear(l.config()),
-            },
+            Net::Leaf(leaf) => leaf.architecture(),
             Net::Sequential(parts) => {
                 Architecture::Sequential(parts.iter().map(|p| p.architecture()).collect())
             }
@@ -236,14 +254,7 @@ impl SharedNet {
     pub fn describe(&self) -> String {
         let node = self.0.borrow();
         match &node.net {
-            Net::Leaf(leaf) => match &**leaf {
-                Leaf::ResNet(r) => format!("resnet(features {})", r.features()),
-                Leaf::Mlp(m) => format!("mlp({} -> {})", m.d_input(), m.d_output()),
-                Leaf::Linear(l) => {
-                    let [o, i] = l.weight.dims();
-                    format!("linear({i} -> {o})")
-                }
-            },
+            Net::Leaf(leaf) => leaf.describe(),
             Net::Sequential(parts) => format!("sequential({} parts)", parts.len()),
         }
     }

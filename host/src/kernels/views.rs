@@ -1,5 +1,5 @@
 //! A parameter's view of its network's vector (`models::flat`) that costs no copy on any
-//! backend.
+//! backend, and a write of new values into the vector that its views then read.
 //!
 //! burn's `slice` on the cubecl backend returns a view only when both ends of the slice fall
 //! on the allocator's alignment (512 bytes on CUDA) and copies otherwise, so most parameters'
@@ -7,6 +7,11 @@
 //! an aligned row of its vector; the view made here keeps the rest of the vector's buffer past
 //! the parameter's end (so both ends of its buffer are aligned) and says the parameter's own
 //! shape in its metadata, as any view does.
+//!
+//! A captured step (`train::capture`) replays against the buffers it was recorded with, so its
+//! update must land in the vector's own buffer: [`write_into`] does that on the cubecl backend,
+//! where burn's ops write in place only into a buffer nothing else holds (and the views hold
+//! the vector's).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
@@ -25,6 +30,14 @@ pub trait FlatViews: Backend {
     fn flat_view(flat: FloatTensor<Self>, offset: usize, shape: Vec<usize>) -> FloatTensor<Self> {
         sliced::<Self>(flat, offset, shape)
     }
+
+    /// `src`'s values (`[n]`, like `dst`) written over `dst`'s, in `dst`'s buffer where the
+    /// backend can (its views see them); the tensor holding the values.
+    #[fusion(dtype = dst, shape = dst)]
+    fn flat_write_into(dst: FloatTensor<Self>, src: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = dst;
+        src
+    }
 }
 
 /// The view as burn's own slice and reshape.
@@ -34,6 +47,8 @@ fn sliced<B: Backend>(flat: FloatTensor<B>, offset: usize, shape: Vec<usize>) ->
     B::float_reshape(slice, Shape::from(shape))
 }
 
+/// burn-flex shares storage copy-on-write: a write through one holder of a buffer cannot
+/// reach the others, so the result is `src` and callers take views of it afresh.
 impl FlatViews for Flex {}
 
 #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
@@ -60,6 +75,46 @@ impl FlatViews for burn_cubecl::CubeBackend {
             flat.dtype,
         )
     }
+
+    fn flat_write_into(dst: FloatTensor<Self>, src: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::TensorMetadata;
+        use burn_cubecl::cubecl::prelude::{BufferArg, CubeCount, CubeDim};
+        let n = dst.shape().num_elements();
+        let writable = dst.dtype == burn::tensor::DType::F32
+            && src.dtype == dst.dtype
+            && dst.is_contiguous()
+            && src.shape().num_elements() == n;
+        if !writable {
+            return src;
+        }
+        let src = burn_cubecl::kernel::into_contiguous(src);
+        let threads = 256;
+        let count = CubeCount::Static(n.div_ceil(threads as usize).max(1) as u32, 1, 1);
+        // SAFETY: both buffers hold `n` f32s (checked above), and the kernel touches no index
+        // past `n`.
+        unsafe {
+            let (from, to) = (
+                BufferArg::from_raw_parts(src.handle.clone(), n),
+                BufferArg::from_raw_parts(dst.handle.clone(), n),
+            );
+            copy::copy_kernel::launch(&dst.client, count, CubeDim::new_1d(threads), from, to);
+        }
+        dst
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+mod copy {
+    use burn_cubecl::cubecl;
+    use burn_cubecl::cubecl::prelude::*;
+
+    /// `to[i] = from[i]` for every `i` in both.
+    #[cube(launch)]
+    pub fn copy_kernel(from: &[f32], to: &mut [f32]) {
+        if ABSOLUTE_POS < to.len() {
+            to[ABSOLUTE_POS] = from[ABSOLUTE_POS];
+        }
+    }
 }
 
 /// The output's shape and type of a view, for fusion's lazy tensors.
@@ -81,4 +136,41 @@ pub fn flat_view<const D: usize>(flat: &Tensor<1>, offset: usize, dims: [usize; 
         dims.to_vec(),
     );
     Tensor::from_dispatch(view)
+}
+
+/// `src`'s values (`[n]`) written over `dst`'s, without autodiff; the vector to keep. On the
+/// cubecl backend that is `dst` itself, its buffer rewritten, so the views taken of it before
+/// read the new values (what a replayed graph needs); on burn-flex it is `src`, and views of
+/// `dst` keep the old values.
+pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
+    let written = <burn::backend::Dispatch as FlatViews>::flat_write_into(
+        dst.clone().without_autodiff().into_dispatch(),
+        src.without_autodiff().into_dispatch(),
+    );
+    Tensor::from_dispatch(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn on_burn_flex_a_write_gives_the_new_values_and_leaves_earlier_views_alone() {
+        let device = crate::device::cpu();
+        let old: Vec<f32> = (0..2048).map(|i| i as f32).collect();
+        let v = Tensor::<1>::from_data(TensorData::new(old.clone(), [2048]), &device);
+        let view: Tensor<2> = flat_view(&v, 1024, [2, 2]);
+        let kept = write_into(&v, v.clone() + 1.0);
+        assert!(!kept.is_autodiff());
+        assert_eq!(
+            values(kept),
+            old.iter().map(|x| x + 1.0).collect::<Vec<_>>()
+        );
+        assert_eq!(values(view), [1024.0, 1025.0, 1026.0, 1027.0]);
+    }
 }

@@ -273,3 +273,60 @@ fn updates_over_parameter_vectors_match_the_cpu_in_cubecl_kernels() {
         assert!(rel < 1e-4, "{what}: cubecl is {rel} off burn-flex");
     }
 }
+
+#[test]
+fn a_write_into_a_vector_reaches_the_views_taken_before_it_in_cubecl_kernels() {
+    // What a replayed step relies on: the update lands in the vector's own buffer, which the
+    // parameters are views of, through fusion's lazy tensors.
+    use sslhost::kernels::views::{flat_view, write_into};
+    let device = gpu_path();
+    let old: Vec<f32> = (0..3000).map(|i| i as f32).collect();
+    let v = Tensor::<1>::from_data(TensorData::new(old.clone(), [3000]), &device);
+    let view: Tensor<2> = flat_view(&v, 1024, [2, 3]);
+    let before: Tensor<1> = flat_view(&v, 2048, [2]);
+    assert_eq!(values(before), [2048.0, 2049.0]);
+    let kept = write_into(&v, v.clone() * 2.0);
+    let doubled: Vec<f32> = old.iter().map(|x| x * 2.0).collect();
+    assert_eq!(values(kept), doubled);
+    assert_eq!(
+        values(view),
+        [2048.0, 2050.0, 2052.0, 2054.0, 2056.0, 2058.0]
+    );
+    assert_eq!(values(v), doubled);
+}
+
+#[test]
+fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kernels() {
+    // cubecl's CPU runtime refuses a capture: the step runs eagerly, views rebuilt over the
+    // vector written in place, and the losses continue the eager ones to the bit.
+    use sslhost::train::capture::{ProbeConfig, WARMUP, probe};
+    let config = ProbeConfig {
+        batch: 8,
+        side: 16,
+        widths: [4, 4, 8, 8],
+        checked: 2,
+        timed: 1,
+        lr: 0.01,
+        seed: 3,
+    };
+    let report = probe(&config, &gpu_path()).unwrap();
+    assert!(!report.captured);
+    assert!(report.refused.is_some());
+    assert_eq!(report.offset, WARMUP + 1);
+    assert_eq!(report.replayed, report.eager[report.offset..]);
+    let losses = &report.eager;
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    // The same steps on burn-flex: the same losses but for the kernels' summation order.
+    let on_cpu = probe(&config, &sslhost::device::cpu()).unwrap();
+    for (a, b) in on_cpu.eager.iter().zip(losses) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs(),
+            "{:?} vs {losses:?}",
+            on_cpu.eager
+        );
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}

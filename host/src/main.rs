@@ -256,6 +256,15 @@ enum Command {
         /// The activations' types to check in.
         #[arg(long, value_delimiter = ',', default_value = "bf16,f32")]
         dtypes: Vec<SelftestType>,
+        /// Then a ResNet-18 training step (batch `--batch`, 32x32, the products in the
+        /// device's default precision) recorded as a device graph and replayed this many
+        /// times, each replay's loss compared with running the step, and both timed (0: no
+        /// capture check).
+        #[arg(long, default_value_t = 8)]
+        capture_steps: usize,
+        /// Only the capture check, not the layers.
+        #[arg(long)]
+        capture_only: bool,
     },
 }
 
@@ -744,7 +753,12 @@ fn execute(cli: Cli) -> Result<()> {
             device,
             batch,
             dtypes,
-        } => gpu_selftest(device, batch, &dtypes),
+            capture_steps,
+            capture_only,
+        } => {
+            let dtypes = if capture_only { &[][..] } else { &dtypes[..] };
+            gpu_selftest(device, batch, dtypes, capture_steps)
+        }
     }
 }
 
@@ -756,19 +770,101 @@ fn check_data_dir(data: Option<&std::path::Path>) -> Result<()> {
     }
 }
 
-/// `sslhost gpu-selftest`: the table, the JSON line, and an error when a check fails.
-fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> Result<()> {
-    use burn::tensor::FloatDType;
-    use sslhost::kernels::gpu_kernels::selftest;
+/// `sslhost gpu-selftest`: a line a layer (for each of `dtypes`), then the capture check
+/// (with `capture_steps`), a JSON line each, and an error when a check fails.
+fn gpu_selftest(
+    device: DeviceChoice,
+    batch: usize,
+    dtypes: &[SelftestType],
+    capture_steps: usize,
+) -> Result<()> {
     if batch < 2 {
         return Err(Error::Invalid(format!(
             "gpu-selftest needs --batch >= 2 (batch norm's variance), got {batch}"
         )));
     }
     let (device, policy) = open_device(device, PrecisionChoice::F32)?;
-    sslhost::kernels::install(policy);
     let kernels = sslhost::kernels::gpu_kernels::kernels_name(&device);
     println!("GPU kernels: {kernels}");
+    let mut failed = Vec::new();
+    if !dtypes.is_empty() {
+        sslhost::kernels::install(policy);
+        failed.extend(selftest_layers(&device, &kernels, batch, dtypes));
+    }
+    if capture_steps > 0 {
+        let precision = sslhost::kernels::precision(PrecisionChoice::Auto, &device);
+        sslhost::kernels::install(policy.with_precision(precision));
+        failed.extend(selftest_capture(&device, batch, capture_steps)?);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("gpu-selftest: {}", failed.join("; "))))
+    }
+}
+
+/// The capture check of `sslhost gpu-selftest`: its line and JSON line, and what failed.
+fn selftest_capture(
+    device: &burn::tensor::Device,
+    batch: usize,
+    steps: usize,
+) -> Result<Option<String>> {
+    use sslhost::train::capture;
+    // Losses after a few steps of the same kernels replayed: equal but for the order in which
+    // atomics land.
+    const TOLERANCE: f32 = 1e-4;
+    let config = capture::ProbeConfig {
+        checked: steps,
+        ..capture::ProbeConfig::resnet18(batch)
+    };
+    let policy = sslhost::kernels::current();
+    let precision = policy.precision.name();
+    let variant = format!("{}:{}", policy.gpu.name(), policy.activations_name());
+    let report = capture::probe(&config, device)?;
+    let difference = report.max_relative_difference();
+    let matches = report.matches(TOLERANCE);
+    println!(
+        "capture: ResNet-18 CIFAR, batch {batch}, products in {precision}, {variant}: {}; eager {:.2} \
+         ms a step, {} {:.2} ms; losses over {steps} steps {} (largest relative difference \
+         {difference:.1e})",
+        match &report.refused {
+            None => format!("recorded in {:.1} s", report.capture_seconds),
+            Some(why) => format!("not recorded ({why}), eager throughout"),
+        },
+        report.eager_ms,
+        if report.captured {
+            "replayed"
+        } else {
+            "eager again"
+        },
+        report.replay_ms,
+        if matches { "match" } else { "DIFFER" },
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "selftest": "capture", "batch": batch, "precision": precision, "variant": variant,
+            "captured": report.captured, "refused": report.refused,
+            "capture_seconds": report.capture_seconds, "eager_ms": report.eager_ms,
+            "replay_ms": report.replay_ms, "eager_losses": report.eager,
+            "replayed_losses": report.replayed, "offset": report.offset,
+            "max_relative_difference": difference, "passed": matches,
+        })
+    );
+    Ok((!matches).then(|| {
+        format!("the replayed losses differ from the eager ones by up to {difference:.1e}")
+    }))
+}
+
+/// The layer checks of `sslhost gpu-selftest`: a line a layer and a JSON line; what failed.
+fn selftest_layers(
+    device: &burn::tensor::Device,
+    kernels: &str,
+    batch: usize,
+    dtypes: &[SelftestType],
+) -> Option<String> {
+    use burn::tensor::FloatDType;
+    use sslhost::kernels::gpu_kernels::selftest;
     let mut checks = Vec::new();
     let mut rows = Vec::new();
     let dtypes = dtypes.iter().map(|t| match t {
@@ -781,7 +877,7 @@ fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> 
             .into_iter()
             .map(move |l| (d, l))
     }) {
-        let distances = selftest::compare(&device, dtype, layer);
+        let distances = selftest::compare(device, dtype, layer);
         checks.push(selftest::Check {
             dtype,
             layer,
@@ -823,11 +919,9 @@ fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> 
             "ordering_timed_out": ordering, "passed": passed, "checks": rows,
         })
     );
-    if passed {
-        Ok(())
-    } else {
-        Err(Error::Other(format!(
-            "gpu-selftest: {} of {} checks failed{}",
+    (!passed).then(|| {
+        format!(
+            "{} of {} layer checks failed{}",
             checks.iter().filter(|c| !c.passed()).count(),
             checks.len(),
             if ordering == Some(true) {
@@ -835,8 +929,8 @@ fn gpu_selftest(device: DeviceChoice, batch: usize, dtypes: &[SelftestType]) -> 
             } else {
                 ""
             }
-        )))
-    }
+        )
+    })
 }
 
 /// The device for `--device`, and the kernel policy: the precision `--precision` means

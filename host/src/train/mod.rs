@@ -1,6 +1,7 @@
 //! Runs: the run directory and metrics (JSON lines, TensorBoard, curves), progress,
-//! checkpoint files, exported backbones, evaluation (kNN).
+//! checkpoint files, exported backbones, evaluation (kNN), and the captured step's probe.
 
+pub mod capture;
 pub mod checkpoint;
 pub mod current;
 pub mod curves;

@@ -27,7 +27,9 @@
 #   scripts/gpu_session.sh session   # there: the whole device call in one command, each stage
 #                                    # time-boxed under DEADLINE seconds (default 400): the GPU
 #                                    # and cuDNN found, sslhost's variants (VARIANTS) and
-#                                    # PyTorch's step (TORCH=0 skips it) for METHODS, the GPU
+#                                    # PyTorch's step (TORCH=0 skips it) for METHODS, the
+#                                    # captured step against the eager one (CAPTURE_VARIANTS,
+#                                    # default nhwc:half; CAPTURE=0 skips it), the GPU
 #                                    # self-test (SELFTEST_ARGS), QUALITY=1 a short BYOL run,
 #                                    # RECIPES="mocov3 dino .." each recipe's CUDA preset for
 #                                    # one epoch of the embedded sample; the kernel cache back
@@ -217,12 +219,24 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                 --device cuda --method "$method" --warmup 5 --steps 20 \
                 | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
         done
+        # A ResNet-18 training step recorded as a CUDA graph and replayed, its losses against
+        # running the step, and both timed (host/src/train/capture.rs), in each of
+        # CAPTURE_VARIANTS (batch norm : activations, as VARIANTS); CAPTURE=0 skips it.
+        if [ "${CAPTURE:-1}" = 1 ] && /tmp/sslhost gpu-selftest --help | grep -q capture-only; then
+            for v in ${CAPTURE_VARIANTS:-nhwc:half}; do
+                half=0; [ "${v#*:}" != half ] || half=1
+                stage "capture $v" "${CAPTURE_SECONDS:-120}" env SSLHOST_GPU_BATCH_NORM="${v%%:*}" \
+                    SSLHOST_HALF_ACTIVATIONS=$half /tmp/sslhost gpu-selftest --capture-only 2>&1 \
+                    | tee -a "$out/selftest.log"
+            done
+        fi
         # cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
         # "--dtypes bf16"); after the bench, whose kernels its reference reuses.
         if /tmp/sslhost gpu-selftest --help > /dev/null 2>&1; then
+            capture_off=; /tmp/sslhost gpu-selftest --help | grep -q capture-steps && capture_off="--capture-steps 0"
             # shellcheck disable=SC2086
-            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest ${SELFTEST_ARGS:-} 2>&1 \
-                | tee "$out/selftest.log"
+            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest $capture_off ${SELFTEST_ARGS:-} 2>&1 \
+                | tee -a "$out/selftest.log"
         fi
         if [ "${QUALITY:-0}" = 1 ]; then
             stage quality 240 /tmp/sslhost run recipes/byol.rhai --device cuda \

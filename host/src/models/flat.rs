@@ -189,10 +189,17 @@ impl FlatLayout {
     /// `tensors` (one per parameter, in order, any shape of the right size) laid into a new
     /// vector, gaps zero, without autodiff.
     pub fn gather(&self, tensors: Vec<Tensor<1>>, device: &Device) -> Tensor<1> {
+        self.gather_present(tensors.into_iter().map(Some).collect(), device)
+    }
+
+    /// As [`FlatLayout::gather`], a parameter whose tensor is `None` left zero.
+    pub fn gather_present(&self, tensors: Vec<Option<Tensor<1>>>, device: &Device) -> Tensor<1> {
         // Without autodiff, whatever `device` says: updates build no graph.
         let mut flat = Tensor::<1>::zeros([self.len()], device).without_autodiff();
         for (e, t) in self.entries.iter().zip(tensors) {
-            flat = flat.slice_assign([e.range()], t);
+            if let Some(t) = t {
+                flat = flat.slice_assign([e.range()], t);
+            }
         }
         flat
     }

@@ -532,12 +532,7 @@ impl Optimizer {
             if parts.iter().all(Option::is_none) {
                 return None;
             }
-            let filled = parts
-                .into_iter()
-                .zip(&layout.entries)
-                .map(|(t, e)| t.unwrap_or_else(|| Tensor::zeros([e.len()], device)))
-                .collect();
-            Some(layout.gather(filled, device))
+            Some(layout.gather_present(parts, device))
         };
         let steps = layout
             .entries

@@ -153,13 +153,9 @@ impl Step {
         let y = self.net.forward(self.x.clone());
         let loss = (y - self.target.clone()).powi_scalar(2).mean();
         let grads = loss.backward();
-        let device = self.params.device();
-        let g = flat::gradients(&self.net, &grads)
-            .into_iter()
-            .zip(&self.layout.entries)
-            .map(|(g, e)| g.unwrap_or_else(|| Tensor::zeros([e.len()], &device)))
-            .collect();
-        let g = self.layout.gather(g, &device);
+        let g = self
+            .layout
+            .gather_present(flat::gradients(&self.net, &grads), &self.params.device());
         let updated = self.params.clone() - g.mul_scalar(self.lr);
         self.params = crate::kernels::views::write_into(&self.params, updated);
         // Views of the vector as it now is: the same buffer on the GPU path, where this

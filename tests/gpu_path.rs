@@ -219,12 +219,16 @@ fn updates_over_parameter_vectors_match_the_cpu_in_cubecl_kernels() {
     // The parameters as views of their network's vector (aligned views over its buffer on
     // cubecl, not slices copied), LARS over the vector and the EMA over two vectors: three
     // steps of a small ResNet with a head and its momentum copy, in cubecl's kernels, must
-    // land where burn-flex's land.
+    // land where burn-flex's land; and so must they when the updates are written into the
+    // vectors they read (a recorded step's), where the target keeps a vector of its own.
+    use sslhost::kernels::{KernelPolicy, install, installed, restore};
     use sslhost::models::layers::LinearConfig;
     use sslhost::models::{ResNetConfig, SharedNet};
     use sslhost::optim::{LarsConfig, Optimizer, Rule};
     use sslhost::tensor::{DynTensor, HostRng};
-    let run = |device: &Device| {
+    let run = |device: &Device, capture: bool| {
+        let before = installed();
+        install(KernelPolicy::default().with_capture(capture));
         let mut rng = HostRng::new(3);
         let config = ResNetConfig {
             cifar_stem: true,
@@ -245,32 +249,53 @@ fn updates_over_parameter_vectors_match_the_cpu_in_cubecl_kernels() {
         let mut opt = Optimizer::new(rule, vec![online.clone()]).unwrap();
         let x =
             DynTensor::from_vec(rng.normal_vec(4 * 3 * 8 * 8, 1.0), &[4, 3, 8, 8], device).unwrap();
+        // A parameter as the first step leaves it: a view of the online vector, which the
+        // first step gathered.
+        let mut kept = None;
         for _ in 0..3 {
             let y = online.forward(&x).unwrap();
             let z = target.forward(&x).unwrap().detach();
             let d = y.binary(&z, sslhost::tensor::BinaryOp::Sub).unwrap();
             opt.step(&d.pow(2.0).unwrap().mean().unwrap(), 0.1).unwrap();
             SharedNet::update_momentum(&online, &target, 0.9).unwrap();
+            if kept.is_none() {
+                let (_, p) = online.parameters().swap_remove(0);
+                kept = Some((p.to_f64_vec().unwrap(), p));
+            }
         }
+        let (initial, kept) = kept.unwrap();
         let read = |net: &SharedNet| -> Vec<f64> {
             net.parameters()
                 .into_iter()
                 .flat_map(|(_, t)| t.to_f64_vec().unwrap())
                 .collect()
         };
+        let now = online.parameters().swap_remove(0).1.to_f64_vec().unwrap();
+        assert_ne!(now, initial, "the update landed");
+        // In place on cubecl when recorded: the parameter kept from before the last two steps
+        // reads the new values; otherwise (and always on burn-flex) it keeps the old ones.
+        let in_place = capture && sslhost::device::gpu_path(device);
+        let expected = if in_place { &now } else { &initial };
+        assert_eq!(&kept.to_f64_vec().unwrap(), expected, "capture {capture}");
+        restore(before);
         (read(&online), read(&target))
     };
-    let (cpu_online, cpu_target) = run(&sslhost::device::cpu());
-    let (gpu_online, gpu_target) = run(&gpu_path());
-    for (cpu, gpu, what) in [
-        (&cpu_online, &gpu_online, "online"),
-        (&cpu_target, &gpu_target, "target"),
-    ] {
-        let rel = model_common::rel_distance(
-            &cpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            &gpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-        );
-        assert!(rel < 1e-4, "{what}: cubecl is {rel} off burn-flex");
+    let (cpu_online, cpu_target) = run(&sslhost::device::cpu(), false);
+    for capture in [false, true] {
+        let (gpu_online, gpu_target) = run(&gpu_path(), capture);
+        for (cpu, gpu, what) in [
+            (&cpu_online, &gpu_online, "online"),
+            (&cpu_target, &gpu_target, "target"),
+        ] {
+            let rel = model_common::rel_distance(
+                &cpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                &gpu.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            );
+            assert!(
+                rel < 1e-4,
+                "{what} (capture {capture}): cubecl is {rel} off burn-flex"
+            );
+        }
     }
 }
 
@@ -297,8 +322,9 @@ fn a_write_into_a_vector_reaches_the_views_taken_before_it_in_cubecl_kernels() {
 
 #[test]
 fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kernels() {
-    // cubecl's CPU runtime refuses a capture: the step runs eagerly, views rebuilt over the
-    // vector written in place, and the losses continue the eager ones to the bit.
+    // cubecl's CPU runtime refuses a capture: the step runs eagerly, with the updates written
+    // into the vectors they read and the rates staged, and the losses continue those of the
+    // step as recipes run it to the bit.
     use sslhost::train::capture::{ProbeConfig, WARMUP, probe};
     let config = ProbeConfig {
         batch: 8,
@@ -306,7 +332,7 @@ fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kern
         widths: [4, 4, 8, 8],
         checked: 2,
         timed: 1,
-        lr: 0.01,
+        lr: 0.05,
         seed: 3,
     };
     let report = probe(&config, &gpu_path()).unwrap();

@@ -155,6 +155,46 @@ fn adamw_two_steps() {
 }
 
 #[test]
+fn adamw_on_the_gpu_paths_rules_takes_its_bias_corrections_from_the_device_step_by_step() {
+    // The rules as tensor ops (what a GPU runs), with the step's values staged before the
+    // step, and written in place as when a step is recorded: the same two steps as above.
+    use sslhost::kernels::{CpuKernelSet, KernelPolicy, install, installed, restore};
+    let before = installed();
+    for capture in [false, true] {
+        install(
+            KernelPolicy {
+                cpu: CpuKernelSet::Burn,
+                ..KernelPolicy::default()
+            }
+            .with_capture(capture),
+        );
+        let net = layer();
+        let rule = Rule::AdamW(AdamWConfig {
+            weight_decay: 0.1,
+            ..Default::default()
+        });
+        let mut opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+        step(&mut opt, &net, 0.1);
+        close(&params(&net).0, &[0.395, -1.09]);
+        let x = DynTensor::from_vec(vec![1.0, 2.0], &[1, 2], &sslhost::device::cpu()).unwrap();
+        let loss = net.forward(&x).unwrap().sum().unwrap();
+        opt.stage(0.1).unwrap();
+        opt.step_staged(&loss).unwrap();
+        let (w, b) = params(&net);
+        close(&w, &[0.29105, -1.1791]);
+        close(&[b], &[0.046025]);
+        // A step with nothing staged is refused, and changes nothing.
+        let loss = net.forward(&x).unwrap().sum().unwrap();
+        let err = opt.step_staged(&loss).unwrap_err().to_string();
+        assert!(err.contains("no learning rate was staged"), "{err}");
+        assert_eq!(opt.steps(), 2);
+        let err = opt.stage(-1.0).unwrap_err().to_string();
+        assert!(err.contains("learning rate"), "{err}");
+    }
+    restore(before);
+}
+
+#[test]
 fn a_non_finite_loss_changes_nothing() {
     let net = layer();
     let mut opt = Optimizer::new(Rule::Sgd(SgdConfig::default()), vec![net.clone()]).unwrap();
@@ -374,7 +414,17 @@ fn the_cpu_update_kernels_match_the_updates_written_as_tensor_ops() {
     };
     for rule in &rules {
         for with_state in [false, true] {
-            let run = |cpu: CpuKernelSet| {
+            // AdamW's bias corrections as device values (the default betas), or from `steps`.
+            let steps = if with_state { 3 } else { 0 };
+            let corrections = |on_device: bool| {
+                let t = steps + 1;
+                let c = |beta: f64| {
+                    let v = 1.0 - beta.powi(t);
+                    Tensor::<2>::from_data(TensorData::new(vec![v as f32], [1, 1]), &device)
+                };
+                on_device.then(|| (c(0.9), c(0.999)))
+            };
+            let run = |cpu: CpuKernelSet, device_corrections: bool| {
                 install(KernelPolicy {
                     cpu,
                     ..KernelPolicy::default()
@@ -391,7 +441,8 @@ fn the_cpu_update_kernels_match_the_updates_written_as_tensor_ops() {
                     owners: &owners,
                     first: with_state.then(|| first.clone()),
                     second: with_state.then(|| second.clone()),
-                    steps: if with_state { 3 } else { 0 },
+                    steps: steps as u64,
+                    corrections: corrections(device_corrections),
                 });
                 install(KernelPolicy::default());
                 [
@@ -400,11 +451,16 @@ fn the_cpu_update_kernels_match_the_updates_written_as_tensor_ops() {
                     values(out.second),
                 ]
             };
-            let (fused, ops) = (run(CpuKernelSet::All), run(CpuKernelSet::Burn));
-            for (what, (a, b)) in ["param", "first", "second"]
+            let fused = run(CpuKernelSet::All, false);
+            let (ops, ops_on_device) = (
+                run(CpuKernelSet::Burn, false),
+                run(CpuKernelSet::Burn, true),
+            );
+            let pairs = fused
                 .iter()
-                .zip(fused.iter().zip(&ops))
-            {
+                .zip(&ops)
+                .chain(fused.iter().zip(&ops_on_device));
+            for (what, (a, b)) in ["param", "first", "second"].iter().cycle().zip(pairs) {
                 assert_eq!(a.is_some(), b.is_some(), "{} {what}", rule.name());
                 let (Some(a), Some(b)) = (a, b) else { continue };
                 let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));

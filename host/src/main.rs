@@ -256,10 +256,11 @@ enum Command {
         /// The activations' types to check in.
         #[arg(long, value_delimiter = ',', default_value = "bf16,f32")]
         dtypes: Vec<SelftestType>,
-        /// Then a ResNet-18 training step (batch `--batch`, 32x32, the products in the
-        /// device's default precision) recorded as a device graph and replayed this many
-        /// times, each replay's loss compared with running the step, and both timed (0: no
-        /// capture check).
+        /// Then a recipe's training step without the script (a ResNet-18 at batch `--batch`,
+        /// 32x32, and its EMA target; LARS; learning and EMA rates that change every step; the
+        /// products in the device's default precision) recorded as a device graph and
+        /// replayed this many times, each replay's loss compared with running the step, and
+        /// both timed (0: no capture check).
         #[arg(long, default_value_t = 8)]
         capture_steps: usize,
         /// Only the capture check, not the layers.
@@ -824,7 +825,8 @@ fn selftest_capture(
     let difference = report.max_relative_difference();
     let matches = report.matches(TOLERANCE);
     println!(
-        "capture: ResNet-18 CIFAR, batch {batch}, products in {precision}, {variant}: {}; eager {:.2} \
+        "capture: ResNet-18 CIFAR, EMA target, LARS, batch {batch}, products in {precision}, \
+         {variant}: {}; eager {:.2} \
          ms a step, {} {:.2} ms; losses over {steps} steps {} (largest relative difference \
          {difference:.1e})",
         match &report.refused {

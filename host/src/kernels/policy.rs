@@ -2,7 +2,8 @@
 //!
 //! One [`KernelPolicy`] holds every choice that changes what a training step computes with:
 //! what products multiply in, whether a ResNet's activations stay in the half type, the CPU
-//! kernel set, the GPU kernel set and how cuDNN's stream is ordered. `main` builds it from the
+//! kernel set, the GPU kernel set, how cuDNN's stream is ordered, and whether the step is
+//! being recorded as a device graph. `main` builds it from the
 //! command line and the environment ([`KernelPolicy::from_env`]), a session installs it on the
 //! thread that runs the script ([`install`]), and the dispatch in [`super`] reads it
 //! ([`current`]). Nothing else reads these environment variables.
@@ -146,6 +147,13 @@ pub struct KernelPolicy {
     pub gpu: GpuKernelSet,
     /// cuDNN's ordering (`SSLHOST_CUDNN_ORDER`).
     pub cudnn_order: CudnnOrder,
+    /// The step is recorded as a device graph and replayed (`train::capture`): the optimisers
+    /// and the EMA write their results into the buffers they read, and take each step's
+    /// values (learning rate, EMA rate, bias corrections) from buffers the host writes before
+    /// the step, since a replay reads and writes only the buffers it was recorded with. Off,
+    /// a parameter kept from before an update keeps its old values, as on the CPU. Set by
+    /// what records (the capture probe), not by the environment.
+    pub capture: bool,
 }
 
 /// `name`'s value, or `None` when unset or empty.
@@ -188,12 +196,19 @@ impl KernelPolicy {
             cpu,
             gpu,
             cudnn_order,
+            capture: false,
         })
     }
 
     /// The same policy multiplying in `precision`.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// The same policy with the step recorded (`capture`) or not.
+    pub fn with_capture(mut self, capture: bool) -> Self {
+        self.capture = capture;
         self
     }
 

@@ -11,11 +11,12 @@
 //! A captured step (`train::capture`) replays against the buffers it was recorded with, so its
 //! update must land in the vector's own buffer: [`write_into`] does that on the cubecl backend,
 //! where burn's ops write in place only into a buffer nothing else holds (and the views hold
-//! the vector's).
+//! the vector's). For the same reason a value the host changes every step (a learning rate)
+//! reaches the kernels as a [`DeviceScalar`], written into its buffer before the step.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 
 /// Views of a contiguous vector.
 #[backend_extension(
@@ -122,9 +123,9 @@ mod copy {
 fn view_spec(
     flat: &burn::backend::fusion::custom::TensorSpec,
     _offset: &usize,
-    shape: &Vec<usize>,
+    shape: &[usize],
 ) -> burn::backend::fusion::custom::TensorSpec {
-    burn::backend::fusion::custom::TensorSpec::new(Shape::from(shape.clone()), flat.dtype)
+    burn::backend::fusion::custom::TensorSpec::new(Shape::from(shape.to_vec()), flat.dtype)
 }
 
 /// The values of `flat` (`[n]`) from `offset` as a tensor of `dims`, over the same memory,
@@ -150,10 +151,48 @@ pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
     Tensor::from_dispatch(written)
 }
 
+/// A number the host sets each step and kernels read from device memory (a learning rate, an
+/// EMA rate, a bias correction), so that no step's value is part of a kernel: `[1]`, without
+/// autodiff. While a step is recorded (the kernel policy's `capture`), a new value is written
+/// into the same buffer, the one a replay reads; otherwise each value is a fresh upload.
+#[derive(Debug, Clone)]
+pub struct DeviceScalar(Tensor<1>);
+
+impl DeviceScalar {
+    /// `value` on `device` (without autodiff).
+    pub fn new(value: f64, device: &Device) -> Self {
+        DeviceScalar(upload(value, device))
+    }
+
+    /// Sets the value kernels issued from now on read.
+    pub fn set(&mut self, value: f64) {
+        let new = upload(value, &self.0.device());
+        self.0 = if crate::kernels::current().capture {
+            write_into(&self.0, new)
+        } else {
+            new
+        };
+    }
+
+    /// The value as a `[1]` tensor.
+    pub fn tensor(&self) -> Tensor<1> {
+        self.0.clone()
+    }
+
+    /// The value as a `[1, 1]` tensor, to broadcast over a matrix's rows and columns.
+    pub fn column(&self) -> Tensor<2> {
+        self.0.clone().reshape([1, 1])
+    }
+}
+
+fn upload(value: f64, device: &Device) -> Tensor<1> {
+    let data = TensorData::new(vec![value as f32], [1]);
+    Tensor::<1>::from_data(data, device).without_autodiff()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec::<f32>().unwrap()
@@ -172,5 +211,20 @@ mod tests {
             old.iter().map(|x| x + 1.0).collect::<Vec<_>>()
         );
         assert_eq!(values(view), [1024.0, 1025.0, 1026.0, 1027.0]);
+    }
+
+    #[test]
+    fn a_device_scalar_reads_back_what_was_set_last_with_and_without_capture() {
+        let device = crate::device::cpu();
+        let before = crate::kernels::installed();
+        for capture in [false, true] {
+            crate::kernels::install(crate::kernels::current().with_capture(capture));
+            let mut s = DeviceScalar::new(0.5, &device);
+            assert_eq!(values(s.tensor()), [0.5]);
+            s.set(0.25);
+            assert_eq!(values(s.column()), [0.25]);
+            assert!(!s.tensor().is_autodiff());
+        }
+        crate::kernels::restore(before);
     }
 }

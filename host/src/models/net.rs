@@ -20,6 +20,7 @@ use super::mlp::{Mlp, MlpConfig};
 use super::params::{MapFn, is_buffer, map_named, visit_named};
 use super::resnet::{ResNet, ResNetConfig};
 use crate::error::{Error, Result};
+use crate::kernels::views::{DeviceScalar, write_into};
 use crate::tensor::{DynTensor, HostRng};
 
 /// One Burn module at the bottom of a network: what optimisers update and checkpoints save.
@@ -80,6 +81,16 @@ struct Node {
     momentum_source: Option<std::rc::Weak<RefCell<Node>>>,
     /// Left as it is by optimisers (see [`SharedNet::set_frozen`]).
     frozen: bool,
+    /// A momentum target's EMA rate for its next update.
+    momentum_rate: MomentumRate,
+}
+
+/// A momentum target's rate `m`: staged on the host by [`SharedNet::stage_momentum`], and
+/// `m` and `1 − m` on the device once an update has run, where the next staging writes them.
+#[derive(Debug, Clone, Default)]
+struct MomentumRate {
+    staged: Option<f64>,
+    on_device: Option<(DeviceScalar, DeviceScalar)>,
 }
 
 impl Node {
@@ -121,6 +132,7 @@ impl SharedNet {
             flat: None,
             momentum_source: None,
             frozen: false,
+            momentum_rate: MomentumRate::default(),
         })))
     }
 
@@ -412,14 +424,20 @@ impl SharedNet {
             }
             leaf => leaf.clone(),
         };
-        // The copy's parameters hold the same values, so the same vector stays theirs.
-        SharedNet(Rc::new(RefCell::new(Node {
+        let copy = SharedNet(Rc::new(RefCell::new(Node {
             net,
             training: node.training,
-            flat: node.flat.clone(),
+            flat: None,
             momentum_source: None,
             frozen: node.frozen,
-        })))
+            momentum_rate: MomentumRate::default(),
+        })));
+        // A vector of its own (a copy of the values): an update written into a vector's buffer
+        // (a recorded step's) must not reach the other network.
+        if let Some((layout, values)) = &node.flat {
+            copy.set_flat(layout, values.clone().mul_scalar(1.0));
+        }
+        copy
     }
 
     /// A copy for evaluation: evaluation mode, and no autodiff at all, so forwards build no
@@ -439,6 +457,7 @@ impl SharedNet {
             flat: None,
             momentum_source: None,
             frozen: node.frozen,
+            momentum_rate: MomentumRate::default(),
         })))
     }
 
@@ -475,11 +494,36 @@ impl SharedNet {
 
     /// `target = m * target + (1 - m) * online` for every parameter and buffer.
     pub fn update_momentum(online: &SharedNet, target: &SharedNet, m: f64) -> Result<()> {
+        Self::stage_momentum(target, m)?;
+        Self::mix_momentum(online, target)
+    }
+
+    /// Sets the rate `m` of `target`'s next [`mix_momentum`](Self::mix_momentum), in the
+    /// device buffers that update reads once it has run (what a recorded step reads when it
+    /// is replayed).
+    pub fn stage_momentum(target: &SharedNet, m: f64) -> Result<()> {
         if !(0.0..=1.0).contains(&m) {
             return Err(Error::Invalid(format!(
                 "update_momentum: m must be in [0, 1], got {m}"
             )));
         }
+        let rate = &mut target.0.borrow_mut().momentum_rate;
+        rate.staged = Some(m);
+        if let Some((kept, taken)) = &mut rate.on_device {
+            kept.set(m);
+            taken.set(1.0 - m);
+        }
+        Ok(())
+    }
+
+    /// [`update_momentum`](Self::update_momentum) at the rate
+    /// [`stage_momentum`](Self::stage_momentum) set.
+    pub fn mix_momentum(online: &SharedNet, target: &SharedNet) -> Result<()> {
+        let Some(m) = target.0.borrow_mut().momentum_rate.staged.take() else {
+            return Err(Error::Invalid(
+                "update_momentum: no rate was staged for this update".into(),
+            ));
+        };
         let checked = target
             .0
             .borrow()
@@ -490,6 +534,7 @@ impl SharedNet {
             Self::check_same_parameters(online, target)?;
             target.0.borrow_mut().momentum_source = Some(Rc::downgrade(&online.0));
         }
+        let in_place = crate::kernels::current().capture;
         // The trainable parameters leaf by leaf, each as one vector: one op a leaf, and the
         // online leaf's vector is the one its optimiser just wrote.
         for ((_, o), (_, t)) in online.leaves().iter().zip(target.leaves()) {
@@ -498,12 +543,10 @@ impl SharedNet {
             if layout != target_layout || layout.is_empty() {
                 continue;
             }
-            // m and 1 − m on the device, so no step's value is part of a kernel.
             let device = o_flat.device();
-            let scalar = |v: f64| {
-                let data = burn::tensor::TensorData::new(vec![v as f32], [1]);
-                Tensor::<1>::from_data(data, &device)
-            };
+            let (kept, taken) = target.rates_on(&device, m);
+            // The vector the mix is written into, when recorded.
+            let written = in_place.then(|| t_flat.clone());
             let mixed = if crate::kernels::cpu_takes(t_flat.dtype(), &device) {
                 // One pass on the CPU (`cpu_kernels::update`).
                 use crate::kernels::cpu_kernels::UpdateKernels;
@@ -512,7 +555,11 @@ impl SharedNet {
                     t, o, m,
                 ))
             } else {
-                t_flat.mul(scalar(m)).add(o_flat.mul(scalar(1.0 - m)))
+                t_flat.mul(kept).add(o_flat.mul(taken))
+            };
+            let mixed = match written {
+                Some(t_flat) => write_into(&t_flat, mixed),
+                None => mixed,
             };
             t.set_flat(&layout, mixed);
         }
@@ -522,19 +569,25 @@ impl SharedNet {
             if o.same(&t) {
                 continue;
             }
-            let (o_node, mut t_node) = (o.0.borrow(), t.0.borrow_mut());
-            let (Some(o_leaf), Some(t_leaf)) = (o_node.leaf(), t_node.leaf()) else {
+            let (layout, o_values) = {
+                let o_node = o.0.borrow();
+                let Some(o_leaf) = o_node.leaf() else {
+                    continue;
+                };
+                (FlatLayout::buffers_of(o_leaf), flat::values(o_leaf, true))
+            };
+            let Some(device) = o_values.first().map(|v| v.device()) else {
                 continue;
             };
-            let layout = FlatLayout::buffers_of(o_leaf);
-            let o_values = flat::values(o_leaf, true);
-            let Some(device) = o_values.first().map(|v| v.device()) else {
+            // Before the target's node is borrowed: the target may be this leaf.
+            let (kept, taken) = target.rates_on(&device, m);
+            let mut t_node = t.0.borrow_mut();
+            let Some(t_leaf) = t_node.leaf() else {
                 continue;
             };
             let t_flat = layout.gather(flat::values(t_leaf, true), &device);
             let o_flat = layout.gather(o_values, &device);
-            let mixed = t_flat.mul_scalar(m).add(o_flat.mul_scalar(1.0 - m));
-            drop(o_node);
+            let mixed = t_flat.mul(kept).add(o_flat.mul(taken));
             t_node.map_leaf(|leaf| flat::write(leaf, &layout, &mixed));
         }
         Ok(())
@@ -542,6 +595,19 @@ impl SharedNet {
 }
 
 impl SharedNet {
+    /// This momentum target's `m` and `1 − m` on `device` (written there at rate `m` on its
+    /// first update; staged since).
+    fn rates_on(&self, device: &Device, m: f64) -> (Tensor<1>, Tensor<1>) {
+        let mut node = self.0.borrow_mut();
+        let (kept, taken) = node.momentum_rate.on_device.get_or_insert_with(|| {
+            (
+                DeviceScalar::new(m, device),
+                DeviceScalar::new(1.0 - m, device),
+            )
+        });
+        (kept.tensor(), taken.tensor())
+    }
+
     /// Checks that `target` has the parameters and buffers of `online`, by name and shape.
     fn check_same_parameters(online: &SharedNet, target: &SharedNet) -> Result<()> {
         let mut source: HashMap<String, Vec<usize>> = HashMap::new();

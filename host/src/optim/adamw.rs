@@ -64,9 +64,14 @@ impl AdamWConfig {
                 .mul_scalar(self.beta2)
                 .add(g2.mul_scalar(1.0 - self.beta2)),
         };
-        let (c1, c2) = self.corrections(u.steps);
-        let denom = v.clone().div_scalar(c2).sqrt().add_scalar(self.epsilon);
-        let step = m.clone().div_scalar(c1).div(denom).mul(u.lr);
+        let (m_hat, v_hat) = match u.corrections {
+            Some((c1, c2)) => (m.clone().div(c1), v.clone().div(c2)),
+            None => {
+                let (c1, c2) = self.corrections(u.steps);
+                (m.clone().div_scalar(c1), v.clone().div_scalar(c2))
+            }
+        };
+        let step = m_hat.div(v_hat.sqrt().add_scalar(self.epsilon)).mul(u.lr);
         FlatOutcome {
             param: p.sub(step),
             first: Some(m),
@@ -75,7 +80,7 @@ impl AdamWConfig {
     }
 
     /// The bias corrections `(1 − β1ᵗ, 1 − β2ᵗ)` of the update after `steps` others.
-    fn corrections(&self, steps: u64) -> (f64, f64) {
+    pub(super) fn corrections(&self, steps: u64) -> (f64, f64) {
         let t = (steps + 1) as i32;
         (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
     }

@@ -8,6 +8,13 @@
 //! `exclude_bias_and_norm`, rank-1 parameters (biases and batch-norm scales and shifts) get no
 //! weight decay and, for LARS, no trust-ratio adaptation.
 //!
+//! Every value a step takes from the host reaches the device in a buffer written before the
+//! step ([`DeviceScalar`]: the learning rate, AdamW's bias corrections, the step's number), so
+//! no step's value is part of a kernel. [`Optimizer::stage`] writes them and
+//! [`Optimizer::step_staged`] runs the step; `step(loss, lr)` is both. While a step is
+//! recorded as a device graph (the kernel policy's `capture`), the new parameters and state
+//! are written into the vectors' own buffers, which a replay reads again.
+//!
 //! A loss that is not finite changes nothing. On the CPU the step reads the loss before the
 //! update (a read costs nothing there) and refuses at once. On a GPU a read would make the
 //! host wait for the backward before it could issue the update, leaving the GPU idle while it
@@ -23,13 +30,14 @@ mod sgd;
 
 use std::collections::HashMap;
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor};
 
 pub use adamw::AdamWConfig;
 pub use lars::LarsConfig;
 pub use sgd::SgdConfig;
 
 use crate::error::{Error, Result};
+use crate::kernels::views::{DeviceScalar, write_into};
 use crate::models::SharedNet;
 use crate::models::flat::{CHUNK, FlatEntry, FlatLayout};
 use crate::tensor::DynTensor;
@@ -72,6 +80,10 @@ pub struct FlatUpdate<'a> {
     pub second: Option<Tensor<2>>,
     /// Updates applied before this one.
     pub steps: u64,
+    /// AdamW's bias corrections of this update, `(1 − β1ᵗ, 1 − β2ᵗ)` as `[1, 1]` tensors on
+    /// the device; without them the rule computes them from `steps` on the host (then they
+    /// are part of the kernels).
+    pub corrections: Option<(Tensor<2>, Tensor<2>)>,
 }
 
 impl FlatUpdate<'_> {
@@ -105,6 +117,8 @@ struct LeafState {
     second: Option<Tensor<1>>,
     /// Updates applied to the leaf's parameters.
     steps: u64,
+    /// AdamW's bias corrections of the leaf's next update on the device (off the CPU).
+    corrections: Option<(DeviceScalar, DeviceScalar)>,
 }
 
 impl LeafState {
@@ -151,6 +165,14 @@ impl Rule {
         }
     }
 
+    /// The bias corrections of the update after `steps` others, for the rules that have them.
+    fn corrections(&self, steps: u64) -> Option<(f64, f64)> {
+        match self {
+            Rule::AdamW(c) => Some(c.corrections(steps)),
+            _ => None,
+        }
+    }
+
     fn excludes_bias_and_norm(&self) -> bool {
         match self {
             Rule::Sgd(c) => c.exclude_bias_and_norm,
@@ -183,6 +205,12 @@ pub struct Optimizer {
     run_step: Option<u64>,
     /// On a GPU: updates skipped on the device for a non-finite loss, not yet read.
     skips: Option<Skips>,
+    /// The learning rate [`stage`](Self::stage) set for the next step, on the host.
+    staged_lr: Option<f64>,
+    /// The learning rate on the device, once a step has run.
+    lr: Option<DeviceScalar>,
+    /// On a GPU, once a step has run: the staged step's number + 1, for the count of skips.
+    step_number: Option<DeviceScalar>,
 }
 
 /// Updates skipped on the device, as `[1]` f32 tensors (exact up to 2^24).
@@ -247,6 +275,16 @@ impl Arriving {
                 }),
         )
     }
+}
+
+/// An error unless `lr` is a learning rate.
+fn check_lr(lr: f64) -> Result<()> {
+    if !lr.is_finite() || lr < 0.0 {
+        return Err(Error::Invalid(format!(
+            "learning rate must be a finite number >= 0, got {lr}"
+        )));
+    }
+    Ok(())
 }
 
 /// Polls `fut` once with a waker that does nothing: its output if it is ready.
@@ -330,6 +368,9 @@ impl Optimizer {
             steps: 0,
             run_step: None,
             skips: None,
+            staged_lr: None,
+            lr: None,
+            step_number: None,
         })
     }
 
@@ -371,15 +412,57 @@ impl Optimizer {
         self.steps = steps;
     }
 
-    /// Backward from `loss`, then one update of every parameter with a gradient.
+    /// Backward from `loss`, then one update of every parameter with a gradient, at learning
+    /// rate `lr`.
     ///
     /// Errors (and changes nothing) if the loss is not a finite one-element tensor.
     pub fn step(&mut self, loss: &DynTensor, lr: f64) -> Result<()> {
-        if !lr.is_finite() || lr < 0.0 {
-            return Err(Error::Invalid(format!(
-                "learning rate must be a finite number >= 0, got {lr}"
-            )));
+        check_lr(lr)?;
+        self.write_step_values(lr);
+        self.step_staged(loss)?;
+        if self.skips.is_some() {
+            self.look_at_skips()?;
         }
+        Ok(())
+    }
+
+    /// Writes what the next [`step_staged`](Self::step_staged) takes from the host into its
+    /// device buffers: the learning rate `lr`, the step's number and AdamW's bias corrections.
+    /// First looks at the count of skipped updates on its way back (an error if it shows new
+    /// ones), and starts the next copy: nothing is read inside a recorded step.
+    pub fn stage(&mut self, lr: f64) -> Result<()> {
+        check_lr(lr)?;
+        self.look_at_skips()?;
+        self.write_step_values(lr);
+        Ok(())
+    }
+
+    fn write_step_values(&mut self, lr: f64) {
+        self.staged_lr = Some(lr);
+        if let Some(s) = &mut self.lr {
+            s.set(lr);
+        }
+        if let Some(s) = &mut self.step_number {
+            s.set((self.run_step.unwrap_or(self.steps) + 1) as f64);
+        }
+        for st in self.leaves.values_mut() {
+            if let (Some((c1, c2)), Some((v1, v2))) =
+                (&mut st.corrections, self.rule.corrections(st.steps))
+            {
+                c1.set(v1);
+                c2.set(v2);
+            }
+        }
+    }
+
+    /// [`step`](Self::step) at the learning rate [`stage`](Self::stage) set, without reading
+    /// anything back on a GPU: what a recorded step runs.
+    pub fn step_staged(&mut self, loss: &DynTensor) -> Result<()> {
+        let Some(lr_value) = self.staged_lr.take() else {
+            return Err(Error::Invalid(
+                "opt.step_staged: no learning rate was staged for this step".into(),
+            ));
+        };
         if loss.numel() != 1 {
             return Err(Error::Shape(format!(
                 "the loss must have one element, got shape {:?} (reduce it with .mean())",
@@ -409,8 +492,14 @@ impl Optimizer {
         };
         // Updates run without autodiff, as the parameters' vectors do.
         let device = loss4.clone().without_autodiff().device();
-        let lr_value = lr;
-        let lr = Tensor::<2>::from_data(TensorData::new(vec![lr as f32], [1, 1]), &device);
+        let lr = self
+            .lr
+            .get_or_insert_with(|| DeviceScalar::new(lr_value, &device))
+            .column();
+        if guard.on_device.is_some() && self.step_number.is_none() {
+            let number = self.run_step.unwrap_or(self.steps) + 1;
+            self.step_number = Some(DeviceScalar::new(number as f64, &device));
+        }
         let mut seen: Vec<SharedNet> = Vec::new();
         for (i, net) in self.nets.clone().iter().enumerate() {
             for (prefix, leaf) in net.leaves() {
@@ -430,7 +519,6 @@ impl Optimizer {
         self.steps += 1;
         if let Some(ok) = guard.on_device {
             self.count_skip(ok);
-            self.look_at_skips()?;
         }
         Ok(())
     }
@@ -479,6 +567,16 @@ impl Optimizer {
             None => self.leaf_state(&layout, &key, &device),
         };
         let steps = st.steps;
+        let on_cpu = crate::kernels::cpu_takes(param.dtype(), &device);
+        if st.corrections.is_none()
+            && !on_cpu
+            && let Some((c1, c2)) = self.rule.corrections(steps)
+        {
+            st.corrections = Some((
+                DeviceScalar::new(c1, &device),
+                DeviceScalar::new(c2, &device),
+            ));
+        }
         let rows = |t: &Tensor<1>| t.clone().reshape([layout.chunks, CHUNK]);
         let out = self.rule.apply(FlatUpdate {
             param: rows(&param),
@@ -492,11 +590,34 @@ impl Optimizer {
             first: st.first.as_ref().map(rows),
             second: st.second.as_ref().map(rows),
             steps,
+            corrections: st
+                .corrections
+                .as_ref()
+                .map(|(c1, c2)| (c1.column(), c2.column())),
         });
         let flat = |t: Tensor<2>| t.reshape([layout.len()]);
-        let new = guard.select(flat(out.param), param);
-        st.first = guard.select_state(out.first.map(flat), st.first.take());
-        st.second = guard.select_state(out.second.map(flat), st.second.take());
+        // Recorded: into the buffers read (only a whole leaf's vector is kept between steps).
+        let in_place = crate::kernels::current().capture && complete;
+        let keep = |old: Option<Tensor<1>>, new: Option<Tensor<1>>| match (old, new) {
+            (Some(old), Some(new)) if in_place => Some(write_into(&old, new)),
+            (_, new) => new,
+        };
+        let selected = guard.select(flat(out.param), param.clone());
+        let new = if in_place {
+            write_into(&param, selected)
+        } else {
+            selected
+        };
+        let first = st.first.take();
+        st.first = keep(
+            first.clone(),
+            guard.select_state(out.first.map(flat), first),
+        );
+        let second = st.second.take();
+        st.second = keep(
+            second.clone(),
+            guard.select_state(out.second.map(flat), second),
+        );
         st.steps += 1;
         leaf.set_flat(&layout, new);
         if complete {
@@ -547,6 +668,7 @@ impl Optimizer {
             first: gather(|s| s.first.as_ref()),
             second: gather(|s| s.second.as_ref()),
             layout: layout.clone(),
+            corrections: None,
         }
     }
 
@@ -568,7 +690,9 @@ impl Optimizer {
     /// Adds this step's outcome to the device's count of skipped updates.
     fn count_skip(&mut self, ok: Tensor<4, Bool>) {
         let skipped = ok.bool_not().float().reshape([1]);
-        let step = self.run_step.unwrap_or(self.steps - 1);
+        let Some(number) = self.step_number.as_ref().map(DeviceScalar::tensor) else {
+            return;
+        };
         let skips = self.skips.get_or_insert_with(|| Skips {
             count: skipped.zeros_like(),
             first: skipped.zeros_like(),
@@ -576,11 +700,19 @@ impl Optimizer {
             arriving: Arriving::default(),
         });
         let none_yet = skips.first.clone().equal_elem(0.0).float();
-        skips.first = skips
+        let first = skips
             .first
             .clone()
-            .add(skipped.clone().mul(none_yet).mul_scalar((step + 1) as f64));
-        skips.count = skips.count.clone().add(skipped);
+            .add(skipped.clone().mul(none_yet).mul(number));
+        let count = skips.count.clone().add(skipped);
+        (skips.first, skips.count) = if crate::kernels::current().capture {
+            (
+                write_into(&skips.first, first),
+                write_into(&skips.count, count),
+            )
+        } else {
+            (first, count)
+        };
     }
 
     /// Reads the device's count of skipped updates (a sync on a GPU): an error naming the

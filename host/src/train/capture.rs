@@ -1,17 +1,21 @@
 //! A ResNet training step recorded once as a device graph and replayed: whether the replay
 //! computes what running the step computes, and how much faster it goes.
 //!
-//! The step is forward, loss, backward and an SGD update of the network's parameter vector
-//! (`models::flat`), written in Rust rather than Rhai: a replay skips the host entirely, so it
-//! can only stand in for host code that does the same thing every step. This is what `sslhost
-//! gpu-selftest` measures before a recipe's step is captured (see docs/PERFORMANCE.md).
+//! The step is a recipe's step without the script: a ResNet (the online network) and its EMA
+//! copy (the target) both see a fixed batch; the loss pulls the online output towards a fixed
+//! target and towards the target network's output; then the recipes' own update path runs,
+//! LARS over the network's parameter vector ([`Optimizer`]) and the EMA of the target
+//! ([`SharedNet::update_momentum`]). Written in Rust rather than Rhai, since a replay skips the
+//! host entirely: it stands in for host code that does the same thing every step. This is what
+//! `sslhost gpu-selftest` measures before a recipe's step is captured (docs/PERFORMANCE.md).
 //!
 //! burn-autodiff cannot capture (its graph type is `GraphUnsupported`), so the capture is
 //! taken on the device without autodiff: the autodiff layer's kernels run on that device's
 //! stream, and the recording sees them. A replay reads and writes the buffers the recording
-//! used, so the step keeps everything it carries over in place: the input and target are
-//! fixed, and the update is written over the parameter vector's own buffer
-//! ([`crate::kernels::views::write_into`]), which the parameters are views of. The batch-norm
+//! used, so the recording runs under the kernel policy's `capture`, where the optimiser and the
+//! EMA write into the vectors they read ([`crate::kernels::views::write_into`]) and take the
+//! learning rate and the EMA rate, which change every step here as under a schedule, from
+//! buffers written before each replay ([`crate::kernels::views::DeviceScalar`]). The batch-norm
 //! running statistics are not carried over (each replay updates the ones the recording read;
 //! the loss does not depend on them). Where the backend has no graphs (burn-flex, cubecl's CPU
 //! runtime), or refuses the capture (a host wait inside the step, such as cuDNN's `sync`
@@ -20,12 +24,13 @@
 use std::time::Instant;
 
 use burn::backend::{Backend, Dispatch};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::flat::{self, FlatLayout};
-use crate::models::resnet::{ResNet, ResNetConfig};
-use crate::tensor::HostRng;
+use crate::models::SharedNet;
+use crate::models::resnet::ResNetConfig;
+use crate::optim::{LarsConfig, Optimizer, Rule};
+use crate::tensor::{BinaryOp, DynTensor, HostRng};
 
 /// Runs of the step before the recording, as burn's own `capture` does: the first builds and
 /// tunes fused kernels, the later ones fill the memory pool with the buffers the recording must
@@ -45,7 +50,7 @@ pub struct ProbeConfig {
     pub checked: usize,
     /// Steps timed each way.
     pub timed: usize,
-    /// The SGD step size.
+    /// The learning rate at the first step; it falls by a hundredth of itself a step.
     pub lr: f64,
     /// Seeds the network, input and target.
     pub seed: u64,
@@ -60,9 +65,20 @@ impl ProbeConfig {
             widths: [64, 128, 256, 512],
             checked: 8,
             timed: 20,
-            lr: 0.01,
+            lr: 0.05,
             seed: 0,
         }
+    }
+
+    /// The learning rate of run `k` of the step (a schedule, so a replay that kept the
+    /// recording's rate would differ).
+    fn lr_at(&self, k: usize) -> f64 {
+        self.lr * (1.0 - 0.01 * k as f64).max(0.01)
+    }
+
+    /// The EMA rate of run `k`.
+    fn momentum_at(k: usize) -> f64 {
+        (0.9 + 0.002 * k as f64).min(0.999)
     }
 }
 
@@ -114,13 +130,14 @@ impl ProbeReport {
 
 /// The step's state: everything a replay reads and writes stays where the recording saw it.
 struct Step {
-    net: ResNet,
-    layout: FlatLayout,
-    /// The parameters as one vector, without autodiff; the network's parameters are its views.
-    params: Tensor<1>,
-    x: Tensor<4>,
-    target: Tensor<2>,
-    lr: f64,
+    config: ProbeConfig,
+    online: SharedNet,
+    target: SharedNet,
+    opt: Optimizer,
+    x: DynTensor,
+    y: DynTensor,
+    /// Runs of the step so far (the schedules' step).
+    k: usize,
 }
 
 impl Step {
@@ -129,39 +146,63 @@ impl Step {
         let mut resnet = ResNetConfig::new(18);
         resnet.cifar_stem = true;
         resnet.widths = config.widths;
-        let net = resnet.init(&mut rng, device)?;
-        let layout = FlatLayout::of(&net);
-        let params = layout.gather(flat::values(&net, false), device);
-        let net = flat::write(net, &layout, &params);
-        let (n, side, features) = (config.batch, config.side, net.features());
-        let x = rng.normal_vec(n * 3 * side * side, 1.0);
-        let x = Tensor::<4>::from_data(TensorData::new(x, [n, 3, side, side]), device);
-        let target = rng.normal_vec(n * features, 1.0);
-        let target = Tensor::<2>::from_data(TensorData::new(target, [n, features]), device);
+        let online = SharedNet::resnet(&resnet, &mut rng, device)?;
+        let target = online.momentum_copy();
+        let lars = LarsConfig {
+            weight_decay: 1e-5,
+            exclude_bias_and_norm: true,
+            ..LarsConfig::default()
+        };
+        let opt = Optimizer::new(Rule::Lars(lars), vec![online.clone()])?;
+        let (n, side) = (config.batch, config.side);
+        let x = DynTensor::from_vec(
+            rng.normal_vec(n * 3 * side * side, 1.0),
+            &[n, 3, side, side],
+            device,
+        )?;
+        let features = config.widths[3];
+        let y = DynTensor::from_vec(rng.normal_vec(n * features, 1.0), &[n, features], device)?;
         Ok(Step {
-            net,
-            layout,
-            params,
-            x,
+            config: config.clone(),
+            online,
             target,
-            lr: config.lr,
+            opt,
+            x,
+            y,
+            k: 0,
         })
     }
 
-    /// One step; its loss `[1]`, without autodiff.
-    fn run(&mut self) -> Tensor<1> {
-        let y = self.net.forward(self.x.clone());
-        let loss = (y - self.target.clone()).powi_scalar(2).mean();
-        let grads = loss.backward();
-        let g = self
-            .layout
-            .gather_present(flat::gradients(&self.net, &grads), &self.params.device());
-        let updated = self.params.clone() - g.mul_scalar(self.lr);
-        self.params = crate::kernels::views::write_into(&self.params, updated);
-        // Views of the vector as it now is: the same buffer on the GPU path, where this
-        // launches nothing.
-        self.net = flat::write(self.net.clone(), &self.layout, &self.params);
-        loss.inner()
+    /// Writes the next run's learning rate and EMA rate where the step reads them.
+    fn stage(&mut self) -> Result<()> {
+        self.opt.stage(self.config.lr_at(self.k))?;
+        SharedNet::stage_momentum(&self.target, ProbeConfig::momentum_at(self.k))
+    }
+
+    /// The step at the staged rates, reading nothing back: its loss `[1]`, without autodiff.
+    fn body(&mut self) -> Result<Tensor<1>> {
+        let h = self.online.forward(&self.x)?;
+        let z = self.target.forward(&self.x)?.detach();
+        let squared = |a: &DynTensor, b: &DynTensor| a.binary(b, BinaryOp::Sub)?.pow(2.0)?.mean();
+        let loss = squared(&h, &self.y)?.binary(&squared(&h, &z)?, BinaryOp::Add)?;
+        self.opt.step_staged(&loss)?;
+        SharedNet::mix_momentum(&self.online, &self.target)?;
+        self.k += 1;
+        Ok(loss.float4("capture probe")?.inner().reshape([1]))
+    }
+
+    fn run(&mut self) -> Result<Tensor<1>> {
+        self.stage()?;
+        self.body()
+    }
+
+    /// Handles to every parameter and buffer of both networks as they are now.
+    fn tensors(&self) -> Vec<DynTensor> {
+        let mut kept = Vec::new();
+        for net in [&self.online, &self.target] {
+            net.visit(&mut |_, t| kept.push(t));
+        }
+        kept
     }
 }
 
@@ -201,16 +242,18 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     let mut eager = Vec::new();
     let mut step = Step::new(config, device)?;
     for _ in 0..WARMUP + 1 + config.checked {
-        eager.push(read(step.run())?);
+        eager.push(read(step.run()?)?);
     }
     let start = Instant::now();
     for _ in 0..config.timed {
-        drop(step.run());
+        drop(step.run()?);
     }
     sync(device)?;
     let eager_ms = start.elapsed().as_secs_f64() * 1e3 / config.timed.max(1) as f64;
     drop(step);
 
+    // Updates into the buffers they read, from here on (restored when this returns).
+    let _recording = RecordingPolicy::install();
     // The same device's stream, without autodiff's refusal of graphs.
     let inner_device = device.clone().without_autodiff();
     let inner = inner_device.as_dispatch();
@@ -220,24 +263,31 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         .err()
         .map(|e| graph_error("preparing the capture", e));
     for _ in 0..WARMUP {
-        let loss = step.run();
+        let loss = step.run()?;
         sync(device)?;
         drop(loss);
     }
     let mut loss: Option<Tensor<1>> = None;
     let mut graph = None;
-    // The network as the recording finds it: each run replaces the batch-norm running
+    // The tensors as the recording finds them: each run replaces the batch-norm running
     // statistics with new tensors, and the replays read the ones the recording read.
-    let recorded_from = step.net.clone();
+    let recorded_from = step.tensors();
     if refused.is_none() {
+        step.stage()?;
         match Dispatch::graph_start_capture(inner) {
             Ok(()) => {
-                loss = Some(step.run());
-                match Dispatch::graph_stop_capture(inner) {
-                    Ok(g) => graph = Some(g),
+                let recorded = step.body();
+                let stopped = Dispatch::graph_stop_capture(inner);
+                match (recorded, stopped) {
+                    (Ok(l), Ok(g)) => (loss, graph) = (Some(l), Some(g)),
                     // The recorded launches never run, and the buffers they were to write
                     // stay marked as failed: the step cannot go on from here.
-                    Err(e) => {
+                    (Err(e), _) => {
+                        return Err(Error::Other(format!(
+                            "capture probe: recording the step: {e}"
+                        )));
+                    }
+                    (_, Err(e)) => {
                         return Err(Error::Other(format!(
                             "capture probe: {}",
                             graph_error("recording the step", e)
@@ -249,34 +299,35 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
                 refused = Some(graph_error("starting the capture", e));
                 // Leaves the prepared state, where there was one.
                 let _ = Dispatch::graph_stop_capture(inner);
+                // The staged rates go to the run below that stands in for the recording.
+                step.body()?;
             }
         }
+    } else {
+        step.run()?;
     }
-    // A recording runs nothing; without one, the step runs once in its place, so that the
-    // replays below continue the eager sequence at the same step either way.
-    let offset = match graph {
-        Some(_) => WARMUP,
-        None => {
-            read(step.run())?;
-            WARMUP + 1
-        }
-    };
+    // A recording runs nothing; without one, the step ran once in its place (above), so that
+    // the replays below continue the eager sequence at the same step either way.
+    let offset = if graph.is_some() { WARMUP } else { WARMUP + 1 };
     let capture_seconds = start.elapsed().as_secs_f64();
 
     let replay = |step: &mut Step| -> Result<Tensor<1>> {
         match (&graph, &loss) {
             (Some(g), Some(loss)) => {
+                // This replay's rates, written where the recording read them.
+                step.stage()?;
                 // SAFETY: every buffer the recording read or wrote outlives the replays:
-                // the parameter vector, input and target (held by `step`), the running
-                // statistics it read (`recorded_from`) and wrote (`step`), the loss, and the
-                // step's intermediates (the memory pool the capture pinned). Nothing else runs
-                // on this device meanwhile, and every read of `loss` goes through the same
-                // client.
+                // the parameter, state and rate buffers, input and target (held by `step`),
+                // the running statistics it read (`recorded_from`) and wrote (`step`), the
+                // loss, and the step's intermediates (the memory pool the capture pinned).
+                // Nothing else runs on this device meanwhile, and every read of `loss` goes
+                // through the same client.
                 unsafe { Dispatch::graph_replay(inner, g) }
                     .map_err(|e| Error::Other(format!("capture probe: replay: {e:?}")))?;
+                step.k += 1;
                 Ok(loss.clone())
             }
-            _ => Ok(step.run()),
+            _ => step.run(),
         }
     };
     let mut replayed = Vec::new();
@@ -302,6 +353,23 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     })
 }
 
+/// The kernel policy with `capture` on, until dropped.
+struct RecordingPolicy(Option<crate::kernels::KernelPolicy>);
+
+impl RecordingPolicy {
+    fn install() -> Self {
+        let before = crate::kernels::installed();
+        crate::kernels::install(crate::kernels::current().with_capture(true));
+        RecordingPolicy(before)
+    }
+}
+
+impl Drop for RecordingPolicy {
+    fn drop(&mut self) {
+        crate::kernels::restore(self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,7 +381,7 @@ mod tests {
             widths: [4, 4, 8, 8],
             checked: 3,
             timed: 1,
-            lr: 0.01,
+            lr: 0.05,
             seed: 3,
         }
     }

@@ -321,6 +321,31 @@ fn a_write_into_a_vector_reaches_the_views_taken_before_it_in_cubecl_kernels() {
 }
 
 #[test]
+fn a_recorded_enqueue_writes_the_queue_into_its_own_buffer_in_cubecl_kernels() {
+    // MoCo's queue under `capture`: the same keys as a plain enqueue, in the buffer a
+    // handle taken before the enqueue reads.
+    use sslhost::kernels::{install, installed, restore};
+    use sslhost::models::queue::Queue;
+    use sslhost::tensor::{DynTensor, HostRng};
+    let device = gpu_path();
+    let mut plain = Queue::new(8, 4, &mut HostRng::new(1), &device).unwrap();
+    let mut recorded = plain.clone();
+    let held = recorded.tensor();
+    let old = held.to_f64_vec().unwrap();
+    let k = DynTensor::from_vec((0..12).map(|i| i as f32).collect(), &[3, 4], &device).unwrap();
+    plain.enqueue(&k).unwrap();
+    let before = installed();
+    install(sslhost::kernels::current().with_capture(true));
+    recorded.enqueue(&k).unwrap();
+    restore(before);
+    let want = plain.tensor().to_f64_vec().unwrap();
+    assert_eq!(&want[..12], &(0..12).map(f64::from).collect::<Vec<_>>()[..]);
+    assert_eq!(&want[12..], &old[..20]);
+    assert_eq!(recorded.tensor().to_f64_vec().unwrap(), want);
+    assert_eq!(held.to_f64_vec().unwrap(), want);
+}
+
+#[test]
 fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kernels() {
     // cubecl's CPU runtime refuses a capture: the step runs eagerly, with the updates written
     // into the vectors they read and the rates staged, and the losses continue those of the
@@ -340,6 +365,8 @@ fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kern
     assert!(report.refused.is_some());
     assert_eq!(report.offset, WARMUP + 1);
     assert_eq!(report.replayed, report.eager[report.offset..]);
+    // The batch-norm running statistics, written into their own buffers, too.
+    assert_eq!(report.statistics_difference, 0.0);
     let losses = &report.eager;
     assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
     // The same steps on burn-flex: the same losses but for the kernels' summation order.

@@ -827,8 +827,8 @@ fn selftest_capture(
     println!(
         "capture: ResNet-18 CIFAR, EMA target, LARS, batch {batch}, products in {precision}, \
          {variant}: {}; eager {:.2} \
-         ms a step, {} {:.2} ms; losses over {steps} steps {} (largest relative difference \
-         {difference:.1e})",
+         ms a step, {} {:.2} ms; losses and running statistics over {steps} steps {} (largest \
+         relative differences {difference:.1e}, {:.1e})",
         match &report.refused {
             None => format!("recorded in {:.1} s", report.capture_seconds),
             Some(why) => format!("not recorded ({why}), eager throughout"),
@@ -841,6 +841,7 @@ fn selftest_capture(
         },
         report.replay_ms,
         if matches { "match" } else { "DIFFER" },
+        report.statistics_difference,
     );
     println!(
         "{}",
@@ -850,11 +851,16 @@ fn selftest_capture(
             "capture_seconds": report.capture_seconds, "eager_ms": report.eager_ms,
             "replay_ms": report.replay_ms, "eager_losses": report.eager,
             "replayed_losses": report.replayed, "offset": report.offset,
-            "max_relative_difference": difference, "passed": matches,
+            "max_relative_difference": difference,
+            "statistics_difference": report.statistics_difference, "passed": matches,
         })
     );
     Ok((!matches).then(|| {
-        format!("the replayed losses differ from the eager ones by up to {difference:.1e}")
+        format!(
+            "the replayed losses or running statistics differ from the eager ones by up to \
+             {:.1e}",
+            difference.max(report.statistics_difference)
+        )
     }))
 }
 

@@ -415,14 +415,26 @@ impl SharedNet {
         n
     }
 
-    /// An independent copy: new handles all the way down, its own batch-norm statistics.
+    /// An independent copy: new handles all the way down, and buffers of its own for its
+    /// parameters and batch-norm statistics (an update written into a buffer, as a recorded
+    /// step's are, must not reach the other network).
     pub fn deep_copy(&self) -> SharedNet {
         let node = self.0.borrow();
         let net = match &node.net {
             Net::Sequential(parts) => {
                 Net::Sequential(parts.iter().map(|p| p.deep_copy()).collect())
             }
-            leaf => leaf.clone(),
+            Net::Leaf(m) => {
+                let mut fresh = |name: &str, t: DynTensor| {
+                    is_buffer(name)
+                        .then(|| {
+                            t.binary_scalar(1.0, crate::tensor::BinaryOp::Mul, false)
+                                .ok()
+                        })
+                        .flatten()
+                };
+                Net::Leaf(Box::new(map_named((**m).clone(), "", &mut fresh)))
+            }
         };
         let copy = SharedNet(Rc::new(RefCell::new(Node {
             net,
@@ -432,8 +444,6 @@ impl SharedNet {
             frozen: node.frozen,
             momentum_rate: MomentumRate::default(),
         })));
-        // A vector of its own (a copy of the values): an update written into a vector's buffer
-        // (a recorded step's) must not reach the other network.
         if let Some((layout, values)) = &node.flat {
             copy.set_flat(layout, values.clone().mul_scalar(1.0));
         }
@@ -585,7 +595,25 @@ impl SharedNet {
             let Some(t_leaf) = t_node.leaf() else {
                 continue;
             };
-            let t_flat = layout.gather(flat::values(t_leaf, true), &device);
+            let t_values = flat::values(t_leaf, true);
+            if in_place {
+                // Tensor by tensor into the target's own buffers: launches cost nothing in a
+                // replay, and the buffers stay the ones it reads.
+                let mut written = t_values.into_iter().zip(o_values).map(|(t, o)| {
+                    write_into(&t, t.clone().mul(kept.clone()).add(o.mul(taken.clone())))
+                });
+                // The tensors to keep (where the backend cannot write in place, new ones).
+                let mut put = |name: &str, _: DynTensor| {
+                    if is_buffer(name) {
+                        written.next().map(DynTensor::from_float)
+                    } else {
+                        None
+                    }
+                };
+                t_node.map_leaf(|leaf| map_named(leaf, "", &mut put));
+                continue;
+            }
+            let t_flat = layout.gather(t_values, &device);
             let o_flat = layout.gather(o_values, &device);
             let mixed = t_flat.mul(kept).add(o_flat.mul(taken));
             t_node.map_leaf(|leaf| flat::write(leaf, &layout, &mixed));

@@ -48,7 +48,17 @@ impl Queue {
         }
         let new = keys.float_rank::<2>("enqueue")?.inner().detach();
         let kept = self.keys.clone().narrow(0, 0, size - s[0]);
-        self.keys = Tensor::cat(vec![new, kept], 0);
+        let keys = Tensor::cat(vec![new, kept], 0);
+        // A recorded step (the kernel policy's `capture`) writes the queue into its own
+        // buffer, which its replays read and write again; a backward that reads the queue
+        // must come before (the recipes enqueue after `opt.step`).
+        self.keys = if crate::kernels::current().capture {
+            let buffer = self.keys.clone().reshape([size * dim]);
+            crate::kernels::views::write_into(&buffer, keys.reshape([size * dim]))
+                .reshape([size, dim])
+        } else {
+            keys
+        };
         Ok(())
     }
 
@@ -89,5 +99,23 @@ mod tests {
         assert_eq!(&after[4..], &before[..4]);
         let wrong = DynTensor::from_vec(vec![1.0; 3], &[1, 3], &device).unwrap();
         assert!(q.enqueue(&wrong).is_err());
+    }
+
+    #[test]
+    fn a_recorded_enqueue_gives_the_same_queue() {
+        let device = crate::device::cpu();
+        let k = DynTensor::from_vec(vec![1.0, 0.0, 0.0, 1.0], &[2, 2], &device).unwrap();
+        let mut plain = Queue::new(4, 2, &mut HostRng::new(0), &device).unwrap();
+        let mut recorded = plain.clone();
+        plain.enqueue(&k).unwrap();
+        let before = crate::kernels::installed();
+        crate::kernels::install(crate::kernels::current().with_capture(true));
+        recorded.enqueue(&k).unwrap();
+        crate::kernels::restore(before);
+        assert_eq!(
+            recorded.tensor().to_f64_vec().unwrap(),
+            plain.tensor().to_f64_vec().unwrap()
+        );
+        assert_eq!(recorded.dims(), [4, 2]);
     }
 }

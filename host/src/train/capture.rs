@@ -16,8 +16,8 @@
 //! EMA write into the vectors they read ([`crate::kernels::views::write_into`]) and take the
 //! learning rate and the EMA rate, which change every step here as under a schedule, from
 //! buffers written before each replay ([`crate::kernels::views::DeviceScalar`]). The batch-norm
-//! running statistics are not carried over (each replay updates the ones the recording read;
-//! the loss does not depend on them). Where the backend has no graphs (burn-flex, cubecl's CPU
+//! running statistics are written in place too, and compared with running the step's after
+//! the replays, as evaluation reads them. Where the backend has no graphs (burn-flex, cubecl's CPU
 //! runtime), or refuses the capture (a host wait inside the step, such as cuDNN's `sync`
 //! ordering), the step runs eagerly instead, and the report says why.
 
@@ -103,6 +103,9 @@ pub struct ProbeReport {
     pub eager_ms: f64,
     /// Milliseconds a step, replayed.
     pub replay_ms: f64,
+    /// The largest difference between both networks' batch-norm running statistics after the
+    /// checked replays and after as many runs of the step, relative to the largest statistic.
+    pub statistics_difference: f32,
 }
 
 impl ProbeReport {
@@ -116,10 +119,12 @@ impl ProbeReport {
             .fold(0.0, f32::max)
     }
 
-    /// Whether the replayed losses are the eager ones: to the bit without a graph (the same
-    /// kernels run), within `tolerance` of each other with one.
+    /// Whether the replayed losses and running statistics are the eager ones: to the bit
+    /// without a graph (the same kernels run), within `tolerance` of each other with one.
     pub fn matches(&self, tolerance: f32) -> bool {
-        let d = self.max_relative_difference();
+        let d = self
+            .max_relative_difference()
+            .max(self.statistics_difference);
         if self.captured {
             d <= tolerance
         } else {
@@ -196,6 +201,23 @@ impl Step {
         self.body()
     }
 
+    /// Both networks' batch-norm running statistics, end to end (reads the device).
+    fn statistics(&self) -> Result<Vec<f32>> {
+        let mut buffers = Vec::new();
+        for net in [&self.online, &self.target] {
+            net.visit(&mut |name, t| {
+                if crate::models::params::is_buffer(name) {
+                    buffers.push(t);
+                }
+            });
+        }
+        let mut values = Vec::new();
+        for t in buffers {
+            values.extend(t.to_f64_vec()?.into_iter().map(|v| v as f32));
+        }
+        Ok(values)
+    }
+
     /// Handles to every parameter and buffer of both networks as they are now.
     fn tensors(&self) -> Vec<DynTensor> {
         let mut kept = Vec::new();
@@ -240,9 +262,16 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     };
 
     let mut eager = Vec::new();
+    // The statistics after the last two runs: after as many runs as precede the end of the
+    // replays with a graph, and without one.
+    let mut eager_statistics = Vec::new();
     let mut step = Step::new(config, device)?;
-    for _ in 0..WARMUP + 1 + config.checked {
+    let runs = WARMUP + 1 + config.checked;
+    for i in 0..runs {
         eager.push(read(step.run()?)?);
+        if i + 2 >= runs {
+            eager_statistics.push(step.statistics()?);
+        }
     }
     let start = Instant::now();
     for _ in 0..config.timed {
@@ -334,6 +363,10 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     for _ in 0..config.checked {
         replayed.push(read(replay(&mut step)?)?);
     }
+    let statistics_difference = difference(
+        &step.statistics()?,
+        &eager_statistics[offset + config.checked + 1 - runs],
+    );
     let start = Instant::now();
     for _ in 0..config.timed {
         drop(replay(&mut step)?);
@@ -350,7 +383,21 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         capture_seconds,
         eager_ms,
         replay_ms,
+        statistics_difference,
     })
+}
+
+/// The largest difference between `got` and `want`, relative to the largest of `want`
+/// (infinite when their lengths differ).
+fn difference(got: &[f32], want: &[f32]) -> f32 {
+    if got.len() != want.len() {
+        return f32::INFINITY;
+    }
+    let scale = want.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / scale)
+        .fold(0.0, f32::max)
 }
 
 /// The kernel policy with `capture` on, until dropped.
@@ -396,6 +443,9 @@ mod tests {
         assert_eq!(report.eager.len(), WARMUP + 1 + 3);
         assert_eq!(report.replayed, report.eager[report.offset..]);
         assert_eq!(report.max_relative_difference(), 0.0);
+        // The running statistics, written in place under `capture`, are those of the same
+        // number of eager runs.
+        assert_eq!(report.statistics_difference, 0.0);
         assert!(report.matches(0.0));
         // The update lands: the loss falls at every step.
         let losses = &report.eager;
@@ -415,6 +465,20 @@ mod tests {
         assert!(report.matches(1e-2));
         assert!(!report.matches(1e-4));
         assert!((report.max_relative_difference() - 1e-3).abs() < 1e-5);
+        // Running statistics that differ are told as well.
+        report.replayed[1] /= 1.001;
+        report.statistics_difference = 1e-3;
+        assert!(report.matches(1e-2));
+        assert!(!report.matches(1e-4));
+        report.captured = false;
+        assert!(!report.matches(1e-2));
+    }
+
+    #[test]
+    fn differences_are_relative_to_the_largest_value() {
+        assert_eq!(difference(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert_eq!(difference(&[1.5, 4.0], &[1.0, 4.0]), 0.125);
+        assert_eq!(difference(&[1.0], &[1.0, 2.0]), f32::INFINITY);
     }
 
     #[test]

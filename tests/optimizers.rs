@@ -131,14 +131,20 @@ fn lars_without_exclusion_adapts_biases_too() {
     close(&[params(&net).1], &[0.25 - 2.5e-5]);
 }
 
-#[test]
-fn adamw_two_steps() {
+/// The layer and AdamW over it with a weight decay of 0.1.
+fn adamw_layer() -> (SharedNet, Optimizer) {
     let net = layer();
     let rule = Rule::AdamW(AdamWConfig {
         weight_decay: 0.1,
         ..Default::default()
     });
-    let mut opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+    let opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+    (net, opt)
+}
+
+#[test]
+fn adamw_two_steps() {
+    let (net, mut opt) = adamw_layer();
     // Step 1: W ← W0·(1 − 0.1·0.1) = [0.495, −0.99]; m = 0.1·g, v = 0.001·g²;
     // m̂ = g, v̂ = g²; W1 = W − 0.1·g/(|g| + 1e-8) = [0.395, −1.09] (to 1e-8).
     // b: 0.25·0.99 − 0.1 = 0.1475.
@@ -168,12 +174,7 @@ fn adamw_on_the_gpu_paths_rules_takes_its_bias_corrections_from_the_device_step_
             }
             .with_capture(capture),
         );
-        let net = layer();
-        let rule = Rule::AdamW(AdamWConfig {
-            weight_decay: 0.1,
-            ..Default::default()
-        });
-        let mut opt = Optimizer::new(rule, vec![net.clone()]).unwrap();
+        let (net, mut opt) = adamw_layer();
         step(&mut opt, &net, 0.1);
         close(&params(&net).0, &[0.395, -1.09]);
         let x = DynTensor::from_vec(vec![1.0, 2.0], &[1, 2], &sslhost::device::cpu()).unwrap();

@@ -219,9 +219,10 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                 --device cuda --method "$method" --warmup 5 --steps 20 \
                 | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
         done
-        # A ResNet-18 training step recorded as a CUDA graph and replayed, its losses against
-        # running the step, and both timed (host/src/train/capture.rs), in each of
-        # CAPTURE_VARIANTS (batch norm : activations, as VARIANTS); CAPTURE=0 skips it.
+        # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
+        # graph and replayed, its losses and running statistics against running the step, and
+        # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
+        # activations, as VARIANTS); CAPTURE=0 skips it.
         if [ "${CAPTURE:-1}" = 1 ] && /tmp/sslhost gpu-selftest --help | grep -q capture-only; then
             for v in ${CAPTURE_VARIANTS:-nhwc:half}; do
                 half=0; [ "${v#*:}" != half ] || half=1

@@ -350,7 +350,7 @@ fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kern
     // cubecl's CPU runtime refuses a capture: the step runs eagerly, with the updates written
     // into the vectors they read and the rates staged, and the losses continue those of the
     // step as recipes run it to the bit.
-    use sslhost::train::capture::{ProbeConfig, WARMUP, probe};
+    use sslhost::train::capture::{BATCHES, ProbeConfig, WARMUP, probe};
     let config = ProbeConfig {
         batch: 8,
         side: 16,
@@ -368,7 +368,10 @@ fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kern
     // The batch-norm running statistics, written into their own buffers, too.
     assert_eq!(report.statistics_difference, 0.0);
     let losses = &report.eager;
-    assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+    assert!(
+        losses.windows(BATCHES + 1).all(|w| w[BATCHES] < w[0]),
+        "{losses:?}"
+    );
     // The same steps on burn-flex: the same losses but for the kernels' summation order.
     let on_cpu = probe(&config, &sslhost::device::cpu()).unwrap();
     for (a, b) in on_cpu.eager.iter().zip(losses) {

@@ -11,8 +11,9 @@
 //! A captured step (`train::capture`) replays against the buffers it was recorded with, so its
 //! update must land in the vector's own buffer: [`write_into`] does that on the cubecl backend,
 //! where burn's ops write in place only into a buffer nothing else holds (and the views hold
-//! the vector's). For the same reason a value the host changes every step (a learning rate)
-//! reaches the kernels as a [`DeviceScalar`], written into its buffer before the step.
+//! the vector's). For the same reason what the host changes every step (a batch, a learning
+//! rate) reaches the kernels as a [`DeviceInput`] or [`DeviceScalar`], written into its buffer
+//! before the step.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
@@ -151,43 +152,66 @@ pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
     Tensor::from_dispatch(written)
 }
 
-/// A number the host sets each step and kernels read from device memory (a learning rate, an
-/// EMA rate, a bias correction), so that no step's value is part of a kernel: `[1]`, without
-/// autodiff. While a step is recorded (the kernel policy's `capture`), a new value is written
-/// into the same buffer, the one a replay reads; otherwise each value is a fresh upload.
+/// Float values the host sets each step and kernels read from device memory (a batch, a
+/// learning rate), in a tensor of a fixed shape without autodiff. While a step is recorded
+/// (the kernel policy's `capture`), new values are written into the same buffer, the one a
+/// replay reads; otherwise each set is a fresh upload.
 #[derive(Debug, Clone)]
-pub struct DeviceScalar(Tensor<1>);
+pub struct DeviceInput<const D: usize>(Tensor<D>);
 
-impl DeviceScalar {
-    /// `value` on `device` (without autodiff).
-    pub fn new(value: f64, device: &Device) -> Self {
-        DeviceScalar(upload(value, device))
+impl<const D: usize> DeviceInput<D> {
+    /// `values` (row-major) in `shape` on `device`.
+    pub fn new(values: Vec<f32>, shape: [usize; D], device: &Device) -> Self {
+        DeviceInput(upload(values, shape, device))
     }
 
-    /// Sets the value kernels issued from now on read.
-    pub fn set(&mut self, value: f64) {
-        let new = upload(value, &self.0.device());
+    /// Sets the values kernels issued from now on read (as many as the shape holds).
+    pub fn set(&mut self, values: Vec<f32>) {
+        let shape = self.0.dims();
+        let new = upload(values, shape, &self.0.device());
         self.0 = if crate::kernels::current().capture {
-            write_into(&self.0, new)
+            let n = shape.iter().product::<usize>();
+            write_into(&self.0.clone().reshape([n]), new.reshape([n])).reshape(shape)
         } else {
             new
         };
     }
 
+    /// The values.
+    pub fn tensor(&self) -> Tensor<D> {
+        self.0.clone()
+    }
+}
+
+fn upload<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(values, shape), device).without_autodiff()
+}
+
+/// One number the host sets each step (a learning rate, an EMA rate, a bias correction), so
+/// that no step's value is part of a kernel: a [`DeviceInput`] of one value.
+#[derive(Debug, Clone)]
+pub struct DeviceScalar(DeviceInput<1>);
+
+impl DeviceScalar {
+    /// `value` on `device` (without autodiff).
+    pub fn new(value: f64, device: &Device) -> Self {
+        DeviceScalar(DeviceInput::new(vec![value as f32], [1], device))
+    }
+
+    /// Sets the value kernels issued from now on read.
+    pub fn set(&mut self, value: f64) {
+        self.0.set(vec![value as f32]);
+    }
+
     /// The value as a `[1]` tensor.
     pub fn tensor(&self) -> Tensor<1> {
-        self.0.clone()
+        self.0.tensor()
     }
 
     /// The value as a `[1, 1]` tensor, to broadcast over a matrix's rows and columns.
     pub fn column(&self) -> Tensor<2> {
-        self.0.clone().reshape([1, 1])
+        self.tensor().reshape([1, 1])
     }
-}
-
-fn upload(value: f64, device: &Device) -> Tensor<1> {
-    let data = TensorData::new(vec![value as f32], [1]);
-    Tensor::<1>::from_data(data, device).without_autodiff()
 }
 
 #[cfg(test)]
@@ -214,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn a_device_scalar_reads_back_what_was_set_last_with_and_without_capture() {
+    fn device_inputs_read_back_what_was_set_last_with_and_without_capture() {
         let device = crate::device::cpu();
         let before = crate::kernels::installed();
         for capture in [false, true] {
@@ -224,6 +248,10 @@ mod tests {
             s.set(0.25);
             assert_eq!(values(s.column()), [0.25]);
             assert!(!s.tensor().is_autodiff());
+            let mut batch = DeviceInput::new(vec![1.0, 2.0, 3.0, 4.0], [2, 2], &device);
+            batch.set(vec![5.0, 6.0, 7.0, 8.0]);
+            assert_eq!(batch.tensor().dims(), [2, 2]);
+            assert_eq!(values(batch.tensor()), [5.0, 6.0, 7.0, 8.0]);
         }
         crate::kernels::restore(before);
     }

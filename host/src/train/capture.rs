@@ -2,7 +2,7 @@
 //! computes what running the step computes, and how much faster it goes.
 //!
 //! The step is a recipe's step without the script: a ResNet (the online network) and its EMA
-//! copy (the target) both see a fixed batch; the loss pulls the online output towards a fixed
+//! copy (the target) both see the step's batch (four batches in turn); the loss pulls the online output towards a fixed
 //! target and towards the target network's output; then the recipes' own update path runs,
 //! LARS over the network's parameter vector ([`Optimizer`]) and the EMA of the target
 //! ([`SharedNet::update_momentum`]). Written in Rust rather than Rhai, since a replay skips the
@@ -14,8 +14,8 @@
 //! stream, and the recording sees them. A replay reads and writes the buffers the recording
 //! used, so the recording runs under the kernel policy's `capture`, where the optimiser and the
 //! EMA write into the vectors they read ([`crate::kernels::views::write_into`]) and take the
-//! learning rate and the EMA rate, which change every step here as under a schedule, from
-//! buffers written before each replay ([`crate::kernels::views::DeviceScalar`]). The batch-norm
+//! batch, the learning rate and the EMA rate, which change every step here as under a
+//! schedule, from buffers written before each replay ([`crate::kernels::views::DeviceInput`]). The batch-norm
 //! running statistics are written in place too, and compared with running the step's after
 //! the replays, as evaluation reads them. Where the backend has no graphs (burn-flex, cubecl's CPU
 //! runtime), or refuses the capture (a host wait inside the step, such as cuDNN's `sync`
@@ -27,6 +27,7 @@ use burn::backend::{Backend, Dispatch};
 use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::kernels::views::DeviceInput;
 use crate::models::SharedNet;
 use crate::models::resnet::ResNetConfig;
 use crate::optim::{LarsConfig, Optimizer, Rule};
@@ -36,6 +37,9 @@ use crate::tensor::{BinaryOp, DynTensor, HostRng};
 /// tunes fused kernels, the later ones fill the memory pool with the buffers the recording must
 /// reuse (nothing may be allocated while it records).
 pub const WARMUP: usize = 3;
+
+/// Batches the step takes in turn, one a run.
+pub const BATCHES: usize = 4;
 
 /// What the probe trains and how long it checks and times.
 #[derive(Debug, Clone)]
@@ -139,7 +143,10 @@ struct Step {
     online: SharedNet,
     target: SharedNet,
     opt: Optimizer,
-    x: DynTensor,
+    /// The batches, in turn.
+    batches: Vec<Vec<f32>>,
+    /// This run's batch, where the step reads it.
+    x: DeviceInput<4>,
     y: DynTensor,
     /// Runs of the step so far (the schedules' step).
     k: usize,
@@ -160,11 +167,10 @@ impl Step {
         };
         let opt = Optimizer::new(Rule::Lars(lars), vec![online.clone()])?;
         let (n, side) = (config.batch, config.side);
-        let x = DynTensor::from_vec(
-            rng.normal_vec(n * 3 * side * side, 1.0),
-            &[n, 3, side, side],
-            device,
-        )?;
+        let batches: Vec<Vec<f32>> = (0..BATCHES)
+            .map(|_| rng.normal_vec(n * 3 * side * side, 1.0))
+            .collect();
+        let x = DeviceInput::new(batches[0].clone(), [n, 3, side, side], device);
         let features = config.widths[3];
         let y = DynTensor::from_vec(rng.normal_vec(n * features, 1.0), &[n, features], device)?;
         Ok(Step {
@@ -172,22 +178,25 @@ impl Step {
             online,
             target,
             opt,
+            batches,
             x,
             y,
             k: 0,
         })
     }
 
-    /// Writes the next run's learning rate and EMA rate where the step reads them.
+    /// Writes the next run's batch, learning rate and EMA rate where the step reads them.
     fn stage(&mut self) -> Result<()> {
+        self.x.set(self.batches[self.k % BATCHES].clone());
         self.opt.stage(self.config.lr_at(self.k))?;
         SharedNet::stage_momentum(&self.target, ProbeConfig::momentum_at(self.k))
     }
 
     /// The step at the staged rates, reading nothing back: its loss `[1]`, without autodiff.
     fn body(&mut self) -> Result<Tensor<1>> {
-        let h = self.online.forward(&self.x)?;
-        let z = self.target.forward(&self.x)?.detach();
+        let x = DynTensor::from_float(self.x.tensor().autodiff());
+        let h = self.online.forward(&x)?;
+        let z = self.target.forward(&x)?.detach();
         let squared = |a: &DynTensor, b: &DynTensor| a.binary(b, BinaryOp::Sub)?.pow(2.0)?.mean();
         let loss = squared(&h, &self.y)?.binary(&squared(&h, &z)?, BinaryOp::Add)?;
         self.opt.step_staged(&loss)?;
@@ -447,9 +456,12 @@ mod tests {
         // number of eager runs.
         assert_eq!(report.statistics_difference, 0.0);
         assert!(report.matches(0.0));
-        // The update lands: the loss falls at every step.
+        // The update lands: each batch's loss falls from one turn to the next.
         let losses = &report.eager;
-        assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
+        assert!(
+            losses.windows(BATCHES + 1).all(|w| w[BATCHES] < w[0]),
+            "{losses:?}"
+        );
         assert!(report.eager_ms > 0.0 && report.replay_ms > 0.0);
     }
 

@@ -346,6 +346,64 @@ fn a_recorded_enqueue_writes_the_queue_into_its_own_buffer_in_cubecl_kernels() {
 }
 
 #[test]
+fn a_script_loop_computes_the_same_with_its_state_written_in_place_in_cubecl_kernels() {
+    // A MoCo-like loop as a script, run as recipes run it and under `capture`, where the
+    // parameters, optimiser state, EMA target, running statistics and queue are written into
+    // the buffers they were read from: the same losses, queue and evaluation outputs (which
+    // read the running statistics). Not to the bit: the writes change how fusion groups the
+    // elementwise ops around them (a fused multiply-add rounds once), so the last bits move;
+    // a stale or shared buffer would move the values by far more.
+    use sslhost::kernels::KernelPolicy;
+    use sslhost::session::Session;
+    let script = r#"
+        let backbone = resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] });
+        let online = sequential([backbone, linear(8, 8)]);
+        let target = momentum_copy(online);
+        let keys = queue(16, 8);
+        let opt = lars([online], #{ momentum: 0.9, weight_decay: 1e-4, eta: 0.02 });
+        let out = [];
+        for i in 0..4 {
+            let x = randn([4, 3, 8, 8]);
+            let q = online.forward(x).normalize(1);
+            let k = target.forward(x).detach().normalize(1);
+            let loss = info_nce(q, k, keys.tensor(), 0.2);
+            opt.step(loss, 0.1);
+            update_momentum(online, target, 0.9 + 0.01 * i.to_float());
+            keys.enqueue(k);
+            out.push(loss.item());
+        }
+        let x = randn([2, 3, 8, 8]);
+        online.eval_mode();
+        target.eval_mode();
+        out + online.forward(x).to_array() + target.forward(x).to_array() + keys.tensor().to_array()
+    "#;
+    let run = |capture: bool| -> Vec<f64> {
+        let session =
+            Session::new(gpu_path(), 7).with_kernels(KernelPolicy::default().with_capture(capture));
+        let out =
+            sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
+                .unwrap_or_else(|e| panic!("capture {capture}: {e}"));
+        fn flat(v: &rhai::Dynamic, out: &mut Vec<f64>) {
+            match v.clone().into_array() {
+                Ok(items) => items.iter().for_each(|i| flat(i, out)),
+                Err(_) => out.push(v.as_float().unwrap()),
+            }
+        }
+        let mut values = Vec::new();
+        flat(&out, &mut values);
+        values
+    };
+    let (eager, recorded) = (run(false), run(true));
+    assert_eq!(eager.len(), 4 + 2 * 8 + 2 * 8 + 16 * 8);
+    assert!(eager.iter().all(|v| v.is_finite()), "{eager:?}");
+    let rel = model_common::rel_distance(
+        &eager.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        &recorded.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+    );
+    assert!(rel < 1e-5, "in place, the loop is {rel} off");
+}
+
+#[test]
 fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kernels() {
     // cubecl's CPU runtime refuses a capture: the step runs eagerly, with the updates written
     // into the vectors they read and the rates staged, and the losses continue those of the

@@ -2,24 +2,26 @@
 //! computes what running the step computes, and how much faster it goes.
 //!
 //! The step is a recipe's step without the script: a ResNet (the online network) and its EMA
-//! copy (the target) both see the step's batch (four batches in turn); the loss pulls the online output towards a fixed
-//! target and towards the target network's output; then the recipes' own update path runs,
-//! LARS over the network's parameter vector ([`Optimizer`]) and the EMA of the target
-//! ([`SharedNet::update_momentum`]). Written in Rust rather than Rhai, since a replay skips the
-//! host entirely: it stands in for host code that does the same thing every step. This is what
-//! `sslhost gpu-selftest` measures before a recipe's step is captured (docs/PERFORMANCE.md).
+//! copy (the target) both see the step's batch (four batches in turn); the loss pulls the
+//! online output towards a fixed target and towards the target network's output; then the
+//! recipes' own update path runs, LARS over the network's parameter vector ([`Optimizer`])
+//! and the EMA of the target ([`SharedNet::update_momentum`]). Written in Rust rather than
+//! Rhai, since a replay skips the host entirely: it stands in for host code that does the same
+//! thing every step. This is what `sslhost gpu-selftest` measures before a recipe's step is
+//! captured (docs/PERFORMANCE.md).
 //!
 //! burn-autodiff cannot capture (its graph type is `GraphUnsupported`), so the capture is
 //! taken on the device without autodiff: the autodiff layer's kernels run on that device's
 //! stream, and the recording sees them. A replay reads and writes the buffers the recording
-//! used, so the recording runs under the kernel policy's `capture`, where the optimiser and the
-//! EMA write into the vectors they read ([`crate::kernels::views::write_into`]) and take the
-//! batch, the learning rate and the EMA rate, which change every step here as under a
-//! schedule, from buffers written before each replay ([`crate::kernels::views::DeviceInput`]). The batch-norm
-//! running statistics are written in place too, and compared with running the step's after
-//! the replays, as evaluation reads them. Where the backend has no graphs (burn-flex, cubecl's CPU
-//! runtime), or refuses the capture (a host wait inside the step, such as cuDNN's `sync`
-//! ordering), the step runs eagerly instead, and the report says why.
+//! used, so the probe runs under the kernel policy's `capture` (its eager runs too, so that
+//! both run the same kernels). There the optimiser, the EMA and batch norm write into the
+//! buffers they read ([`crate::kernels::views::write_into`]), and the batch, the learning rate
+//! and the EMA rate, which change every step here as under a schedule, are written into
+//! theirs before each run ([`crate::kernels::views::DeviceInput`]). After the replays the
+//! running statistics are compared with those of as many eager runs, as evaluation reads them.
+//! Where the backend has no graphs (burn-flex, cubecl's CPU runtime), or refuses the capture
+//! (a host wait inside the step, such as cuDNN's `sync` ordering), the step runs eagerly
+//! instead, and the report says why.
 
 use std::time::Instant;
 
@@ -270,6 +272,10 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
             .map_err(|e| Error::Other(format!("capture probe: {e:?}")))
     };
 
+    // The policy a recording needs, for the eager runs too: the writes in place change how
+    // fusion groups the ops around them (the last bits of a result), and the runs that stand
+    // in for replays without a graph must match the eager ones to the bit.
+    let _recording = RecordingPolicy::install();
     let mut eager = Vec::new();
     // The statistics after the last two runs: after as many runs as precede the end of the
     // replays with a graph, and without one.
@@ -290,8 +296,6 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     let eager_ms = start.elapsed().as_secs_f64() * 1e3 / config.timed.max(1) as f64;
     drop(step);
 
-    // Updates into the buffers they read, from here on (restored when this returns).
-    let _recording = RecordingPolicy::install();
     // The same device's stream, without autodiff's refusal of graphs.
     let inner_device = device.clone().without_autodiff();
     let inner = inner_device.as_dispatch();

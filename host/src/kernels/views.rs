@@ -19,6 +19,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 
+use crate::error::{Error, Result};
+
 /// Views of a contiguous vector.
 #[backend_extension(
     Flex,
@@ -160,13 +162,23 @@ pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
 pub struct DeviceInput<const D: usize>(Tensor<D>);
 
 impl<const D: usize> DeviceInput<D> {
-    /// `values` (row-major) in `shape` on `device`.
-    pub fn new(values: Vec<f32>, shape: [usize; D], device: &Device) -> Self {
-        DeviceInput(upload(values, shape, device))
+    /// `values` (row-major) in `shape` on `device`; an error unless there are as many as the
+    /// shape holds.
+    pub fn new(values: Vec<f32>, shape: [usize; D], device: &Device) -> Result<Self> {
+        fits(&values, shape)?;
+        Ok(DeviceInput(upload(values, shape, device)))
     }
 
-    /// Sets the values kernels issued from now on read (as many as the shape holds).
-    pub fn set(&mut self, values: Vec<f32>) {
+    /// Sets the values kernels issued from now on read; an error (and nothing set) unless
+    /// there are as many as the shape holds.
+    pub fn set(&mut self, values: Vec<f32>) -> Result<()> {
+        fits(&values, self.0.dims())?;
+        self.write(values);
+        Ok(())
+    }
+
+    /// [`DeviceInput::set`] with values known to fit.
+    fn write(&mut self, values: Vec<f32>) {
         let shape = self.0.dims();
         let new = upload(values, shape, &self.0.device());
         self.0 = if crate::kernels::current().capture {
@@ -183,6 +195,18 @@ impl<const D: usize> DeviceInput<D> {
     }
 }
 
+/// An error unless `values` fill `shape`.
+fn fits<const D: usize>(values: &[f32], shape: [usize; D]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if values.len() != n {
+        return Err(Error::Shape(format!(
+            "device input of shape {shape:?} takes {n} values, got {}",
+            values.len()
+        )));
+    }
+    Ok(())
+}
+
 fn upload<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::<D>::from_data(TensorData::new(values, shape), device).without_autodiff()
 }
@@ -195,12 +219,12 @@ pub struct DeviceScalar(DeviceInput<1>);
 impl DeviceScalar {
     /// `value` on `device` (without autodiff).
     pub fn new(value: f64, device: &Device) -> Self {
-        DeviceScalar(DeviceInput::new(vec![value as f32], [1], device))
+        DeviceScalar(DeviceInput(upload(vec![value as f32], [1], device)))
     }
 
     /// Sets the value kernels issued from now on read.
     pub fn set(&mut self, value: f64) {
-        self.0.set(vec![value as f32]);
+        self.0.write(vec![value as f32]);
     }
 
     /// The value as a `[1]` tensor.
@@ -248,10 +272,15 @@ mod tests {
             s.set(0.25);
             assert_eq!(values(s.column()), [0.25]);
             assert!(!s.tensor().is_autodiff());
-            let mut batch = DeviceInput::new(vec![1.0, 2.0, 3.0, 4.0], [2, 2], &device);
-            batch.set(vec![5.0, 6.0, 7.0, 8.0]);
+            let mut batch = DeviceInput::new(vec![1.0, 2.0, 3.0, 4.0], [2, 2], &device).unwrap();
+            batch.set(vec![5.0, 6.0, 7.0, 8.0]).unwrap();
             assert_eq!(batch.tensor().dims(), [2, 2]);
             assert_eq!(values(batch.tensor()), [5.0, 6.0, 7.0, 8.0]);
+            // Values that do not fill the shape are an error, and leave the input as it was.
+            let err = batch.set(vec![1.0; 3]).unwrap_err().to_string();
+            assert!(err.contains("takes 4 values, got 3"), "{err}");
+            assert_eq!(values(batch.tensor()), [5.0, 6.0, 7.0, 8.0]);
+            assert!(DeviceInput::new(vec![0.0; 5], [2, 2], &device).is_err());
         }
         crate::kernels::restore(before);
     }

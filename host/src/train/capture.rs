@@ -172,7 +172,7 @@ impl Step {
         let batches: Vec<Vec<f32>> = (0..BATCHES)
             .map(|_| rng.normal_vec(n * 3 * side * side, 1.0))
             .collect();
-        let x = DeviceInput::new(batches[0].clone(), [n, 3, side, side], device);
+        let x = DeviceInput::new(batches[0].clone(), [n, 3, side, side], device)?;
         let features = config.widths[3];
         let y = DynTensor::from_vec(rng.normal_vec(n * features, 1.0), &[n, features], device)?;
         Ok(Step {
@@ -189,7 +189,7 @@ impl Step {
 
     /// Writes the next run's batch, learning rate and EMA rate where the step reads them.
     fn stage(&mut self) -> Result<()> {
-        self.x.set(self.batches[self.k % BATCHES].clone());
+        self.x.set(self.batches[self.k % BATCHES].clone())?;
         self.opt.stage(self.config.lr_at(self.k))?;
         SharedNet::stage_momentum(&self.target, ProbeConfig::momentum_at(self.k))
     }

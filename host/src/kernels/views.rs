@@ -154,6 +154,18 @@ pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
     Tensor::from_dispatch(written)
 }
 
+/// `new`, to hold in place of `old` (of the same shape): while a step is recorded (the kernel
+/// policy's `capture`), written into `old`'s buffer ([`write_into`]), which a replay reads and
+/// writes again; otherwise `new` itself.
+pub fn replace<const D: usize>(old: &Tensor<D>, new: Tensor<D>) -> Tensor<D> {
+    if !crate::kernels::current().capture {
+        return new;
+    }
+    let dims = old.dims();
+    let n = dims.iter().product::<usize>();
+    write_into(&old.clone().reshape([n]), new.reshape([n])).reshape(dims)
+}
+
 /// Float values the host sets each step and kernels read from device memory (a batch, a
 /// learning rate), in a tensor of a fixed shape without autodiff. While a step is recorded
 /// (the kernel policy's `capture`), new values are written into the same buffer, the one a
@@ -179,14 +191,8 @@ impl<const D: usize> DeviceInput<D> {
 
     /// [`DeviceInput::set`] with values known to fit.
     fn write(&mut self, values: Vec<f32>) {
-        let shape = self.0.dims();
-        let new = upload(values, shape, &self.0.device());
-        self.0 = if crate::kernels::current().capture {
-            let n = shape.iter().product::<usize>();
-            write_into(&self.0.clone().reshape([n]), new.reshape([n])).reshape(shape)
-        } else {
-            new
-        };
+        let new = upload(values, self.0.dims(), &self.0.device());
+        self.0 = replace(&self.0, new);
     }
 
     /// The values.

@@ -335,16 +335,10 @@ impl BatchNorm {
         };
         let mean = mean.detach();
         let var = variance.detach().mul_scalar(unbiased);
-        // A recorded step (the kernel policy's `capture`) writes them into their own buffers,
-        // which its replays read and write again.
-        let in_place = crate::kernels::current().capture;
+        // Into their own buffers while a step is recorded.
         let moved = |r: Tensor<1>, batch: Tensor<1>| {
             let new = r.clone().mul_scalar(1.0 - m).add(batch.mul_scalar(m));
-            if in_place {
-                crate::kernels::views::write_into(&r, new)
-            } else {
-                new
-            }
+            crate::kernels::views::replace(&r, new)
         };
         self.running_mean = self.running_mean.clone().map(|r| moved(r, mean));
         self.running_var = self.running_var.clone().map(|r| moved(r, var));

@@ -20,7 +20,7 @@ use super::mlp::{Mlp, MlpConfig};
 use super::params::{MapFn, is_buffer, map_named, visit_named};
 use super::resnet::{ResNet, ResNetConfig};
 use crate::error::{Error, Result};
-use crate::kernels::views::{DeviceScalar, write_into};
+use crate::kernels::views::{DeviceScalar, replace, write_into};
 use crate::tensor::{DynTensor, HostRng};
 
 /// One Burn module at the bottom of a network: what optimisers update and checkpoints save.
@@ -544,7 +544,6 @@ impl SharedNet {
             Self::check_same_parameters(online, target)?;
             target.0.borrow_mut().momentum_source = Some(Rc::downgrade(&online.0));
         }
-        let in_place = crate::kernels::current().capture;
         // The trainable parameters leaf by leaf, each as one vector: one op a leaf, and the
         // online leaf's vector is the one its optimiser just wrote.
         for ((_, o), (_, t)) in online.leaves().iter().zip(target.leaves()) {
@@ -555,8 +554,7 @@ impl SharedNet {
             }
             let device = o_flat.device();
             let (kept, taken) = target.rates_on(&device, m);
-            // The vector the mix is written into, when recorded.
-            let written = in_place.then(|| t_flat.clone());
+            let old = t_flat.clone();
             let mixed = if crate::kernels::cpu_takes(t_flat.dtype(), &device) {
                 // One pass on the CPU (`cpu_kernels::update`).
                 use crate::kernels::cpu_kernels::UpdateKernels;
@@ -567,12 +565,9 @@ impl SharedNet {
             } else {
                 t_flat.mul(kept).add(o_flat.mul(taken))
             };
-            let mixed = match written {
-                Some(t_flat) => write_into(&t_flat, mixed),
-                None => mixed,
-            };
-            t.set_flat(&layout, mixed);
+            t.set_flat(&layout, replace(&old, mixed));
         }
+        let in_place = crate::kernels::current().capture;
         // The batch norms' running statistics, which change every forward: gathered afresh
         // leaf by leaf into one vector each side, mixed, and written back as views.
         for ((_, o), (_, t)) in online.leaves().iter().zip(target.leaves()) {

@@ -48,17 +48,9 @@ impl Queue {
         }
         let new = keys.float_rank::<2>("enqueue")?.inner().detach();
         let kept = self.keys.clone().narrow(0, 0, size - s[0]);
-        let keys = Tensor::cat(vec![new, kept], 0);
-        // A recorded step (the kernel policy's `capture`) writes the queue into its own
-        // buffer, which its replays read and write again; a backward that reads the queue
+        // Into its own buffer while a step is recorded, so a backward that reads the queue
         // must come before (the recipes enqueue after `opt.step`).
-        self.keys = if crate::kernels::current().capture {
-            let buffer = self.keys.clone().reshape([size * dim]);
-            crate::kernels::views::write_into(&buffer, keys.reshape([size * dim]))
-                .reshape([size, dim])
-        } else {
-            keys
-        };
+        self.keys = crate::kernels::views::replace(&self.keys, Tensor::cat(vec![new, kept], 0));
         Ok(())
     }
 

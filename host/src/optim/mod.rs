@@ -37,7 +37,7 @@ pub use lars::LarsConfig;
 pub use sgd::SgdConfig;
 
 use crate::error::{Error, Result};
-use crate::kernels::views::{DeviceScalar, write_into};
+use crate::kernels::views::{DeviceScalar, replace};
 use crate::models::SharedNet;
 use crate::models::flat::{CHUNK, FlatEntry, FlatLayout};
 use crate::tensor::DynTensor;
@@ -420,10 +420,7 @@ impl Optimizer {
         check_lr(lr)?;
         self.write_step_values(lr);
         self.step_staged(loss)?;
-        if self.skips.is_some() {
-            self.look_at_skips()?;
-        }
-        Ok(())
+        self.look_at_skips()
     }
 
     /// Writes what the next [`step_staged`](Self::step_staged) takes from the host into its
@@ -442,8 +439,9 @@ impl Optimizer {
         if let Some(s) = &mut self.lr {
             s.set(lr);
         }
+        let number = self.step_number();
         if let Some(s) = &mut self.step_number {
-            s.set((self.run_step.unwrap_or(self.steps) + 1) as f64);
+            s.set(number as f64);
         }
         for st in self.leaves.values_mut() {
             if let (Some((c1, c2)), Some((v1, v2))) =
@@ -453,6 +451,12 @@ impl Optimizer {
                 c2.set(v2);
             }
         }
+    }
+
+    /// The training loop's step of the next update + 1 (the update count stands in without
+    /// one), as the count of skipped updates records it.
+    fn step_number(&self) -> u64 {
+        self.run_step.unwrap_or(self.steps) + 1
     }
 
     /// [`step`](Self::step) at the learning rate [`stage`](Self::stage) set, without reading
@@ -497,7 +501,7 @@ impl Optimizer {
             .get_or_insert_with(|| DeviceScalar::new(lr_value, &device))
             .column();
         if guard.on_device.is_some() && self.step_number.is_none() {
-            let number = self.run_step.unwrap_or(self.steps) + 1;
+            let number = self.step_number();
             self.step_number = Some(DeviceScalar::new(number as f64, &device));
         }
         let mut seen: Vec<SharedNet> = Vec::new();
@@ -596,15 +600,15 @@ impl Optimizer {
                 .map(|(c1, c2)| (c1.column(), c2.column())),
         });
         let flat = |t: Tensor<2>| t.reshape([layout.len()]);
-        // Recorded: into the buffers read (only a whole leaf's vector is kept between steps).
-        let in_place = crate::kernels::current().capture && complete;
+        // Into the buffers read while a step is recorded (only a whole leaf's vectors are
+        // kept between steps).
         let keep = |old: Option<Tensor<1>>, new: Option<Tensor<1>>| match (old, new) {
-            (Some(old), Some(new)) if in_place => Some(write_into(&old, new)),
+            (Some(old), Some(new)) if complete => Some(replace(&old, new)),
             (_, new) => new,
         };
         let selected = guard.select(flat(out.param), param.clone());
-        let new = if in_place {
-            write_into(&param, selected)
+        let new = if complete {
+            replace(&param, selected)
         } else {
             selected
         };
@@ -705,14 +709,8 @@ impl Optimizer {
             .clone()
             .add(skipped.clone().mul(none_yet).mul(number));
         let count = skips.count.clone().add(skipped);
-        (skips.first, skips.count) = if crate::kernels::current().capture {
-            (
-                write_into(&skips.first, first),
-                write_into(&skips.count, count),
-            )
-        } else {
-            (first, count)
-        };
+        skips.first = replace(&skips.first, first);
+        skips.count = replace(&skips.count, count);
     }
 
     /// Reads the device's count of skipped updates (a sync on a GPU): an error naming the

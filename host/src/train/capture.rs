@@ -214,26 +214,23 @@ impl Step {
 
     /// Both networks' batch-norm running statistics, end to end (reads the device).
     fn statistics(&self) -> Result<Vec<f32>> {
-        let mut buffers = Vec::new();
-        for net in [&self.online, &self.target] {
-            net.visit(&mut |name, t| {
-                if crate::models::params::is_buffer(name) {
-                    buffers.push(t);
-                }
-            });
-        }
         let mut values = Vec::new();
-        for t in buffers {
+        for t in self.tensors(crate::models::params::is_buffer) {
             values.extend(t.to_f64_vec()?.into_iter().map(|v| v as f32));
         }
         Ok(values)
     }
 
-    /// Handles to every parameter and buffer of both networks as they are now.
-    fn tensors(&self) -> Vec<DynTensor> {
+    /// Handles to both networks' parameters and buffers whose names `pick` takes, as they
+    /// are now.
+    fn tensors(&self, pick: fn(&str) -> bool) -> Vec<DynTensor> {
         let mut kept = Vec::new();
         for net in [&self.online, &self.target] {
-            net.visit(&mut |_, t| kept.push(t));
+            net.visit(&mut |name, t| {
+                if pick(name) {
+                    kept.push(t);
+                }
+            });
         }
         kept
     }
@@ -311,9 +308,10 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     }
     let mut loss: Option<Tensor<1>> = None;
     let mut graph = None;
-    // The tensors as the recording finds them: each run replaces the batch-norm running
-    // statistics with new tensors, and the replays read the ones the recording read.
-    let recorded_from = step.tensors();
+    // The tensors as the recording finds them, held through the replays, which read their
+    // buffers: under `capture` the networks keep writing into the same ones, and these
+    // handles keep them should a network let go of one.
+    let recorded_from = step.tensors(|_| true);
     if refused.is_none() {
         step.stage()?;
         match Dispatch::graph_start_capture(inner) {
@@ -359,9 +357,9 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
                 // This replay's rates, written where the recording read them.
                 step.stage()?;
                 // SAFETY: every buffer the recording read or wrote outlives the replays:
-                // the parameter, state and rate buffers, input and target (held by `step`),
-                // the running statistics it read (`recorded_from`) and wrote (`step`), the
-                // loss, and the step's intermediates (the memory pool the capture pinned).
+                // the parameter, state, statistics and rate buffers, input and target (held by
+                // `step`, and the networks' tensors by `recorded_from` too), the loss, and the
+                // step's intermediates (the memory pool the capture pinned).
                 // Nothing else runs on this device meanwhile, and every read of `loss` goes
                 // through the same client.
                 unsafe { Dispatch::graph_replay(inner, g) }

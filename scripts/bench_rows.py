@@ -2,16 +2,32 @@
 """One line per result of a bench JSONL file (sslhost's variants and PyTorch's steps).
 
     python3 scripts/bench_rows.py target/gpu-session/bench.jsonl
+
+An sslhost row that repeats an earlier row's method and variant (another cuDNN ordering, the
+warm start) also shows how far its losses are from that row's, step by step: the same seed and
+kernels give the same losses up to the order atomics land in, so a large difference says two
+streams raced.
 """
 import json
 import sys
 
+first = {}
 for line in open(sys.argv[1]):
     if not line.strip():
         continue
     r = json.loads(line)
     who = r.get("impl", "?")
     variant = f'{r.get("batch_norm", "")}:{r.get("activations", "")}' if who == "sslhost" else "-"
-    print(f'{who:8} {r["method"]:7} {variant:12} median {r["median_ms"]:7.1f} ms '
-          f'{r["img_per_s"]:7.0f} img/s  peak {r.get("peak_mem_mb", float("nan")):6.0f} MB  '
-          f'first step {r.get("first_step_ms", float("nan")) / 1000:5.1f} s')
+    tags = " ".join(t for t in (r.get("cudnn_order", ""), "warm" if r.get("warm_start") else "") if t)
+    row = (f'{who:8} {r["method"]:7} {variant:12} {tags:11} median {r["median_ms"]:7.1f} ms '
+           f'{r["img_per_s"]:7.0f} img/s  peak {r.get("peak_mem_mb", float("nan")):6.0f} MB  '
+           f'first step {r.get("first_step_ms", float("nan")) / 1000:5.1f} s')
+    key = (who, r["method"], variant)
+    losses = r.get("losses")
+    if losses and key in first:
+        steps = list(zip(losses, first[key]))
+        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in steps)
+        row += f'  losses vs the first such row: {worst:.1e} over {len(steps)} steps'
+    elif losses:
+        first[key] = losses
+    print(row)

@@ -26,11 +26,15 @@
 #                                    # reference (TORCH=0 skips it): kNN accuracy and wall time
 #   scripts/gpu_session.sh session   # there: the whole device call in one command, each stage
 #                                    # time-boxed under DEADLINE seconds (default 400): the GPU
-#                                    # and cuDNN found, sslhost's variants (VARIANTS) and
-#                                    # PyTorch's step (TORCH=0 skips it) for METHODS, the
+#                                    # and cuDNN found, the GPU self-test (SELFTEST_ARGS;
+#                                    # SELFTEST=0 skips it; a failure drops cuDNN's variants
+#                                    # below unless GATE=0), sslhost's variants (VARIANTS) and
+#                                    # PyTorch's step (TORCH=0 skips it) for METHODS,
+#                                    # cuDNN under other stream orderings (ORDERS="signal
+#                                    # flags"), a warm-cache first step (WARM=0 skips it), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
-#                                    # default nhwc:half; CAPTURE=0 skips it), the GPU
-#                                    # self-test (SELFTEST_ARGS), QUALITY=1 a short BYOL run,
+#                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
+#                                    # short BYOL run,
 #                                    # RECIPES="mocov3 dino .." each recipe's CUDA preset for
 #                                    # one epoch of the embedded sample; the kernel cache back
 #                                    # to $OUT
@@ -70,6 +74,9 @@ unpack() {
         [ -e "$f" ] || continue
         unxz "$f" "/tmp/fashion-mnist/$(basename "$f" .xz)"
     done
+    # The driver's cache of kernels it translated from PTX, kept with cubecl's cache
+    # (target/environment), so that `session` sends both back and a later call starts warm.
+    export CUDA_CACHE_PATH="$PWD/target/environment/nv-compute-cache" CUDA_CACHE_MAXSIZE=4294967296
     # cudarc loads libcuda and libnvrtc at run time: make sure the loader finds NVRTC.
     if ! ldconfig -p | grep -q 'libnvrtc\.so'; then
         nvrtc=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' 2> /dev/null | head -n 1)
@@ -78,7 +85,7 @@ unpack() {
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
         --format=csv,noheader || true
-    python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+    python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' || true
     # VARIANT=BATCH_NORM:ACTIVATIONS (as `sslhost bench --variants` spells it) for any mode.
     if [ -n "${VARIANT:-}" ]; then
         export SSLHOST_GPU_BATCH_NORM=${VARIANT%:*} SSLHOST_HALF_ACTIVATIONS=0
@@ -196,9 +203,10 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
             shift 2
             budget=$(left)
             [ "$limit" -lt "$budget" ] || limit=$budget
-            if [ "$limit" -lt 10 ]; then echo "== $name: skipped (deadline)"; return 0; fi
-            echo "== $name (at most $limit s, $(( $(date +%s) - begin )) s in)"
-            timeout "$limit" "$@" || echo "== $name: exit $? at $(( $(date +%s) - begin )) s"
+            # To stderr, which session.log takes too: a stage's stdout may be filtered.
+            if [ "$limit" -lt 10 ]; then echo "== $name: skipped (deadline)" >&2; return 0; fi
+            echo "== $name (at most $limit s, $(( $(date +%s) - begin )) s in)" >&2
+            timeout "$limit" "$@" || echo "== $name: exit $? at $(( $(date +%s) - begin )) s" >&2
         }
         exec > >(tee -a "$out/session.log") 2>&1
         # The kernel cache an earlier call sent back (cubecl's `target/environment`).
@@ -211,14 +219,61 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         echo "cuDNN: ${cudnn:-not in the Python environment}; ldconfig: $(ldconfig -p | grep -c libcudnn) entries"
         [ -z "$cudnn" ] || ls "$cudnn"
         variants=${VARIANTS:-burn:f32,nhwc:f32,nhwc:half,rows:half}
-        for method in ${METHODS:-byol}; do
-            stage "sslhost $method" "${AB_SECONDS:-240}" /tmp/sslhost bench --device cuda \
+        orders=${ORDERS:-}
+        # First, cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
+        # "--dtypes bf16"). Where cuDNN's variants are to be timed, its verdict decides whether
+        # they are: a failed or unfinished self-test drops them (GATE=0 times them anyway).
+        if [ "${SELFTEST:-1}" = 1 ]; then
+            # shellcheck disable=SC2086
+            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest --capture-steps 0 \
+                ${SELFTEST_ARGS:-} 2>&1 | tee -a "$out/selftest.log"
+            verdict=$(python3 -c '
+import json, sys
+verdict = "unfinished"
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(r, dict) and r.get("selftest") == "gpu_kernels":
+        verdict = "passed" if r.get("passed") else "failed"
+print(verdict)' "$out/selftest.log")
+            echo "== selftest: $verdict"
+            if [ "$verdict" != passed ] && [ "${GATE:-1}" = 1 ] && [[ "$variants,$orders" == *cudnn* || -n "$orders" ]]; then
+                variants=$(echo "$variants" | tr , '\n' | grep -v '^cudnn' | paste -sd, -)
+                orders=
+                echo "== cuDNN's variants dropped (self-test $verdict); timing: ${variants:-nothing}"
+            fi
+        fi
+        METHODS=${METHODS:-byol}
+        for method in $METHODS; do
+            [ -n "$variants" ] && stage "sslhost $method" "${AB_SECONDS:-240}" /tmp/sslhost bench --device cuda \
                 --method "$method" --warmup 5 --steps 20 --variants "$variants" \
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
             [ "${TORCH:-1}" = 0 ] || stage "pytorch $method" 90 python3 scripts/reference/ssl_step.py \
                 --device cuda --method "$method" --warmup 5 --steps 20 \
                 | { grep '^{' || true; } | tee -a "$out/bench.jsonl"
+            # cuDNN's variant again under each other ordering of its stream (ORDERS, e.g.
+            # "signal flags"; the bench above ran the default, sync), each its own process:
+            # the ordering is chosen once a process.
+            for order in $orders; do
+                stage "sslhost $method cudnn:half order $order" "${ORDER_SECONDS:-90}" \
+                    env SSLHOST_CUDNN_ORDER="$order" /tmp/sslhost bench --device cuda \
+                    --method "$method" --warmup 5 --steps 20 --variants cudnn:half \
+                    | { grep '^{' || true; } \
+                    | sed 's/^{/{"impl":"sslhost","cudnn_order":"'"$order"'",/' | tee -a "$out/bench.jsonl"
+            done
         done
+        # The first step of a process whose kernels an earlier process compiled and tuned
+        # (the issue's "warm kernel cache"; the bench's first variant above is the cold one
+        # when no cache came in): the first variant again, in a fresh process. WARM=0 skips it.
+        if [ "${WARM:-1}" = 1 ] && [ -n "$variants" ]; then
+            first=${variants%%,*}
+            stage "warm start $first" "${WARM_SECONDS:-90}" /tmp/sslhost bench --device cuda \
+                --method "${METHODS%% *}" --warmup 1 --steps 2 --variants "$first" \
+                | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost","warm_start":true,/' \
+                | tee -a "$out/bench.jsonl"
+        fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
         # graph and replayed, its losses and running statistics against running the step, and
         # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
@@ -230,14 +285,6 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                     SSLHOST_HALF_ACTIVATIONS=$half /tmp/sslhost gpu-selftest --capture-only 2>&1 \
                     | tee -a "$out/selftest.log"
             done
-        fi
-        # cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
-        # "--dtypes bf16"); after the bench, whose kernels its reference reuses.
-        if /tmp/sslhost gpu-selftest --help > /dev/null 2>&1; then
-            capture_off=; /tmp/sslhost gpu-selftest --help | grep -q capture-steps && capture_off="--capture-steps 0"
-            # shellcheck disable=SC2086
-            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest $capture_off ${SELFTEST_ARGS:-} 2>&1 \
-                | tee -a "$out/selftest.log"
         fi
         if [ "${QUALITY:-0}" = 1 ]; then
             stage quality 240 /tmp/sslhost run recipes/byol.rhai --device cuda \

@@ -124,6 +124,7 @@ fn cuda() -> Result<Device> {
             "CUDA is not usable here (no NVIDIA driver: libcuda.so.1 does not load)".into(),
         ));
     }
+    cache_compiled_kernels();
     // A GPU that cannot run one tiny op (no driver, no device) counts as absent. Burn runs
     // the device on a thread of its own, whose panic (say, no libcuda) is the cause to report.
     crate::guard::catch_any_thread(|| {
@@ -145,6 +146,32 @@ fn cuda() -> Result<Device> {
         let why = why.split(" - searched for").next().unwrap_or(&why);
         Error::Other(format!("CUDA is not usable here ({why})"))
     })
+}
+
+/// Turns on cubecl's on-disk cache of compiled kernels (their PTX), which cubecl leaves off
+/// by default, so that a process's first step loads the kernels an earlier process compiled
+/// instead of compiling them again (about 600 for a ResNet-18 step; compiling them is most of
+/// a cold first step's 160 s). It lives beside the autotune results, in cubecl's environment
+/// folder. With `SSLHOST_KERNEL_CACHE=0` cubecl's own setting stands (off unless a
+/// `cubecl.toml` turns it on). The rest of cubecl's configuration is read as cubecl reads it
+/// (`cubecl.toml`, its environment variables). Returns whether the cache is on. It must run
+/// before anything reads cubecl's configuration (the first CUDA device does), and changes
+/// nothing after.
+#[cfg(feature = "cuda")]
+pub fn cache_compiled_kernels() -> bool {
+    use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let wanted = std::env::var("SSLHOST_KERNEL_CACHE").map_or(true, |v| v != "0");
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = config.compilation.cache || wanted;
+    if !CubeClRuntimeConfig::try_set(config) {
+        tracing::debug!("cubecl's configuration was read before sslhost could set it");
+    }
+    let on = CubeClRuntimeConfig::get().compilation.cache;
+    tracing::info!(
+        "compiled GPU kernels are {} (SSLHOST_KERNEL_CACHE)",
+        if on { "cached on disk" } else { "not cached" }
+    );
+    on
 }
 
 /// The cubecl CPU runtime with autodiff.

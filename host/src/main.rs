@@ -325,7 +325,8 @@ Environment:
   SSLHOST_CPU_KERNELS        CPU kernels: im2col, no-direct or burn (default: the host's own)
   SSLHOST_GPU_BATCH_NORM     GPU kernels: burn, rows, nhwc or cudnn
   SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
-  SSLHOST_CUDNN_ORDER        sync (default) or flags: how cuDNN's stream follows cubecl's";
+  SSLHOST_CUDNN_ORDER        sync (default), signal or flags: how cuDNN's stream follows cubecl's
+  SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run";
 
 /// The bench's script: the recipes' step, timed.
 const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");
@@ -961,7 +962,8 @@ fn open_device(
     if device::kind(&device) == device::DeviceKind::Cuda {
         tracing::info!(
             "the first step compiles and autotunes the GPU kernels (about 160 s for ResNet-18 on \
-             an H200; its autotune results are cached on disk for later runs)"
+             an H200; its autotune results and compiled kernels are cached on disk for later \
+             runs)"
         );
     }
     Ok((device, kernels))

@@ -130,8 +130,28 @@ pub enum CudnnOrder {
     /// The host waits for each stream on both sides of every cuDNN call (`sync`).
     #[default]
     Sync,
-    /// Counters in device memory, no host wait (`flags`).
+    /// cuDNN's stream waits on the device for cubecl's, the host for cuDNN's (`signal`).
+    Signal,
+    /// Counters in device memory both ways, no host wait (`flags`).
     Flags,
+}
+
+impl CudnnOrder {
+    /// Its `SSLHOST_CUDNN_ORDER` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Signal => "signal",
+            Self::Flags => "flags",
+        }
+    }
+
+    /// The ordering named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Sync, Self::Signal, Self::Flags]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
 }
 
 /// Every kernel choice of a run.
@@ -185,10 +205,10 @@ impl KernelPolicy {
             Some(v) => GpuKernelSet::parse(&v)
                 .ok_or_else(|| bad("SSLHOST_GPU_BATCH_NORM", &v, "burn, rows, nhwc or cudnn"))?,
         };
-        let cudnn_order = match setting("SSLHOST_CUDNN_ORDER").as_deref() {
-            None | Some("sync") => CudnnOrder::Sync,
-            Some("flags") => CudnnOrder::Flags,
-            Some(v) => return Err(bad("SSLHOST_CUDNN_ORDER", v, "sync or flags")),
+        let cudnn_order = match setting("SSLHOST_CUDNN_ORDER") {
+            None => CudnnOrder::Sync,
+            Some(v) => CudnnOrder::parse(&v)
+                .ok_or_else(|| bad("SSLHOST_CUDNN_ORDER", &v, "sync, signal or flags"))?,
         };
         Ok(KernelPolicy {
             precision: Precision::F32,
@@ -304,6 +324,10 @@ mod tests {
         ] {
             assert_eq!(GpuKernelSet::parse(set.name()), Some(set));
         }
+        for order in [CudnnOrder::Sync, CudnnOrder::Signal, CudnnOrder::Flags] {
+            assert_eq!(CudnnOrder::parse(order.name()), Some(order));
+        }
+        assert_eq!(CudnnOrder::parse("events"), None);
         assert_eq!(CpuKernelSet::parse(""), None);
         assert_eq!(CpuKernelSet::parse("winograd"), None);
         assert_eq!(GpuKernelSet::parse("cuda"), None);

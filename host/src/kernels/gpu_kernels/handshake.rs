@@ -1,8 +1,9 @@
 //! Two one-thread cubecl kernels that let another CUDA stream take turns with cubecl's own
 //! without a host sync: [`Flags::signal`] stores a count once everything queued before it on
 //! cubecl's stream has run, and [`Flags::wait`] holds everything queued after it until the
-//! other stream has stored the same count in the next counter. `super::cudnn`'s ordering
-//! (`SSLHOST_CUDNN_ORDER=flags`) pairs them with the driver's stream memory operations.
+//! other stream has stored the same count in the next counter. `super::cudnn`'s orderings
+//! (`SSLHOST_CUDNN_ORDER=signal` the first, `flags` both) pair them with the driver's stream
+//! memory operations.
 //!
 //! The wait is bounded: after `limit` polls it gives up and records the count in a third
 //! counter, so a stalled partner costs time and a failed self-test, never a hung device.

@@ -251,7 +251,8 @@ impl Cudnn {
         };
         let wsp = p.address(&ws)? as *mut c_void;
         let rp = p.address(&reserve)? as *mut c_void;
-        self.ordered(&x.client, |h| unsafe {
+        let call = format!("forward {}", key(&x, tail));
+        self.ordered(&x.client, call, |h| unsafe {
             // SAFETY: every pointer addresses a live, pinned buffer of the described size; no
             // running averages are asked for (both null).
             check(
@@ -368,7 +369,8 @@ impl Cudnn {
             None => null_mut(),
         };
         let epsilon = saved.epsilon;
-        self.ordered(&x.client, |h| unsafe {
+        let call = format!("backward {}", key(&x, tail));
+        self.ordered(&x.client, call, |h| unsafe {
             // SAFETY: as in `norm_forward`; the reserve is the forward's.
             check(
                 dnn::cudnnBatchNormalizationBackwardEx(

@@ -243,6 +243,9 @@ pub struct Cudnn {
     handle: dnn::cudnnHandle_t,
     stream: cu::CUstream,
     order: order::Order,
+    /// The calls made so far, by pass and shape: a call's first run is ordered as under
+    /// `sync` (`order`'s notes).
+    called: HashSet<String>,
     /// Shapes cuDNN refused, by key: they take the reference bodies from then on.
     refused: HashSet<String>,
     conv: conv::Plans,
@@ -265,11 +268,15 @@ impl Cudnn {
         // SAFETY: both are live; the stream belongs to the current context.
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as dnn::cudaStream_t)? };
         let mode = crate::kernels::current().cudnn_order;
-        tracing::info!("cuDNN's stream is ordered with cubecl's by {mode:?} (SSLHOST_CUDNN_ORDER)");
+        tracing::info!(
+            "cuDNN's stream is ordered with cubecl's by `{}` (SSLHOST_CUDNN_ORDER)",
+            mode.name()
+        );
         Ok(Cudnn {
             handle,
             stream,
             order: order::Order::new(mode, client)?,
+            called: HashSet::new(),
             refused: HashSet::new(),
             conv: conv::Plans::default(),
             norm: batch_norm::Plans::default(),
@@ -301,14 +308,18 @@ impl Cudnn {
         Ok(())
     }
 
-    /// Issues `calls` on cuDNN's stream, ordered with `client`'s kernels both ways.
+    /// Issues `calls` on cuDNN's stream, ordered with `client`'s kernels both ways; `key`
+    /// names the pass and shape.
     fn ordered(
         &mut self,
         client: &Client,
+        key: String,
         calls: impl FnOnce(dnn::cudnnHandle_t) -> Result<(), CudnnError>,
     ) -> Result<(), CudnnError> {
         let handle = self.handle;
-        self.order.around(client, self.stream, || calls(handle))
+        let first = self.called.insert(key);
+        self.order
+            .around(client, self.stream, first, || calls(handle))
     }
 }
 

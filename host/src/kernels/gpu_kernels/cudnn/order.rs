@@ -2,24 +2,38 @@
 //!
 //! cubecl-cuda runs its kernels on a stream of its own that it does not expose, created
 //! non-blocking, so work on any other stream (the legacy default one included) is not ordered
-//! with it. cuDNN runs on a stream of ours, and one of two orderings joins the two (the kernel
-//! policy's `cudnn_order`, `SSLHOST_CUDNN_ORDER`):
+//! with it. cuDNN runs on a stream of ours, and one of three orderings joins the two (the
+//! kernel policy's `cudnn_order`, `SSLHOST_CUDNN_ORDER`). Two of them use a pair of counters
+//! in device memory ([`crate::kernels::gpu_kernels::handshake`]): a one-thread kernel on
+//! cubecl's stream stores `n` in `ready` once what was queued before it has run, and
+//! `cuStreamWaitValue32(ready >= n)` holds cuDNN's stream until then. A stream wait is not a
+//! kernel: it occupies no processor while it waits.
 //!
 //! - **`sync`** (the default): the host waits for cubecl's stream to drain, issues cuDNN's
-//!   calls, and waits for cuDNN's stream before returning. Sound whatever cubecl does inside,
-//!   and it cannot deadlock; the cost is that the GPU idles while the host issues the next
-//!   work, twice for each cuDNN call.
-//! - **`flags`**: no host wait. Through a pair of counters in device memory
-//!   ([`crate::kernels::gpu_kernels::handshake`]): a one-thread kernel on cubecl's stream stores `n` in
-//!   `ready`; `cuStreamWaitValue32(ready >= n)` holds cuDNN's stream until then; cuDNN's calls
-//!   run; `cuStreamWriteValue32(done = n)` publishes that they finished; a one-thread kernel on
-//!   cubecl's stream holds it until `done >= n`. Every buffer cuDNN touches is a cubecl
-//!   allocation, live at the signal and reused by cubecl only after the wait, so the
-//!   stream-ordered memory pool stays sound. Nothing on the host may wait for the device
-//!   between a signal and its answer: cuDNN's algorithm search (allocations, a free that
-//!   synchronises the whole device) runs only after both streams are drained
-//!   (`Cudnn::drain`). A run without that drain stalled (docs/PERFORMANCE.md), so this stays
-//!   opt-in until the self-test passes with it.
+//!   calls, and waits for cuDNN's stream before returning. The GPU idles while the host
+//!   issues the next work, twice for each cuDNN call.
+//! - **`signal`**: cuDNN's stream waits for `ready` on the device, so cuDNN's calls are issued
+//!   while cubecl's kernels still run; the host waits for cuDNN's stream before returning,
+//!   so what cubecl queues afterwards (readers of cuDNN's outputs, reuse of its buffers)
+//!   comes after. One host wait a call instead of two.
+//! - **`flags`**: no host wait. cuDNN's stream publishes `done = n` when its calls are done
+//!   (`cuStreamWriteValue32`), and a one-thread kernel on cubecl's stream spins until it
+//!   does. A spinning kernel can deadlock the device: while it runs, anything that needs the
+//!   device idle blocks the work it waits for. Loading a kernel's module is such a thing, and
+//!   CUDA loads modules lazily, at a kernel's first launch: cuDNN's kernels at their first
+//!   call, and cubecl's at their first use. That is the likely cause of the stall of the
+//!   first GPU run of this mode (docs/PERFORMANCE.md, session 10): every cuDNN call of a new
+//!   shape then took a whole spin limit. So the first call of each shape and pass runs under
+//!   `sync` (which loads its kernels, with both streams drained; cuDNN's algorithm search,
+//!   which allocates and frees, also runs drained), and later ones use the counters. A kernel
+//!   cubecl compiles and first launches while a spin is pending can still stall it until the
+//!   spin gives up, which breaks the ordering and is reported (`timed_out`): this mode is for
+//!   measuring, after a first step that has loaded everything.
+//!
+//! In all three, every buffer cuDNN touches is a cubecl allocation, live while cuDNN runs and
+//! reused by cubecl only after cuDNN's calls have finished, so the stream-ordered memory pool
+//! stays sound. The ones cubecl wrote are complete before cuDNN starts (a host wait, or the
+//! signal kernel after their writers).
 
 use burn_cubecl::cubecl::client::Client;
 use cudarc::driver::sys;
@@ -32,12 +46,14 @@ use crate::kernels::gpu_kernels::handshake::Flags;
 /// cycles a poll, seconds, far longer than any one cuDNN call.
 const SPIN_LIMIT: u32 = 1 << 24;
 
-/// One of the two orderings, with what it needs.
+/// One of the three orderings, with what it needs.
 pub enum Order {
     /// See [`CudnnOrder::Sync`].
     Sync,
-    /// See [`CudnnOrder::Flags`].
-    Flags {
+    /// See [`CudnnOrder::Signal`] and [`CudnnOrder::Flags`].
+    Counters {
+        /// Whether cubecl's stream waits on the device (`flags`) or the host waits (`signal`).
+        spin: bool,
         client: Client,
         flags: Flags,
         /// The address of the counters.
@@ -51,50 +67,50 @@ pub enum Order {
 impl Order {
     /// The ordering `mode` on `client`'s device.
     pub fn new(mode: CudnnOrder, client: &Client) -> Result<Self, CudnnError> {
-        Ok(match mode {
-            CudnnOrder::Sync => Order::Sync,
-            CudnnOrder::Flags => {
-                let flags = Flags::new(client, [0; 4]);
-                let mut pinned = Pointers::new(client);
-                let address = pinned.address(flags.handle())?;
-                Order::Flags {
-                    client: client.clone(),
-                    flags,
-                    address,
-                    _pinned: pinned,
-                    next: 0,
-                }
-            }
+        let spin = match mode {
+            CudnnOrder::Sync => return Ok(Order::Sync),
+            CudnnOrder::Signal => false,
+            CudnnOrder::Flags => true,
+        };
+        let flags = Flags::new(client, [0; 4]);
+        let mut pinned = Pointers::new(client);
+        let address = pinned.address(flags.handle())?;
+        Ok(Order::Counters {
+            spin,
+            client: client.clone(),
+            flags,
+            address,
+            _pinned: pinned,
+            next: 0,
         })
     }
 
     /// Runs `work` (cuDNN calls issued on `stream`) after everything queued on `client` so
-    /// far, and before everything queued on `client` afterwards. When `work` fails, nothing is
-    /// left waiting on either stream.
+    /// far, and before everything queued on `client` afterwards. `first`: the first call of
+    /// its shape and pass, which runs as under `sync` whatever the ordering (see the module
+    /// notes). When `work` fails, nothing is left waiting on either stream.
     pub fn around<R>(
         &mut self,
         client: &Client,
         stream: sys::CUstream,
+        first: bool,
         work: impl FnOnce() -> Result<R, CudnnError>,
     ) -> Result<R, CudnnError> {
         match self {
-            Order::Sync => {
-                burn_cubecl::cubecl::future::block_on(client.sync())
-                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
-                let out = work();
-                // SAFETY: a live stream of the current context.
-                unsafe { sys::cuStreamSynchronize(stream).result()? };
-                out
-            }
-            Order::Flags {
+            Order::Counters {
+                spin,
                 flags,
                 address,
                 next,
                 ..
-            } => {
+            } if !first => {
                 *next = next.wrapping_add(1).max(1);
                 let n = *next;
                 flags.signal(client, n);
+                // The signal reaches the driver before cuDNN's stream waits for it.
+                client
+                    .flush()
+                    .map_err(|e| CudnnError(format!("flushing cubecl's stream: {e:?}")))?;
                 let (ready, done) = (*address, *address + 4);
                 // SAFETY: `ready` and `done` address the live, pinned counters on the device
                 // and context of `stream`.
@@ -103,25 +119,44 @@ impl Order {
                     sys::cuStreamWaitValue32_v2(stream, ready, n, geq).result()?;
                 }
                 let out = work();
-                // Whether `work` failed or not, `done` reaches `n`, so the wait below ends.
-                unsafe {
-                    let plain = sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
-                    sys::cuStreamWriteValue32_v2(stream, done, n, plain).result()?;
+                if *spin {
+                    // Whether `work` failed or not, `done` reaches `n`, so the wait below ends.
+                    unsafe {
+                        let plain =
+                            sys::CUstreamWriteValue_flags::CU_STREAM_WRITE_VALUE_DEFAULT as u32;
+                        sys::cuStreamWriteValue32_v2(stream, done, n, plain).result()?;
+                    }
+                    flags.wait(client, n, SPIN_LIMIT);
+                } else {
+                    // SAFETY: a live stream of the current context.
+                    unsafe { sys::cuStreamSynchronize(stream).result()? };
                 }
-                flags.wait(client, n, SPIN_LIMIT);
+                out
+            }
+            _ => {
+                burn_cubecl::cubecl::future::block_on(client.sync())
+                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
+                let out = work();
+                // SAFETY: a live stream of the current context.
+                unsafe { sys::cuStreamSynchronize(stream).result()? };
                 out
             }
         }
     }
 
-    /// Whether a wait ever gave up (the counters read back: a sync); `false` for `sync`.
+    /// Whether a spin ever gave up (the counters read back: a sync); `false` without spins.
     pub fn timed_out(&self) -> Result<bool, CudnnError> {
         match self {
-            Order::Sync => Ok(false),
-            Order::Flags { client, flags, .. } => {
+            Order::Counters {
+                spin: true,
+                client,
+                flags,
+                ..
+            } => {
                 let counters = flags.read(client).map_err(CudnnError)?;
                 Ok(counters[2] != 0)
             }
+            _ => Ok(false),
         }
     }
 }

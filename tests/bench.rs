@@ -109,7 +109,12 @@ fn check_with(method: &str, precision: &str, half: bool) {
     // Every step's loss, the warm-up's too, each a finite number.
     let losses = r["losses"].as_array().unwrap();
     assert_eq!(losses.len(), 3, "{r}");
-    assert!(losses.iter().all(|l| l.as_f64().is_some_and(f64::is_finite)), "{r}");
+    assert!(
+        losses
+            .iter()
+            .all(|l| l.as_f64().is_some_and(f64::is_finite)),
+        "{r}"
+    );
     // The first (warm-up) step, timed on its own: what compiling and autotuning cost on a GPU.
     positive(&r, "first_step_ms");
     // Peak RSS of the process: more than nothing, less than the whole machine.

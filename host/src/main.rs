@@ -63,6 +63,11 @@ enum Command {
         /// script's line. Default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
         max_memory: Option<u64>,
+        /// `check`: tape the loop's tensor calls and say at the end whether every step makes
+        /// the same calls as the first, and where it reads the device: what replaying a
+        /// recorded step as a device graph needs. The run computes as without it.
+        #[arg(long, value_enum, default_value = "off")]
+        capture: Capture,
     },
     /// Compile a script and run it on tiny data: two real steps, no run directory.
     Check {
@@ -306,6 +311,15 @@ enum SelftestType {
 /// (made by build.rs).
 const VERSION: &str = env!("SSLHOST_VERSION_LINE");
 
+/// What `sslhost run --capture` does with the loop's steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Capture {
+    /// Nothing.
+    Off,
+    /// Tape the steps' tensor calls and report whether they repeat.
+    Check,
+}
+
 /// The end of `--help`: exit codes and the environment.
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -408,6 +422,7 @@ fn execute(cli: Cli) -> Result<()> {
             force,
             print_config,
             max_memory,
+            capture,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
             check_data_dir(data.as_deref())?;
@@ -447,7 +462,13 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
+            if capture == Capture::Check {
+                sslhost::tensor::tape::install();
+            }
             let result = sslhost::guard::catch(|| engine::run_file_here(&script));
+            if let Some(report) = sslhost::tensor::tape::finish() {
+                tracing::info!("capture check: {report}");
+            }
             let saved = match (&result, sslhost::train::current::interrupted()) {
                 (Err(_), false) => sslhost::train::current::checkpoint_after_error(),
                 _ => None,

@@ -4,6 +4,7 @@ use rhai::{Array, Dynamic, EvalAltResult, Map, Position};
 
 use crate::error::{Error, Result};
 use crate::guard;
+use crate::tensor::{DynTensor, tape};
 
 /// The result type of fallible script functions.
 pub type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
@@ -14,6 +15,18 @@ pub type RhaiResult<T> = std::result::Result<T, Box<EvalAltResult>>;
 /// [`host_time`]: crate::profiling::host_time
 pub fn run<T>(f: impl FnOnce() -> Result<T>) -> RhaiResult<T> {
     crate::profiling::host_time(|| guard::catch(f).map_err(to_rhai))
+}
+
+/// A call that makes a tensor, run as [`run`] runs one and through the step's tape
+/// ([`tape::call`]): `inputs` are its tensor arguments, `key` its other arguments (as bits),
+/// and `device` computes the result from the inputs.
+pub fn taped(
+    name: &'static str,
+    inputs: &[&DynTensor],
+    key: &[u64],
+    device: impl Fn(&[DynTensor]) -> Result<DynTensor> + 'static,
+) -> RhaiResult<DynTensor> {
+    run(|| tape::call(name, inputs, key, device))
 }
 
 /// A host error as a Rhai runtime error without a position.

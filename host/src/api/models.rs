@@ -17,7 +17,7 @@ pub mod models_api {
     use crate::models::mlp::Activation;
     use crate::models::{MlpConfig, ResNetConfig, SharedNet};
     use crate::session;
-    use crate::tensor::DynTensor;
+    use crate::tensor::{DynTensor, tape};
 
     use super::net_list;
 
@@ -214,7 +214,9 @@ pub mod models_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn forward(net: &mut Net, x: DynTensor) -> RhaiResult<DynTensor> {
-        run(|| net.forward(&x))
+        let key = [net.id(), net.is_training() as u64];
+        let net = net.clone();
+        args::taped("forward", &[&x], &key, move |x| net.forward(&x[0]))
     }
 
     /// Training mode: batch norm uses and updates batch statistics.
@@ -266,7 +268,9 @@ pub mod models_api {
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(m, crate::live::Role::Momentum, step);
             crate::session::note_update();
-            SharedNet::update_momentum(&online, &target, m)
+            tape::effect("update_momentum", &[], &[online.id(), target.id()], || {
+                SharedNet::update_momentum(&online, &target, m)
+            })
         })
     }
 
@@ -355,7 +359,8 @@ pub mod models_api {
     #[rhai_fn(return_raw)]
     pub fn enqueue(q: &mut Queue, keys: DynTensor) -> RhaiResult<()> {
         crate::session::note_update();
-        run(|| q.borrow_mut().enqueue(&keys))
+        let id = std::rc::Rc::as_ptr(q) as u64;
+        run(|| tape::effect("enqueue", &[&keys], &[id], || q.borrow_mut().enqueue(&keys)))
     }
 
     /// `Queue[4096, 128]`.

@@ -33,7 +33,8 @@ pub mod optim_api {
     use crate::api::args::{self, Options, RhaiResult, run};
     use crate::error::Error;
     use crate::optim::{AdamWConfig, LarsConfig, Rule, SgdConfig};
-    use crate::tensor::DynTensor;
+    use crate::tensor::{DynTensor, tape};
+    use std::rc::Rc;
 
     use super::{OptimizerHandle, handle};
 
@@ -176,7 +177,12 @@ pub mod optim_api {
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(lr, crate::live::Role::LearningRate, step);
             crate::session::note_update();
-            opt.inner.borrow_mut().at_step(step).step(&loss, lr)
+            let id = Rc::as_ptr(&opt.inner) as u64;
+            // The learning rate is not part of the key: a replay takes it from a device
+            // scalar the host writes before the step (`Optimizer::stage`).
+            tape::effect("opt.step", &[&loss], &[id], || {
+                opt.inner.borrow_mut().at_step(step).step(&loss, lr)
+            })
         })
     }
 
@@ -190,7 +196,12 @@ pub mod optim_api {
         let lr = opt.lr;
         let step = crate::session::with(|s| s.step);
         crate::session::note_update();
-        run(|| opt.inner.borrow_mut().at_step(step).step(&loss, lr))
+        let id = Rc::as_ptr(&opt.inner) as u64;
+        run(|| {
+            tape::effect("opt.step", &[&loss], &[id], || {
+                opt.inner.borrow_mut().at_step(step).step(&loss, lr)
+            })
+        })
     }
 
     /// `Optimizer(lars, 2 steps)`.

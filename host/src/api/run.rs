@@ -74,13 +74,16 @@ impl Iterator for StepStream {
         match next.transpose() {
             None => {
                 state.end_progress(true);
+                crate::tensor::tape::end_steps();
                 None
             }
             Some(Err(e)) => {
                 state.end_progress(false);
+                crate::tensor::tape::end_steps();
                 Some(Err(to_rhai(e)))
             }
             Some(Ok(b)) => {
+                crate::tensor::tape::begin_step(b.step);
                 // A new step begins: live functions may swap before their first call in it.
                 session::with(|s| {
                     s.step = Some(b.step);

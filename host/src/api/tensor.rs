@@ -16,9 +16,10 @@ pub mod tensor_api {
     use burn::tensor::Gradients;
     use rhai::{Array, Dynamic};
 
-    use crate::api::args::{self, RhaiResult, run};
+    use crate::api::args::{self, RhaiResult, run, taped};
     use crate::error::Error;
     use crate::session;
+    use crate::tensor::tape;
     use crate::tensor::{BinaryOp, DynTensor, StateTensor};
 
     use super::{flatten, nest, tensor_list};
@@ -53,7 +54,13 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn zeros(shape: Array) -> RhaiResult<Tensor> {
-        run(|| DynTensor::zeros(&args::shape(&shape, "zeros")?, &session::device()))
+        run(|| {
+            let dims = args::shape(&shape, "zeros")?;
+            let key: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            tape::call("zeros", &[], &key, move |_| {
+                DynTensor::zeros(&dims, &session::device())
+            })
+        })
     }
 
     /// Ones of the given shape.
@@ -63,7 +70,13 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn ones(shape: Array) -> RhaiResult<Tensor> {
-        run(|| DynTensor::ones(&args::shape(&shape, "ones")?, &session::device()))
+        run(|| {
+            let dims = args::shape(&shape, "ones")?;
+            let key: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            tape::call("ones", &[], &key, move |_| {
+                DynTensor::ones(&dims, &session::device())
+            })
+        })
     }
 
     /// Standard normal values from the run's seeded generator.
@@ -99,7 +112,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn eye(n: i64) -> RhaiResult<Tensor> {
-        run(|| DynTensor::eye(args::count(n, "eye size")?, &session::device()))
+        run(|| {
+            let n = args::count(n, "eye size")?;
+            tape::call("eye", &[], &[n as u64], move |_| {
+                DynTensor::eye(n, &session::device())
+            })
+        })
     }
 
     /// Integers `0..n` as an int tensor.
@@ -109,7 +127,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "arange", return_raw)]
     pub fn arange_n(n: i64) -> RhaiResult<Tensor> {
-        run(|| DynTensor::arange(0, n, &session::device()))
+        taped("arange", &[], &[0, n as u64], move |_| {
+            DynTensor::arange(0, n, &session::device())
+        })
     }
 
     /// Integers `start..end` as an int tensor.
@@ -119,7 +139,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "arange", return_raw)]
     pub fn arange_range(start: i64, end: i64) -> RhaiResult<Tensor> {
-        run(|| DynTensor::arange(start, end, &session::device()))
+        taped("arange", &[], &[start as u64, end as u64], move |_| {
+            DynTensor::arange(start, end, &session::device())
+        })
     }
 
     // ---- arithmetic ----------------------------------------------------------------------
@@ -131,7 +153,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn add(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary(&b, BinaryOp::Add))
+        taped("add", &[&a, &b], &[], |x| x[0].binary(&x[1], BinaryOp::Add))
     }
 
     /// Elementwise difference with broadcasting.
@@ -141,7 +163,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn sub(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary(&b, BinaryOp::Sub))
+        taped("sub", &[&a, &b], &[], |x| x[0].binary(&x[1], BinaryOp::Sub))
     }
 
     /// Elementwise product with broadcasting.
@@ -151,7 +173,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn mul(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary(&b, BinaryOp::Mul))
+        taped("mul", &[&a, &b], &[], |x| x[0].binary(&x[1], BinaryOp::Mul))
     }
 
     /// Elementwise quotient with broadcasting.
@@ -161,7 +183,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn div(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary(&b, BinaryOp::Div))
+        taped("div", &[&a, &b], &[], |x| x[0].binary(&x[1], BinaryOp::Div))
     }
 
     /// Negation.
@@ -171,7 +193,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn neg(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.neg())
+        taped("neg", &[&a], &[], |x| x[0].neg())
     }
 
     /// Tensor plus a number.
@@ -181,7 +203,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn add_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Add, false))
+        taped("add_f", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Add, false)
+        })
     }
 
     /// Tensor plus an integer.
@@ -191,7 +215,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn add_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Add, false))
+        taped("add_i", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Add, false)
+        })
     }
 
     /// A number plus a tensor.
@@ -201,7 +227,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn f_add(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Add, true))
+        taped("f_add", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Add, true)
+        })
     }
 
     /// An integer plus a tensor.
@@ -211,7 +239,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn i_add(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Add, true))
+        taped("i_add", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Add, true)
+        })
     }
 
     /// Tensor minus a number.
@@ -221,7 +251,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn sub_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Sub, false))
+        taped("sub_f", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Sub, false)
+        })
     }
 
     /// Tensor minus an integer.
@@ -231,7 +263,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn sub_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Sub, false))
+        taped("sub_i", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Sub, false)
+        })
     }
 
     /// A number minus a tensor.
@@ -241,7 +275,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn f_sub(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Sub, true))
+        taped("f_sub", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Sub, true)
+        })
     }
 
     /// An integer minus a tensor.
@@ -251,7 +287,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn i_sub(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Sub, true))
+        taped("i_sub", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Sub, true)
+        })
     }
 
     /// Tensor times a number.
@@ -261,7 +299,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn mul_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Mul, false))
+        taped("mul_f", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Mul, false)
+        })
     }
 
     /// Tensor times an integer.
@@ -271,7 +311,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn mul_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Mul, false))
+        taped("mul_i", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Mul, false)
+        })
     }
 
     /// A number times a tensor.
@@ -281,7 +323,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn f_mul(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Mul, true))
+        taped("f_mul", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Mul, true)
+        })
     }
 
     /// An integer times a tensor.
@@ -291,7 +335,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn i_mul(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Mul, true))
+        taped("i_mul", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Mul, true)
+        })
     }
 
     /// Tensor divided by a number.
@@ -301,7 +347,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn div_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Div, false))
+        taped("div_f", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Div, false)
+        })
     }
 
     /// Tensor divided by an integer.
@@ -311,7 +359,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn div_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Div, false))
+        taped("div_i", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Div, false)
+        })
     }
 
     /// A number divided by a tensor.
@@ -321,7 +371,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn f_div(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s, BinaryOp::Div, true))
+        taped("f_div", &[&a], &[s.to_bits()], move |x| {
+            x[0].binary_scalar(s, BinaryOp::Div, true)
+        })
     }
 
     /// An integer divided by a tensor.
@@ -331,7 +383,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn i_div(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.binary_scalar(s as f64, BinaryOp::Div, true))
+        taped("i_div", &[&a], &[s as u64], move |x| {
+            x[0].binary_scalar(s as f64, BinaryOp::Div, true)
+        })
     }
 
     /// Matrix product over the last two dims; batch dims broadcast.
@@ -341,7 +395,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn matmul(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.matmul(&b))
+        taped("matmul", &[&a, &b], &[], |x| x[0].matmul(&x[1]))
     }
 
     /// Swaps the last two dims (a rank-1 tensor is returned as is).
@@ -351,7 +405,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn t(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.t())
+        taped("t", &[&a], &[], |x| x[0].t())
     }
 
     /// Swaps the last two dims.
@@ -361,7 +415,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "transpose", return_raw)]
     pub fn transpose_last(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.t())
+        taped("transpose_last", &[&a], &[], |x| x[0].t())
     }
 
     /// Swaps two dims.
@@ -371,7 +425,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn transpose(a: Tensor, d1: i64, d2: i64) -> RhaiResult<Tensor> {
-        run(|| a.swap_dims(d1, d2))
+        taped("transpose", &[&a], &[d1 as u64, d2 as u64], move |x| {
+            x[0].swap_dims(d1, d2)
+        })
     }
 
     /// The same elements in a new shape; one entry may be -1.
@@ -381,7 +437,11 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn reshape(a: Tensor, shape: Array) -> RhaiResult<Tensor> {
-        run(|| a.reshape(&args::ints(&shape, "reshape")?))
+        run(|| {
+            let dims = args::ints(&shape, "reshape")?;
+            let key: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            tape::call("reshape", &[&a], &key, move |x| x[0].reshape(&dims))
+        })
     }
 
     // ---- reductions ----------------------------------------------------------------------
@@ -393,7 +453,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn sum(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.sum())
+        taped("sum", &[&a], &[], |x| x[0].sum())
     }
 
     /// Sum over `dim`, dropping it.
@@ -403,7 +463,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "sum", return_raw)]
     pub fn sum_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.sum_dim(dim, false))
+        taped("sum_dim", &[&a], &[dim as u64], move |x| {
+            x[0].sum_dim(dim, false)
+        })
     }
 
     /// Sum over `dim`, keeping it as size 1 when `keepdim`.
@@ -413,7 +475,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "sum", return_raw)]
     pub fn sum_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
-        run(|| a.sum_dim(dim, keepdim))
+        taped(
+            "sum_dim_keep",
+            &[&a],
+            &[dim as u64, keepdim as u64],
+            move |x| x[0].sum_dim(dim, keepdim),
+        )
     }
 
     /// Mean of all elements (shape `[1]`).
@@ -423,7 +490,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn mean(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.mean())
+        taped("mean", &[&a], &[], |x| x[0].mean())
     }
 
     /// Mean over `dim`, dropping it.
@@ -433,7 +500,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "mean", return_raw)]
     pub fn mean_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.mean_dim(dim, false))
+        taped("mean_dim", &[&a], &[dim as u64], move |x| {
+            x[0].mean_dim(dim, false)
+        })
     }
 
     /// Mean over `dim`, keeping it as size 1 when `keepdim`.
@@ -443,7 +512,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "mean", return_raw)]
     pub fn mean_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
-        run(|| a.mean_dim(dim, keepdim))
+        taped(
+            "mean_dim_keep",
+            &[&a],
+            &[dim as u64, keepdim as u64],
+            move |x| x[0].mean_dim(dim, keepdim),
+        )
     }
 
     /// The largest element (shape `[1]`).
@@ -453,7 +527,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "max", return_raw)]
     pub fn max_all(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.max_all())
+        taped("max_all", &[&a], &[], |x| x[0].max_all())
     }
 
     /// Maximum over `dim`, dropping it.
@@ -463,7 +537,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "max", return_raw)]
     pub fn max_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.max_dim(dim, false))
+        taped("max_dim", &[&a], &[dim as u64], move |x| {
+            x[0].max_dim(dim, false)
+        })
     }
 
     /// Maximum over `dim`, keeping it when `keepdim`.
@@ -473,7 +549,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "max", return_raw)]
     pub fn max_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
-        run(|| a.max_dim(dim, keepdim))
+        taped(
+            "max_dim_keep",
+            &[&a],
+            &[dim as u64, keepdim as u64],
+            move |x| x[0].max_dim(dim, keepdim),
+        )
     }
 
     /// Euclidean norm of all elements (shape `[1]`).
@@ -483,7 +564,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn norm(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.norm())
+        taped("norm", &[&a], &[], |x| x[0].norm())
     }
 
     /// Euclidean norm over `dim`, dropping it.
@@ -493,7 +574,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "norm", return_raw)]
     pub fn norm_dim(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.norm_dim(dim, false))
+        taped("norm_dim", &[&a], &[dim as u64], move |x| {
+            x[0].norm_dim(dim, false)
+        })
     }
 
     /// Euclidean norm over `dim`, keeping it when `keepdim`.
@@ -503,7 +586,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "norm", return_raw)]
     pub fn norm_dim_keep(a: Tensor, dim: i64, keepdim: bool) -> RhaiResult<Tensor> {
-        run(|| a.norm_dim(dim, keepdim))
+        taped(
+            "norm_dim_keep",
+            &[&a],
+            &[dim as u64, keepdim as u64],
+            move |x| x[0].norm_dim(dim, keepdim),
+        )
     }
 
     /// `x / max(‖x‖, 1e-12)` along `dim`.
@@ -513,7 +601,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn normalize(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.normalize(dim))
+        taped("normalize", &[&a], &[dim as u64], move |x| {
+            x[0].normalize(dim)
+        })
     }
 
     // ---- elementwise ----------------------------------------------------------------------
@@ -525,7 +615,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn exp(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("exp", |t| t.exp()))
+        taped("exp", &[&a], &[], |x| x[0].unary("exp", |t| t.exp()))
     }
 
     /// Natural logarithm.
@@ -535,7 +625,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn log(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("log", |t| t.log()))
+        taped("log", &[&a], &[], |x| x[0].unary("log", |t| t.log()))
     }
 
     /// Square root.
@@ -545,7 +635,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn sqrt(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("sqrt", |t| t.sqrt()))
+        taped("sqrt", &[&a], &[], |x| x[0].unary("sqrt", |t| t.sqrt()))
     }
 
     /// Absolute value.
@@ -555,7 +645,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn abs(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("abs", |t| t.abs()))
+        taped("abs", &[&a], &[], |x| x[0].unary("abs", |t| t.abs()))
     }
 
     /// `max(x, 0)`.
@@ -565,7 +655,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn relu(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("relu", burn::tensor::activation::relu))
+        taped("relu", &[&a], &[], |x| {
+            x[0].unary("relu", burn::tensor::activation::relu)
+        })
     }
 
     /// GELU, `x * Phi(x)` (the exact form, as PyTorch's default): the activation of DINO's
@@ -576,7 +668,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn gelu(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.unary("gelu", burn::tensor::activation::gelu))
+        taped("gelu", &[&a], &[], |x| {
+            x[0].unary("gelu", burn::tensor::activation::gelu)
+        })
     }
 
     /// The entries at `indices` (a rank-1 int tensor; repeats allowed) along `dim`, in that
@@ -588,7 +682,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn select(a: Tensor, dim: i64, indices: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.select(dim, &indices))
+        taped("select", &[&a, &indices], &[dim as u64], move |x| {
+            x[0].select(dim, &x[1])
+        })
     }
 
     /// `x ** p` elementwise.
@@ -598,7 +694,10 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn pow(a: Tensor, p: Dynamic) -> RhaiResult<Tensor> {
-        run(|| a.pow(args::number(&p, "pow exponent")?))
+        run(|| {
+            let p = args::number(&p, "pow exponent")?;
+            tape::call("pow", &[&a], &[p.to_bits()], move |x| x[0].pow(p))
+        })
     }
 
     /// Softmax along `dim`.
@@ -608,7 +707,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn softmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.softmax(dim))
+        taped("softmax", &[&a], &[dim as u64], move |x| x[0].softmax(dim))
     }
 
     /// Log-softmax along `dim`.
@@ -618,7 +717,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn log_softmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.log_softmax(dim))
+        taped("log_softmax", &[&a], &[dim as u64], move |x| {
+            x[0].log_softmax(dim)
+        })
     }
 
     /// Cross-entropy of each row of logits `[N, C]` against its label (`labels` `[N]`: an
@@ -630,7 +731,9 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn cross_entropy_per_row(logits: Tensor, labels: Tensor) -> RhaiResult<Tensor> {
-        run(|| logits.cross_entropy_per_row(&labels))
+        taped("cross_entropy_per_row", &[&logits, &labels], &[], |x| {
+            x[0].cross_entropy_per_row(&x[1])
+        })
     }
 
     // ---- structure ----------------------------------------------------------------------
@@ -642,7 +745,13 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn cat(tensors: Array, dim: i64) -> RhaiResult<Tensor> {
-        run(|| DynTensor::cat(&tensor_list(&tensors, "cat")?, dim))
+        run(|| {
+            let list = tensor_list(&tensors, "cat")?;
+            let inputs: Vec<&DynTensor> = list.iter().collect();
+            tape::call("cat", &inputs, &[dim as u64], move |x| {
+                DynTensor::cat(x, dim)
+            })
+        })
     }
 
     /// Stacks same-shaped tensors along a new `dim`.
@@ -652,7 +761,13 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn stack(tensors: Array, dim: i64) -> RhaiResult<Tensor> {
-        run(|| DynTensor::stack(&tensor_list(&tensors, "stack")?, dim))
+        run(|| {
+            let list = tensor_list(&tensors, "stack")?;
+            let inputs: Vec<&DynTensor> = list.iter().collect();
+            tape::call("stack", &inputs, &[dim as u64], move |x| {
+                DynTensor::stack(x, dim)
+            })
+        })
     }
 
     /// Elements `start..end` along `dim` (negative indices count from the end).
@@ -662,7 +777,12 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn slice(a: Tensor, dim: i64, start: i64, end: i64) -> RhaiResult<Tensor> {
-        run(|| a.slice(dim, start, end))
+        taped(
+            "slice",
+            &[&a],
+            &[dim as u64, start as u64, end as u64],
+            move |x| x[0].slice(dim, start, end),
+        )
     }
 
     /// Burn's and NumPy's form: one range per leading dimension, `start..end` or
@@ -675,21 +795,32 @@ pub mod tensor_api {
     #[rhai_fn(name = "slice", return_raw)]
     pub fn slice_ranges(a: Tensor, ranges: Array) -> RhaiResult<Tensor> {
         run(|| {
-            let mut out = a.clone();
+            let mut bounds = Vec::with_capacity(ranges.len());
             for (dim, r) in ranges.iter().enumerate() {
-                let (start, end) = if let Some(r) = r.clone().try_cast::<std::ops::Range<i64>>() {
-                    (r.start, r.end)
-                } else if let Some(r) = r.clone().try_cast::<std::ops::RangeInclusive<i64>>() {
-                    (*r.start(), *r.end() + 1)
-                } else {
-                    return Err(crate::error::Error::Invalid(format!(
-                        "slice: entry {dim} must be a range such as 0..6, got {}",
-                        r.type_name()
-                    )));
-                };
-                out = out.slice(dim as i64, start, end)?;
+                bounds.push(
+                    if let Some(r) = r.clone().try_cast::<std::ops::Range<i64>>() {
+                        (r.start, r.end)
+                    } else if let Some(r) = r.clone().try_cast::<std::ops::RangeInclusive<i64>>() {
+                        (*r.start(), *r.end() + 1)
+                    } else {
+                        return Err(crate::error::Error::Invalid(format!(
+                            "slice: entry {dim} must be a range such as 0..6, got {}",
+                            r.type_name()
+                        )));
+                    },
+                );
             }
-            Ok(out)
+            let key: Vec<u64> = bounds
+                .iter()
+                .flat_map(|&(start, end)| [start as u64, end as u64])
+                .collect();
+            tape::call("slice_ranges", &[&a], &key, move |x| {
+                let mut out = x[0].clone();
+                for (dim, &(start, end)) in bounds.iter().enumerate() {
+                    out = out.slice(dim as i64, start, end)?;
+                }
+                Ok(out)
+            })
         })
     }
 
@@ -700,7 +831,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn diag(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.diag())
+        taped("diag", &[&a], &[], |x| x[0].diag())
     }
 
     /// The shape as an array.
@@ -752,8 +883,9 @@ pub mod tensor_api {
     /// ```rhai
     /// let y = labels.float();
     /// ```
-    pub fn float(a: Tensor) -> Tensor {
-        crate::profiling::host_time(|| a.to_float())
+    #[rhai_fn(return_raw)]
+    pub fn float(a: Tensor) -> RhaiResult<Tensor> {
+        taped("float", &[&a], &[], |x| Ok(x[0].to_float()))
     }
 
     /// An int copy (floats truncated toward zero).
@@ -761,8 +893,9 @@ pub mod tensor_api {
     /// ```rhai
     /// let labels = tensor([0.0, 1.0]).int();
     /// ```
-    pub fn int(a: Tensor) -> Tensor {
-        crate::profiling::host_time(|| a.to_int())
+    #[rhai_fn(return_raw)]
+    pub fn int(a: Tensor) -> RhaiResult<Tensor> {
+        taped("int", &[&a], &[], |x| Ok(x[0].to_int()))
     }
 
     /// Index of the largest value along `dim` (int tensor).
@@ -772,7 +905,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn argmax(a: Tensor, dim: i64) -> RhaiResult<Tensor> {
-        run(|| a.argmax(dim))
+        taped("argmax", &[&a], &[dim as u64], move |x| x[0].argmax(dim))
     }
 
     /// 1.0 where equal, else 0.0 (broadcast).
@@ -782,7 +915,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn eq(a: Tensor, b: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.eq(&b))
+        taped("eq", &[&a, &b], &[], |x| x[0].eq(&x[1]))
     }
 
     /// One-hot rows from integer labels (int, or float with whole values).
@@ -797,7 +930,7 @@ pub mod tensor_api {
             if n == 0 {
                 return Err(Error::Invalid("one_hot needs at least one class".into()));
             }
-            a.one_hot(n)
+            tape::call("one_hot", &[&a], &[n as u64], move |x| x[0].one_hot(n))
         })
     }
 
@@ -851,8 +984,9 @@ pub mod tensor_api {
     /// ```rhai
     /// let z = target.forward(x).detach();
     /// ```
-    pub fn detach(a: Tensor) -> Tensor {
-        crate::profiling::host_time(|| a.detach())
+    #[rhai_fn(return_raw)]
+    pub fn detach(a: Tensor) -> RhaiResult<Tensor> {
+        taped("detach", &[&a], &[], |x| Ok(x[0].detach()))
     }
 
     /// Marks a float tensor as a leaf that collects gradients.
@@ -862,7 +996,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn require_grad(a: Tensor) -> RhaiResult<Tensor> {
-        run(|| a.require_grad())
+        taped("require_grad", &[&a], &[], |x| x[0].require_grad())
     }
 
     /// Gradients of a one-element tensor with respect to every tracked leaf.

@@ -332,6 +332,12 @@ impl SharedNet {
         node.map_leaf(|m| m.map(&mut TrainingFlags(training)));
     }
 
+    /// A number that tells this network apart from every other one alive (its handle's
+    /// address), for comparing the calls two steps make.
+    pub fn id(&self) -> u64 {
+        Rc::as_ptr(&self.0) as u64
+    }
+
     /// Whether the network is in training mode.
     pub fn is_training(&self) -> bool {
         self.0.borrow().training

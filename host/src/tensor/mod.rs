@@ -9,6 +9,7 @@
 mod ops;
 mod random;
 mod state;
+pub mod tape;
 
 pub use ops::{BinaryOp, broadcast_shape};
 pub use random::{HostRng, RngState};
@@ -42,6 +43,8 @@ pub struct DynTensor {
     /// that need a vector on the host (class labels) read this instead of the device, which
     /// on a GPU would wait for every op queued before it.
     host: Option<Arc<[f64]>>,
+    /// The taped call that made it, while a step is taped (`tape`).
+    origin: Option<tape::Origin>,
 }
 
 /// The longest vector whose values a [`DynTensor`] keeps on the host as well.
@@ -60,6 +63,7 @@ pub fn device_reads() -> u64 {
 
 fn note_device_read() {
     DEVICE_READS.with(|c| c.set(c.get() + 1));
+    tape::note_read();
 }
 
 /// Rows `[N, D]` scaled to unit length (`x / max(‖x‖, 1e-12)`, as `F.normalize(x, dim=1)`).
@@ -126,6 +130,7 @@ impl DynTensor {
             values: Values::Float(t),
             rank,
             host: None,
+            origin: None,
         }
     }
 
@@ -135,6 +140,7 @@ impl DynTensor {
             values: Values::Int(t),
             rank,
             host: None,
+            origin: None,
         }
     }
 

@@ -1,0 +1,119 @@
+//! `sslhost run --capture check`: the tape of a recipe's steps (`tensor::tape`), reported at
+//! the end of the run, and a run that computes exactly what it computes without the tape.
+
+mod run_common;
+
+use std::path::Path;
+
+use run_common::{only_run, recipe_in_temp, sslhost_run};
+
+/// Runs `recipe` for two short epochs, with `--capture check` or not: the capture line (if
+/// any) and the metric lines without their timestamps.
+fn run(recipe: &Path, runs: &Path, check: bool) -> (Option<String>, Vec<String>) {
+    let mut command = sslhost_run(recipe, runs);
+    command.args([
+        "--seed",
+        "0",
+        "-s",
+        "limit=384",
+        "-s",
+        "epochs=2",
+        "-s",
+        "log_every=4",
+    ]);
+    if check {
+        command.args(["--capture", "check"]);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("capture check:"))
+        .map(str::to_string);
+    let metrics = std::fs::read_to_string(only_run(runs).join("metrics.jsonl")).unwrap();
+    let values = metrics
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut()
+                .unwrap()
+                .retain(|k, _| !k.contains("time"));
+            v.to_string()
+        })
+        .collect();
+    (line, values)
+}
+
+/// The numbers of "U of S steps make the same E tensor calls".
+fn usual(line: &str) -> (u64, u64, u64) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "of").expect(line);
+    let num = |i: usize| words[i].parse::<u64>().expect(line);
+    (num(at - 1), num(at + 1), num(at + 6))
+}
+
+#[test]
+fn byol_steps_repeat_one_tape_and_the_tape_changes_nothing() {
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/byol.rhai");
+    let dir = std::env::temp_dir().join(format!("sslhost-capture-byol-{}", std::process::id()));
+    let (plain, checked) = (dir.join("plain"), dir.join("checked"));
+    let (none, without) = run(&recipe, &plain, false);
+    let (line, with) = run(&recipe, &checked, true);
+    assert_eq!(none, None, "no tape without --capture check");
+    assert_eq!(without, with, "the same metrics with and without the tape");
+    let line = line.expect("a capture line");
+    // 12 steps: the log steps (0, 4, 8) and the last (the kNN monitor) only add work after
+    // the usual tape's end, so a replay of it could serve every step.
+    let (same, steps, calls) = usual(&line);
+    assert_eq!((same, steps), (8, 12), "{line}");
+    assert!(calls > 20, "{line}");
+    assert!(
+        line.contains("add 4 after it") && line.contains("adds"),
+        "{line}"
+    );
+    assert!(!line.contains("depart"), "{line}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_step_that_computes_something_else_is_named() {
+    // The loss is scaled by 0.5 from step 5 on, as a live edit of a schedule would.
+    let (dir, recipe) = recipe_in_temp(
+        "capture-edit",
+        r#"
+let ds = dataset("synthetic", #{ samples: 256, size: 8, classes: 4 });
+let loader = loader(ds, #{ batch_size: 32 });
+let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
+                      mlp([8, 8, 4])]);
+let opt = sgd([net], #{ lr: 0.1 });
+for b in steps(loader, 1) {
+    let z = net.forward(b.images);
+    let loss = z.pow(2).mean() * if b.step >= 5 { 0.5 } else { 1.0 };
+    opt.step(loss, 0.1);
+}
+"#,
+    );
+    let runs = dir.join("runs");
+    let out = sslhost_run(&recipe, &runs)
+        .args(["--capture", "check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("capture check:"))
+        .expect(&stderr);
+    // Eight steps: forward, pow, mean, the scale, opt.step (its loss read on the CPU).
+    assert_eq!(usual(line), (5, 8, 6), "{line}");
+    assert!(
+        line.contains("3 steps from step 5 depart from it at 3"),
+        "{line}"
+    );
+    assert!(
+        line.contains("`mul_f`") && line.contains("other scalar arguments"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

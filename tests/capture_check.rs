@@ -7,9 +7,9 @@ use std::path::Path;
 
 use run_common::{only_run, recipe_in_temp, sslhost_run};
 
-/// Runs `recipe` for two short epochs, with `--capture check` or not: the capture line (if
-/// any) and the metric lines without their timestamps.
-fn run(recipe: &Path, runs: &Path, check: bool) -> (Option<String>, Vec<String>) {
+/// Runs `recipe` for two short epochs with `--capture MODE`: the capture line (if any) and
+/// the metric lines without their timestamps.
+fn run(recipe: &Path, runs: &Path, mode: &str) -> (Option<String>, Vec<String>) {
     let mut command = sslhost_run(recipe, runs);
     command.args([
         "--seed",
@@ -21,15 +21,13 @@ fn run(recipe: &Path, runs: &Path, check: bool) -> (Option<String>, Vec<String>)
         "-s",
         "log_every=4",
     ]);
-    if check {
-        command.args(["--capture", "check"]);
-    }
+    command.args(["--capture", mode]);
     let out = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     let line = stderr
         .lines()
-        .find(|l| l.contains("capture check:"))
+        .find(|l| l.contains(&format!("capture {mode}:")))
         .map(str::to_string);
     let metrics = std::fs::read_to_string(only_run(runs).join("metrics.jsonl")).unwrap();
     let values = metrics
@@ -58,8 +56,8 @@ fn byol_steps_repeat_one_tape_and_the_tape_changes_nothing() {
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/byol.rhai");
     let dir = std::env::temp_dir().join(format!("sslhost-capture-byol-{}", std::process::id()));
     let (plain, checked) = (dir.join("plain"), dir.join("checked"));
-    let (none, without) = run(&recipe, &plain, false);
-    let (line, with) = run(&recipe, &checked, true);
+    let (none, without) = run(&recipe, &plain, "off");
+    let (line, with) = run(&recipe, &checked, "check");
     assert_eq!(none, None, "no tape without --capture check");
     assert_eq!(without, with, "the same metrics with and without the tape");
     let line = line.expect("a capture line");
@@ -96,14 +94,14 @@ for b in steps(loader, 1) {
     );
     let runs = dir.join("runs");
     let out = sslhost_run(&recipe, &runs)
-        .args(["--capture", "check"])
+        .args(["--capture", "replay"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let line = stderr
         .lines()
-        .find(|l| l.contains("capture check:"))
+        .find(|l| l.contains("capture replay:"))
         .expect(&stderr);
     // Eight steps: forward, pow, mean, the scale, opt.step (its loss read on the CPU).
     assert_eq!(usual(line), (5, 8, 6), "{line}");
@@ -115,5 +113,32 @@ for b in steps(loader, 1) {
         line.contains("`mul_f`") && line.contains("other scalar arguments"),
         "{line}"
     );
+    // Under a replay: step 0 recorded, 1-4 replayed, step 5 departs where the scale changes,
+    // 6 is recorded afresh and 7 replays it.
+    assert!(
+        line.contains(
+            "Replay: 2 steps recorded, 5 steps replayed, 1 step departed; step 5: entry 3"
+        ),
+        "{line}"
+    );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_replayed_run_computes_what_the_run_computes() {
+    for name in ["byol", "moco"] {
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("recipes/{name}.rhai"));
+        let dir =
+            std::env::temp_dir().join(format!("sslhost-replay-{name}-{}", std::process::id()));
+        let (_, plain) = run(&recipe, &dir.join("plain"), "off");
+        let (line, replayed) = run(&recipe, &dir.join("replayed"), "replay");
+        assert_eq!(plain, replayed, "{name}: every metric equal");
+        let line = line.expect("a capture line");
+        // Step 0 is recorded; every later step matches it to its end, log steps included.
+        assert!(
+            line.contains("Replay: 1 step recorded, 11 steps replayed, 0 steps departed"),
+            "{line}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

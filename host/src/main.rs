@@ -10,6 +10,7 @@ use sslhost::engine;
 use sslhost::error::{Error, Result};
 use sslhost::kernels::{self, KernelPolicy, PrecisionChoice};
 use sslhost::session::Session;
+use sslhost::tensor::tape;
 use sslhost::train::current::RunRecord;
 
 /// The system allocator; while `sslhost bench` measures, freeing tensors at the end of a
@@ -63,9 +64,11 @@ enum Command {
         /// script's line. Default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
         max_memory: Option<u64>,
-        /// `check`: tape the loop's tensor calls and say at the end whether every step makes
-        /// the same calls as the first, and where it reads the device: what replaying a
-        /// recorded step as a device graph needs. The run computes as without it.
+        /// `check`: tape the loop's tensor calls and say at the end whether the steps make the
+        /// same calls, and where they read the device: what replaying a recorded step as a
+        /// device graph needs. `replay`: also answer each step's calls from a recorded step
+        /// and run their work together at the step's end (on the CPU: the closures a graph
+        /// will stand for). Both compute what the run computes without them.
         #[arg(long, value_enum, default_value = "off")]
         capture: Capture,
     },
@@ -318,6 +321,18 @@ enum Capture {
     Off,
     /// Tape the steps' tensor calls and report whether they repeat.
     Check,
+    /// Also answer the steps' calls from a recorded step (`tensor::tape::Mode::Replay`).
+    Replay,
+}
+
+impl Capture {
+    fn name(self) -> &'static str {
+        match self {
+            Capture::Off => "off",
+            Capture::Check => "check",
+            Capture::Replay => "replay",
+        }
+    }
 }
 
 /// The end of `--help`: exit codes and the environment.
@@ -462,12 +477,16 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            if capture == Capture::Check {
-                sslhost::tensor::tape::install();
+            match capture {
+                Capture::Off => {}
+                Capture::Check => tape::install(tape::Mode::Check),
+                Capture::Replay => tape::install(tape::Mode::Replay),
             }
-            let result = sslhost::guard::catch(|| engine::run_file_here(&script));
-            if let Some(report) = sslhost::tensor::tape::finish() {
-                tracing::info!("capture check: {report}");
+            let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
+            match tape::finish() {
+                Some(Ok(report)) => tracing::info!("capture {}: {report}", capture.name()),
+                Some(Err(e)) if result.is_ok() => result = Err(e),
+                _ => {}
             }
             let saved = match (&result, sslhost::train::current::interrupted()) {
                 (Err(_), false) => sslhost::train::current::checkpoint_after_error(),

@@ -226,6 +226,7 @@ pub mod augment_api {
     #[rhai_fn(return_raw)]
     pub fn apply(t: &mut Transform, images: DynTensor) -> RhaiResult<DynTensor> {
         run(|| {
+            let images = crate::tensor::tape::resolve(&images)?;
             let (x, single) = match images.rank() {
                 4 => (images.float_rank::<4>("apply")?, false),
                 3 => (images.float_rank::<3>("apply")?.unsqueeze_dim::<4>(0), true),

@@ -40,6 +40,7 @@ pub mod data_api {
     #[rhai_fn(return_raw)]
     pub fn save_image_grid(images: DynTensor, path: &str, options: Map) -> RhaiResult<()> {
         run(|| {
+            let images = crate::tensor::tape::resolve(&images)?;
             let o = Options::new(&options, "save_image_grid", &["nrow", "padding"])?;
             let nrow = o.usize("nrow", 8)?;
             let padding = o.number("padding", 2.0)?;
@@ -77,7 +78,10 @@ pub mod data_api {
                         value.type_name()
                     ))
                 })?;
-                named.push(tensor_file::NamedTensor::of(name, &t)?);
+                named.push(tensor_file::NamedTensor::of(
+                    name,
+                    &crate::tensor::tape::resolve(&t)?,
+                )?);
             }
             let mut roots = vec![std::path::PathBuf::from(".")];
             roots.extend(crate::train::current::dir_path());

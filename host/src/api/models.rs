@@ -224,8 +224,9 @@ pub mod models_api {
     /// ```rhai
     /// net.train();
     /// ```
-    pub fn train(net: &mut Net) {
-        net.set_training(true);
+    #[rhai_fn(return_raw)]
+    pub fn train(net: &mut Net) -> RhaiResult<()> {
+        run(|| super::set_training(net, true))
     }
 
     /// Evaluation mode: batch norm uses running statistics. (`eval` is a reserved word in
@@ -234,8 +235,9 @@ pub mod models_api {
     /// ```rhai
     /// backbone.eval_mode();
     /// ```
-    pub fn eval_mode(net: &mut Net) {
-        net.set_training(false);
+    #[rhai_fn(return_raw)]
+    pub fn eval_mode(net: &mut Net) -> RhaiResult<()> {
+        run(|| super::set_training(net, false))
     }
 
     /// Training mode (the same as `train`, named to pair with `eval_mode`).
@@ -243,8 +245,9 @@ pub mod models_api {
     /// ```rhai
     /// backbone.train_mode();
     /// ```
-    pub fn train_mode(net: &mut Net) {
-        net.set_training(true);
+    #[rhai_fn(return_raw)]
+    pub fn train_mode(net: &mut Net) -> RhaiResult<()> {
+        run(|| super::set_training(net, true))
     }
 
     /// An independent copy that takes no gradients (a momentum target).
@@ -252,8 +255,12 @@ pub mod models_api {
     /// ```rhai
     /// let target = momentum_copy(online);
     /// ```
-    pub fn momentum_copy(net: &mut Net) -> Net {
-        net.momentum_copy()
+    #[rhai_fn(return_raw)]
+    pub fn momentum_copy(net: &mut Net) -> RhaiResult<Net> {
+        run(|| {
+            tape::barrier()?;
+            Ok(net.momentum_copy())
+        })
     }
 
     /// `target = m * target + (1 - m) * online` for every parameter and batch-norm buffer.
@@ -268,9 +275,19 @@ pub mod models_api {
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(m, crate::live::Role::Momentum, step);
             crate::session::note_update();
-            tape::effect("update_momentum", &[], &[online.id(), target.id()], || {
-                SharedNet::update_momentum(&online, &target, m)
-            })
+            tape::effect(
+                "update_momentum",
+                &[],
+                &[online.id(), target.id()],
+                |_| SharedNet::update_momentum(&online, &target, m),
+                || {
+                    SharedNet::stage_momentum(&target, m)?;
+                    let (online, target) = (online.clone(), target.clone());
+                    Ok(std::rc::Rc::new(move |_: &[DynTensor]| {
+                        SharedNet::mix_momentum(&online, &target)
+                    }))
+                },
+            )
         })
     }
 
@@ -295,9 +312,16 @@ pub mod models_api {
     /// let head = linear(8, 4);
     /// head.frozen = true;
     /// ```
-    #[rhai_fn(set = "frozen")]
-    pub fn set_frozen(net: &mut Net, frozen: bool) {
-        net.set_frozen(frozen);
+    #[rhai_fn(set = "frozen", return_raw)]
+    pub fn set_frozen(net: &mut Net, frozen: bool) -> RhaiResult<()> {
+        run(|| {
+            // Work already answered from a recording runs with the state it was asked with.
+            if net.is_frozen() != frozen {
+                tape::barrier()?;
+            }
+            net.set_frozen(frozen);
+            Ok(())
+        })
     }
 
     /// Trainable parameter count (batch-norm buffers excluded, as torchvision counts).
@@ -314,11 +338,16 @@ pub mod models_api {
     /// ```rhai
     /// let w = net.parameters()["conv1.weight"];
     /// ```
-    pub fn parameters(net: &mut Net) -> Map {
-        net.parameters()
-            .into_iter()
-            .map(|(k, v)| (k.into(), Dynamic::from(v)))
-            .collect()
+    #[rhai_fn(return_raw)]
+    pub fn parameters(net: &mut Net) -> RhaiResult<Map> {
+        run(|| {
+            tape::barrier()?;
+            Ok(net
+                .parameters()
+                .into_iter()
+                .map(|(k, v)| (k.into(), Dynamic::from(v)))
+                .collect())
+        })
     }
 
     /// MoCo's queue of `size` past keys of `dim` values (random unit vectors at first).
@@ -360,7 +389,20 @@ pub mod models_api {
     pub fn enqueue(q: &mut Queue, keys: DynTensor) -> RhaiResult<()> {
         crate::session::note_update();
         let id = std::rc::Rc::as_ptr(q) as u64;
-        run(|| tape::effect("enqueue", &[&keys], &[id], || q.borrow_mut().enqueue(&keys)))
+        run(|| {
+            tape::effect(
+                "enqueue",
+                &[&keys],
+                &[id],
+                |x| q.borrow_mut().enqueue(&x[0]),
+                || {
+                    let q = q.clone();
+                    Ok(std::rc::Rc::new(move |x: &[DynTensor]| {
+                        q.borrow_mut().enqueue(&x[0])
+                    }))
+                },
+            )
+        })
     }
 
     /// `Queue[4096, 128]`.
@@ -382,6 +424,16 @@ pub mod models_api {
     pub fn to_string(net: &mut Net) -> String {
         format!("Net({})", net.describe())
     }
+}
+
+/// Training (`true`) or evaluation mode; work already answered from a recording runs in the
+/// mode it was asked in (`tensor::tape::barrier`).
+fn set_training(net: &SharedNet, training: bool) -> Result<()> {
+    if net.is_training() != training {
+        crate::tensor::tape::barrier()?;
+    }
+    net.set_training(training);
+    Ok(())
 }
 
 pub fn net_list(arr: &Array, op: &str) -> Result<Vec<SharedNet>> {

@@ -180,9 +180,13 @@ pub mod optim_api {
             let id = Rc::as_ptr(&opt.inner) as u64;
             // The learning rate is not part of the key: a replay takes it from a device
             // scalar the host writes before the step (`Optimizer::stage`).
-            tape::effect("opt.step", &[&loss], &[id], || {
-                opt.inner.borrow_mut().at_step(step).step(&loss, lr)
-            })
+            tape::effect(
+                "opt.step",
+                &[&loss],
+                &[id],
+                |x| opt.inner.borrow_mut().at_step(step).step(&x[0], lr),
+                || super::staged_step(&opt.inner, step, lr),
+            )
         })
     }
 
@@ -198,9 +202,13 @@ pub mod optim_api {
         crate::session::note_update();
         let id = Rc::as_ptr(&opt.inner) as u64;
         run(|| {
-            tape::effect("opt.step", &[&loss], &[id], || {
-                opt.inner.borrow_mut().at_step(step).step(&loss, lr)
-            })
+            tape::effect(
+                "opt.step",
+                &[&loss],
+                &[id],
+                |x| opt.inner.borrow_mut().at_step(step).step(&x[0], lr),
+                || super::staged_step(&opt.inner, step, lr),
+            )
         })
     }
 
@@ -214,6 +222,20 @@ pub mod optim_api {
         let o = opt.inner.borrow();
         format!("Optimizer({}, {} steps)", o.rule().name(), o.steps())
     }
+}
+
+/// An optimiser step split for a replay (`tensor::tape::effect`): the learning rate staged on
+/// the device now, and the backward and update as the device part, which reads it.
+fn staged_step(
+    inner: &Rc<RefCell<HostOptimizer>>,
+    step: Option<u64>,
+    lr: f64,
+) -> Result<crate::tensor::tape::EffectPart> {
+    inner.borrow_mut().at_step(step).stage(lr)?;
+    let inner = inner.clone();
+    Ok(Rc::new(move |x: &[crate::tensor::DynTensor]| {
+        inner.borrow_mut().step_staged(&x[0])
+    }))
 }
 
 pub fn handle(rule: Rule, nets: &Dynamic, lr: f64) -> Result<OptimizerHandle> {

@@ -74,16 +74,22 @@ impl Iterator for StepStream {
         match next.transpose() {
             None => {
                 state.end_progress(true);
-                crate::tensor::tape::end_steps();
-                None
+                // The last step's replayed work runs now; its failure is the loop's.
+                crate::tensor::tape::end_steps()
+                    .err()
+                    .map(|e| Err(to_rhai(e)))
             }
             Some(Err(e)) => {
                 state.end_progress(false);
-                crate::tensor::tape::end_steps();
+                // The loader's error is the one to report.
+                let _ = crate::tensor::tape::end_steps();
                 Some(Err(to_rhai(e)))
             }
             Some(Ok(b)) => {
-                crate::tensor::tape::begin_step(b.step);
+                if let Err(e) = crate::tensor::tape::begin_step(b.step) {
+                    state.end_progress(false);
+                    return Some(Err(to_rhai(e)));
+                }
                 // A new step begins: live functions may swap before their first call in it.
                 session::with(|s| {
                     s.step = Some(b.step);
@@ -218,6 +224,7 @@ pub mod run_api {
     #[rhai_fn(return_raw)]
     pub fn checkpoint(items: Map) -> RhaiResult<String> {
         run(|| {
+            crate::tensor::tape::barrier()?;
             let items = super::tracked_items(&items)?;
             crate::train::current::track(&items);
             if session::with(|s| s.check) {
@@ -302,7 +309,10 @@ pub mod run_api {
         test: Dataset,
         options: Map,
     ) -> RhaiResult<Dynamic> {
-        run(|| knn(Some(&encoder), &train, &test, &options))
+        run(|| {
+            crate::tensor::tape::barrier()?;
+            knn(Some(&encoder), &train, &test, &options)
+        })
     }
 
     /// `encoder`'s features of every image of `ds`, in dataset order, computed as
@@ -318,6 +328,7 @@ pub mod run_api {
     #[rhai_fn(return_raw)]
     pub fn embed(encoder: SharedNet, ds: Dataset, options: Map) -> RhaiResult<Map> {
         run(|| {
+            crate::tensor::tape::barrier()?;
             let o =
                 crate::api::args::Options::new(&options, "embed", &["batch_size", "transform"])?;
             let transform = transform_option(&options, "embed")?;
@@ -525,7 +536,7 @@ fn metrics_json(
         } else if let Ok(b) = v.as_bool() {
             serde_json::json!(b)
         } else if let Some(t) = v.clone().try_cast::<crate::tensor::DynTensor>() {
-            serde_json::json!(t.item()?)
+            serde_json::json!(crate::tensor::tape::resolve(&t)?.item()?)
         } else if v.is_string() {
             serde_json::json!(v.to_string())
         } else {

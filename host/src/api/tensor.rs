@@ -943,7 +943,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn item(a: Tensor) -> RhaiResult<f64> {
-        run(|| a.item())
+        run(|| tape::resolve(&a)?.item())
     }
 
     /// The values as a nested array (small tensors only: at most 65,536 elements).
@@ -954,6 +954,7 @@ pub mod tensor_api {
     #[rhai_fn(return_raw)]
     pub fn to_array(a: Tensor) -> RhaiResult<Array> {
         run(|| {
+            let a = tape::resolve(&a)?;
             const LIMIT: usize = 65_536;
             if a.numel() > LIMIT {
                 return Err(Error::Invalid(format!(
@@ -1008,6 +1009,7 @@ pub mod tensor_api {
     #[rhai_fn(return_raw)]
     pub fn backward(a: Tensor) -> RhaiResult<Grads> {
         run(|| {
+            let a = tape::resolve(&a)?;
             if a.numel() != 1 {
                 return Err(Error::Shape(format!(
                     "backward needs a one-element tensor, got shape {:?}",
@@ -1034,6 +1036,7 @@ pub mod tensor_api {
     #[rhai_fn(return_raw)]
     pub fn get(g: &mut Grads, x: Tensor) -> RhaiResult<Tensor> {
         run(|| {
+            let x = tape::resolve(&x)?;
             let t = x.float4("get")?;
             match t.grad(g) {
                 Some(grad) => Ok(DynTensor::from_float4(grad.autodiff(), x.rank())),
@@ -1061,7 +1064,10 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(return_raw)]
     pub fn state_tensor(init: Tensor) -> RhaiResult<State> {
-        run(|| Ok(Rc::new(RefCell::new(StateTensor::new(&init)?))))
+        run(|| {
+            let init = tape::resolve(&init)?;
+            Ok(Rc::new(RefCell::new(StateTensor::new(&init)?)))
+        })
     }
 
     /// The current value (no gradient flows into the state).
@@ -1070,9 +1076,13 @@ pub mod tensor_api {
     /// let centre = state_tensor(zeros([1, 4]));
     /// let centred = z - centre.value;
     /// ```
-    #[rhai_fn(get = "value", pure)]
-    pub fn state_value(s: &mut State) -> Tensor {
-        s.borrow().value()
+    #[rhai_fn(get = "value", pure, return_raw)]
+    pub fn state_value(s: &mut State) -> RhaiResult<Tensor> {
+        // Taped: under a replay it reads the state when the step's work runs, after the
+        // step's `set`s before it.
+        let id = Rc::as_ptr(s) as u64;
+        let s = s.clone();
+        taped("state.value", &[], &[id], move |_| Ok(s.borrow().value()))
     }
 
     /// The shape, fixed when the state was made.
@@ -1099,7 +1109,19 @@ pub mod tensor_api {
     #[rhai_fn(name = "set", return_raw)]
     pub fn state_set(s: &mut State, value: Tensor) -> RhaiResult<()> {
         session::note_update();
-        run(|| s.borrow_mut().set(&value))
+        let id = Rc::as_ptr(s) as u64;
+        run(|| {
+            tape::effect(
+                "state.set",
+                &[&value],
+                &[id],
+                |x| s.borrow_mut().set(&x[0]),
+                || {
+                    let s = s.clone();
+                    Ok(Rc::new(move |x: &[DynTensor]| s.borrow_mut().set(&x[0])))
+                },
+            )
+        })
     }
 
     /// `State[128, 128]`.

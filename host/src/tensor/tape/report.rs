@@ -1,0 +1,303 @@
+//! What the tape writes down of a step (its entries), and the report of how the steps'
+//! tapes compare.
+
+use std::fmt;
+
+/// The most departing steps a replay report describes.
+pub(super) const DESCRIBED: usize = 5;
+
+/// An input of a call, as steps are compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The output of the step's call with this index.
+    Call(u32),
+    /// A tensor made outside the step's taped calls (a batch, its views, a queue, a
+    /// parameter), known by its shape and element type.
+    Outside { shape: Vec<usize>, float: bool },
+}
+
+/// One entry of a step's tape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Entry {
+    /// A call of the Rhai surface: its name, scalar arguments and inputs.
+    Call {
+        name: &'static str,
+        key: Vec<u64>,
+        inputs: Vec<Source>,
+    },
+    /// Values read back from the device (`item`, `to_array`), inside the named call when a
+    /// call reads (an optimiser step checking its loss on the CPU).
+    Read { within: Option<&'static str> },
+}
+
+impl Entry {
+    /// Whether both are calls of the same name on the same inputs (their scalars may differ).
+    pub(super) fn same_but_scalars(&self, other: &Entry) -> bool {
+        match (self, other) {
+            (
+                Entry::Call { name, inputs, .. },
+                Entry::Call {
+                    name: other_name,
+                    inputs: other_inputs,
+                    ..
+                },
+            ) => name == other_name && inputs == other_inputs,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Entry::Read { within: None } => write!(f, "a read of device values"),
+            Entry::Read { within: Some(c) } => write!(f, "a read of device values in `{c}`"),
+            Entry::Call { name, inputs, .. } => {
+                write!(f, "`{name}`(")?;
+                for (i, s) in inputs.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    match s {
+                        Source::Call(c) => write!(f, "entry {c}")?,
+                        Source::Outside { shape, .. } => write!(f, "{shape:?}")?,
+                    }
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
+/// Steps whose tape differs from the usual one's, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// The first step with this tape.
+    pub first_step: u64,
+    /// Steps with this tape.
+    pub steps: u64,
+    /// Its length.
+    pub entries: usize,
+    /// The first entry where it differs from the usual tape.
+    pub at: usize,
+    /// How it differs there.
+    pub how: String,
+    /// Whether it is the usual tape with entries after its end (a log step's reads and
+    /// extra work): a replay of the usual tape, then those entries run as they come.
+    pub extends: bool,
+}
+
+/// How the taped steps compare: the tape most steps make (the usual one), where it reads the
+/// device, and the steps that make another.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Steps taped.
+    pub steps: u64,
+    /// Entries (calls and reads) of the usual tape.
+    pub entries: usize,
+    /// Steps that make the usual tape.
+    pub usual: u64,
+    /// Where the usual tape reads device values: the entry, and the call it reads in.
+    pub reads: Vec<(usize, Option<&'static str>)>,
+    /// The other tapes, first seen first (the first few kinds).
+    pub variants: Vec<Variant>,
+    /// Steps with a tape of a kind not described (beyond the first few kinds).
+    pub undescribed: u64,
+    /// What the replay did, when the tape replayed steps (`Mode::Replay`).
+    pub replay: Option<ReplayReport>,
+}
+
+/// How many steps were recorded, replayed, or run as they came, and why the first few of the
+/// last were.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplayReport {
+    /// Steps recorded (run as they came, their calls kept for the steps after).
+    pub recorded: u64,
+    /// Steps answered from a recording.
+    pub replayed: u64,
+    /// Steps that departed from the recording and ran as they came from there on: the step
+    /// and why (the first few).
+    pub departed: Vec<(u64, String)>,
+    /// All the steps that departed.
+    pub departures: u64,
+}
+
+/// The most kinds of tape a report keeps apart.
+const KINDS: usize = 8;
+
+impl Report {
+    /// Whether every taped step (two at least) made the same calls.
+    pub fn repeats(&self) -> bool {
+        self.steps >= 2 && self.usual == self.steps
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.steps == 0 {
+            return write!(f, "no step was taped");
+        }
+        write!(
+            f,
+            "{} of {} steps make the same {} tensor calls and reads",
+            self.usual, self.steps, self.entries
+        )?;
+        if self.reads.is_empty() {
+            write!(f, " (no reads)")?;
+        } else {
+            let at: Vec<String> = self
+                .reads
+                .iter()
+                .map(|(at, within)| match within {
+                    Some(c) => format!("{at} (in `{c}`)"),
+                    None => at.to_string(),
+                })
+                .collect();
+            write!(f, " (reads at {})", at.join(", "))?;
+        }
+        for v in &self.variants {
+            let one = v.steps == 1;
+            let (n, s, verb_s) = (
+                v.steps,
+                if one { "" } else { "s" },
+                if one { "s" } else { "" },
+            );
+            if v.extends {
+                write!(
+                    f,
+                    "; {n} step{s} from step {} add{verb_s} {} after it, starting with {}",
+                    v.first_step,
+                    v.entries - self.entries,
+                    v.how
+                )?;
+            } else {
+                write!(
+                    f,
+                    "; {n} step{s} from step {} depart{verb_s} from it at {}: {}",
+                    v.first_step, v.at, v.how
+                )?;
+            }
+        }
+        if self.undescribed > 0 {
+            write!(f, "; {} more steps make other tapes", self.undescribed)?;
+        }
+        if let Some(r) = &self.replay {
+            let steps = |n: u64| format!("{n} step{}", if n == 1 { "" } else { "s" });
+            write!(
+                f,
+                ". Replay: {} recorded, {} replayed, {} departed",
+                steps(r.recorded),
+                steps(r.replayed),
+                steps(r.departures)
+            )?;
+            for (step, why) in &r.departed {
+                write!(f, "; step {step}: {why}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A kind of tape, and the steps that made it.
+struct Kind {
+    entries: Vec<Entry>,
+    first_step: u64,
+    steps: u64,
+}
+
+/// The kinds of tape the steps made, first seen first.
+#[derive(Default)]
+pub(super) struct Kinds {
+    kinds: Vec<Kind>,
+    /// Steps whose tape was of no kind kept (after [`KINDS`] kinds).
+    undescribed: u64,
+}
+
+impl Kinds {
+    /// Counts step `step`'s tape.
+    pub(super) fn add(&mut self, step: u64, entries: Vec<Entry>) {
+        if let Some(kind) = self.kinds.iter_mut().find(|k| k.entries == entries) {
+            kind.steps += 1;
+        } else if self.kinds.len() < KINDS {
+            self.kinds.push(Kind {
+                entries,
+                first_step: step,
+                steps: 1,
+            });
+        } else {
+            self.undescribed += 1;
+        }
+    }
+
+    /// How the steps' tapes compare.
+    pub(super) fn report(&self) -> Report {
+        let steps = self.kinds.iter().map(|k| k.steps).sum::<u64>() + self.undescribed;
+        // The usual tape: the most steps' (the first seen among equals).
+        let Some(usual) = self
+            .kinds
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, k)| (k.steps, std::cmp::Reverse(*i)))
+            .map(|(_, k)| k)
+        else {
+            return Report::default();
+        };
+        let reads = usual
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Read { within } => Some((i, *within)),
+                Entry::Call { .. } => None,
+            })
+            .collect();
+        let variants = self
+            .kinds
+            .iter()
+            .filter(|k| !std::ptr::eq(*k, usual))
+            .map(|k| {
+                let (a, b) = (&usual.entries, &k.entries);
+                let at = first_difference(a, b);
+                Variant {
+                    first_step: k.first_step,
+                    steps: k.steps,
+                    entries: b.len(),
+                    at,
+                    how: difference(a, b, at, "the usual tape"),
+                    extends: at == a.len() && b.len() > a.len(),
+                }
+            })
+            .collect();
+        Report {
+            steps,
+            entries: usual.entries.len(),
+            usual: usual.steps,
+            reads,
+            variants,
+            undescribed: self.undescribed,
+            replay: None,
+        }
+    }
+}
+
+/// The first entry where `b` differs from `a` (the shorter's length when one is the other's
+/// beginning).
+pub(super) fn first_difference(a: &[Entry], b: &[Entry]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// How `b` differs from `a` (called `what`) at entry `at`.
+pub(super) fn difference(a: &[Entry], b: &[Entry], at: usize, what: &str) -> String {
+    match (a.get(at), b.get(at)) {
+        (Some(x), Some(y)) if x.same_but_scalars(y) => {
+            format!("{y} with other scalar arguments than {what}'s")
+        }
+        (Some(x), Some(y)) => format!("{y} where {what} has {x}"),
+        (Some(x), None) => format!("it ends where {what} has {x}"),
+        (None, Some(y)) => y.to_string(),
+        (None, None) => "nothing".into(),
+    }
+}

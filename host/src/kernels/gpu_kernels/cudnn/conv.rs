@@ -54,7 +54,7 @@ impl Geometry {
     /// of 8 (16-byte vectors), which the 3-channel stem is not (cuDNN 9.14 answered it with
     /// `CUDNN_STATUS_BAD_PARAM` on an H200).
     pub fn vectorised(&self) -> bool {
-        self.dtype == DType::F32 || (self.c % 8 == 0 && self.k % 8 == 0)
+        self.dtype == DType::F32 || (self.c.is_multiple_of(8) && self.k.is_multiple_of(8))
     }
 
     fn output(&self) -> [usize; 4] {

@@ -51,17 +51,20 @@ pub enum Order {
     /// See [`CudnnOrder::Sync`].
     Sync,
     /// See [`CudnnOrder::Signal`] and [`CudnnOrder::Flags`].
-    Counters {
-        /// Whether cubecl's stream waits on the device (`flags`) or the host waits (`signal`).
-        spin: bool,
-        client: Client,
-        flags: Flags,
-        /// The address of the counters.
-        address: u64,
-        /// Keeps the counters in place for their raw address.
-        _pinned: Pointers,
-        next: u32,
-    },
+    Counters(Box<Counters>),
+}
+
+/// The counters of `signal` and `flags`.
+pub struct Counters {
+    /// Whether cubecl's stream waits on the device (`flags`) or the host waits (`signal`).
+    spin: bool,
+    client: Client,
+    flags: Flags,
+    /// The address of the counters.
+    address: u64,
+    /// Keeps the counters in place for their raw address.
+    _pinned: Pointers,
+    next: u32,
 }
 
 impl Order {
@@ -75,14 +78,14 @@ impl Order {
         let flags = Flags::new(client, [0; 4]);
         let mut pinned = Pointers::new(client);
         let address = pinned.address(flags.handle())?;
-        Ok(Order::Counters {
+        Ok(Order::Counters(Box::new(Counters {
             spin,
             client: client.clone(),
             flags,
             address,
             _pinned: pinned,
             next: 0,
-        })
+        })))
     }
 
     /// Runs `work` (cuDNN calls issued on `stream`) after everything queued on `client` so
@@ -97,13 +100,14 @@ impl Order {
         work: impl FnOnce() -> Result<R, CudnnError>,
     ) -> Result<R, CudnnError> {
         match self {
-            Order::Counters {
-                spin,
-                flags,
-                address,
-                next,
-                ..
-            } if !first => {
+            Order::Counters(c) if !first => {
+                let Counters {
+                    spin,
+                    flags,
+                    address,
+                    next,
+                    ..
+                } = c.as_mut();
                 *next = next.wrapping_add(1).max(1);
                 let n = *next;
                 flags.signal(client, n);
@@ -147,13 +151,8 @@ impl Order {
     /// Whether a spin ever gave up (the counters read back: a sync); `false` without spins.
     pub fn timed_out(&self) -> Result<bool, CudnnError> {
         match self {
-            Order::Counters {
-                spin: true,
-                client,
-                flags,
-                ..
-            } => {
-                let counters = flags.read(client).map_err(CudnnError)?;
+            Order::Counters(c) if c.spin => {
+                let counters = c.flags.read(&c.client).map_err(CudnnError)?;
                 Ok(counters[2] != 0)
             }
             _ => Ok(false),

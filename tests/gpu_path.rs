@@ -444,3 +444,66 @@ fn the_capture_probe_runs_eagerly_where_the_runtime_has_no_graphs_in_cubecl_kern
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
+
+#[test]
+fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
+    // `--capture replay` on the GPU code path: a MoCo-like loop over a loader, whose steps
+    // after the first are answered from the recorded step and run their work together at
+    // the step's end, through fusion's lazy tensors. The same losses up to the last bits:
+    // the second view's augmentation now reaches fusion's queue before the first forward
+    // rather than after it, which regroups the fused elementwise ops (a fused multiply-add
+    // rounds once). A value left stale would be off by far more (the loss moves by 10% and
+    // more a step here).
+    use sslhost::session::Session;
+    use sslhost::tensor::tape;
+    let script = r#"
+        let ds = dataset("synthetic", #{ samples: 32, size: 8, classes: 4 });
+        let loader = loader(ds, #{ batch_size: 8 });
+        let view = transform([random_resized_crop(8), hflip(0.5)]);
+        let online = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
+                                 linear(8, 8)]);
+        let target = momentum_copy(online);
+        let keys = queue(16, 8);
+        let opt = lars([online], #{ momentum: 0.9, weight_decay: 1e-4, eta: 0.02 });
+        let out = [];
+        for b in steps(loader, 1) {
+            let q = online.forward(view.apply(b.images)).normalize(1);
+            let k = target.forward(view.apply(b.images)).detach().normalize(1);
+            let loss = info_nce(q, k, keys.tensor(), 0.2);
+            opt.step(loss, 0.1);
+            update_momentum(online, target, 0.9);
+            keys.enqueue(k);
+            out.push(loss.item());
+        }
+        out
+    "#;
+    let run = |mode: Option<tape::Mode>| -> (Vec<f64>, Option<tape::Report>) {
+        if let Some(mode) = mode {
+            tape::install(mode);
+        }
+        let session = Session::new(gpu_path(), 7);
+        let out =
+            sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
+                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let losses = out
+            .into_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_float().unwrap())
+            .collect();
+        (losses, tape::finish().map(|r| r.unwrap()))
+    };
+    let (eager, none) = run(None);
+    assert!(none.is_none());
+    let (replayed, report) = run(Some(tape::Mode::Replay));
+    assert_eq!(eager.len(), 4);
+    for (r, e) in replayed.iter().zip(&eager) {
+        assert!((r - e).abs() <= 1e-5 * e.abs(), "{replayed:?} against {eager:?}");
+    }
+    let replay = report.unwrap().replay.unwrap();
+    assert_eq!(
+        (replay.recorded, replay.replayed, replay.departures),
+        (1, 3, 0),
+        "{replay:?}"
+    );
+}

@@ -34,7 +34,8 @@
 #                                    # flags"), a warm-cache first step (WARM=0 skips it), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
 #                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
-#                                    # short BYOL run,
+#                                    # short BYOL run, REPLAY=1 BYOL under --capture replay
+#                                    # against as it runs,
 #                                    # RECIPES="mocov3 dino .." each recipe's CUDA preset for
 #                                    # one epoch of the embedded sample; the kernel cache back
 #                                    # to $OUT
@@ -291,6 +292,28 @@ print(verdict)' "$out/selftest.log")
                 --data /tmp/fashion-mnist --runs /tmp/runs --set epochs="${EPOCHS:-2}" \
                 --set knn_every=0 > "$out/quality.log" 2>&1
             grep -E "knn|error" "$out/quality.log" || true
+        fi
+        # REPLAY=1: BYOL's CUDA preset for one epoch of the embedded sample, as it runs and
+        # under `--capture replay` (the tape answering each step from a recorded one; on a GPU
+        # still with the recorded calls run in place of a graph): the same metrics, and the
+        # times (tests/capture_check.rs checks the same on the CPU).
+        if [ "${REPLAY:-0}" = 1 ]; then
+            for mode in off replay; do
+                stage "replay check $mode" "${REPLAY_SECONDS:-120}" /tmp/sslhost run recipes/byol.rhai \
+                    --device cuda --runs "/tmp/runs-$mode" --set epochs=1 --set log_every=5 \
+                    --capture "$mode" > "$out/replay-$mode.log" 2>&1
+            done
+            python3 - "$out" <<'PY' || true
+import glob, json, sys
+rows = {}
+for mode in ("off", "replay"):
+    files = glob.glob(f"/tmp/runs-{mode}/*/metrics.jsonl")
+    rows[mode] = [{k: v for k, v in json.loads(l).items() if "time" not in k}
+                  for l in open(files[0])] if files else None
+same = rows["off"] is not None and rows["off"] == rows["replay"]
+print("replay check:", "metrics equal" if same else f"metrics differ or missing: {rows}")
+PY
+            grep -h "capture replay\|steps 0\.\." "$out"/replay-*.log || true
         fi
         # RECIPES="mocov3 dino ..": each recipe's CUDA preset for one epoch of the embedded
         # sample (4,000 images: 15 steps at batch 256, then the kNN monitor), each its own

@@ -498,7 +498,10 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
     let (replayed, report) = run(Some(tape::Mode::Replay));
     assert_eq!(eager.len(), 4);
     for (r, e) in replayed.iter().zip(&eager) {
-        assert!((r - e).abs() <= 1e-5 * e.abs(), "{replayed:?} against {eager:?}");
+        assert!(
+            (r - e).abs() <= 1e-5 * e.abs(),
+            "{replayed:?} against {eager:?}"
+        );
     }
     let replay = report.unwrap().replay.unwrap();
     assert_eq!(
@@ -506,4 +509,34 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
         (1, 3, 0),
         "{replay:?}"
     );
+}
+
+#[test]
+fn a_state_set_under_capture_writes_into_its_own_buffer_in_cubecl_kernels() {
+    // A state tensor (UniGrad's F, DINO's centre) under `capture`: the new value lands in the
+    // buffer a handle taken before the set reads, as a replayed graph needs; without it the
+    // handle keeps the old value.
+    use sslhost::kernels::{install, installed, restore};
+    use sslhost::tensor::{DynTensor, StateTensor};
+    let device = gpu_path();
+    let value = |v: f32| DynTensor::from_vec(vec![v; 4], &[2, 2], &device).unwrap();
+    for capture in [false, true] {
+        let mut state = StateTensor::new(&value(1.0)).unwrap();
+        let held = state.value();
+        let before = installed();
+        install(sslhost::kernels::current().with_capture(capture));
+        let next = value(2.0)
+            .binary_scalar(1.5, sslhost::tensor::BinaryOp::Mul, false)
+            .unwrap();
+        state.set(&next).unwrap();
+        restore(before);
+        assert_eq!(state.value().to_f64_vec().unwrap(), vec![3.0; 4]);
+        assert_eq!(state.value().shape(), vec![2, 2]);
+        let kept = if capture { 3.0 } else { 1.0 };
+        assert_eq!(
+            held.to_f64_vec().unwrap(),
+            vec![kept; 4],
+            "capture {capture}"
+        );
+    }
 }

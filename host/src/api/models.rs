@@ -388,21 +388,7 @@ pub mod models_api {
     #[rhai_fn(return_raw)]
     pub fn enqueue(q: &mut Queue, keys: DynTensor) -> RhaiResult<()> {
         crate::session::note_update();
-        let id = std::rc::Rc::as_ptr(q) as u64;
-        run(|| {
-            tape::effect(
-                "enqueue",
-                &[&keys],
-                &[id],
-                |x| q.borrow_mut().enqueue(&x[0]),
-                || {
-                    let q = q.clone();
-                    Ok(std::rc::Rc::new(move |x: &[DynTensor]| {
-                        q.borrow_mut().enqueue(&x[0])
-                    }))
-                },
-            )
-        })
+        run(|| tape::effect_on("enqueue", &keys, q, crate::models::Queue::enqueue))
     }
 
     /// `Queue[4096, 128]`.

@@ -33,8 +33,7 @@ pub mod optim_api {
     use crate::api::args::{self, Options, RhaiResult, run};
     use crate::error::Error;
     use crate::optim::{AdamWConfig, LarsConfig, Rule, SgdConfig};
-    use crate::tensor::{DynTensor, tape};
-    use std::rc::Rc;
+    use crate::tensor::DynTensor;
 
     use super::{OptimizerHandle, handle};
 
@@ -177,16 +176,7 @@ pub mod optim_api {
             let step = crate::session::with(|s| s.step);
             crate::live::note_use(lr, crate::live::Role::LearningRate, step);
             crate::session::note_update();
-            let id = Rc::as_ptr(&opt.inner) as u64;
-            // The learning rate is not part of the key: a replay takes it from a device
-            // scalar the host writes before the step (`Optimizer::stage`).
-            tape::effect(
-                "opt.step",
-                &[&loss],
-                &[id],
-                |x| opt.inner.borrow_mut().at_step(step).step(&x[0], lr),
-                || super::staged_step(&opt.inner, step, lr),
-            )
+            super::taped_step(opt, &loss, step, lr)
         })
     }
 
@@ -200,16 +190,7 @@ pub mod optim_api {
         let lr = opt.lr;
         let step = crate::session::with(|s| s.step);
         crate::session::note_update();
-        let id = Rc::as_ptr(&opt.inner) as u64;
-        run(|| {
-            tape::effect(
-                "opt.step",
-                &[&loss],
-                &[id],
-                |x| opt.inner.borrow_mut().at_step(step).step(&x[0], lr),
-                || super::staged_step(&opt.inner, step, lr),
-            )
-        })
+        run(|| super::taped_step(opt, &loss, step, lr))
     }
 
     /// `Optimizer(lars, 2 steps)`.
@@ -222,6 +203,25 @@ pub mod optim_api {
         let o = opt.inner.borrow();
         format!("Optimizer({}, {} steps)", o.rule().name(), o.steps())
     }
+}
+
+/// `opt.step(loss, lr)` through the step's tape (`tensor::tape::effect`). The learning rate
+/// is not part of the call's key: a replay takes it from a device scalar the host writes
+/// before the step's work runs (`Optimizer::stage`).
+fn taped_step(
+    opt: &OptimizerHandle,
+    loss: &crate::tensor::DynTensor,
+    step: Option<u64>,
+    lr: f64,
+) -> Result<()> {
+    let id = Rc::as_ptr(&opt.inner) as u64;
+    crate::tensor::tape::effect(
+        "opt.step",
+        &[loss],
+        &[id],
+        |x| opt.inner.borrow_mut().at_step(step).step(&x[0], lr),
+        || staged_step(&opt.inner, step, lr),
+    )
 }
 
 /// An optimiser step split for a replay (`tensor::tape::effect`): the learning rate staged on

@@ -1109,19 +1109,7 @@ pub mod tensor_api {
     #[rhai_fn(name = "set", return_raw)]
     pub fn state_set(s: &mut State, value: Tensor) -> RhaiResult<()> {
         session::note_update();
-        let id = Rc::as_ptr(s) as u64;
-        run(|| {
-            tape::effect(
-                "state.set",
-                &[&value],
-                &[id],
-                |x| s.borrow_mut().set(&x[0]),
-                || {
-                    let s = s.clone();
-                    Ok(Rc::new(move |x: &[DynTensor]| s.borrow_mut().set(&x[0])))
-                },
-            )
-        })
+        run(|| tape::effect_on("state.set", &value, s, StateTensor::set))
     }
 
     /// `State[128, 128]`.

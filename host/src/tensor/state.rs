@@ -49,7 +49,18 @@ impl StateTensor {
                 "state tensor set to an int tensor; convert with .float()".into(),
             ));
         }
-        self.value = next.detach();
+        let next = next.detach();
+        // While a step is recorded as a device graph, the new value goes into the buffer the
+        // old one is in, which the replays read and write again (`views::replace`).
+        let (old, new) = (self.value.float4("state.set")?, next.float4("state.set")?);
+        let autodiff = new.is_autodiff();
+        let value = crate::kernels::views::replace(&old, new);
+        let value = if autodiff && !value.is_autodiff() {
+            value.autodiff()
+        } else {
+            value
+        };
+        self.value = DynTensor::from_float4(value, next.rank());
         Ok(())
     }
 }

@@ -267,6 +267,29 @@ pub fn effect(
     out
 }
 
+/// An [`effect`] that applies `apply` to the shared `target` (a queue, a state tensor) with
+/// the call's one tensor input: at once, or under a replay with the step's device work.
+pub fn effect_on<T: 'static>(
+    name: &'static str,
+    input: &DynTensor,
+    target: &Rc<RefCell<T>>,
+    apply: fn(&mut T, &DynTensor) -> Result<()>,
+) -> Result<()> {
+    let id = Rc::as_ptr(target) as *const () as u64;
+    let later = target.clone();
+    effect(
+        name,
+        &[input],
+        &[id],
+        |x| apply(&mut target.borrow_mut(), &x[0]),
+        move || {
+            Ok(Rc::new(move |x: &[DynTensor]| {
+                apply(&mut later.borrow_mut(), &x[0])
+            }))
+        },
+    )
+}
+
 fn with_origin(mut t: DynTensor, origin: Option<Origin>) -> DynTensor {
     t.origin = origin;
     t

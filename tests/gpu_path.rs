@@ -477,11 +477,17 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
         }
         out
     "#;
-    let run = |mode: Option<tape::Mode>| -> (Vec<f64>, Option<tape::Report>) {
+    // `graphs`: through a device graph once warmed up, with the updates in place; cubecl's
+    // CPU runtime refuses the capture, and the closures go on standing in.
+    let run = |mode: Option<tape::Mode>, graphs: bool| -> (Vec<f64>, Option<tape::Report>) {
         if let Some(mode) = mode {
             tape::install(mode);
         }
-        let session = Session::new(gpu_path(), 7);
+        if graphs {
+            tape::use_graphs(&gpu_path());
+        }
+        let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs);
+        let session = Session::new(gpu_path(), 7).with_kernels(kernels);
         let out =
             sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
                 .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
@@ -493,22 +499,28 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
             .collect();
         (losses, tape::finish().map(|r| r.unwrap()))
     };
-    let (eager, none) = run(None);
+    let (eager, none) = run(None, false);
     assert!(none.is_none());
-    let (replayed, report) = run(Some(tape::Mode::Replay));
     assert_eq!(eager.len(), 4);
-    for (r, e) in replayed.iter().zip(&eager) {
-        assert!(
-            (r - e).abs() <= 1e-5 * e.abs(),
-            "{replayed:?} against {eager:?}"
+    for graphs in [false, true] {
+        let (replayed, report) = run(Some(tape::Mode::Replay), graphs);
+        for (r, e) in replayed.iter().zip(&eager) {
+            assert!(
+                (r - e).abs() <= 1e-5 * e.abs(),
+                "{replayed:?} against {eager:?}"
+            );
+        }
+        let replay = report.unwrap().replay.unwrap();
+        assert_eq!(
+            (replay.recorded, replay.replayed, replay.departures),
+            (1, 3, 0),
+            "{replay:?}"
         );
+        // Two launches warm up, the third tries the capture, which this runtime refuses.
+        let graph = replay.graph.unwrap_or_default();
+        assert_eq!(graphs, graph.starts_with("refused"), "{graph}");
+        assert_eq!(replay.graph_replays, 0);
     }
-    let replay = report.unwrap().replay.unwrap();
-    assert_eq!(
-        (replay.recorded, replay.replayed, replay.departures),
-        (1, 3, 0),
-        "{replay:?}"
-    );
 }
 
 #[test]
@@ -539,4 +551,23 @@ fn a_state_set_under_capture_writes_into_its_own_buffer_in_cubecl_kernels() {
             "capture {capture}"
         );
     }
+}
+
+#[test]
+fn an_int_write_into_reaches_the_handles_of_its_buffer_in_cubecl_kernels() {
+    // Labels a replayed step reads where the recording read them: integers written in place
+    // as 32-bit words, as floats are.
+    use sslhost::kernels::views::write_into_int;
+    let device = gpu_path();
+    let dst = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 2, 3, 4], [4]), &device);
+    let held = dst.clone();
+    let src = Tensor::<1, Int>::from_data(TensorData::new(vec![9i64, 8, 7, 6], [4]), &device);
+    let written = write_into_int(&dst, src);
+    let values = |t: Tensor<1, Int>| t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+    assert_eq!(values(written), vec![9, 8, 7, 6]);
+    assert_eq!(
+        values(held),
+        vec![9, 8, 7, 6],
+        "the handle taken before reads the new values"
+    );
 }

@@ -355,7 +355,9 @@ Environment:
   SSLHOST_GPU_BATCH_NORM     GPU kernels: burn, rows, nhwc or cudnn
   SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
   SSLHOST_CUDNN_ORDER        sync (default), signal or flags: how cuDNN's stream follows cubecl's
-  SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run";
+  SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run
+  SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
+                             where the device records them (CUDA; not yet checked on a GPU)";
 
 /// The bench's script: the recipes' step, timed.
 const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");
@@ -442,6 +444,11 @@ fn execute(cli: Cli) -> Result<()> {
             sslhost::budget::set_max_bytes(max_memory);
             check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
+            // A replay through device graphs writes every update into the buffer it read.
+            let graphs = capture == Capture::Replay
+                && std::env::var("SSLHOST_CAPTURE_GRAPH").is_ok_and(|v| v == "1");
+            let kernels = kernels.with_capture(graphs);
+            let graph_device = graphs.then(|| device.clone());
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
                 .with_kernels(kernels)
@@ -481,6 +488,9 @@ fn execute(cli: Cli) -> Result<()> {
                 Capture::Off => {}
                 Capture::Check => tape::install(tape::Mode::Check),
                 Capture::Replay => tape::install(tape::Mode::Replay),
+            }
+            if let Some(device) = &graph_device {
+                tape::use_graphs(device);
             }
             let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
             match tape::finish() {

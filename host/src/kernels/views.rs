@@ -15,9 +15,9 @@
 //! rate) reaches the kernels as a [`DeviceInput`] or [`DeviceScalar`], written into its buffer
 //! before the step.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Flex, backend_extension};
-use burn::tensor::{Device, Shape, Tensor, TensorData};
+use burn::tensor::{Device, Int, Shape, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 
@@ -39,6 +39,14 @@ pub trait FlatViews: Backend {
     /// backend can (its views see them); the tensor holding the values.
     #[fusion(dtype = dst, shape = dst)]
     fn flat_write_into(dst: FloatTensor<Self>, src: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _ = dst;
+        src
+    }
+
+    /// [`flat_write_into`](FlatViews::flat_write_into) for integers (labels a replayed step
+    /// reads from where the recording read them).
+    #[fusion(dtype = dst, shape = dst)]
+    fn flat_write_into_int(dst: IntTensor<Self>, src: IntTensor<Self>) -> IntTensor<Self> {
         let _ = dst;
         src
     }
@@ -81,43 +89,56 @@ impl FlatViews for burn_cubecl::CubeBackend {
     }
 
     fn flat_write_into(dst: FloatTensor<Self>, src: FloatTensor<Self>) -> FloatTensor<Self> {
-        use burn::backend::TensorMetadata;
-        use burn_cubecl::cubecl::prelude::{BufferArg, CubeCount, CubeDim};
+        copy::into(dst, src)
+    }
+
+    fn flat_write_into_int(dst: IntTensor<Self>, src: IntTensor<Self>) -> IntTensor<Self> {
+        copy::into(dst, src)
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+mod copy {
+    use burn::backend::TensorMetadata;
+    use burn_cubecl::cubecl;
+    use burn_cubecl::cubecl::prelude::*;
+    use burn_cubecl::tensor::CubeTensor;
+
+    /// `to[i] = from[i]` for every `i` in both: 32-bit words, whatever they hold.
+    #[cube(launch)]
+    pub fn copy_words(from: &[u32], to: &mut [u32]) {
+        if ABSOLUTE_POS < to.len() {
+            to[ABSOLUTE_POS] = from[ABSOLUTE_POS];
+        }
+    }
+
+    /// `src`'s values written over `dst`'s, in `dst`'s buffer, as 32-bit words: `dst` when
+    /// both have the same type (of 4 or 8 bytes), element count and `dst` is contiguous, else
+    /// `src` (the values, in a buffer of their own).
+    pub fn into(dst: CubeTensor, src: CubeTensor) -> CubeTensor {
         let n = dst.shape().num_elements();
-        let writable = dst.dtype == burn::tensor::DType::F32
-            && src.dtype == dst.dtype
+        let size = dst.dtype.size();
+        let writable = src.dtype == dst.dtype
+            && (size == 4 || size == 8)
             && dst.is_contiguous()
             && src.shape().num_elements() == n;
         if !writable {
             return src;
         }
         let src = burn_cubecl::kernel::into_contiguous(src);
+        let words = n * size / 4;
         let threads = 256;
-        let count = CubeCount::Static(n.div_ceil(threads as usize).max(1) as u32, 1, 1);
-        // SAFETY: both buffers hold `n` f32s (checked above), and the kernel touches no index
-        // past `n`.
+        let count = CubeCount::Static(words.div_ceil(threads as usize).max(1) as u32, 1, 1);
+        // SAFETY: both buffers hold `n` elements of `size` bytes, `words` 32-bit words (checked
+        // above), and the kernel touches no index past `words`.
         unsafe {
             let (from, to) = (
-                BufferArg::from_raw_parts(src.handle.clone(), n),
-                BufferArg::from_raw_parts(dst.handle.clone(), n),
+                BufferArg::from_raw_parts(src.handle.clone(), words),
+                BufferArg::from_raw_parts(dst.handle.clone(), words),
             );
-            copy::copy_kernel::launch(&dst.client, count, CubeDim::new_1d(threads), from, to);
+            copy_words::launch(&dst.client, count, CubeDim::new_1d(threads), from, to);
         }
         dst
-    }
-}
-
-#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
-mod copy {
-    use burn_cubecl::cubecl;
-    use burn_cubecl::cubecl::prelude::*;
-
-    /// `to[i] = from[i]` for every `i` in both.
-    #[cube(launch)]
-    pub fn copy_kernel(from: &[f32], to: &mut [f32]) {
-        if ABSOLUTE_POS < to.len() {
-            to[ABSOLUTE_POS] = from[ABSOLUTE_POS];
-        }
     }
 }
 
@@ -148,6 +169,15 @@ pub fn flat_view<const D: usize>(flat: &Tensor<1>, offset: usize, dims: [usize; 
 /// `dst` keep the old values.
 pub fn write_into(dst: &Tensor<1>, src: Tensor<1>) -> Tensor<1> {
     let written = <burn::backend::Dispatch as FlatViews>::flat_write_into(
+        dst.clone().without_autodiff().into_dispatch(),
+        src.without_autodiff().into_dispatch(),
+    );
+    Tensor::from_dispatch(written)
+}
+
+/// [`write_into`] for integers.
+pub fn write_into_int(dst: &Tensor<1, Int>, src: Tensor<1, Int>) -> Tensor<1, Int> {
+    let written = <burn::backend::Dispatch as FlatViews>::flat_write_into_int(
         dst.clone().without_autodiff().into_dispatch(),
         src.without_autodiff().into_dispatch(),
     );

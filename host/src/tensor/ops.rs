@@ -600,6 +600,39 @@ impl DynTensor {
         }
     }
 
+    /// Writes `src`'s values over this tensor's, in its buffer where the backend can (cubecl:
+    /// a replayed graph reads them there; burn-flex keeps buffers to their first owner, and
+    /// nothing is written). Shapes and element types must match; this tensor must be
+    /// contiguous, as a tensor a step makes from scratch is.
+    pub fn write_values(&self, src: &DynTensor) -> Result<()> {
+        if self.shape() != src.shape() || self.is_int() != src.is_int() {
+            return Err(Error::Shape(format!(
+                "write_values: a {} tensor of shape {:?} written over a {} one of shape {:?}",
+                src.dtype_name(),
+                src.shape(),
+                self.dtype_name(),
+                self.shape()
+            )));
+        }
+        let n = self.numel();
+        match (&self.values, &src.values) {
+            (Values::Float(dst), Values::Float(from)) => {
+                crate::kernels::views::write_into(
+                    &dst.clone().reshape([n]),
+                    from.clone().reshape([n]),
+                );
+            }
+            (Values::Int(dst), Values::Int(from)) => {
+                crate::kernels::views::write_into_int(
+                    &dst.clone().reshape([n]),
+                    from.clone().reshape([n]),
+                );
+            }
+            _ => unreachable!("element types checked above"),
+        }
+        Ok(())
+    }
+
     /// True if every element is finite. Reads the device.
     pub fn all_finite(&self) -> Result<bool> {
         match &self.values {

@@ -117,6 +117,17 @@ pub fn install(mode: Mode) {
     TAPE.with(|t| *t.borrow_mut() = Some(Tape::new(mode)));
 }
 
+/// Under [`Mode::Replay`], launches a step's work as a device graph on `device` once warmed
+/// up, where the backend records graphs (the kernel policy's `capture` must be on: updates
+/// in place). Must come before the loop's first step.
+pub fn use_graphs(device: &burn::tensor::Device) {
+    with_tape(|tape| {
+        if tape.mode == Mode::Replay {
+            tape.replay.use_graphs(device);
+        }
+    });
+}
+
 /// Ends the open step, then stops taping and says how the steps compared (`None` when no tape
 /// was installed). An error of the open step's replayed work is returned instead.
 pub fn finish() -> Option<Result<Report>> {

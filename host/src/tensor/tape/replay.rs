@@ -14,12 +14,48 @@
 //! before it has matched the whole recording (the pending work cannot run in part on a
 //! GPU): the pending work runs, and the rest of the step runs as it comes. The next step is
 //! recorded afresh.
+//!
+//! With a device graph (`use_graphs`, on a device that records them): after [`WARMUP`]
+//! launches that run the closures (which size the memory pool the capture must not grow),
+//! a launch runs them inside a capture instead, and replays the graph it got. Later launches
+//! copy their inputs from outside the step (the batch, the views, labels) into the buffers the
+//! capture read, replay the graph, and take the captured calls' outputs, which the replay
+//! rewrote, as the step's values. The kernel policy's `capture` is on throughout, so the
+//! updates land in the buffers the graph reads. Where the backend refuses, the closures go on
+//! standing in, and the report says why.
 
 use std::collections::HashMap;
 
+use burn::backend::{Backend, BackendGraph, Dispatch};
+use burn::tensor::Device;
+
 use super::report::{DESCRIBED, Entry, ReplayReport, difference};
 use super::{CallPart, DynTensor, EffectPart, Origin, with_tape};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Launches that run the closures before one is captured.
+pub(super) const WARMUP: usize = 2;
+
+/// A launch's work recorded as a device graph, and the tensors it reads and writes.
+struct Captured {
+    graph: BackendGraph<Dispatch>,
+    /// Inputs from outside the step, as the capture read them: (entry, input, tensor).
+    outside: Vec<(usize, usize, DynTensor)>,
+    /// The captured calls' outputs, by entry: what a replay rewrites.
+    outputs: Vec<(usize, DynTensor)>,
+}
+
+/// Where the replay is with device graphs.
+#[derive(Default)]
+enum Graphs {
+    /// Not asked for, or refused (the reason then).
+    #[default]
+    Off,
+    /// Asked for on `device`: launches so far since the recording was made.
+    Warming { device: Device, launches: usize },
+    /// The recording's work as a graph on `device`.
+    Ready { device: Device, captured: Captured },
+}
 
 /// A recorded entry's device part.
 #[derive(Clone)]
@@ -72,6 +108,7 @@ pub(super) struct Replay {
     /// The open step's number.
     step: u64,
     report: ReplayReport,
+    graphs: Graphs,
 }
 
 impl Replay {
@@ -102,10 +139,14 @@ impl Replay {
                 r.outputs.resize(length, None);
                 self.report.recorded += 1;
                 self.recording = (length > 0).then_some(r);
+                self.forget_graph();
             }
             State::Launched => self.report.replayed += 1,
             // The next step is recorded afresh.
-            State::Departed => self.recording = None,
+            State::Departed => {
+                self.recording = None;
+                self.forget_graph();
+            }
             State::Idle | State::Matching { .. } => {}
         }
     }
@@ -118,6 +159,34 @@ impl Replay {
     /// What the replay did.
     pub(super) fn report(&self) -> ReplayReport {
         self.report.clone()
+    }
+
+    /// Launches go through a device graph on `device` once warmed up: prepares the device
+    /// (before the launches that warm it up), or says why not.
+    pub(super) fn use_graphs(&mut self, device: &Device) {
+        let inner = device.clone().without_autodiff();
+        self.graphs = match Dispatch::graph_prepare(inner.as_dispatch()) {
+            Ok(()) => Graphs::Warming {
+                device: device.clone(),
+                launches: 0,
+            },
+            Err(e) => {
+                self.report.graph = Some(format!("refused: preparing the capture: {e}"));
+                Graphs::Off
+            }
+        };
+    }
+
+    /// A new recording: the graph of the one before no longer applies.
+    fn forget_graph(&mut self) {
+        let device = match std::mem::take(&mut self.graphs) {
+            Graphs::Off => return,
+            Graphs::Warming { device, .. } | Graphs::Ready { device, .. } => device,
+        };
+        self.graphs = Graphs::Warming {
+            device,
+            launches: 0,
+        };
     }
 
     /// Counts a departure of the open step; the recording is forgotten at the step's end.
@@ -170,13 +239,73 @@ fn skip_reads(recording: &Recording, mut next: usize, current: &mut Vec<Entry>) 
     next
 }
 
+/// Pending entries: each one's index, device part and this step's inputs.
+type Work = Vec<(usize, Part, Vec<DynTensor>)>;
+
+/// An entry as it ran: its index, its inputs (resolved), and which came from outside the step.
+struct Ran {
+    entry: usize,
+    inputs: Vec<DynTensor>,
+    outside: Vec<bool>,
+}
+
 /// Pending work, ready to run outside the tape's borrow.
 struct Plan {
     serial: u64,
-    work: Vec<(usize, Part, Vec<DynTensor>)>,
+    work: Work,
+    /// How it runs.
+    how: Launch,
+}
+
+/// How pending work runs.
+enum Launch {
+    /// The closures, one after the other (a departing step's, or without a graph).
+    Closures,
+    /// The closures, then a sync: a warm-up for a capture.
+    WarmUp { device: Device },
+    /// The closures inside a capture on `device`, then the graph once.
+    Capture { device: Device },
+    /// The captured graph (taken out of the replay while it runs).
+    Replay { device: Device, captured: Captured },
 }
 
 fn launch_plan(replay: &mut Replay, serial: u64, pending: Vec<(usize, Vec<DynTensor>)>) -> Plan {
+    // A departing step runs its matched work as it came; a launch of the whole recording
+    // may go through a graph.
+    let whole = matches!(replay.state, State::Launched);
+    let how = if !whole {
+        Launch::Closures
+    } else {
+        match std::mem::take(&mut replay.graphs) {
+            Graphs::Off => Launch::Closures,
+            Graphs::Warming { device, launches } if launches < WARMUP => {
+                replay.graphs = Graphs::Warming {
+                    device: device.clone(),
+                    launches: launches + 1,
+                };
+                Launch::WarmUp { device }
+            }
+            Graphs::Warming { device, .. } => {
+                let reads_inside = replay.recording.as_ref().and_then(|r| {
+                    r.entries.iter().find_map(|e| match e {
+                        Entry::Read { within: Some(c) } => Some(*c),
+                        _ => None,
+                    })
+                });
+                match reads_inside {
+                    Some(call) => {
+                        replay.report.graph = Some(format!(
+                            "not tried: the step reads the device inside `{call}`, which a \
+                             capture refuses"
+                        ));
+                        Launch::Closures
+                    }
+                    None => Launch::Capture { device },
+                }
+            }
+            Graphs::Ready { device, captured } => Launch::Replay { device, captured },
+        }
+    };
     let recording = replay.recording.as_ref();
     let parts = |i: usize| {
         recording
@@ -188,34 +317,158 @@ fn launch_plan(replay: &mut Replay, serial: u64, pending: Vec<(usize, Vec<DynTen
         .map(|(i, inputs)| (i, parts(i), inputs))
         .collect();
     replay.launching = true;
-    Plan { serial, work }
+    Plan { serial, work, how }
 }
 
-/// Runs pending work in order; each call's value is kept as the value of its recorded output.
+/// Runs pending work, as the plan says; each call's value is kept as the value of its
+/// recorded output.
 fn run(plan: Plan) -> Result<()> {
-    let mut out = Ok(());
-    for (i, part, inputs) in plan.work {
-        let inputs: Vec<DynTensor> = inputs.iter().map(resolved).collect();
-        let done = match part {
-            Part::Call(f) => f(&inputs).map(|mut value| {
-                value.origin = None;
-                with_tape(|tape| {
-                    let origin = Origin {
-                        step: plan.serial,
-                        call: i as u32,
-                    };
-                    tape.replay.fresh.insert(origin, value);
-                });
-            }),
-            Part::Effect(f) => f(&inputs),
-        };
-        if let Err(e) = done {
-            out = Err(e);
-            break;
-        }
-    }
+    let Plan { serial, work, how } = plan;
+    let out = match how {
+        Launch::Closures => run_closures(serial, work).map(|_| ()),
+        Launch::WarmUp { device } => run_closures(serial, work).and_then(|_| {
+            device
+                .sync()
+                .map_err(|e| Error::Other(format!("replay: warming up a capture: {e:?}")))
+        }),
+        Launch::Capture { device } => capture(serial, work, &device),
+        Launch::Replay { device, captured } => replay_graph(serial, work, device, captured),
+    };
     with_tape(|tape| tape.replay.launching = false);
     out
+}
+
+/// Runs each entry's device part on its inputs (resolved), in order. Returns, for each entry,
+/// the inputs it ran on.
+fn run_closures(serial: u64, work: Work) -> Result<Vec<Ran>> {
+    let mut ran = Vec::with_capacity(work.len());
+    for (i, part, inputs) in work {
+        // Which inputs came from outside the step (not a recorded output of this one).
+        let outside: Vec<bool> = inputs
+            .iter()
+            .map(|x| x.origin.is_none_or(|o| o.step != serial))
+            .collect();
+        let inputs: Vec<DynTensor> = inputs.iter().map(resolved).collect();
+        match &part {
+            Part::Call(f) => {
+                let mut value = f(&inputs)?;
+                value.origin = None;
+                let origin = Origin {
+                    step: serial,
+                    call: i as u32,
+                };
+                with_tape(|tape| tape.replay.fresh.insert(origin, value));
+            }
+            Part::Effect(f) => f(&inputs)?,
+        }
+        ran.push(Ran {
+            entry: i,
+            inputs,
+            outside,
+        });
+    }
+    Ok(ran)
+}
+
+/// Runs the work inside a capture on `device`, then replays the graph once (captured work
+/// does not run); where the backend refuses to start one, runs the closures.
+fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
+    let inner = device.clone().without_autodiff();
+    let inner = inner.as_dispatch();
+    if let Err(e) = Dispatch::graph_start_capture(inner) {
+        // Leaves the prepared state, where there was one.
+        let _ = Dispatch::graph_stop_capture(inner);
+        with_tape(|tape| {
+            tape.replay.report.graph = Some(format!("refused: starting the capture: {e}"));
+        });
+        return run_closures(serial, work).map(|_| ());
+    }
+    let ran = run_closures(serial, work);
+    let graph = Dispatch::graph_stop_capture(inner);
+    let (ran, graph) = match (ran, graph) {
+        (Ok(ran), Ok(graph)) => (ran, graph),
+        // The recorded launches never ran, and the buffers they were to write are marked as
+        // failed: the step cannot go on.
+        (Err(e), _) => return Err(Error::Other(format!("replay: recording the step: {e}"))),
+        (_, Err(e)) => return Err(Error::Other(format!("replay: recording the step: {e}"))),
+    };
+    let outside = ran
+        .iter()
+        .flat_map(|r| {
+            r.inputs
+                .iter()
+                .zip(&r.outside)
+                .enumerate()
+                .filter(|(_, (_, o))| **o)
+                .map(move |(j, (x, _))| (r.entry, j, x.clone()))
+        })
+        .collect();
+    let outputs = with_tape(|tape| {
+        ran.iter()
+            .filter_map(|r| {
+                let origin = Origin {
+                    step: serial,
+                    call: r.entry as u32,
+                };
+                tape.replay.fresh.get(&origin).map(|v| (r.entry, v.clone()))
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    let captured = Captured {
+        graph,
+        outside,
+        outputs,
+    };
+    // SAFETY: see `replay_graph`; the buffers the capture read are this step's own.
+    unsafe { Dispatch::graph_replay(inner, &captured.graph) }
+        .map_err(|e| Error::Other(format!("replay: the captured step: {e:?}")))?;
+    with_tape(|tape| {
+        tape.replay.report.graph = Some(format!("captured at step {}", tape.replay.step));
+        tape.replay.graphs = Graphs::Ready {
+            device: device.clone(),
+            captured,
+        };
+    });
+    Ok(())
+}
+
+/// The step's inputs from outside it copied where the capture read them, then the graph;
+/// the captured outputs, which it rewrote, stand for the step's calls.
+fn replay_graph(serial: u64, work: Work, device: Device, captured: Captured) -> Result<()> {
+    let inputs: HashMap<usize, Vec<DynTensor>> =
+        work.into_iter().map(|(i, _, inputs)| (i, inputs)).collect();
+    for (i, j, read) in &captured.outside {
+        let now = inputs.get(i).and_then(|x| x.get(*j)).map(resolved);
+        match now {
+            Some(now) => read.write_values(&now)?,
+            None => {
+                return Err(Error::Other(format!(
+                    "replay: entry {i}'s input {j}, which the capture read, is missing"
+                )));
+            }
+        }
+    }
+    let inner = device.clone().without_autodiff();
+    // SAFETY: every buffer the graph reads or writes outlives it: the inputs from outside the
+    // step and the captured outputs are held in `captured`; parameters, optimiser state,
+    // running statistics, queues and state tensors are written in place under `capture` and
+    // held by their owners; the memory pool the capture used is pinned. The copies above and
+    // every later read are issued on the same stream.
+    let replayed = unsafe { Dispatch::graph_replay(inner.as_dispatch(), &captured.graph) };
+    replayed.map_err(|e| Error::Other(format!("replay: the captured step: {e:?}")))?;
+    with_tape(|tape| {
+        for (i, out) in &captured.outputs {
+            let origin = Origin {
+                step: serial,
+                call: *i as u32,
+            };
+            tape.replay.fresh.insert(origin, out.clone());
+        }
+        tape.replay.report.graph_replays += 1;
+        tape.replay.graphs = Graphs::Ready { device, captured };
+    });
+    Ok(())
 }
 
 /// The tensor standing for `t`: the value computed for it when it is a recorded output whose

@@ -120,6 +120,10 @@ pub struct ReplayReport {
     pub departed: Vec<(u64, String)>,
     /// All the steps that departed.
     pub departures: u64,
+    /// What became of the device graph, when one was asked for.
+    pub graph: Option<String>,
+    /// Launches that replayed the graph.
+    pub graph_replays: u64,
 }
 
 /// The most kinds of tape a report keeps apart.
@@ -192,6 +196,9 @@ impl fmt::Display for Report {
             )?;
             for (step, why) in &r.departed {
                 write!(f, "; step {step}: {why}")?;
+            }
+            if let Some(graph) = &r.graph {
+                write!(f, ". Graph: {graph}; replayed {} times", r.graph_replays)?;
             }
         }
         Ok(())

@@ -45,6 +45,10 @@ pub struct DynTensor {
     host: Option<Arc<[f64]>>,
     /// The taped call that made it, while a step is taped (`tape`).
     origin: Option<tape::Origin>,
+    /// For integers known to lie in `0..bound` by how they were made (an `argmax` over a
+    /// dimension of that size): what `select` checks its indices against without reading
+    /// them from the device.
+    bound: Option<usize>,
 }
 
 /// The longest vector whose values a [`DynTensor`] keeps on the host as well.
@@ -131,6 +135,7 @@ impl DynTensor {
             rank,
             host: None,
             origin: None,
+            bound: None,
         }
     }
 
@@ -141,6 +146,7 @@ impl DynTensor {
             rank,
             host: None,
             origin: None,
+            bound: None,
         }
     }
 

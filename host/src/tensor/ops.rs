@@ -327,9 +327,12 @@ impl DynTensor {
     /// Index of the largest value along `dim` (int tensor, dim dropped).
     pub fn argmax(&self, dim: i64) -> Result<Self> {
         let p = self.physical_dim(dim, "argmax")?;
+        let size = self.promoted4().dims()[p];
         let out = self.promoted4().argmax(p);
         let s = self.shape_without(p);
-        Ok(DynTensor::from_int4(out.reshape(padded(&s)), s.len()))
+        let mut indices = DynTensor::from_int4(out.reshape(padded(&s)), s.len());
+        indices.bound = Some(size);
+        Ok(indices)
     }
 
     /// The entries at `indices` (a rank-1 int tensor) along `dim`, in their order (repeats
@@ -346,11 +349,15 @@ impl DynTensor {
         }
         let size = self.promoted4().dims()[p];
         let idx = indices.int4("select")?.reshape([indices.numel()]);
-        // Out-of-range indices are an error here, not a panic in the backend (one read).
-        if let Some(bad) = crate::tensor::int_values(idx.clone())?
-            .into_iter()
-            .find(|&i| i < 0 || i as usize >= size)
-        {
+        // Out-of-range indices are an error here, not a panic in the backend: checked against
+        // what their making guarantees (an argmax's), or the host's copy, or else read back
+        // (a device read, which a step recorded as a graph cannot make).
+        let values: Vec<i64> = match (indices.bound, indices.host_values()) {
+            (Some(bound), _) if bound <= size => Vec::new(),
+            (_, Some(host)) => host.iter().map(|&v| v as i64).collect(),
+            _ => crate::tensor::int_values(idx.clone())?,
+        };
+        if let Some(bad) = values.into_iter().find(|&i| i < 0 || i as usize >= size) {
             return Err(Error::Shape(format!(
                 "select: index {bad} is out of range for dim {dim} of size {size} (shape {:?})",
                 self.shape()

@@ -177,16 +177,24 @@ impl Replay {
         };
     }
 
-    /// A new recording: the graph of the one before no longer applies.
+    /// A new recording: the graph of the one before no longer applies; the device is
+    /// prepared again for the next capture, which warms up afresh.
     fn forget_graph(&mut self) {
-        let device = match std::mem::take(&mut self.graphs) {
-            Graphs::Off => return,
-            Graphs::Warming { device, .. } | Graphs::Ready { device, .. } => device,
-        };
-        self.graphs = Graphs::Warming {
-            device,
-            launches: 0,
-        };
+        match std::mem::take(&mut self.graphs) {
+            Graphs::Off => {}
+            Graphs::Warming {
+                device,
+                launches: 0,
+            } => {
+                self.graphs = Graphs::Warming {
+                    device,
+                    launches: 0,
+                }
+            }
+            Graphs::Warming { device, .. } | Graphs::Ready { device, .. } => {
+                self.use_graphs(&device)
+            }
+        }
     }
 
     /// Counts a departure of the open step; the recording is forgotten at the step's end.

@@ -67,8 +67,9 @@ enum Command {
         /// `check`: tape the loop's tensor calls and say at the end whether the steps make the
         /// same calls, and where they read the device: what replaying a recorded step as a
         /// device graph needs. `replay`: also answer each step's calls from a recorded step
-        /// and run their work together at the step's end (on the CPU: the closures a graph
-        /// will stand for). Both compute what the run computes without them.
+        /// and run their work together at the step's end (the recorded calls, or with
+        /// SSLHOST_CAPTURE_GRAPH=1 a CUDA graph). Both give the results the run gives
+        /// without them.
         #[arg(long, value_enum, default_value = "off")]
         capture: Capture,
     },
@@ -321,7 +322,7 @@ enum Capture {
     Off,
     /// Tape the steps' tensor calls and report whether they repeat.
     Check,
-    /// Also answer the steps' calls from a recorded step (`tensor::tape::Mode::Replay`).
+    /// Also answer later steps' calls from a recorded step, their work run together.
     Replay,
 }
 

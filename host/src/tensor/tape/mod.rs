@@ -214,34 +214,22 @@ pub fn call(
     key: &[u64],
     device: impl Fn(&[DynTensor]) -> Result<DynTensor> + 'static,
 ) -> Result<DynTensor> {
-    let Some(entry) = enter(name, inputs, key) else {
-        let out = device(&resolve_all(inputs));
-        leave(None);
-        return out;
-    };
-    let answered = match replay::answer(&entry, inputs) {
-        Ok(answered) => answered,
-        Err(e) => {
-            leave(None);
-            return Err(e);
-        }
-    };
-    match answered {
-        Some(recorded) => Ok(with_origin(recorded, leave(Some(entry)))),
-        None => {
-            let part: CallPart = Rc::new(device);
-            match part(&resolve_all(inputs)) {
-                Ok(out) => {
-                    replay::record_call(&part, &out);
-                    Ok(with_origin(out, leave(Some(entry))))
-                }
-                Err(e) => {
-                    leave(None);
-                    Err(e)
-                }
+    let entry = enter(name, inputs, key);
+    let out = match &entry {
+        None => device(&resolve_all(inputs)),
+        Some(entry) => replay::answer(entry, inputs).and_then(|answered| match answered {
+            Some(recorded) => Ok(recorded),
+            None => {
+                let part: CallPart = Rc::new(device);
+                let out = part(&resolve_all(inputs))?;
+                replay::record_call(&part, &out);
+                Ok(out)
             }
-        }
-    }
+        }),
+    };
+    // The output is known by this call's place, or by none: never by an input's it cloned.
+    let origin = leave(entry.filter(|_| out.is_ok()));
+    out.map(|t| with_origin(t, origin))
 }
 
 /// Runs a call of the Rhai surface that changes state rather than making a tensor (an
@@ -256,25 +244,19 @@ pub fn effect(
     staged: impl FnOnce() -> Result<EffectPart>,
 ) -> Result<()> {
     let replaying = with_tape(|t| t.mode == Mode::Replay).unwrap_or(false);
-    let Some(entry) = enter(name, inputs, key) else {
-        let out = eager(&resolve_all(inputs));
-        leave(None);
-        return out;
+    let entry = enter(name, inputs, key);
+    let out = match &entry {
+        Some(entry) if replaying => staged().and_then(|part| {
+            if replay::answer_effect(entry, inputs)? {
+                return Ok(());
+            }
+            part(&resolve_all(inputs))?;
+            replay::record_effect(&part);
+            Ok(())
+        }),
+        _ => eager(&resolve_all(inputs)),
     };
-    if !replaying {
-        let out = eager(&resolve_all(inputs));
-        leave(out.is_ok().then_some(entry));
-        return out;
-    }
-    let out = staged().and_then(|part| {
-        if replay::answer_effect(&entry, inputs)? {
-            return Ok(());
-        }
-        part(&resolve_all(inputs))?;
-        replay::record_effect(&part);
-        Ok(())
-    });
-    leave(out.is_ok().then_some(entry));
+    leave(entry.filter(|_| out.is_ok()));
     out
 }
 

@@ -219,22 +219,34 @@ pub(super) fn settle(why: &str) -> Result<()> {
         };
         let recording = replay.recording.as_ref().expect("matching a recording");
         let next = skip_reads(recording, *next, &mut tape.current);
+        let departure = recording
+            .entries
+            .get(next)
+            .map(|expected| format!("{why} before the recording's entry {next} ({expected})"));
         let pending = std::mem::take(pending);
-        if next == recording.entries.len() {
-            replay.state = State::Launched;
-        } else {
-            let expected = &recording.entries[next];
-            replay.depart(format!(
-                "{why} before the recording's entry {next} ({expected})"
-            ));
-        }
-        Some(launch_plan(replay, serial, pending))
+        Some(stop_matching(replay, serial, pending, departure))
     })
     .flatten();
     match work {
         Some(plan) => run(plan),
         None => Ok(()),
     }
+}
+
+/// Ends the open step's matching: with the whole recording matched (`departure` none) its
+/// work launches; else the step departs, `departure` saying where and why, and the work
+/// matched so far runs as it came. The plan for that work.
+fn stop_matching(
+    replay: &mut Replay,
+    serial: u64,
+    pending: Vec<(usize, Vec<DynTensor>)>,
+    departure: Option<String>,
+) -> Plan {
+    match departure {
+        None => replay.state = State::Launched,
+        Some(why) => replay.depart(why),
+    }
+    launch_plan(replay, serial, pending)
 }
 
 /// Entries the recording made inside a call (reads in an optimiser step) are this step's
@@ -523,17 +535,19 @@ fn matched(entry: &Entry, inputs: &[&DynTensor]) -> Result<Option<usize>> {
             *next += 1;
             return (Some(i), None);
         }
-        let pending = std::mem::take(pending);
-        if i == recording.entries.len() {
-            // Past the recording's end: its work runs, then this call as it comes.
-            replay.state = State::Launched;
-        } else {
+        // Past the recording's end, its work runs, then this call as it comes; else the step
+        // departs here.
+        let departure = (i < recording.entries.len()).then(|| {
             let mut seen = tape.current.clone();
             seen.push(entry.clone());
             let how = difference(&recording.entries, &seen, i, "the recording");
-            replay.depart(format!("entry {i}: {how}"));
-        }
-        (None, Some(launch_plan(replay, serial, pending)))
+            format!("entry {i}: {how}")
+        });
+        let pending = std::mem::take(pending);
+        (
+            None,
+            Some(stop_matching(replay, serial, pending, departure)),
+        )
     });
     match work {
         Some((Some(i), _)) => Ok(Some(i)),

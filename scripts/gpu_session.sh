@@ -34,8 +34,9 @@
 #                                    # flags"), a warm-cache first step (WARM=0 skips it), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
 #                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
-#                                    # short BYOL run, REPLAY=1 BYOL under --capture replay
-#                                    # against as it runs,
+#                                    # short BYOL run, REPLAY=1 each of REPLAY_RECIPES
+#                                    # (default byol) under --capture replay, with and
+#                                    # without a graph, against as it runs,
 #                                    # RECIPES="mocov3 dino .." each recipe's CUDA preset for
 #                                    # one epoch of the embedded sample; the kernel cache back
 #                                    # to $OUT
@@ -293,37 +294,42 @@ print(verdict)' "$out/selftest.log")
                 --set knn_every=0 > "$out/quality.log" 2>&1
             grep -E "knn|error" "$out/quality.log" || true
         fi
-        # REPLAY=1: BYOL's CUDA preset for two epochs of the embedded sample (30 steps), as it
-        # runs, under `--capture replay` (the tape answering each step from a recorded one, the
-        # recorded calls run in place of a graph), and under it with SSLHOST_CAPTURE_GRAPH=1
-        # (captured as a CUDA graph after two warm-up launches, then replayed): the metrics of
-        # each against the first, and the steps' times (tests/capture_check.rs and
-        # tests/gpu_path.rs check the first two on the CPU).
+        # REPLAY=1: each of REPLAY_RECIPES (default byol) with its CUDA preset for two epochs of
+        # the embedded sample (30 steps), as it runs, under `--capture replay` (the tape
+        # answering each step from a recorded one, the recorded calls run in place of a graph),
+        # and under it with SSLHOST_CAPTURE_GRAPH=1 (captured as a CUDA graph after two warm-up
+        # launches, then replayed): the metrics of each against the first, and the steps'
+        # times (tests/capture_check.rs and tests/gpu_path.rs check the first two on the CPU).
         if [ "${REPLAY:-0}" = 1 ]; then
-            for mode in off replay graph; do
-                capture=$mode; graph=0
-                [ "$mode" != graph ] || { capture=replay; graph=1; }
-                stage "replay check $mode" "${REPLAY_SECONDS:-120}" env SSLHOST_CAPTURE_GRAPH=$graph \
-                    /tmp/sslhost run recipes/byol.rhai --device cuda --runs "/tmp/runs-$mode" \
-                    --set epochs=2 --set log_every=5 --capture "$capture" > "$out/replay-$mode.log" 2>&1
-            done
-            python3 - <<'PY' || true
-import glob, json
+            for recipe in ${REPLAY_RECIPES:-byol}; do
+                for mode in off replay graph; do
+                    capture=$mode; graph=0
+                    [ "$mode" != graph ] || { capture=replay; graph=1; }
+                    stage "replay check $recipe $mode" "${REPLAY_SECONDS:-120}" \
+                        env SSLHOST_CAPTURE_GRAPH=$graph /tmp/sslhost run "recipes/$recipe.rhai" \
+                        --device cuda --runs "/tmp/runs-$recipe-$mode" --set epochs=2 \
+                        --set log_every=5 --capture "$capture" > "$out/replay-$recipe-$mode.log" 2>&1
+                done
+                python3 - "$recipe" <<'PY' || true
+import glob, json, sys
+recipe = sys.argv[1]
 rows = {}
 for mode in ("off", "replay", "graph"):
-    files = glob.glob(f"/tmp/runs-{mode}/*/metrics.jsonl")
+    files = glob.glob(f"/tmp/runs-{recipe}-{mode}/*/metrics.jsonl")
     rows[mode] = [{k: v for k, v in json.loads(l).items() if "time" not in k}
                   for l in open(files[0])] if files else None
 for mode in ("replay", "graph"):
     a, b = rows["off"], rows[mode]
     if a is None or b is None:
-        print(f"replay check {mode}: metrics missing")
+        print(f"replay check {recipe} {mode}: metrics missing")
         continue
     worst = max((abs(x[k] - y.get(k, float("nan"))) / max(abs(x[k]), 1e-12)
                  for x, y in zip(a, b) for k in x if isinstance(x[k], float)), default=0.0)
-    print(f"replay check {mode}: {'equal' if a == b else 'differ'}, largest relative difference {worst:.1e}")
+    print(f"replay check {recipe} {mode}: {'equal' if a == b else 'differ'}, "
+          f"largest relative difference {worst:.1e}")
 PY
-            grep -h "capture replay\|steps 0\.\." "$out"/replay-*.log || true
+                grep -h "capture replay\|steps 0\.\." "$out"/replay-"$recipe"-*.log || true
+            done
         fi
         # RECIPES="mocov3 dino ..": each recipe's CUDA preset for one epoch of the embedded
         # sample (4,000 images: 15 steps at batch 256, then the kNN monitor), each its own

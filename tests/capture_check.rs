@@ -106,15 +106,24 @@ for b in steps(loader, 1) {
     // Eight steps: forward, pow, mean, the scale, opt.step (its loss read on the CPU).
     assert_eq!(usual(line), (5, 8, 6), "{line}");
     assert!(
-        line.contains("3 steps from step 5 depart from it at 3"),
+        line.contains("1 step from step 5 departs from it at 3"),
+        "{line}"
+    );
+    // From step 6 on, the replay takes the changed number as an input.
+    assert!(
+        line.contains("2 steps from step 6 depart from it at 3")
+            && line.contains("the same call with its number as an input or not"),
         "{line}"
     );
     assert!(
-        line.contains("`mul_f`") && line.contains("other scalar arguments"),
+        line.contains("`mul_f`")
+            && line.contains(
+                "with another number than the usual tape's (a replay takes it as an input)"
+            ),
         "{line}"
     );
     // Under a replay: step 0 recorded, 1-4 replayed, step 5 departs where the scale changes,
-    // 6 is recorded afresh and 7 replays it.
+    // 6 is recorded afresh (the scale an input now) and 7 replays it.
     assert!(
         line.contains(
             "Replay: 2 steps recorded, 5 steps replayed, 1 step departed; step 5: entry 3"
@@ -153,4 +162,102 @@ fn a_replayed_run_computes_what_the_run_computes() {
         assert!(line.contains(&format!("Replay: {replay}")), "{line}");
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+#[test]
+fn a_schedules_number_departs_once_then_replays_as_an_input() {
+    // The loss's weight follows a schedule: a new number every step.
+    let (dir, recipe) = recipe_in_temp(
+        "capture-schedule",
+        r#"
+let ds = dataset("synthetic", #{ samples: 256, size: 8, classes: 4 });
+let loader = loader(ds, #{ batch_size: 32 });
+let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
+                      mlp([8, 8, 4])]);
+let opt = sgd([net], #{ lr: 0.1 });
+for b in steps(loader, 1) {
+    let z = net.forward(b.images);
+    let w = 1.0 / (1.0 + b.step);
+    let loss = (z.pow(2).mean() * w + 0.5) / (2.0 - w);
+    opt.step(loss, 0.1);
+    log(b.step, #{ loss: loss });
+}
+"#,
+    );
+    let losses = |mode: &str| {
+        let runs = dir.join(mode);
+        let out = sslhost_run(&recipe, &runs)
+            .args(["--seed", "0", "--capture", mode])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let metrics = std::fs::read_to_string(only_run(&runs).join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .map(Option::unwrap)
+            .collect();
+        (losses, stderr)
+    };
+    let (eager, _) = losses("off");
+    let (replayed, stderr) = losses("replay");
+    assert_eq!(eager.len(), 8);
+    assert_eq!(replayed, eager, "the same losses to the bit");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("capture replay:"))
+        .expect(&stderr);
+    // Step 1 departs at the weight; every number that changed in it (the weight, and the
+    // divisor after it) is an input from step 2's recording on, which steps 3-7 replay.
+    assert!(
+        line.contains("Replay: 2 steps recorded, 5 steps replayed, 1 step departed"),
+        "{line}"
+    );
+    assert!(
+        line.contains("numbers taken as inputs, as they changed: `mul_f` at 3, `div_f` at 5"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn no_device_graph_is_tried_with_cudnns_kernels() {
+    let (dir, recipe) = recipe_in_temp(
+        "capture-cudnn",
+        r#"
+let net = mlp([12, 4]);
+let opt = sgd([net], #{ lr: 0.1 });
+for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }), #{ batch_size: 16 }), 1) {
+    opt.step(net.forward(b.images.reshape([16, 12])).pow(2).mean(), 0.1);
+}
+"#,
+    );
+    let line = |gpu_kernels: &str| {
+        let out = sslhost_run(&recipe, &dir.join(gpu_kernels))
+            .args(["--capture", "replay"])
+            .env("SSLHOST_CAPTURE_GRAPH", "1")
+            .env("SSLHOST_GPU_BATCH_NORM", gpu_kernels)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    // The graph is asked for (and not tried here: the CPU checks the loss inside the
+    // optimiser's step), and the report says what became of it.
+    let nhwc = line("nhwc");
+    assert!(nhwc.contains(". Graph: not tried"), "{nhwc}");
+    // With cuDNN's kernels it is not asked for, and the run says why.
+    let cudnn = line("cudnn");
+    assert!(
+        cudnn.contains("no device graph with cuDNN's kernels"),
+        "{cudnn}"
+    );
+    assert!(!cudnn.contains(". Graph:"), "{cudnn}");
+    assert!(
+        cudnn.contains("Replay: 1 step recorded, 3 steps replayed"),
+        "{cudnn}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -446,8 +446,18 @@ fn execute(cli: Cli) -> Result<()> {
             check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
             // A replay through device graphs writes every update into the buffer it read.
-            let graphs = capture == Capture::Replay
+            let asked = capture == Capture::Replay
                 && std::env::var("SSLHOST_CAPTURE_GRAPH").is_ok_and(|v| v == "1");
+            // cuDNN runs on a stream of its own, which the host waits for around each call: a
+            // capture of cubecl's stream would hold none of its work and refuse the waits.
+            let graphs = asked && kernels.gpu != kernels::GpuKernelSet::Cudnn;
+            if asked && !graphs {
+                tracing::warn!(
+                    "SSLHOST_CAPTURE_GRAPH=1: no device graph with cuDNN's kernels \
+                     (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
+                     the steps replay without one"
+                );
+            }
             let kernels = kernels.with_capture(graphs);
             let graph_device = graphs.then(|| device.clone());
             let has_overrides = !set.is_empty();

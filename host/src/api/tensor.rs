@@ -5,7 +5,7 @@ use rhai::{Array, Dynamic};
 
 use crate::api::args;
 use crate::error::{Error, Result};
-use crate::tensor::DynTensor;
+use crate::tensor::{BinaryOp, DynTensor, tape};
 
 /// Tensors of rank 1–4 on the run's device; autodiff flows through every op.
 #[export_module]
@@ -22,7 +22,7 @@ pub mod tensor_api {
     use crate::tensor::tape;
     use crate::tensor::{BinaryOp, DynTensor, StateTensor};
 
-    use super::{flatten, nest, tensor_list};
+    use super::{flatten, nest, scalar_op, tensor_list};
 
     /// A tensor of rank 1–4 (float or int) on the run's device.
     pub type Tensor = DynTensor;
@@ -203,9 +203,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn add_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        taped("add_f", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Add, false)
-        })
+        scalar_op("add_f", &a, s, BinaryOp::Add, false)
     }
 
     /// Tensor plus an integer.
@@ -215,9 +213,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn add_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        taped("add_i", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Add, false)
-        })
+        scalar_op("add_i", &a, s as f64, BinaryOp::Add, false)
     }
 
     /// A number plus a tensor.
@@ -227,9 +223,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn f_add(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("f_add", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Add, true)
-        })
+        scalar_op("f_add", &a, s, BinaryOp::Add, true)
     }
 
     /// An integer plus a tensor.
@@ -239,9 +233,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "+", return_raw)]
     pub fn i_add(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("i_add", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Add, true)
-        })
+        scalar_op("i_add", &a, s as f64, BinaryOp::Add, true)
     }
 
     /// Tensor minus a number.
@@ -251,9 +243,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn sub_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        taped("sub_f", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Sub, false)
-        })
+        scalar_op("sub_f", &a, s, BinaryOp::Sub, false)
     }
 
     /// Tensor minus an integer.
@@ -263,9 +253,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn sub_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        taped("sub_i", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Sub, false)
-        })
+        scalar_op("sub_i", &a, s as f64, BinaryOp::Sub, false)
     }
 
     /// A number minus a tensor.
@@ -275,9 +263,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn f_sub(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("f_sub", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Sub, true)
-        })
+        scalar_op("f_sub", &a, s, BinaryOp::Sub, true)
     }
 
     /// An integer minus a tensor.
@@ -287,9 +273,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "-", return_raw)]
     pub fn i_sub(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("i_sub", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Sub, true)
-        })
+        scalar_op("i_sub", &a, s as f64, BinaryOp::Sub, true)
     }
 
     /// Tensor times a number.
@@ -299,9 +283,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn mul_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        taped("mul_f", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Mul, false)
-        })
+        scalar_op("mul_f", &a, s, BinaryOp::Mul, false)
     }
 
     /// Tensor times an integer.
@@ -311,9 +293,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn mul_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        taped("mul_i", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Mul, false)
-        })
+        scalar_op("mul_i", &a, s as f64, BinaryOp::Mul, false)
     }
 
     /// A number times a tensor.
@@ -323,9 +303,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn f_mul(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("f_mul", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Mul, true)
-        })
+        scalar_op("f_mul", &a, s, BinaryOp::Mul, true)
     }
 
     /// An integer times a tensor.
@@ -335,9 +313,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "*", return_raw)]
     pub fn i_mul(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("i_mul", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Mul, true)
-        })
+        scalar_op("i_mul", &a, s as f64, BinaryOp::Mul, true)
     }
 
     /// Tensor divided by a number.
@@ -347,9 +323,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn div_f(a: Tensor, s: f64) -> RhaiResult<Tensor> {
-        taped("div_f", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Div, false)
-        })
+        scalar_op("div_f", &a, s, BinaryOp::Div, false)
     }
 
     /// Tensor divided by an integer.
@@ -359,9 +333,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn div_i(a: Tensor, s: i64) -> RhaiResult<Tensor> {
-        taped("div_i", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Div, false)
-        })
+        scalar_op("div_i", &a, s as f64, BinaryOp::Div, false)
     }
 
     /// A number divided by a tensor.
@@ -371,9 +343,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn f_div(s: f64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("f_div", &[&a], &[s.to_bits()], move |x| {
-            x[0].binary_scalar(s, BinaryOp::Div, true)
-        })
+        scalar_op("f_div", &a, s, BinaryOp::Div, true)
     }
 
     /// An integer divided by a tensor.
@@ -383,9 +353,7 @@ pub mod tensor_api {
     /// ```
     #[rhai_fn(name = "/", return_raw)]
     pub fn i_div(s: i64, a: Tensor) -> RhaiResult<Tensor> {
-        taped("i_div", &[&a], &[s as u64], move |x| {
-            x[0].binary_scalar(s as f64, BinaryOp::Div, true)
-        })
+        scalar_op("i_div", &a, s as f64, BinaryOp::Div, true)
     }
 
     /// Matrix product over the last two dims; batch dims broadcast.
@@ -1123,6 +1091,28 @@ pub mod tensor_api {
     }
 
     // ---- helpers (not exported) ----------------------------------------------------------
+}
+
+/// `a op s` (or `s op a` when `scalar_first`) through the step's tape, which may take the
+/// number as an input (`tape::call_number`: a schedule's number then changes without the
+/// step departing from its recording).
+fn scalar_op(
+    name: &'static str,
+    a: &DynTensor,
+    s: f64,
+    op: BinaryOp,
+    scalar_first: bool,
+) -> args::RhaiResult<DynTensor> {
+    args::run(|| {
+        tape::call_number(
+            name,
+            &[a],
+            &[],
+            s,
+            move |x, s| x[0].binary_scalar(s, op, scalar_first),
+            move |x| x[0].binary_number(&x[1], op, scalar_first),
+        )
+    })
 }
 
 pub fn tensor_list(arr: &Array, op: &str) -> Result<Vec<DynTensor>> {

@@ -32,7 +32,7 @@ use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::BatchNormTrainOutput;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor};
 
 use cpu_kernels::CpuKernels;
 
@@ -196,26 +196,22 @@ pub fn linear(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// Per-row cross-entropy of `logits` `[N, C]` against class indices `targets` (`N` of them,
-/// each below `C`): `logsumexp(row) − row[target]`, `[N]`.
-pub fn cross_entropy(logits: Tensor<2>, targets: &[usize]) -> Tensor<1> {
+/// Per-row cross-entropy of `logits` `[N, C]` against class indices `targets` `[N]` (each
+/// below `C`): `logsumexp(row) − row[target]`, `[N]`.
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let device = logits.device();
     let [rows, classes] = logits.dims();
-    debug_assert_eq!(rows, targets.len());
+    debug_assert_eq!([rows], targets.dims());
     // The kernel takes the class indices as f32, exact below 2^24.
     if cpu_takes(logits.dtype(), &device) && classes <= 1 << 24 {
-        let indices: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
-        let indices = Tensor::<1>::from_data(TensorData::new(indices, [rows]), &device);
         let out = <Dispatch as CpuKernels>::fused_cross_entropy(
             logits.into_dispatch(),
-            indices.into_dispatch(),
+            targets.float().into_dispatch(),
         );
         return Tensor::from_dispatch(out);
     }
-    let indices: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
-    let indices = Tensor::<2, Int>::from_data(TensorData::new(indices, [rows, 1]), &device);
     log_softmax(logits, 1)
-        .gather(1, indices)
+        .gather(1, targets.reshape([rows, 1]))
         .neg()
         .reshape([rows])
 }

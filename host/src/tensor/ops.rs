@@ -114,6 +114,29 @@ impl DynTensor {
         Ok(self.with_float(out))
     }
 
+    /// [`binary_scalar`](Self::binary_scalar) with the number `s` given as a one-element
+    /// float tensor: the same values, from a number the device reads rather than one baked
+    /// into the kernel (a recorded graph's launches then read each step's).
+    pub fn binary_number(&self, s: &DynTensor, op: BinaryOp, scalar_first: bool) -> Result<Self> {
+        if s.numel() != 1 {
+            return Err(Error::Shape(format!(
+                "a number as a tensor has one element, got shape {:?}",
+                s.shape()
+            )));
+        }
+        let a = self.promoted4();
+        let s = s.promoted4().cast(a.dtype());
+        let out = match (op, scalar_first) {
+            (BinaryOp::Add, _) => a.add(s),
+            (BinaryOp::Mul, _) => a.mul(s),
+            (BinaryOp::Sub, false) => a.sub(s),
+            (BinaryOp::Sub, true) => a.neg().add(s),
+            (BinaryOp::Div, false) => a.div(s),
+            (BinaryOp::Div, true) => a.recip().mul(s),
+        };
+        Ok(self.with_float(out))
+    }
+
     /// `-a`.
     pub fn neg(&self) -> Result<Self> {
         match &self.values {
@@ -531,7 +554,7 @@ impl DynTensor {
                 "one_hot of a rank-4 tensor would be rank 5".into(),
             ));
         }
-        self.class_labels(num_classes, "one_hot")?;
+        self.check_class_labels(num_classes, "one_hot")?;
         let labels = self.to_int().int4("one_hot")?;
         let flat: Tensor<1, Int> = labels.reshape([self.numel()]);
         let hot: Tensor<2> = flat.one_hot::<2>(num_classes).float();
@@ -540,9 +563,9 @@ impl DynTensor {
         Ok(DynTensor::from_float4(hot.reshape(padded(&s)), s.len()))
     }
 
-    /// The values as class indices in `0..classes` (reads the device): an error names `op`
-    /// when one is not a whole number or is out of range.
-    fn class_labels(&self, classes: usize, op: &str) -> Result<Vec<usize>> {
+    /// Checks that the values are class indices in `0..classes` (reads the device unless the
+    /// host made them): an error names `op` when one is not a whole number or is out of range.
+    fn check_class_labels(&self, classes: usize, op: &str) -> Result<()> {
         let v = self.to_f64_vec()?;
         if let Some(x) = v.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
             return Err(Error::Dtype(format!(
@@ -554,7 +577,7 @@ impl DynTensor {
                 "{op}: label {x} is outside 0..{classes}"
             )));
         }
-        Ok(v.into_iter().map(|x| x as usize).collect())
+        Ok(())
     }
 
     /// Cross-entropy of each row of `logits` `[N, C]` against its label (`labels` `[N]`,
@@ -572,9 +595,12 @@ impl DynTensor {
                 labels.shape()
             )));
         }
-        let targets = labels.class_labels(classes, "cross_entropy")?;
+        // Checked here; the kernel takes the labels' device values (no upload a recorded
+        // graph would keep).
+        labels.check_class_labels(classes, "cross_entropy")?;
+        let targets: Tensor<1, Int> = labels.to_int().int4("cross_entropy")?.reshape([rows]);
         let logits: Tensor<2> = self.float4("cross_entropy")?.reshape([rows, classes]);
-        let losses = crate::kernels::cross_entropy(logits, &targets);
+        let losses = crate::kernels::cross_entropy(logits, targets);
         Ok(DynTensor::from_float4(losses.reshape([1, 1, 1, rows]), 1))
     }
 

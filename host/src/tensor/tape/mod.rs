@@ -94,6 +94,22 @@ impl Tape {
         }
     }
 
+    /// Whether a call beginning now (its name already pushed on `running`) is taped: a step
+    /// is open, the call is not inside another or inside replayed work.
+    fn taping(&self) -> bool {
+        self.running.len() == 1 && self.step.is_some() && !self.replay.launching()
+    }
+
+    /// Whether the call `name`, about to begin, takes its number as an input (see
+    /// [`call_number`]).
+    fn takes_number(&self, name: &'static str) -> bool {
+        self.mode == Mode::Replay
+            && self.running.is_empty()
+            && self.step.is_some()
+            && !self.replay.launching()
+            && self.replay.takes_number(self.current.len(), name)
+    }
+
     /// The origin the open step's next entry gives its output.
     fn next_origin(&self) -> Origin {
         Origin {
@@ -214,7 +230,49 @@ pub fn call(
     key: &[u64],
     device: impl Fn(&[DynTensor]) -> Result<DynTensor> + 'static,
 ) -> Result<DynTensor> {
-    let entry = enter(name, inputs, key);
+    call_entry(name, inputs, key, false, device)
+}
+
+/// A [`call`] with a number among its arguments (`x * s`), which a replay can take as an
+/// input: `device` computes the call from its inputs and the number, `as_input` from its
+/// inputs followed by the number as a one-element tensor, to the same values.
+///
+/// A number that changes from step to step (a schedule's) makes each step depart from a
+/// recording that keeps it among the call's scalars. So where a step departs from a recording
+/// only in such a number, the recordings after it take that call's number as an input from
+/// outside the step, uploaded each step, which a recorded graph then reads.
+pub fn call_number(
+    name: &'static str,
+    inputs: &[&DynTensor],
+    key: &[u64],
+    number: f64,
+    device: impl Fn(&[DynTensor], f64) -> Result<DynTensor> + 'static,
+    as_input: impl Fn(&[DynTensor]) -> Result<DynTensor> + 'static,
+) -> Result<DynTensor> {
+    if with_tape(|tape| tape.takes_number(name)).unwrap_or(false) {
+        let on = inputs
+            .first()
+            .map(|x| x.device())
+            .ok_or_else(|| crate::error::Error::Other(format!("`{name}` has no tensor input")))?;
+        let value = DynTensor::from_vec(vec![number as f32], &[1], &on)?;
+        let mut all = inputs.to_vec();
+        all.push(&value);
+        return call_entry(name, &all, key, false, as_input);
+    }
+    let mut key = key.to_vec();
+    key.push(number.to_bits());
+    call_entry(name, inputs, &key, true, move |x| device(x, number))
+}
+
+/// [`call`], its entry marked as ending in a number a replay can take as an input.
+fn call_entry(
+    name: &'static str,
+    inputs: &[&DynTensor],
+    key: &[u64],
+    number: bool,
+    device: impl Fn(&[DynTensor]) -> Result<DynTensor> + 'static,
+) -> Result<DynTensor> {
+    let entry = enter(name, inputs, key, number);
     let out = match &entry {
         None => device(&resolve_all(inputs)),
         Some(entry) => replay::answer(entry, inputs).and_then(|answered| match answered {
@@ -244,7 +302,7 @@ pub fn effect(
     staged: impl FnOnce() -> Result<EffectPart>,
 ) -> Result<()> {
     let replaying = with_tape(|t| t.mode == Mode::Replay).unwrap_or(false);
-    let entry = enter(name, inputs, key);
+    let entry = enter(name, inputs, key, false);
     let out = match &entry {
         Some(entry) if replaying => staged().and_then(|part| {
             if replay::answer_effect(entry, inputs)? {
@@ -294,16 +352,17 @@ fn resolve_all(inputs: &[&DynTensor]) -> Vec<DynTensor> {
 
 /// Begins a call: `None` when it is not taped (no tape, no open step, inside another call or
 /// inside replayed work), else its entry.
-fn enter(name: &'static str, inputs: &[&DynTensor], key: &[u64]) -> Option<Entry> {
+fn enter(name: &'static str, inputs: &[&DynTensor], key: &[u64], number: bool) -> Option<Entry> {
     with_tape(|tape| {
         tape.running.push(name);
-        if tape.running.len() > 1 || tape.step.is_none() || tape.replay.launching() {
+        if !tape.taping() {
             return None;
         }
         Some(Entry::Call {
             name,
             key: key.to_vec(),
             inputs: inputs.iter().map(|x| tape.source(x)).collect(),
+            number,
         })
     })
     .flatten()
@@ -518,6 +577,113 @@ mod tests {
         );
         assert_eq!(replay.departed[0].0, 4, "{replay:?}");
         assert!(replay.departed[0].1.contains("`mul_f`"), "{replay:?}");
+    }
+
+    fn scale_by_number(a: &DynTensor, s: f64) -> DynTensor {
+        call_number(
+            "mul_f",
+            &[a],
+            &[],
+            s,
+            |x, s| x[0].binary_scalar(s, BinaryOp::Mul, false),
+            |x| x[0].binary_number(&x[1], BinaryOp::Mul, false),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_number_as_an_input_computes_what_the_number_computes_gradients_too() {
+        let device = crate::device::cpu();
+        let values = vec![0.3f32, -1.7, 2.9, 0.11, -0.45, 7.0];
+        for s in [0.1, -3.7, 1.0 / 3.0] {
+            let number = DynTensor::from_vec(vec![s as f32], &[1], &device).unwrap();
+            for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+                for first in [false, true] {
+                    // y = x op s, then loss = sum(y * y): its gradient passes through op's.
+                    let run = |as_input: bool| {
+                        let x = DynTensor::from_vec(values.clone(), &[2, 3], &device)
+                            .unwrap()
+                            .require_grad()
+                            .unwrap();
+                        let y = match as_input {
+                            true => x.binary_number(&number, op, first),
+                            false => x.binary_scalar(s, op, first),
+                        }
+                        .unwrap();
+                        let loss = y.binary(&y, BinaryOp::Mul).unwrap().sum().unwrap();
+                        let grads = loss.float4("loss").unwrap().backward();
+                        let g = x.float4("x").unwrap().grad(&grads).unwrap();
+                        let g = g.into_data().try_to_vec::<f32>().unwrap();
+                        (y.to_f64_vec().unwrap(), g)
+                    };
+                    assert_eq!(run(true), run(false), "{s} {op:?} first: {first}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_number_that_changes_every_step_is_taken_as_an_input_after_one_departure() {
+        let run = |mode: Option<Mode>| {
+            if let Some(m) = mode {
+                install(m);
+            }
+            let losses: Vec<f64> = (0..8u64)
+                .map(|step| {
+                    begin_step(step).unwrap();
+                    let h = add(&t(step as f32 + 1.0), &t(0.5));
+                    // A schedule's number, and a constant one.
+                    let z = scale_by_number(&h, 1.0 / (step as f64 + 3.0));
+                    let loss = scale_by_number(&z, 0.25);
+                    resolve(&loss).unwrap().to_f64_vec().unwrap()[0]
+                })
+                .collect();
+            (losses, finish().map(|r| r.unwrap()))
+        };
+        let (eager, _) = run(None);
+        let (replayed, report) = run(Some(Mode::Replay));
+        assert_eq!(replayed, eager, "the same values to the bit");
+        let report = report.unwrap();
+        let replay = report.replay.clone().unwrap();
+        // Step 0 recorded; step 1 departs at the scheduled number; step 2 is recorded with
+        // that number as an input, and steps 3-7 replay it.
+        assert_eq!(
+            (replay.recorded, replay.replayed, replay.departures),
+            (2, 5, 1),
+            "{report}"
+        );
+        assert_eq!(replay.numbers, vec![(1, "mul_f")], "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("numbers taken as inputs, as they changed: `mul_f` at 1"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_step_that_departs_in_its_calls_gives_no_number_to_take_as_an_input() {
+        install(Mode::Replay);
+        for step in 0..4u64 {
+            begin_step(step).unwrap();
+            let batch = t(step as f32);
+            let a = add(&batch, &batch);
+            // Step 1 makes another call second; its third call then differs from the
+            // recording's third only in its number, by coincidence.
+            let (x, last) = match step {
+                1 => (add(&a, &batch), 5.0),
+                _ => (scale_by_number(&a, 2.0), 3.0),
+            };
+            resolve(&scale_by_number(&x, last)).unwrap();
+        }
+        let report = finish().unwrap().unwrap();
+        let replay = report.replay.clone().unwrap();
+        assert_eq!(
+            (replay.recorded, replay.replayed, replay.departures),
+            (2, 1, 1),
+            "{report}"
+        );
+        assert!(replay.numbers.is_empty(), "{report}");
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! updates land in the buffers the graph reads. Where the backend refuses, the closures go on
 //! standing in, and the report says why.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use burn::backend::{Backend, BackendGraph, Dispatch};
 use burn::tensor::Device;
@@ -109,6 +109,9 @@ pub(super) struct Replay {
     step: u64,
     report: ReplayReport,
     graphs: Graphs,
+    /// The calls, by entry and name, that take their number as an input
+    /// (`tape::call_number`): a step departed where it changed.
+    numbers: HashSet<(usize, &'static str)>,
 }
 
 impl Replay {
@@ -142,12 +145,41 @@ impl Replay {
                 self.forget_graph();
             }
             State::Launched => self.report.replayed += 1,
-            // The next step is recorded afresh.
+            // The next step is recorded afresh. Where this step made the recording's calls but
+            // for some numbers, the recordings from the next on take those as inputs.
             State::Departed => {
-                self.recording = None;
+                if let Some(recording) = self.recording.take() {
+                    let was = &recording.entries;
+                    let only_numbers = entries.len() >= was.len()
+                        && was
+                            .iter()
+                            .zip(entries)
+                            .all(|(was, now)| was == now || was.differs_in_number(now));
+                    if only_numbers {
+                        for (i, (was, now)) in was.iter().zip(entries).enumerate() {
+                            self.take_number_if_changed(i, was, now);
+                        }
+                    }
+                }
                 self.forget_graph();
             }
             State::Idle | State::Matching { .. } => {}
+        }
+    }
+
+    /// Whether the call `name` at entry `at` of a step takes its number as an input.
+    pub(super) fn takes_number(&self, at: usize, name: &'static str) -> bool {
+        self.numbers.contains(&(at, name))
+    }
+
+    /// Where a step made `now` at entry `at` and the recording `was`, which differ only in a
+    /// number: the recordings after take that number as an input.
+    fn take_number_if_changed(&mut self, at: usize, was: &Entry, now: &Entry) {
+        if let Entry::Call { name, .. } = now
+            && was.differs_in_number(now)
+            && self.numbers.insert((at, name))
+        {
+            self.report.numbers.push((at, name));
         }
     }
 

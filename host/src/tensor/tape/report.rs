@@ -19,11 +19,13 @@ pub(super) enum Source {
 /// One entry of a step's tape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Entry {
-    /// A call of the Rhai surface: its name, scalar arguments and inputs.
+    /// A call of the Rhai surface: its name, scalar arguments and inputs, and whether the
+    /// last scalar is a number a replay can take as an input instead (`tape::call_number`).
     Call {
         name: &'static str,
         key: Vec<u64>,
         inputs: Vec<Source>,
+        number: bool,
     },
     /// Values read back from the device (`item`, `to_array`), inside the named call when a
     /// call reads (an optimiser step checking its loss on the CPU).
@@ -31,6 +33,60 @@ pub(super) enum Entry {
 }
 
 impl Entry {
+    /// Whether `self` is the call `other` but for its number (`other` ending in one): a
+    /// replay can take that number as an input.
+    pub(super) fn differs_in_number(&self, other: &Entry) -> bool {
+        match (self, other) {
+            (
+                Entry::Call { key, .. },
+                Entry::Call {
+                    key: other_key,
+                    number: true,
+                    ..
+                },
+            ) => {
+                self != other
+                    && self.same_but_scalars(other)
+                    && key.len() == other_key.len()
+                    && key.split_last().map(|(_, k)| k) == other_key.split_last().map(|(_, k)| k)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `other` is the call `self` with its number taken as an input (the last, one
+    /// element) rather than kept among its scalars.
+    pub(super) fn number_moved(&self, other: &Entry) -> bool {
+        match (self, other) {
+            (
+                Entry::Call {
+                    name,
+                    key,
+                    inputs,
+                    number: true,
+                },
+                Entry::Call {
+                    name: other_name,
+                    key: other_key,
+                    inputs: other_inputs,
+                    number: false,
+                },
+            ) => {
+                name == other_name
+                    && key.split_last().map(|(_, k)| k) == Some(other_key.as_slice())
+                    && other_inputs.split_last().is_some_and(|(last, rest)| {
+                        rest == inputs.as_slice()
+                            && *last
+                                == Source::Outside {
+                                    shape: vec![1],
+                                    float: true,
+                                }
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Whether both are calls of the same name on the same inputs (their scalars may differ).
     pub(super) fn same_but_scalars(&self, other: &Entry) -> bool {
         match (self, other) {
@@ -120,6 +176,9 @@ pub struct ReplayReport {
     pub departed: Vec<(u64, String)>,
     /// All the steps that departed.
     pub departures: u64,
+    /// The calls whose number the recordings take as an input, since a step departed where
+    /// it changed: each one's entry and name.
+    pub numbers: Vec<(usize, &'static str)>,
     /// What became of the device graph, when one was asked for.
     pub graph: Option<String>,
     /// Launches that replayed the graph.
@@ -196,6 +255,18 @@ impl fmt::Display for Report {
             )?;
             for (step, why) in &r.departed {
                 write!(f, "; step {step}: {why}")?;
+            }
+            if !r.numbers.is_empty() {
+                let calls: Vec<String> = r
+                    .numbers
+                    .iter()
+                    .map(|(at, name)| format!("`{name}` at {at}"))
+                    .collect();
+                write!(
+                    f,
+                    "; numbers taken as inputs, as they changed: {}",
+                    calls.join(", ")
+                )?;
             }
             if let Some(graph) = &r.graph {
                 write!(f, ". Graph: {graph}; replayed {} times", r.graph_replays)?;
@@ -299,6 +370,12 @@ pub(super) fn first_difference(a: &[Entry], b: &[Entry]) -> usize {
 /// How `b` differs from `a` (called `what`) at entry `at`.
 pub(super) fn difference(a: &[Entry], b: &[Entry], at: usize, what: &str) -> String {
     match (a.get(at), b.get(at)) {
+        (Some(x), Some(y)) if x.number_moved(y) || y.number_moved(x) => {
+            format!("{y} where {what} has {x}, the same call with its number as an input or not")
+        }
+        (Some(x), Some(y)) if x.differs_in_number(y) => {
+            format!("{y} with another number than {what}'s (a replay takes it as an input)")
+        }
         (Some(x), Some(y)) if x.same_but_scalars(y) => {
             format!("{y} with other scalar arguments than {what}'s")
         }

@@ -571,3 +571,57 @@ fn an_int_write_into_reaches_the_handles_of_its_buffer_in_cubecl_kernels() {
         "the handle taken before reads the new values"
     );
 }
+
+#[test]
+fn cross_entropy_takes_its_labels_on_the_device_in_cubecl_kernels() {
+    use sslhost::tensor::DynTensor;
+    let (rows, classes) = (6, 5);
+    let logits = sslhost::tensor::HostRng::new(3).normal_vec(rows * classes, 1.0);
+    let labels: Vec<i64> = vec![4, 0, 2, 2, 1, 3];
+    // The losses and the logits' gradient, with labels the host knows (int and float) and
+    // with int labels only the device holds.
+    let run = |device: &Device| {
+        let x = DynTensor::from_vec(logits.clone(), &[rows, classes], device)
+            .unwrap()
+            .require_grad()
+            .unwrap();
+        let host_int = DynTensor::from_int_vec(labels.clone(), &[rows], device).unwrap();
+        let host_float =
+            DynTensor::from_vec(labels.iter().map(|&l| l as f32).collect(), &[rows], device)
+                .unwrap();
+        let device_int = DynTensor::from_int(Tensor::<1, Int>::from_data(
+            TensorData::new(labels.clone(), [rows]),
+            device,
+        ));
+        assert!(device_int.host_values().is_none());
+        [host_int, host_float, device_int].map(|y| {
+            let loss = x.cross_entropy_per_row(&y).unwrap();
+            let grads = loss.sum().unwrap().float4("loss").unwrap().backward();
+            let g = x.float4("x").unwrap().grad(&grads).unwrap();
+            let g: Vec<f32> = g.into_data().convert::<f32>().try_to_vec().unwrap();
+            (loss.to_f64_vec().unwrap(), g)
+        })
+    };
+    let (on_device, on_host) = (run(&gpu_path()), run(&sslhost::device::cpu()));
+    for ((loss, grad), (host_loss, host_grad)) in on_device.iter().zip(&on_host) {
+        for (a, b) in loss.iter().zip(host_loss) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "losses {loss:?} against {host_loss:?}"
+            );
+        }
+        for (a, b) in grad.iter().zip(host_grad) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "gradients {grad:?} against {host_grad:?}"
+            );
+        }
+    }
+    // The three kinds of labels give one answer.
+    assert_eq!(on_device[0], on_device[1]);
+    assert_eq!(on_device[0], on_device[2]);
+    // And it is the cross-entropy: −log softmax at the label.
+    let row0 = &logits[..classes];
+    let lse = row0.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+    assert!((on_host[0].0[0] - (lse - row0[4] as f64)).abs() < 1e-5);
+}

@@ -462,7 +462,13 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
                     step: serial,
                     call: r.entry as u32,
                 };
-                tape.replay.fresh.get(&origin).map(|v| (r.entry, v.clone()))
+                // A replay rewrites the values on the device only: a copy the host kept of
+                // the captured step's (a small vector's) would be stale.
+                tape.replay.fresh.get(&origin).map(|v| {
+                    let mut v = v.clone();
+                    v.host = None;
+                    (r.entry, v)
+                })
             })
             .collect()
     })

@@ -44,15 +44,23 @@
 # VARIANT=BATCH_NORM:ACTIVATIONS (e.g. nhwc:half, what `ab` prints as fastest) sets the GPU
 # variant for any mode: SSLHOST_GPU_BATCH_NORM and SSLHOST_HALF_ACTIVATIONS.
 #
+# Paths: CARRY (default device-carry) holds what a call carries; WORK (default /tmp) takes the
+# binary, data and runs there; SSLHOST_BIN uses a binary as it is instead of the packed one;
+# SAVE_CACHE=0 leaves the kernel cache out of $OUT. tests/gpu_session.rs runs `session` with
+# a stand-in binary to check the script's own logic.
+#
 # Through the device tool: run(command: "scripts/gpu_session.sh bench", carry: ["device-carry"]),
 # one precision a call (a call has 10 minutes, and the first CUDA steps compile kernels).
 # Every result also lands in $OUT (bench-*.jsonl, quality-*.log) when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-carry=device-carry
+carry=${CARRY:-device-carry}
 out=${OUT:-target/gpu-session}
-mkdir -p "$out"
+# Where the binary, the data and the runs go on the device machine (WORK, default /tmp).
+work=${WORK:-/tmp}
+bin=$work/sslhost
+mkdir -p "$out" "$work"
 
 # unxz SRC DST: xz where the machine has it, else Python's lzma (always there).
 unxz() {
@@ -64,17 +72,22 @@ unxz() {
 }
 
 unpack() {
-    if [ ! -f "$carry/sslhost.xz" ]; then
+    # SSLHOST_BIN: a binary to use as it is (tests/gpu_session.rs runs the script's logic with
+    # a stand-in).
+    if [ -n "${SSLHOST_BIN:-}" ]; then
+        cp "$SSLHOST_BIN" "$bin"
+    elif [ -f "$carry/sslhost.xz" ]; then
+        unxz "$carry/sslhost.xz" "$bin"
+    else
         echo "gpu_session.sh: $carry/sslhost.xz is missing: run scripts/gpu_session.sh pack here" >&2
         exit 2
     fi
-    unxz "$carry/sslhost.xz" /tmp/sslhost
-    chmod +x /tmp/sslhost
+    chmod +x "$bin"
     # Fashion-MNIST back to plain idx files, which sslhost reads as they are.
-    mkdir -p /tmp/fashion-mnist
+    mkdir -p "$work/fashion-mnist"
     for f in "$carry"/fashion-mnist/*.xz; do
         [ -e "$f" ] || continue
-        unxz "$f" "/tmp/fashion-mnist/$(basename "$f" .xz)"
+        unxz "$f" "$work/fashion-mnist/$(basename "$f" .xz)"
     done
     # The driver's cache of kernels it translated from PTX, kept with cubecl's cache
     # (target/environment), so that `session` sends both back and a later call starts warm.
@@ -127,12 +140,12 @@ case "${1:-}" in
         unpack
         precision=${2:-auto}
         scripts/bench.sh --device cuda --precision "$precision" --methods "${3:-byol,moco,simclr}" \
-            --sslhost /tmp/sslhost --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
+            --sslhost "$bin" --warmup 5 --steps 20 --out "$out/bench-$precision.jsonl"
         ;;
     smoke)
         unpack
         start=$(date +%s)
-        RUST_BACKTRACE=1 timeout 300 /tmp/sslhost bench --device cuda --method "${2:-byol}" \
+        RUST_BACKTRACE=1 timeout 300 "$bin" bench --device cuda --method "${2:-byol}" \
             --warmup 1 --steps 3 2>&1 | tee "$out/smoke.log"
         echo "gpu_session.sh: smoke took $(( $(date +%s) - start )) s"
         ;;
@@ -144,7 +157,7 @@ case "${1:-}" in
         # torch.autocast).
         # VARIANTS lists BATCH_NORM:ACTIVATIONS pairs (sslhost bench --variants).
         unpack
-        /tmp/sslhost bench --device cuda --method "${2:-byol}" --warmup 5 --steps 20 \
+        "$bin" bench --device cuda --method "${2:-byol}" --warmup 5 --steps 20 \
             --variants "${VARIANTS:-burn:f32,rows:f32,nhwc:f32,burn:half,rows:half,nhwc:half}" | grep '^{' \
             | tee -a "$out/ab.jsonl" | python3 -c '
 import json, sys
@@ -163,13 +176,13 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         # logs every kernel compiled, so a step that recompiles shows.
         unpack
         for precision in ${OPS_PRECISIONS-bf16 f32}; do    # OPS_PRECISIONS= skips op_time
-            /tmp/sslhost run scripts/op_time.rhai --device cuda --precision "$precision" 2>&1 \
+            "$bin" run scripts/op_time.rhai --device cuda --precision "$precision" 2>&1 \
                 | tee -a "$out/probe.log"
         done
         method=${2:-byol}
         printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/cubecl.log"\n[compilation.logger]\nlevel = "basic"\nfile = "/tmp/cubecl.log"\n' \
             > cubecl.toml
-        /tmp/sslhost bench --device cuda --method "$method" --warmup 3 --steps 3 | tail -n 1 \
+        "$bin" bench --device cuda --method "$method" --warmup 3 --steps 3 | tail -n 1 \
             | tee -a "$out/probe.log"
         rm -f cubecl.toml
         python3 scripts/profile_summary.py /tmp/cubecl.log --steps 6 | tee -a "$out/probe.log"
@@ -180,15 +193,15 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         epochs=${EPOCHS:-2}
         for precision in ${PRECISIONS:-bf16 f32}; do
             start=$(date +%s)
-            /tmp/sslhost run recipes/byol.rhai --device cuda --precision "$precision" \
-                --data /tmp/fashion-mnist --runs /tmp/runs --set epochs="$epochs" \
+            "$bin" run recipes/byol.rhai --device cuda --precision "$precision" \
+                --data "$work/fashion-mnist" --runs "$work/runs" --set epochs="$epochs" \
                 --set knn_every=0 2>&1 | tee "$out/quality-$precision.log" | grep -E "knn|error" || true
             echo "byol cuda $precision: $epochs epochs in $(( $(date +%s) - start )) s"
         done
         # The PyTorch reference: the same recipe, epochs and data, bf16 autocast (TORCH=0 skips).
         if [ "${TORCH:-1}" = 1 ]; then
             python3 scripts/reference/train_byol.py --device cuda --epochs "$epochs" \
-                --data /tmp/fashion-mnist 2>&1 | tee "$out/quality-pytorch.log" | grep -E "kNN|wall|Error" || true
+                --data "$work/fashion-mnist" 2>&1 | tee "$out/quality-pytorch.log" | grep -E "kNN|wall|Error" || true
         fi
         ;;
     session)
@@ -205,12 +218,15 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
             shift 2
             budget=$(left)
             [ "$limit" -lt "$budget" ] || limit=$budget
-            # To stderr, which session.log takes too: a stage's stdout may be filtered.
-            if [ "$limit" -lt 10 ]; then echo "== $name: skipped (deadline)" >&2; return 0; fi
-            echo "== $name (at most $limit s, $(( $(date +%s) - begin )) s in)" >&2
-            timeout "$limit" "$@" || echo "== $name: exit $? at $(( $(date +%s) - begin )) s" >&2
+            # To fd 3, the session log itself: a stage's output may be filtered or go to a file.
+            if [ "$limit" -lt 10 ]; then echo "== $name: skipped (deadline)" >&3; return 0; fi
+            echo "== $name (at most $limit s, $(( $(date +%s) - begin )) s in)" >&3
+            timeout "$limit" "$@" || echo "== $name: exit $? at $(( $(date +%s) - begin )) s" >&3
         }
         exec > >(tee -a "$out/session.log") 2>&1
+        # The session's own lines (fd 3) reach session.log even from a stage whose output goes
+        # to a file of its own.
+        exec 3>&1
         # The kernel cache an earlier call sent back (cubecl's `target/environment`).
         if [ -f "$carry/cubecl-cache.tar.xz" ]; then
             python3 -c 'import tarfile, sys; tarfile.open(sys.argv[1]).extractall(".")' "$carry/cubecl-cache.tar.xz"
@@ -227,7 +243,7 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         # they are: a failed or unfinished self-test drops them (GATE=0 times them anyway).
         if [ "${SELFTEST:-1}" = 1 ]; then
             # shellcheck disable=SC2086
-            stage selftest "${SELFTEST_SECONDS:-150}" /tmp/sslhost gpu-selftest --capture-steps 0 \
+            stage selftest "${SELFTEST_SECONDS:-150}" "$bin" gpu-selftest --capture-steps 0 \
                 ${SELFTEST_ARGS:-} 2>&1 | tee -a "$out/selftest.log"
             verdict=$(python3 -c '
 import json, sys
@@ -249,7 +265,7 @@ print(verdict)' "$out/selftest.log")
         fi
         METHODS=${METHODS:-byol}
         for method in $METHODS; do
-            [ -n "$variants" ] && stage "sslhost $method" "${AB_SECONDS:-240}" /tmp/sslhost bench --device cuda \
+            [ -n "$variants" ] && stage "sslhost $method" "${AB_SECONDS:-240}" "$bin" bench --device cuda \
                 --method "$method" --warmup 5 --steps 20 --variants "$variants" \
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
             [ "${TORCH:-1}" = 0 ] || stage "pytorch $method" 90 python3 scripts/reference/ssl_step.py \
@@ -260,7 +276,7 @@ print(verdict)' "$out/selftest.log")
             # the ordering is chosen once a process.
             for order in $orders; do
                 stage "sslhost $method cudnn:half order $order" "${ORDER_SECONDS:-90}" \
-                    env SSLHOST_CUDNN_ORDER="$order" /tmp/sslhost bench --device cuda \
+                    env SSLHOST_CUDNN_ORDER="$order" "$bin" bench --device cuda \
                     --method "$method" --warmup 5 --steps 20 --variants cudnn:half \
                     | { grep '^{' || true; } \
                     | sed 's/^{/{"impl":"sslhost","cudnn_order":"'"$order"'",/' | tee -a "$out/bench.jsonl"
@@ -271,7 +287,7 @@ print(verdict)' "$out/selftest.log")
         # when no cache came in): the first variant again, in a fresh process. WARM=0 skips it.
         if [ "${WARM:-1}" = 1 ] && [ -n "$variants" ]; then
             first=${variants%%,*}
-            stage "warm start $first" "${WARM_SECONDS:-90}" /tmp/sslhost bench --device cuda \
+            stage "warm start $first" "${WARM_SECONDS:-90}" "$bin" bench --device cuda \
                 --method "${METHODS%% *}" --warmup 1 --steps 2 --variants "$first" \
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost","warm_start":true,/' \
                 | tee -a "$out/bench.jsonl"
@@ -280,17 +296,17 @@ print(verdict)' "$out/selftest.log")
         # graph and replayed, its losses and running statistics against running the step, and
         # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
         # activations, as VARIANTS); CAPTURE=0 skips it.
-        if [ "${CAPTURE:-1}" = 1 ] && /tmp/sslhost gpu-selftest --help | grep -q capture-only; then
+        if [ "${CAPTURE:-1}" = 1 ] && "$bin" gpu-selftest --help | grep -q capture-only; then
             for v in ${CAPTURE_VARIANTS:-nhwc:half}; do
                 half=0; [ "${v#*:}" != half ] || half=1
                 stage "capture $v" "${CAPTURE_SECONDS:-120}" env SSLHOST_GPU_BATCH_NORM="${v%%:*}" \
-                    SSLHOST_HALF_ACTIVATIONS=$half /tmp/sslhost gpu-selftest --capture-only 2>&1 \
+                    SSLHOST_HALF_ACTIVATIONS=$half "$bin" gpu-selftest --capture-only 2>&1 \
                     | tee -a "$out/selftest.log"
             done
         fi
         if [ "${QUALITY:-0}" = 1 ]; then
-            stage quality 240 /tmp/sslhost run recipes/byol.rhai --device cuda \
-                --data /tmp/fashion-mnist --runs /tmp/runs --set epochs="${EPOCHS:-2}" \
+            stage quality 240 "$bin" run recipes/byol.rhai --device cuda \
+                --data "$work/fashion-mnist" --runs "$work/runs" --set epochs="${EPOCHS:-2}" \
                 --set knn_every=0 > "$out/quality.log" 2>&1
             grep -E "knn|error" "$out/quality.log" || true
         fi
@@ -306,16 +322,16 @@ print(verdict)' "$out/selftest.log")
                     capture=$mode; graph=0
                     [ "$mode" != graph ] || { capture=replay; graph=1; }
                     stage "replay check $recipe $mode" "${REPLAY_SECONDS:-120}" \
-                        env SSLHOST_CAPTURE_GRAPH=$graph /tmp/sslhost run "recipes/$recipe.rhai" \
-                        --device cuda --runs "/tmp/runs-$recipe-$mode" --set epochs=2 \
+                        env SSLHOST_CAPTURE_GRAPH=$graph "$bin" run "recipes/$recipe.rhai" \
+                        --device cuda --runs "$work/runs-$recipe-$mode" --set epochs=2 \
                         --set log_every=5 --capture "$capture" > "$out/replay-$recipe-$mode.log" 2>&1
                 done
-                python3 - "$recipe" <<'PY' || true
+                python3 - "$recipe" "$work" <<'PY' || true
 import glob, json, sys
-recipe = sys.argv[1]
+recipe, work = sys.argv[1:3]
 rows = {}
 for mode in ("off", "replay", "graph"):
-    files = glob.glob(f"/tmp/runs-{recipe}-{mode}/*/metrics.jsonl")
+    files = glob.glob(f"{work}/runs-{recipe}-{mode}/*/metrics.jsonl")
     rows[mode] = [{k: v for k, v in json.loads(l).items() if "time" not in k}
                   for l in open(files[0])] if files else None
 for mode in ("replay", "graph"):
@@ -328,7 +344,7 @@ for mode in ("replay", "graph"):
     print(f"replay check {recipe} {mode}: {'equal' if a == b else 'differ'}, "
           f"largest relative difference {worst:.1e}")
 PY
-                grep -h "capture replay\|steps 0\.\." "$out"/replay-"$recipe"-*.log || true
+                (cd "$out" && grep -H "capture replay\|steps 0\.\." replay-"$recipe"-*.log) || true
             done
         fi
         # RECIPES="mocov3 dino ..": each recipe's CUDA preset for one epoch of the embedded
@@ -336,12 +352,12 @@ PY
         # stage: does it run on CUDA, are its losses finite. Later recipes reuse the kernels
         # the first compiled (the ResNet-18 is the same; the heads differ).
         for recipe in ${RECIPES:-}; do
-            stage "recipe $recipe" "${RECIPE_SECONDS:-120}" /tmp/sslhost run "recipes/$recipe.rhai" \
-                --device cuda --runs /tmp/runs --set epochs=1 --set log_every=5 \
+            stage "recipe $recipe" "${RECIPE_SECONDS:-120}" "$bin" run "recipes/$recipe.rhai" \
+                --device cuda --runs "$work/runs" --set epochs=1 --set log_every=5 \
                 >> "$out/recipes.log" 2>&1
             grep -E "step [0-9]+:|knn_top1|error" "$out/recipes.log" | tail -n 2 || true
         done
-        if [ -d target/environment ]; then
+        if [ -d target/environment ] && [ "${SAVE_CACHE:-1}" = 1 ]; then
             tar cf - target/environment | xz -T0 -6 > "$out/cubecl-cache.tar.xz"
             echo "gpu_session.sh: kernel cache $(du -h "$out/cubecl-cache.tar.xz" | cut -f1) to \$OUT"
         fi

@@ -7,6 +7,15 @@ use std::path::Path;
 
 use run_common::{only_run, recipe_in_temp, sslhost_run};
 
+/// A small network on a synthetic loader, with its optimiser, for the recipes written here.
+const TINY_NET: &str = r#"
+let ds = dataset("synthetic", #{ samples: 256, size: 8, classes: 4 });
+let loader = loader(ds, #{ batch_size: 32 });
+let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
+                      mlp([8, 8, 4])]);
+let opt = sgd([net], #{ lr: 0.1 });
+"#;
+
 /// Runs `recipe` for two short epochs with `--capture MODE`: the capture line (if any) and
 /// the metric lines without their timestamps.
 fn run(recipe: &Path, runs: &Path, mode: &str) -> (Option<String>, Vec<String>) {
@@ -79,18 +88,15 @@ fn a_step_that_computes_something_else_is_named() {
     // The loss is scaled by 0.5 from step 5 on, as a live edit of a schedule would.
     let (dir, recipe) = recipe_in_temp(
         "capture-edit",
-        r#"
-let ds = dataset("synthetic", #{ samples: 256, size: 8, classes: 4 });
-let loader = loader(ds, #{ batch_size: 32 });
-let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
-                      mlp([8, 8, 4])]);
-let opt = sgd([net], #{ lr: 0.1 });
-for b in steps(loader, 1) {
+        &format!(
+            r#"{TINY_NET}
+for b in steps(loader, 1) {{
     let z = net.forward(b.images);
-    let loss = z.pow(2).mean() * if b.step >= 5 { 0.5 } else { 1.0 };
+    let loss = z.pow(2).mean() * if b.step >= 5 {{ 0.5 }} else {{ 1.0 }};
     opt.step(loss, 0.1);
-}
-"#,
+}}
+"#
+        ),
     );
     let runs = dir.join("runs");
     let out = sslhost_run(&recipe, &runs)
@@ -169,20 +175,17 @@ fn a_schedules_number_departs_once_then_replays_as_an_input() {
     // The loss's weight follows a schedule: a new number every step.
     let (dir, recipe) = recipe_in_temp(
         "capture-schedule",
-        r#"
-let ds = dataset("synthetic", #{ samples: 256, size: 8, classes: 4 });
-let loader = loader(ds, #{ batch_size: 32 });
-let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8], blocks: [1, 1, 1, 1] }),
-                      mlp([8, 8, 4])]);
-let opt = sgd([net], #{ lr: 0.1 });
-for b in steps(loader, 1) {
+        &format!(
+            r#"{TINY_NET}
+for b in steps(loader, 1) {{
     let z = net.forward(b.images);
     let w = 1.0 / (1.0 + b.step);
     let loss = (z.pow(2).mean() * w + 0.5) / (2.0 - w);
     opt.step(loss, 0.1);
-    log(b.step, #{ loss: loss });
-}
-"#,
+    log(b.step, #{{ loss: loss }});
+}}
+"#
+        ),
     );
     let losses = |mode: &str| {
         let runs = dir.join(mode);

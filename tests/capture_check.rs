@@ -85,14 +85,15 @@ fn byol_steps_repeat_one_tape_and_the_tape_changes_nothing() {
 
 #[test]
 fn a_step_that_computes_something_else_is_named() {
-    // The loss is scaled by 0.5 from step 5 on, as a live edit of a schedule would.
+    // From step 5 on the loss has another term, as a live edit of the loss would make it.
     let (dir, recipe) = recipe_in_temp(
         "capture-edit",
         &format!(
             r#"{TINY_NET}
 for b in steps(loader, 1) {{
     let z = net.forward(b.images);
-    let loss = z.pow(2).mean() * if b.step >= 5 {{ 0.5 }} else {{ 1.0 }};
+    let loss = z.pow(2).mean();
+    if b.step >= 5 {{ loss = loss + z.abs().mean(); }}
     opt.step(loss, 0.1);
 }}
 "#
@@ -109,33 +110,26 @@ for b in steps(loader, 1) {{
         .lines()
         .find(|l| l.contains("capture replay:"))
         .expect(&stderr);
-    // Eight steps: forward, pow, mean, the scale, opt.step (its loss read on the CPU).
-    assert_eq!(usual(line), (5, 8, 6), "{line}");
-    assert!(
-        line.contains("1 step from step 5 departs from it at 3"),
-        "{line}"
-    );
-    // From step 6 on, the replay takes the changed number as an input.
-    assert!(
-        line.contains("2 steps from step 6 depart from it at 3")
-            && line.contains("the same call with its number as an input or not"),
-        "{line}"
-    );
-    assert!(
-        line.contains("`mul_f`")
-            && line.contains(
-                "with another number than the usual tape's (a replay takes it as an input)"
-            ),
-        "{line}"
-    );
-    // Under a replay: step 0 recorded, 1-4 replayed, step 5 departs where the scale changes,
-    // 6 is recorded afresh (the scale an input now) and 7 replays it.
+    // Eight steps: forward, pow, mean, opt.step (its loss read on the CPU, an entry before
+    // the call's own).
+    assert_eq!(usual(line), (5, 8, 5), "{line}");
     assert!(
         line.contains(
-            "Replay: 2 steps recorded, 5 steps replayed, 1 step departed; step 5: entry 3"
+            "3 steps from step 5 depart from it at 3: `abs`(entry 0) where the usual tape has \
+             a read of device values in `opt.step`"
         ),
         "{line}"
     );
+    // Under a replay: step 0 recorded, 1-4 replayed, step 5 departs where the loss changes,
+    // 6 is recorded afresh and 7 replays it.
+    assert!(
+        line.contains(
+            "Replay: 2 steps recorded, 5 steps replayed, 1 step departed; step 5: entry 4: \
+             `abs`(entry 0) where the recording has `opt.step`(entry 2)"
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("numbers"), "{line}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -219,6 +213,15 @@ for b in steps(loader, 1) {{
     );
     assert!(
         line.contains("numbers taken as inputs, as they changed: `mul_f` at 3, `div_f` at 5"),
+        "{line}"
+    );
+    // The steps make one tape but for those numbers, and the report says so.
+    assert_eq!(usual(line), (8, 8, 9), "{line}");
+    assert!(
+        line.contains(
+            "but for numbers that differ between steps (a replay takes them as inputs): \
+             `mul_f` at 3, `div_f` at 5"
+        ),
         "{line}"
     );
     std::fs::remove_dir_all(&dir).ok();

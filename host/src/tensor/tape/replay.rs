@@ -250,11 +250,15 @@ pub(super) fn settle(why: &str) -> Result<()> {
             return None;
         };
         let recording = replay.recording.as_ref().expect("matching a recording");
-        let next = skip_reads(recording, *next, &mut tape.current);
+        let after = after_reads(recording, *next);
         let departure = recording
             .entries
-            .get(next)
-            .map(|expected| format!("{why} before the recording's entry {next} ({expected})"));
+            .get(after)
+            .map(|expected| format!("{why} before the recording's entry {after} ({expected})"));
+        if departure.is_none() {
+            tape.current
+                .extend_from_slice(&recording.entries[*next..after]);
+        }
         let pending = std::mem::take(pending);
         Some(stop_matching(replay, serial, pending, departure))
     })
@@ -281,11 +285,11 @@ fn stop_matching(
     launch_plan(replay, serial, pending)
 }
 
-/// Entries the recording made inside a call (reads in an optimiser step) are this step's
-/// too when it matches the call: moved into the step's tape. Returns the next entry to match.
-fn skip_reads(recording: &Recording, mut next: usize, current: &mut Vec<Entry>) -> usize {
-    while let Some(e @ Entry::Read { within: Some(_) }) = recording.entries.get(next) {
-        current.push(e.clone());
+/// The recording's first entry from `next` on that is not a read inside a call (a read in an
+/// optimiser step). Such reads are the step's too when it matches the call they are in: the
+/// caller moves them into the step's tape then, and only then.
+fn after_reads(recording: &Recording, mut next: usize) -> usize {
+    while let Some(Entry::Read { within: Some(_) }) = recording.entries.get(next) {
         next += 1;
     }
     next
@@ -566,21 +570,26 @@ fn matched(entry: &Entry, inputs: &[&DynTensor]) -> Result<Option<usize>> {
             return (None, None);
         };
         let recording = replay.recording.as_ref().expect("matching a recording");
-        *next = skip_reads(recording, *next, &mut tape.current);
-        let i = *next;
+        let i = after_reads(recording, *next);
+        let reads = &recording.entries[*next..i];
         if recording.entries.get(i) == Some(entry) {
+            tape.current.extend_from_slice(reads);
             pending.push((i, inputs.iter().map(|x| (*x).clone()).collect()));
-            *next += 1;
+            *next = i + 1;
             return (Some(i), None);
         }
         // Past the recording's end, its work runs, then this call as it comes; else the step
         // departs here.
         let departure = (i < recording.entries.len()).then(|| {
             let mut seen = tape.current.clone();
+            seen.extend_from_slice(reads);
             seen.push(entry.clone());
             let how = difference(&recording.entries, &seen, i, "the recording");
             format!("entry {i}: {how}")
         });
+        if departure.is_none() {
+            tape.current.extend_from_slice(reads);
+        }
         let pending = std::mem::take(pending);
         (
             None,

@@ -54,6 +54,15 @@ impl Entry {
         }
     }
 
+    /// Whether both are the same call but for a number: one that differs, or one taken as an
+    /// input by one of them and not the other.
+    pub(super) fn same_but_number(&self, other: &Entry) -> bool {
+        self.differs_in_number(other)
+            || other.differs_in_number(self)
+            || self.number_moved(other)
+            || other.number_moved(self)
+    }
+
     /// Whether `other` is the call `self` with its number taken as an input (the last, one
     /// element) rather than kept among its scalars.
     pub(super) fn number_moved(&self, other: &Entry) -> bool {
@@ -155,6 +164,9 @@ pub struct Report {
     pub usual: u64,
     /// Where the usual tape reads device values: the entry, and the call it reads in.
     pub reads: Vec<(usize, Option<&'static str>)>,
+    /// The usual tape's calls whose number differs from step to step (the steps that make
+    /// the usual tape but for such numbers count as making it): each one's entry and name.
+    pub numbers: Vec<(usize, &'static str)>,
     /// The other tapes, first seen first (the first few kinds).
     pub variants: Vec<Variant>,
     /// Steps with a tape of a kind not described (beyond the first few kinds).
@@ -218,6 +230,14 @@ impl fmt::Display for Report {
                 .collect();
             write!(f, " (reads at {})", at.join(", "))?;
         }
+        if !self.numbers.is_empty() {
+            write!(
+                f,
+                ", but for numbers that differ between steps (a replay takes them as \
+                 inputs): {}",
+                named_calls(&self.numbers)
+            )?;
+        }
         for v in &self.variants {
             let one = v.steps == 1;
             let (n, s, verb_s) = (
@@ -257,15 +277,10 @@ impl fmt::Display for Report {
                 write!(f, "; step {step}: {why}")?;
             }
             if !r.numbers.is_empty() {
-                let calls: Vec<String> = r
-                    .numbers
-                    .iter()
-                    .map(|(at, name)| format!("`{name}` at {at}"))
-                    .collect();
                 write!(
                     f,
                     "; numbers taken as inputs, as they changed: {}",
-                    calls.join(", ")
+                    named_calls(&r.numbers)
                 )?;
             }
             if let Some(graph) = &r.graph {
@@ -276,11 +291,22 @@ impl fmt::Display for Report {
     }
 }
 
+/// `` `name` at entry, .. `` for calls known by their entry and name.
+fn named_calls(calls: &[(usize, &'static str)]) -> String {
+    let named: Vec<String> = calls
+        .iter()
+        .map(|(at, name)| format!("`{name}` at {at}"))
+        .collect();
+    named.join(", ")
+}
+
 /// A kind of tape, and the steps that made it.
 struct Kind {
     entries: Vec<Entry>,
     first_step: u64,
     steps: u64,
+    /// The entries where steps of this kind made the call with another number.
+    numbers: Vec<usize>,
 }
 
 /// The kinds of tape the steps made, first seen first.
@@ -294,13 +320,29 @@ pub(super) struct Kinds {
 impl Kinds {
     /// Counts step `step`'s tape.
     pub(super) fn add(&mut self, step: u64, entries: Vec<Entry>) {
+        let same_but_numbers = |k: &&mut Kind| {
+            k.entries.len() == entries.len()
+                && k.entries
+                    .iter()
+                    .zip(&entries)
+                    .all(|(a, b)| a == b || a.same_but_number(b))
+        };
         if let Some(kind) = self.kinds.iter_mut().find(|k| k.entries == entries) {
             kind.steps += 1;
+        } else if let Some(kind) = self.kinds.iter_mut().find(same_but_numbers) {
+            // A schedule's number: the same kind of step.
+            kind.steps += 1;
+            for (i, (a, b)) in kind.entries.iter().zip(&entries).enumerate() {
+                if a != b && !kind.numbers.contains(&i) {
+                    kind.numbers.push(i);
+                }
+            }
         } else if self.kinds.len() < KINDS {
             self.kinds.push(Kind {
                 entries,
                 first_step: step,
                 steps: 1,
+                numbers: Vec::new(),
             });
         } else {
             self.undescribed += 1;
@@ -346,11 +388,21 @@ impl Kinds {
                 }
             })
             .collect();
+        let mut numbers: Vec<(usize, &'static str)> = usual
+            .numbers
+            .iter()
+            .filter_map(|&i| match &usual.entries[i] {
+                Entry::Call { name, .. } => Some((i, *name)),
+                Entry::Read { .. } => None,
+            })
+            .collect();
+        numbers.sort();
         Report {
             steps,
             entries: usual.entries.len(),
             usual: usual.steps,
             reads,
+            numbers,
             variants,
             undescribed: self.undescribed,
             replay: None,

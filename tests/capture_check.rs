@@ -135,9 +135,9 @@ for b in steps(loader, 1) {{
 
 #[test]
 fn a_replayed_run_computes_what_the_run_computes() {
-    // Step 0 is recorded; the later steps match it to its end, log steps included. DINO
-    // departs once, where its last layer thaws (a change of state outside the tensor calls),
-    // and its next step is recorded afresh; its warming-up teacher temperature is a tensor.
+    // Step 0 is recorded; the later steps match it to its end, log steps included. DINO's
+    // teacher temperature warms up: step 1 departs where it changed, and the recording after
+    // takes it as an input.
     for (name, replay) in [
         (
             "byol",
@@ -160,6 +160,13 @@ fn a_replayed_run_computes_what_the_run_computes() {
         assert_eq!(plain, replayed, "{name}: every metric equal");
         let line = line.expect("a capture line");
         assert!(line.contains(&format!("Replay: {replay}")), "{line}");
+        if name == "dino" {
+            assert!(
+                line.contains("step 1: entry 18: `div_f`")
+                    && line.contains("numbers taken as inputs, as they changed: `div_f` at 18"),
+                "{line}"
+            );
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -410,12 +410,12 @@ impl Kinds {
     }
 }
 
-/// The first entry where `b` differs from `a` (the shorter's length when one is the other's
-/// beginning).
-pub(super) fn first_difference(a: &[Entry], b: &[Entry]) -> usize {
+/// The first entry where `b` differs from `a` other than in a number (the shorter's length
+/// when one is the other's beginning).
+fn first_difference(a: &[Entry], b: &[Entry]) -> usize {
     a.iter()
         .zip(b)
-        .position(|(x, y)| x != y)
+        .position(|(x, y)| x != y && !x.same_but_number(y))
         .unwrap_or(a.len().min(b.len()))
 }
 

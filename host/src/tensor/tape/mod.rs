@@ -264,7 +264,8 @@ pub fn call_number(
     call_entry(name, inputs, &key, true, move |x| device(x, number))
 }
 
-/// [`call`], its entry marked as ending in a number a replay can take as an input.
+/// [`call`], its entry marked, where `number`, as ending in a number a replay can take as an
+/// input.
 fn call_entry(
     name: &'static str,
     inputs: &[&DynTensor],

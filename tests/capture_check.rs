@@ -5,7 +5,9 @@ mod run_common;
 
 use std::path::Path;
 
-use run_common::{only_run, recipe_in_temp, sslhost_run};
+use std::time::{Duration, Instant};
+
+use run_common::{next_line, only_run, recipe_in_temp, spawn_lines, sslhost_run};
 
 /// A small network on a synthetic loader, with its optimiser, for the recipes written here.
 const TINY_NET: &str = r#"
@@ -50,6 +52,20 @@ fn run(recipe: &Path, runs: &Path, mode: &str) -> (Option<String>, Vec<String>) 
         })
         .collect();
     (line, values)
+}
+
+/// The numbers of "Replay: R steps recorded, P steps replayed, D steps departed".
+fn replay_counts(line: &str) -> (u64, u64, u64) {
+    let at = line.find("Replay: ").expect(line) + "Replay: ".len();
+    let mut counts = line[at..].split(", ").take(3).map(|part| {
+        part.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .expect(line)
+    });
+    let mut next = || counts.next().expect(line);
+    (next(), next(), next())
 }
 
 /// The numbers of "U of S steps make the same E tensor calls".
@@ -273,4 +289,82 @@ for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }
         "{cudnn}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_live_edited_schedule_replays_once_its_number_is_an_input() {
+    let dir = std::env::temp_dir().join(format!("sslhost-capture-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.rhai");
+    let first = r#"fn gain(step) { 1.0 }
+
+fn stop(step) { false }
+
+let ds = dataset("synthetic", #{ samples: 256, classes: 2, size: 8, channels: 1 });
+let l = loader(ds, #{ batch_size: 32 });
+let net = mlp([64, 16, 2]);
+let opt = sgd([net], #{ momentum: 0.9 });
+for b in steps(l, 100000) {
+    let g = live("gain", b.step);
+    let loss = cross_entropy(net.forward(b.images.reshape([32, 64])), b.labels) * g;
+    opt.step(loss, 0.01);
+    print(`step ${b.step} gain ${g}`);
+    if live("stop", b.step) { break; }
+}
+"#;
+    std::fs::write(&recipe, first).unwrap();
+    let mut command = sslhost_run(&recipe, &dir.join("runs"));
+    command.args(["--capture", "replay"]);
+    let (mut child, rx) = spawn_lines(command);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let gain = |line: &str| -> Option<f64> { line.split(" gain ").nth(1)?.trim().parse().ok() };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // A few steps at a constant gain, then a schedule, edited in while the run trains.
+        let mut seen = 0;
+        while seen < 5 {
+            seen += gain(&next_line(&rx, deadline)).is_some() as usize;
+        }
+        let schedule = first.replace(
+            "fn gain(step) { 1.0 }",
+            "fn gain(step) { 1.0 / (1.0 + step) }",
+        );
+        std::fs::write(&recipe, &schedule).unwrap();
+        let mut scheduled = 0;
+        while scheduled < 20 {
+            if gain(&next_line(&rx, deadline)).is_some_and(|g| g < 1.0) {
+                scheduled += 1;
+            }
+        }
+        std::fs::write(
+            &recipe,
+            schedule.replace("fn stop(step) { false }", "fn stop(step) { true }"),
+        )
+        .unwrap();
+        assert_eq!(
+            child.wait().unwrap().code(),
+            Some(0),
+            "the run ends cleanly"
+        );
+        let mut rest = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+            rest.push(line);
+        }
+        let line = rest
+            .iter()
+            .find(|l| l.contains("capture replay:"))
+            .unwrap_or_else(|| panic!("{rest:?}"));
+        // The edit makes one step depart where the gain changed; from the recording after
+        // it, the gain is an input, and the schedule's steps replay.
+        assert!(
+            line.contains("numbers taken as inputs, as they changed: `mul_f`"),
+            "{line}"
+        );
+        let (recorded, replayed, departed) = replay_counts(line);
+        assert_eq!(departed, 1, "{line}");
+        assert!(recorded <= 3 && replayed >= 18, "{line}");
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&dir).ok();
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e));
 }

@@ -133,3 +133,38 @@ fn a_failed_self_test_drops_cudnns_variants_and_a_differing_graph_is_named() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_stage_that_runs_out_of_time_is_named_and_the_later_ones_are_skipped() {
+    // The bench takes longer than the whole call may: it is stopped at the deadline.
+    let (log, rows, dir) = session(
+        "deadline",
+        &[
+            ("DEADLINE", "14"),
+            ("SELFTEST", "0"),
+            ("VARIANTS", "nhwc:half"),
+            ("FAKE_BENCH_SECONDS", "30"),
+            ("REPLAY", "1"),
+        ],
+    );
+    assert!(log.contains("== sslhost byol (at most 1"), "{log}");
+    assert!(log.contains("== sslhost byol: exit 124"), "{log}");
+    assert!(rows.is_empty(), "{log}");
+    for later in [
+        "warm start nhwc:half",
+        "capture nhwc:half",
+        "replay check byol off",
+    ] {
+        assert!(
+            log.contains(&format!("== {later}: skipped (deadline)")),
+            "{later}: {log}"
+        );
+    }
+    let took: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("gpu_session.sh: session took "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(took <= 16, "the call outran its deadline: {took} s\n{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,6 +6,7 @@
 #
 #   FAKE_SELFTEST=pass|fail   what the cuDNN self-test says
 #   FAKE_GRAPH_DIFFERS=1      a run under SSLHOST_CAPTURE_GRAPH=1 logs other losses
+#   FAKE_BENCH_SECONDS=N      a bench takes N seconds before its rows
 set -euo pipefail
 echo "$*" >> "${FAKE_LOG:-/dev/null}"
 
@@ -33,6 +34,7 @@ case "$1" in
         fi
         ;;
     bench)
+        sleep "${FAKE_BENCH_SECONDS:-0}"
         method=$(option method byol "$@")
         for variant in $(option variants nhwc:half "$@" | tr , ' '); do
             echo "info line before the row"

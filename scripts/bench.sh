@@ -12,7 +12,9 @@
 # --steps N; and --threads N (default 2 on the CPU, all cores on CUDA: OMP_NUM_THREADS,
 # MKL_NUM_THREADS, RAYON_NUM_THREADS and torch's threads), --sslhost BIN (default
 # target/release/sslhost), --out FILE (every result as a JSON line; default
-# target/bench-results.jsonl).
+# target/bench-results.jsonl), --capture off|replay|graph (sslhost's step as it runs, replayed
+# from a recorded one, or replayed through a CUDA graph: `sslhost bench --capture replay`,
+# with SSLHOST_CAPTURE_GRAPH=1 for graph; PyTorch's step runs as it comes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,8 @@ while [ $# -gt 0 ]; do
         --steps) steps=$2; shift 2 ;;
         --sslhost) sslhost=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --capture) capture=$2; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -61,6 +64,11 @@ if [ ! -x "$sslhost" ]; then
     exit 2
 fi
 
+case "${capture:=off}" in
+    off|replay) ;;
+    graph) capture=replay; export SSLHOST_CAPTURE_GRAPH=1 ;;
+    *) echo "bench.sh: --capture takes off, replay or graph, not $capture" >&2; exit 2 ;;
+esac
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
 : > "$out"
 common=(--device "$device" --precision "$precision" --depth "$depth" --batch "$batch" --image "$image"
@@ -68,7 +76,7 @@ common=(--device "$device" --precision "$precision" --depth "$depth" --batch "$b
 for w in "${widths[@]}"; do
     for method in ${methods//,/ }; do
         echo "== $method widths $w batch $batch ${image}x${image} on $device, $threads threads" >&2
-        "$sslhost" bench "${common[@]}" --method "$method" --widths "$w" | tail -n 1 \
+        "$sslhost" bench "${common[@]}" --method "$method" --widths "$w" --capture "$capture" | tail -n 1 \
             | sed 's/^{/{"impl":"sslhost",/' >> "$out"
         tail -n 1 "$out" >&2
         python3 scripts/reference/ssl_step.py "${common[@]}" --method "$method" --widths "$w" \
@@ -85,13 +93,13 @@ ours = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "
 torch = {(r["method"], r["model"], r["batch"]): r for r in rows if r["impl"] == "pytorch"}
 print(f"\n{rows[0]['device']} ({rows[0]['precision']} products), {sys.argv[2]} threads, {rows[0]['image']}x{rows[0]['image']}, "
       f"median of {rows[0]['steps']} steps after {rows[0]['warmup']} warm-up\n")
-print("| method | model | batch | sslhost ms | PyTorch ms | ratio | sslhost img/s | Rhai share | sslhost first step |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| method | model | batch | sslhost step | sslhost ms | PyTorch ms | ratio | sslhost img/s | Rhai share | sslhost first step |")
+print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for key, r in ours.items():
     t = torch.get(key)
     theirs = f"{t['median_ms']:.0f}" if t else "n/a"
     ratio = f"{r['median_ms'] / t['median_ms']:.2f}x" if t else "n/a"
-    print(f"| {r['method']} | {r['model']} | {r['batch']} | {r['median_ms']:.0f} | {theirs} | "
-          f"{ratio} | {r['img_per_s']:.1f} | {100 * r['rhai_share']:.3f}% | "
-          f"{r.get('first_step_ms', float('nan')) / 1000:.1f} s |")
+    print(f"| {r['method']} | {r['model']} | {r['batch']} | {r.get('capture', 'eager')} | "
+          f"{r['median_ms']:.0f} | {theirs} | {ratio} | {r['img_per_s']:.1f} | "
+          f"{100 * r['rhai_share']:.3f}% | {r.get('first_step_ms', float('nan')) / 1000:.1f} s |")
 EOF

@@ -4,7 +4,8 @@
     python3 scripts/bench_rows.py target/gpu-session/bench.jsonl
 
 An sslhost row that repeats an earlier row's method and variant (another cuDNN ordering, the
-warm start) also shows how far its losses are from that row's, step by step: the same seed and
+warm start, the step replayed through a graph: `capture`) also shows how far its losses are
+from that row's, step by step: the same seed and
 kernels give the same losses up to the order atomics land in, so a large difference says two
 streams raced.
 """
@@ -18,7 +19,8 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     who = r.get("impl", "?")
     variant = f'{r.get("batch_norm", "")}:{r.get("activations", "")}' if who == "sslhost" else "-"
-    tags = " ".join(t for t in (r.get("cudnn_order", ""), "warm" if r.get("warm_start") else "") if t)
+    tags = " ".join(t for t in (r.get("cudnn_order", ""), "warm" if r.get("warm_start") else "",
+                                r.get("capture", "")) if t)
     row = (f'{who:8} {r["method"]:7} {variant:12} {tags:11} median {r["median_ms"]:7.1f} ms '
            f'{r["img_per_s"]:7.0f} img/s  peak {r.get("peak_mem_mb", float("nan")):6.0f} MB  '
            f'first step {r.get("first_step_ms", float("nan")) / 1000:5.1f} s')

@@ -32,6 +32,7 @@
 #                                    # PyTorch's step (TORCH=0 skips it) for METHODS,
 #                                    # cuDNN under other stream orderings (ORDERS="signal
 #                                    # flags"), a warm-cache first step (WARM=0 skips it), the
+#                                    # bench's step through a CUDA graph (GRAPH=0 skips it), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
 #                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
 #                                    # short BYOL run, REPLAY=1 each of REPLAY_RECIPES
@@ -291,6 +292,20 @@ print(verdict)' "$out/selftest.log")
                 --method "${METHODS%% *}" --warmup 1 --steps 2 --variants "$first" \
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost","warm_start":true,/' \
                 | tee -a "$out/bench.jsonl"
+        fi
+        # The bench's step of each of METHODS replayed through a CUDA graph (`bench --capture
+        # replay` with SSLHOST_CAPTURE_GRAPH=1; recorded at step 0, captured at step 3, so the
+        # timed steps are graph launches), in the first variant that is not cuDNN's (a graph
+        # cannot hold cuDNN's stream): the issue's captured-step row beside PyTorch's, its
+        # losses against the eager row's. GRAPH=0 skips it.
+        graph_variant=$(echo "$variants" | tr , '\n' | grep -v '^cudnn' | head -n 1 || true)
+        if [ "${GRAPH:-1}" = 1 ] && [ -n "$graph_variant" ]; then
+            for method in $METHODS; do
+                stage "sslhost $method graph $graph_variant" "${GRAPH_SECONDS:-120}" \
+                    env SSLHOST_CAPTURE_GRAPH=1 "$bin" bench --device cuda --method "$method" \
+                    --warmup 5 --steps 20 --variants "$graph_variant" --capture replay \
+                    | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
+            done
         fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
         # graph and replayed, its losses and running statistics against running the step, and

@@ -223,3 +223,38 @@ fn bench_rejects_a_bad_variant() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("BATCH_NORM:ACTIVATIONS"), "{stderr}");
 }
+
+#[test]
+fn bench_times_a_replayed_step_that_computes_what_the_step_computes() {
+    // Every step after the first is answered from the recorded one; the losses are the same
+    // to the bit, each variant's replay its own.
+    let run = |capture: &str| {
+        let out = tiny_bench("f32")
+            .env("SSLHOST_CPU_KERNELS", "burn")
+            .args(["--method", "moco", "--capture", capture])
+            .args(["--variants", "burn:f32,rows:f32"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (eager, replayed) = (run("off"), run("replay"));
+    assert_eq!(replayed.len(), 2);
+    for (e, r) in eager.iter().zip(&replayed) {
+        assert_eq!(e["losses"], r["losses"], "{r}");
+        assert_eq!(e["losses"].as_array().unwrap().len(), 3, "{e}");
+        assert!(e.get("capture").is_none(), "{e}");
+        assert_eq!(r["capture"], "replay", "{r}");
+        let report = r["capture_report"].as_str().unwrap();
+        assert!(
+            report.contains("Replay: 1 step recorded, 2 steps replayed, 0 steps departed"),
+            "{report}"
+        );
+    }
+}

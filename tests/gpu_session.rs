@@ -42,7 +42,7 @@ fn session(name: &str, env: &[(&str, &str)]) -> (String, Vec<serde_json::Value>,
     (log, rows, dir)
 }
 
-/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm` or `""`.
+/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm`, `graph` or `""`.
 fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
     rows.iter()
         .map(|r| {
@@ -52,9 +52,10 @@ fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
                 r["batch_norm"].as_str().unwrap(),
                 r["activations"].as_str().unwrap()
             );
-            let tag = match (&r["cudnn_order"], &r["warm_start"]) {
-                (serde_json::Value::String(order), _) => order.clone(),
-                (_, serde_json::Value::Bool(true)) => "warm".into(),
+            let tag = match (&r["cudnn_order"], &r["warm_start"], &r["capture"]) {
+                (serde_json::Value::String(order), _, _) => order.clone(),
+                (_, serde_json::Value::Bool(true), _) => "warm".into(),
+                (_, _, serde_json::Value::String(capture)) => capture.clone(),
                 _ => String::new(),
             };
             (variant, tag)
@@ -86,6 +87,8 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
             ("nhwc:half", ""),
             ("cudnn:half", "signal"),
             ("cudnn:half", "warm"),
+            // The graph's row: in the first variant a graph can hold.
+            ("nhwc:half", "graph"),
         ]),
         "{log}"
     );
@@ -103,9 +106,15 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
     assert!(log.contains("replay check byol graph: equal"), "{log}");
     // Each replayed run's rate is named by its file.
     assert!(log.contains("replay-byol-graph.log:steps 0..30"), "{log}");
-    // bench_rows.py's table closes the call, with the orderings' losses compared.
+    // bench_rows.py's table closes the call, with the orderings' and the graph's losses
+    // compared with the first row of their variant.
     assert!(
         log.contains("losses vs the first such row: 0.0e+00"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("nhwc:half") && l.contains(" graph ") && l.contains("losses vs")),
         "{log}"
     );
     std::fs::remove_dir_all(&dir).ok();
@@ -123,7 +132,11 @@ fn a_failed_self_test_drops_cudnns_variants_and_a_differing_graph_is_named() {
     );
     assert_eq!(
         variants(&rows),
-        pairs(&[("nhwc:half", ""), ("nhwc:half", "warm")]),
+        pairs(&[
+            ("nhwc:half", ""),
+            ("nhwc:half", "warm"),
+            ("nhwc:half", "graph")
+        ]),
         "{log}"
     );
     assert!(log.contains("replay check byol replay: equal"), "{log}");
@@ -152,6 +165,7 @@ fn a_stage_that_runs_out_of_time_is_named_and_the_later_ones_are_skipped() {
     assert!(rows.is_empty(), "{log}");
     for later in [
         "warm start nhwc:half",
+        "sslhost byol graph nhwc:half",
         "capture nhwc:half",
         "replay check byol off",
     ] {

@@ -250,6 +250,11 @@ enum Command {
         /// Each prints its summary and JSON lines. Default: one run, as the environment says.
         #[arg(long, value_delimiter = ',')]
         variants: Vec<sslhost::session::GpuVariant>,
+        /// As `run --capture`: `replay` answers each step after the first from a recorded one
+        /// (with SSLHOST_CAPTURE_GRAPH=1, through a CUDA graph), and the JSON line says what
+        /// the replay did (`capture`, `capture_report`).
+        #[arg(long, value_enum, default_value = "off")]
+        capture: Capture,
     },
     /// Check the GPU kernels (cuDNN's convolutions and batch norm) against burn's own ops on
     /// every ResNet-18 CIFAR layer shape, the output and every gradient, in bf16 and f32:
@@ -332,6 +337,38 @@ impl Capture {
             Capture::Off => "off",
             Capture::Check => "check",
             Capture::Replay => "replay",
+        }
+    }
+
+    /// Whether the replay runs through device graphs (`SSLHOST_CAPTURE_GRAPH=1`) with
+    /// `kernels`: then every update is written into the buffer it read
+    /// (`KernelPolicy::with_capture`).
+    fn graphs(self, kernels: &KernelPolicy) -> bool {
+        let asked = self == Capture::Replay
+            && std::env::var("SSLHOST_CAPTURE_GRAPH").is_ok_and(|v| v == "1");
+        // cuDNN runs on a stream of its own, which the host waits for around each call: a
+        // capture of cubecl's stream would hold none of its work and refuse the waits.
+        let graphs = asked && kernels.gpu != kernels::GpuKernelSet::Cudnn;
+        if asked && !graphs {
+            tracing::warn!(
+                "SSLHOST_CAPTURE_GRAPH=1: no device graph with cuDNN's kernels \
+                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
+                 the steps replay without one"
+            );
+        }
+        graphs
+    }
+
+    /// Installs the tape on this thread, replaying through device graphs on `graphs` if
+    /// given; [`tape::finish`] takes it down and says what it did.
+    fn install(self, graphs: Option<&burn::tensor::Device>) {
+        match self {
+            Capture::Off => return,
+            Capture::Check => tape::install(tape::Mode::Check),
+            Capture::Replay => tape::install(tape::Mode::Replay),
+        }
+        if let Some(device) = graphs {
+            tape::use_graphs(device);
         }
     }
 }
@@ -445,19 +482,7 @@ fn execute(cli: Cli) -> Result<()> {
             sslhost::budget::set_max_bytes(max_memory);
             check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
-            // A replay through device graphs writes every update into the buffer it read.
-            let asked = capture == Capture::Replay
-                && std::env::var("SSLHOST_CAPTURE_GRAPH").is_ok_and(|v| v == "1");
-            // cuDNN runs on a stream of its own, which the host waits for around each call: a
-            // capture of cubecl's stream would hold none of its work and refuse the waits.
-            let graphs = asked && kernels.gpu != kernels::GpuKernelSet::Cudnn;
-            if asked && !graphs {
-                tracing::warn!(
-                    "SSLHOST_CAPTURE_GRAPH=1: no device graph with cuDNN's kernels \
-                     (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
-                     the steps replay without one"
-                );
-            }
+            let graphs = capture.graphs(&kernels);
             let kernels = kernels.with_capture(graphs);
             let graph_device = graphs.then(|| device.clone());
             let has_overrides = !set.is_empty();
@@ -495,14 +520,7 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            match capture {
-                Capture::Off => {}
-                Capture::Check => tape::install(tape::Mode::Check),
-                Capture::Replay => tape::install(tape::Mode::Replay),
-            }
-            if let Some(device) = &graph_device {
-                tape::use_graphs(device);
-            }
+            capture.install(graph_device.as_ref());
             let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
             match tape::finish() {
                 Some(Ok(report)) => tracing::info!("capture {}: {report}", capture.name()),
@@ -764,6 +782,7 @@ fn execute(cli: Cli) -> Result<()> {
             steps,
             seed,
             variants,
+            capture,
         } => {
             if batch < 2 || image < 1 || warmup < 0 || steps < 1 {
                 return Err(Error::Invalid(format!(
@@ -796,17 +815,29 @@ fn execute(cli: Cli) -> Result<()> {
                 variants.into_iter().map(Some).collect()
             };
             for variant in variants {
+                let session = Session::new(device.clone(), seed)
+                    .with_kernels(kernels)
+                    .with_variant(variant)
+                    .with_overrides(overrides.clone());
+                let policy = session.kernels;
+                let graphs = capture.graphs(&policy);
+                let session = session.with_kernels(policy.with_capture(graphs));
+                capture.install(graphs.then_some(&device));
                 let result = engine::run_source(
                     "scripts/bench_step.rhai",
                     BENCH_SCRIPT,
                     std::path::Path::new("."),
-                    Session::new(device.clone(), seed)
-                        .with_kernels(kernels)
-                        .with_variant(variant)
-                        .with_overrides(overrides.clone()),
-                )?;
-                let json = serde_json::to_value(&result)
+                    session,
+                );
+                let report = tape::finish().transpose();
+                let (result, report) = (result?, report?);
+                let mut json = serde_json::to_value(&result)
                     .map_err(|e| Error::Other(format!("bench result: {e}")))?;
+                if let Some(report) = report {
+                    let how = if graphs { "graph" } else { capture.name() };
+                    json["capture"] = how.into();
+                    json["capture_report"] = report.to_string().into();
+                }
                 println!("{}", bench_summary(&json));
                 println!("{json}");
             }
@@ -1038,9 +1069,13 @@ fn bench_summary(r: &serde_json::Value) -> String {
         Some(mb) => format!("{mb:.0} MiB"),
         None => "n/a".into(),
     };
+    let capture = match r["capture_report"].as_str() {
+        Some(report) => format!("; capture {}: {report}", text("capture")),
+        None => String::new(),
+    };
     format!(
         "{} {} {} {} (activations {}, batch norm {}) batch {} {}x{}: median {:.1} ms, mean {:.1} ms, {:.1} img/s, first step \
-         {:.1} ms, peak memory {}, Rhai {:.3}% ({:.3} ms/step), waiting for the device {:.0}%",
+         {:.1} ms, peak memory {}, Rhai {:.3}% ({:.3} ms/step), waiting for the device {:.0}%{}",
         text("method"),
         text("model"),
         text("device"),
@@ -1058,5 +1093,6 @@ fn bench_summary(r: &serde_json::Value) -> String {
         100.0 * num("rhai_share"),
         num("rhai_ms_per_step"),
         100.0 * num("device_wait_share"),
+        capture,
     )
 }

@@ -38,7 +38,13 @@ case "$1" in
         method=$(option method byol "$@")
         for variant in $(option variants nhwc:half "$@" | tr , ' '); do
             echo "info line before the row"
-            echo "{\"method\":\"$method\",\"batch_norm\":\"${variant%%:*}\",\"activations\":\"${variant#*:}\",\"median_ms\":25.0,\"img_per_s\":10240.0,\"first_step_ms\":1500.0,\"peak_mem_mb\":900.0,\"losses\":[1.5,1.25]}"
+            capture=""
+            if [ "$(option capture off "$@")" = replay ]; then
+                how=replay
+                [ "${SSLHOST_CAPTURE_GRAPH:-0}" != 1 ] || how=graph
+                capture=",\"capture\":\"$how\",\"capture_report\":\"Replay: 1 step recorded, 24 steps replayed\""
+            fi
+            echo "{\"method\":\"$method\",\"batch_norm\":\"${variant%%:*}\",\"activations\":\"${variant#*:}\",\"median_ms\":25.0,\"img_per_s\":10240.0,\"first_step_ms\":1500.0,\"peak_mem_mb\":900.0,\"losses\":[1.5,1.25]$capture}"
         done
         ;;
     run)

@@ -86,16 +86,10 @@ impl Iterator for StepStream {
                 Some(Err(to_rhai(e)))
             }
             Some(Ok(b)) => {
-                if let Err(e) = crate::tensor::tape::begin_step(b.step) {
+                if let Err(e) = begin_step(b.step) {
                     state.end_progress(false);
                     return Some(Err(to_rhai(e)));
                 }
-                // A new step begins: live functions may swap before their first call in it.
-                session::with(|s| {
-                    s.step = Some(b.step);
-                    s.step_rng = Some(s.rng.state());
-                    s.step_updated = false;
-                });
                 if let Some(p) = &mut state.progress {
                     let size = b.images.shape().first().copied().unwrap_or(0);
                     p.batch(b.step, b.epoch, size);
@@ -106,8 +100,53 @@ impl Iterator for StepStream {
     }
 }
 
-/// Registers the iterator of `StepStream`, which an export module cannot declare.
+/// Step `step` of the run begins: the tape's step, and the step that live functions (which
+/// may swap before their first call in it) and a failure's checkpoint go by.
+fn begin_step(step: u64) -> crate::error::Result<()> {
+    crate::tensor::tape::begin_step(step)?;
+    session::with(|s| {
+        s.step = Some(step);
+        s.step_rng = Some(s.rng.state());
+        s.step_updated = false;
+    });
+    Ok(())
+}
+
+/// The step numbers of a loop that makes its own inputs: `for step in step_numbers(n)`.
+#[derive(Clone)]
+pub struct StepNumbers {
+    next: u64,
+    end: u64,
+    /// Whether the last step has been ended.
+    ended: bool,
+}
+
+impl Iterator for StepNumbers {
+    type Item = RhaiResult<i64>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if crate::train::current::interrupted() {
+            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
+        }
+        if self.next >= self.end {
+            if std::mem::replace(&mut self.ended, true) {
+                return None;
+            }
+            // The last step's replayed work runs now; its failure is the loop's.
+            return crate::tensor::tape::end_steps()
+                .err()
+                .map(|e| Err(to_rhai(e)));
+        }
+        let step = self.next;
+        self.next += 1;
+        Some(begin_step(step).map(|()| step as i64).map_err(to_rhai))
+    }
+}
+
+/// Registers the iterators of `StepStream` and `StepNumbers`, which an export module cannot
+/// declare.
 pub fn register_iterators(engine: &mut Engine) {
+    engine.register_iterator_result::<StepNumbers, i64>();
     engine.register_iterator_result::<StepStream, Batch>();
     engine.register_iterator_result::<crate::data::Loader, Batch>();
 }
@@ -160,6 +199,36 @@ pub mod run_api {
         run(|| {
             let max_steps = count(max_steps, "max_steps")? as u64;
             super::step_stream(loader, epochs, max_steps)
+        })
+    }
+
+    /// The step numbers `start..n`, for a loop that makes its own inputs (a benchmark, an
+    /// objective on generated data): each step begins as a step of `steps(loader, epochs)`
+    /// does (live functions may swap, `--capture` tapes it), without data or a progress bar.
+    /// `start` is the run's first step (0, or where a resumed run continues).
+    ///
+    /// ```rhai
+    /// let x = rand([8, 4]);
+    /// for step in step_numbers(3) {
+    ///     let loss = (x * (step + 1)).mean();
+    /// }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn step_numbers(n: i64) -> RhaiResult<super::StepNumbers> {
+        run(|| {
+            let end = count(n, "step_numbers")? as u64;
+            let (start, check) = session::with(|s| (s.start_step, s.check));
+            // `sslhost check`: a couple of real steps are enough.
+            let end = match check {
+                true => end.min(start + session::CHECK_STEPS),
+                false => end,
+            };
+            crate::live::set_end_step(end);
+            Ok(super::StepNumbers {
+                next: start,
+                end,
+                ended: false,
+            })
         })
     }
 

@@ -4,14 +4,7 @@
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| "unknown".into());
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let feature = |name: &str| std::env::var_os(format!("CARGO_FEATURE_{name}")).is_some();
     let features: Vec<&str> = [("cuda", "CUDA"), ("cubecl-cpu", "CUBECL_CPU")]
         .iter()
@@ -32,12 +25,24 @@ fn main() {
             features.join(", ")
         }
     );
-    // A new commit or a checkout changes the line.
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    if let Ok(head) = std::fs::read_to_string(".git/HEAD")
-        && let Some(reference) = head.trim().strip_prefix("ref: ")
-    {
-        println!("cargo:rerun-if-changed=.git/{reference}");
+    // A new commit or a checkout changes the line: the files git keeps them in, as git names
+    // them (in a worktree `.git` is a file, and a branch's commit may sit in packed-refs).
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// What `git ARGS` prints, trimmed, when it succeeds and prints something.
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }

@@ -26,10 +26,15 @@ fn main() {
         }
     );
     // A new commit or a checkout changes the line: the files git keeps them in, as git names
-    // them (in a worktree `.git` is a file, and a branch's commit may sit in packed-refs).
+    // them (in a worktree `.git` is a file). The branch's folder rather than its file, which
+    // may not exist yet (its commit in packed-refs); and only what exists, since cargo reruns
+    // a build script on every build while a file it watches is missing.
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
-        if let Some(path) = git(&["rev-parse", "--git-path", name]) {
+    let folder = branch.as_deref().and_then(|b| b.rsplit_once('/')).map(|(dir, _)| dir);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(folder) {
+        if let Some(path) = git(&["rev-parse", "--git-path", name])
+            && std::path::Path::new(&path).exists()
+        {
             println!("cargo:rerun-if-changed={path}");
         }
     }

@@ -30,7 +30,10 @@ fn main() {
     // may not exist yet (its commit in packed-refs); and only what exists, since cargo reruns
     // a build script on every build while a file it watches is missing.
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-    let folder = branch.as_deref().and_then(|b| b.rsplit_once('/')).map(|(dir, _)| dir);
+    let folder = branch
+        .as_deref()
+        .and_then(|b| b.rsplit_once('/'))
+        .map(|(dir, _)| dir);
     for name in ["HEAD", "packed-refs"].into_iter().chain(folder) {
         if let Some(path) = git(&["rev-parse", "--git-path", name])
             && std::path::Path::new(&path).exists()

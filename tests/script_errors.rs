@@ -129,6 +129,20 @@ fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
         version.contains(features) && version.contains("; commit "),
         "{version}"
     );
+    // The commit checked out, not the one of an earlier build (in a git checkout).
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(head) = head {
+        assert!(
+            version.contains(&format!("commit {head}")),
+            "{version} (HEAD is {head})"
+        );
+    }
     // Completions, from clap's generator; an unknown shell lists the known ones.
     let bash = run_args(&["completions", "bash"]);
     assert!(

@@ -217,12 +217,8 @@ pub mod run_api {
     pub fn step_numbers(n: i64) -> RhaiResult<super::StepNumbers> {
         run(|| {
             let end = count(n, "step_numbers")? as u64;
-            let (start, check) = session::with(|s| (s.start_step, s.check));
-            // `sslhost check`: a couple of real steps are enough.
-            let end = match check {
-                true => end.min(start + session::CHECK_STEPS),
-                false => end,
-            };
+            let start = session::with(|s| s.start_step);
+            let end = super::check_cap(start).map_or(end, |cap| end.min(cap));
             crate::live::set_end_step(end);
             Ok(super::StepNumbers {
                 next: start,
@@ -463,11 +459,15 @@ pub fn epoch_stream(
     Ok(stream(steps))
 }
 
+/// Under `sslhost check`, where a loop from step `start` ends: a couple of real steps are
+/// enough.
+fn check_cap(start: u64) -> Option<u64> {
+    session::with(|s| s.check).then_some(start + session::CHECK_STEPS)
+}
+
 /// A stream over `steps`, cut to a couple of steps under `sslhost check`.
 fn stream(mut steps: Steps) -> StepStream {
-    if session::with(|s| s.check) {
-        // `sslhost check`: a couple of real steps are enough.
-        let cap = steps.start() + session::CHECK_STEPS;
+    if let Some(cap) = check_cap(steps.start()) {
         steps = steps.max_steps(cap);
     }
     crate::live::set_end_step(steps.end());

@@ -94,19 +94,18 @@ impl Tape {
         }
     }
 
-    /// Whether a call beginning now (its name already pushed on `running`) is taped: a step
-    /// is open, the call is not inside another or inside replayed work.
-    fn taping(&self) -> bool {
-        self.running.len() == 1 && self.step.is_some() && !self.replay.launching()
+    /// Whether a call is taped when `running` holds `outer` calls at its start (1 once the
+    /// call is pushed, 0 before): a step is open, the call is not inside another or inside
+    /// replayed work.
+    fn taping(&self, outer: usize) -> bool {
+        self.running.len() == outer && self.step.is_some() && !self.replay.launching()
     }
 
     /// Whether the call `name`, about to begin, takes its number as an input (see
     /// [`call_number`]).
     fn takes_number(&self, name: &'static str) -> bool {
         self.mode == Mode::Replay
-            && self.running.is_empty()
-            && self.step.is_some()
-            && !self.replay.launching()
+            && self.taping(0)
             && self.replay.takes_number(self.current.len(), name)
     }
 
@@ -356,7 +355,7 @@ fn resolve_all(inputs: &[&DynTensor]) -> Vec<DynTensor> {
 fn enter(name: &'static str, inputs: &[&DynTensor], key: &[u64], number: bool) -> Option<Entry> {
     with_tape(|tape| {
         tape.running.push(name);
-        if !tape.taping() {
+        if !tape.taping(1) {
             return None;
         }
         Some(Entry::Call {

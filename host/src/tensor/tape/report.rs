@@ -47,7 +47,6 @@ impl Entry {
             ) => {
                 self != other
                     && self.same_but_scalars(other)
-                    && key.len() == other_key.len()
                     && key.split_last().map(|(_, k)| k) == other_key.split_last().map(|(_, k)| k)
             }
             _ => false,

@@ -1,5 +1,6 @@
 //! Exact resume on the CPU: a run killed with SIGKILL and resumed with `--resume` produces
-//! the same per-step losses, bit for bit, as a run that was never interrupted.
+//! the same per-step losses, bit for bit, as a run that was never interrupted; with the step
+//! replayed (`--capture replay`) too.
 
 mod run_common;
 
@@ -11,11 +12,14 @@ use std::process::{Command, Stdio};
 use run_common::{finished_run, only_run, recipe_in_temp, sslhost_run};
 
 const RECIPE: &str = r#"// resume test: augmentation randomness, momentum optimiser, EMA target
-let cfg = config(#{ epochs: 3, batch_size: 16, fail_at: -1, fail_late: -1 });
-let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 3 });
+let cfg = config(#{ epochs: 3, batch_size: 16, fail_at: -1, fail_late: -1, size: 8, width: 4,
+                   log_every: 1 });
+let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: cfg.size, channels: 3 });
 let l = loader(ds, #{ batch_size: cfg.batch_size });
-let views = transform([random_resized_crop(8, #{ scale: [0.5, 1.0] }), hflip(0.5)]);
-let net = sequential([resnet(18, #{ cifar_stem: true, widths: [4, 4, 8, 8] }), linear(8, 4)]);
+let views = transform([random_resized_crop(cfg.size, #{ scale: [0.5, 1.0] }), hflip(0.5)]);
+let w = cfg.width;
+let net = sequential([resnet(18, #{ cifar_stem: true, widths: [w, w, 2 * w, 2 * w] }),
+                      linear(2 * w, 4)]);
 let target = momentum_copy(net);
 let opt = sgd([net], #{ momentum: 0.9, weight_decay: 1e-4 });
 let state = #{ net: net, target: target, opt: opt };
@@ -27,7 +31,7 @@ for b in steps(l, cfg.epochs) {
     opt.step(loss, 0.05);
     update_momentum(net, target, 0.9);
     if b.step == cfg.fail_late { throw "a bug after the update"; }
-    log(b.step, #{ loss: loss });
+    if (b.step + 1) % cfg.log_every == 0 { log(b.step, #{ loss: loss }); }
     if (b.step + 1) % 8 == 0 { checkpoint(state); }   // once an epoch
 }
 "#;
@@ -51,25 +55,34 @@ fn sslhost(recipe: &Path, runs: &Path) -> Command {
     c
 }
 
-/// Runs the recipe whole, then again stopped by `signal` once step 10 is logged, resumed with
-/// `--resume`; the per-step losses of both must be equal.
-fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str) {
+/// Runs the recipe whole, then again stopped by `signal` once step `after` is logged, resumed
+/// with `--resume`; the per-step losses of both must be equal. `args` go to every run.
+fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str, args: &[&str], after: u64) {
     let (dir, recipe) = recipe_in_temp(&format!("resume-{tag}"), RECIPE);
+    let sslhost = |runs: &Path| {
+        let mut c = sslhost(&recipe, runs);
+        c.args(args);
+        c
+    };
 
     // The reference: never interrupted.
     let whole = dir.join("whole");
-    let reference = losses(&finished_run(sslhost(&recipe, &whole), &whole));
-    assert_eq!(reference.len(), 24, "3 epochs of 8 batches");
+    let reference = losses(&finished_run(sslhost(&whole), &whole));
+    assert_eq!(
+        *reference.keys().last().unwrap(),
+        23,
+        "3 epochs of 8 batches"
+    );
 
     let split = dir.join("split");
-    let mut child = sslhost(&recipe, &split)
+    let mut child = sslhost(&split)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in stderr.by_ref().map_while(Result::ok) {
-        if line.contains("step 10:") {
+        if line.contains(&format!("step {after}:")) {
             break;
         }
     }
@@ -94,13 +107,12 @@ fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str) {
     };
     let run = only_run(&split);
     let before = losses(&run);
-    assert!(before.len() < 24, "the run was stopped before its end");
+    assert!(
+        before.len() < reference.len(),
+        "the run was stopped before its end"
+    );
 
-    let out = sslhost(&recipe, &split)
-        .arg("--resume")
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = sslhost(&split).arg("--resume").arg(&run).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resumed from"), "{stderr}");
@@ -117,12 +129,31 @@ fn interrupted_and_resumed_matches_whole(signal: &str, tag: &str) {
 
 #[test]
 fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
-    interrupted_and_resumed_matches_whole("-KILL", "kill");
+    interrupted_and_resumed_matches_whole("-KILL", "kill", &[], 10);
 }
 
 #[test]
 fn ctrl_c_checkpoints_at_a_step_boundary_and_resumes_exactly() {
-    interrupted_and_resumed_matches_whole("-INT", "int");
+    interrupted_and_resumed_matches_whole("-INT", "int", &[], 10);
+}
+
+/// Under `--capture replay` a step that reads nothing ends with its work (the update, the
+/// EMA) still pending; Ctrl-C's checkpoint must come after that work runs. The steps are
+/// slow enough (32x32, wider network) that the signal lands within the three steps after
+/// step 3's log, none of which reads.
+#[test]
+fn ctrl_c_under_replay_checkpoints_the_replayed_update() {
+    let args = [
+        "--capture",
+        "replay",
+        "--set",
+        "size=32",
+        "--set",
+        "width=16",
+        "--set",
+        "log_every=4",
+    ];
+    interrupted_and_resumed_matches_whole("-INT", "int-replay", &args, 3);
 }
 
 /// Runs the recipe whole, then again with a script error at step 13 (`fail_at`: before the
@@ -187,4 +218,89 @@ fn an_error_after_the_update_loses_only_the_failing_step() {
     for s in 0..13 {
         assert_eq!(resumed[&s], reference[&s], "step {s}");
     }
+}
+
+/// A loop without an optimiser (whose step reads the loss inside it on the CPU, which a
+/// capture refuses): an EMA target and a queue of keys, with augmentation randomness. Step 2
+/// departs from the recording, so the graph is recorded afresh and its capture falls at step
+/// 6, mid-epoch, after the checkpoint of step 4.
+const GRAPH_RECIPE: &str = r#"// a failed capture test
+let cfg = config(#{ epochs: 2, batch_size: 16 });
+let ds = dataset("synthetic", #{ samples: 128, classes: 4, size: 8, channels: 1 });
+let l = loader(ds, #{ batch_size: cfg.batch_size });
+let views = transform([random_resized_crop(8, #{ scale: [0.5, 1.0] }), hflip(0.5)]);
+let net = mlp([64, 16, 4]);
+let target = momentum_copy(net);
+let keys = queue(32, 4);
+let state = #{ net: net, target: target, keys: keys };
+resume(state);
+for b in steps(l, cfg.epochs) {
+    let x = views.apply(b.images).reshape([cfg.batch_size, 64]);
+    let k = target.forward(x).detach();
+    let loss = (net.forward(x) - k).pow(2).mean() + k.matmul(keys.tensor().t()).mean();
+    if b.step == 2 { loss = loss * 1.0; }
+    update_momentum(net, target, 0.5);
+    keys.enqueue(k.normalize(1));
+    if b.step % 4 == 3 { log(b.step, #{ loss: loss }); }
+    if b.step == 3 { checkpoint(state); }
+}
+"#;
+
+/// A device-graph capture that fails once begun loses the state its step was to update (on a
+/// GPU, cubecl marks those buffers failed). The replay checkpoints before each capture, the
+/// failure writes nothing over that checkpoint, and the run resumes from it exactly. The
+/// failure is `SSLHOST_FAULT=capture`'s stand-in, since the CPU records no graphs.
+#[test]
+fn a_failed_capture_resumes_from_the_checkpoint_written_before_it() {
+    let (dir, recipe) = recipe_in_temp("failed-capture", GRAPH_RECIPE);
+    let replay = |runs: &Path| {
+        let mut c = sslhost(&recipe, runs);
+        c.args(["--capture", "replay"]);
+        c
+    };
+    let whole = dir.join("whole");
+    let reference = losses(&finished_run(replay(&whole), &whole));
+    assert_eq!(reference.len(), 4, "{reference:?}");
+
+    let split = dir.join("split");
+    let out = replay(&split)
+        .env("SSLHOST_CAPTURE_GRAPH", "1")
+        .env("SSLHOST_FAULT", "capture")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Located at the loop, where the step's work was launched.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("recording step 6 as a device graph failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the next step may be recorded as a device graph: a checkpoint first"),
+        "{stderr}"
+    );
+    let run = only_run(&split);
+    assert!(
+        stderr.contains(&format!(
+            "the last checkpoint is kept (resumes at step 6): sslhost run {} --resume {}",
+            recipe.display(),
+            run.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("checkpoint written before exiting"),
+        "{stderr}"
+    );
+
+    let out = replay(&split).arg("--resume").arg(&run).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("at step 6"), "{stderr}");
+    assert_eq!(
+        losses(&run),
+        reference,
+        "per-step losses differ after resume"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -368,6 +368,9 @@ impl Capture {
             Capture::Replay => tape::install(tape::Mode::Replay),
         }
         if let Some(device) = graphs {
+            if std::env::var("SSLHOST_FAULT").is_ok_and(|v| v == "capture") {
+                tape::fail_captures();
+            }
             tape::use_graphs(device);
         }
     }
@@ -395,7 +398,11 @@ Environment:
   SSLHOST_CUDNN_ORDER        sync (default), signal or flags: how cuDNN's stream follows cubecl's
   SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run
   SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
-                             where the device records them (CUDA; not yet checked on a GPU)";
+                             where the device records them (CUDA; not yet checked on a GPU).
+                             A checkpoint is written before each capture: one that fails
+                             loses the state its step was to update, and the run resumes there
+  SSLHOST_FAULT              capture: with SSLHOST_CAPTURE_GRAPH=1, every capture fails once
+                             begun, on any device (to check the resume from that checkpoint)";
 
 /// The bench's script: the recipes' step, timed.
 const BENCH_SCRIPT: &str = include_str!("../../scripts/bench_step.rhai");
@@ -528,7 +535,17 @@ fn execute(cli: Cli) -> Result<()> {
                 _ => {}
             }
             let saved = match (&result, sslhost::train::current::interrupted()) {
-                (Err(_), false) => sslhost::train::current::checkpoint_after_error(),
+                (Err(_), false) => match tape::lost_at() {
+                    // The state on the device is unreadable: the checkpoint written before
+                    // the capture is the one to resume from.
+                    Some(_) => sslhost::train::current::checkpoint_kept(
+                        "the failed capture left the state unreadable",
+                    )
+                    .map(|line| {
+                        format!("{line}\n(without SSLHOST_CAPTURE_GRAPH=1 the steps replay without a device graph)")
+                    }),
+                    None => sslhost::train::current::checkpoint_after_error(),
+                },
                 _ => None,
             };
             // Every way the script ended: clear the progress bar, draw the curves.

@@ -58,7 +58,7 @@ impl Iterator for StepStream {
         }
         if crate::train::current::interrupted() {
             state.end_progress(false);
-            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
+            return Some(Err(to_rhai(stop_for_interrupt())));
         }
         if !state.started {
             state.started = true;
@@ -100,9 +100,24 @@ impl Iterator for StepStream {
     }
 }
 
+/// Ctrl-C at a step boundary: the step before ends first (its replayed work runs, or the
+/// checkpoint would hold the state before its update), then the tracked state is written.
+fn stop_for_interrupt() -> Error {
+    match crate::tensor::tape::end_steps() {
+        Ok(()) => crate::train::current::stop_for_interrupt(),
+        Err(e) => e,
+    }
+}
+
 /// Step `step` of the run begins: the tape's step, and the step that live functions (which
-/// may swap before their first call in it) and a failure's checkpoint go by.
+/// may swap before their first call in it) and a failure's checkpoint go by. Before a step
+/// that a replay may record as a device graph, the tracked state is checkpointed: a failed
+/// capture loses it on the device.
 fn begin_step(step: u64) -> crate::error::Result<()> {
+    crate::tensor::tape::end_steps()?;
+    if crate::tensor::tape::captures_next() {
+        crate::train::current::checkpoint_before_capture();
+    }
     crate::tensor::tape::begin_step(step)?;
     session::with(|s| {
         s.step = Some(step);
@@ -126,7 +141,7 @@ impl Iterator for StepNumbers {
 
     fn next(&mut self) -> Option<Self::Item> {
         if crate::train::current::interrupted() {
-            return Some(Err(to_rhai(crate::train::current::stop_for_interrupt())));
+            return Some(Err(to_rhai(stop_for_interrupt())));
         }
         if self.next >= self.end {
             if std::mem::replace(&mut self.ended, true) {

@@ -186,6 +186,50 @@ pub fn checkpoint_after_error() -> Option<String> {
     })
 }
 
+/// Writes the tracked state as the run's last checkpoint, continuing at the step about to
+/// begin, before a step that may be recorded as a device graph: a capture that fails once
+/// begun loses the state the step was to update on the device, and the run then resumes from
+/// here ([`checkpoint_kept`]). Nothing under `sslhost check`, without tracked state or
+/// without a run directory; a checkpoint that cannot be written is a warning, since the
+/// capture itself seldom fails.
+pub fn checkpoint_before_capture() {
+    if crate::session::with(|s| s.check) {
+        return;
+    }
+    let tracked = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
+    let tracked = tracked.unwrap_or_default();
+    if tracked.is_empty() {
+        return;
+    }
+    tracing::info!("the next step may be recorded as a device graph: a checkpoint first");
+    if let Some(Err(e)) = save_checkpoint(&tracked) {
+        tracing::warn!("the checkpoint before the capture was not written: {e}");
+    }
+}
+
+/// Called when the script failed in a way that left the tracked state unreadable (`why`: a
+/// failed device-graph capture): nothing is saved over the run's last checkpoint. The line
+/// for the user: that checkpoint's step and how to resume from it (`None` under `sslhost
+/// check`, or with no run directory).
+pub fn checkpoint_kept(why: &str) -> Option<String> {
+    if crate::session::with(|s| s.check) {
+        return None;
+    }
+    let recipe = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.recipe.clone()))?;
+    let dir = dir_path()?;
+    let last = RunDir::open(&dir).map(|d| d.last_checkpoint());
+    let at = last.and_then(|path| checkpoint::next_step(&path));
+    Some(match at {
+        Ok(next) => format!(
+            "no checkpoint written: {why}; the last checkpoint is kept (resumes at step \
+             {next}): sslhost run {} --resume {}",
+            recipe.display(),
+            dir.display()
+        ),
+        Err(_) => format!("no checkpoint written: {why}; there is no checkpoint to resume from"),
+    })
+}
+
 /// The first tracked value (`key/name`) that is not finite.
 fn first_non_finite(tracked: &[(String, Item)]) -> Option<String> {
     tracked.iter().find_map(|(key, item)| item.non_finite(key))

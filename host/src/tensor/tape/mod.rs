@@ -22,6 +22,7 @@
 mod replay;
 mod report;
 
+pub use replay::lost_at;
 pub use report::{ReplayReport, Report, Variant};
 
 use std::cell::RefCell;
@@ -129,7 +130,23 @@ fn with_tape<R>(f: impl FnOnce(&mut Tape) -> R) -> Option<R> {
 
 /// Starts taping this thread's training loop (replacing a tape already running).
 pub fn install(mode: Mode) {
+    replay::forget_lost();
     TAPE.with(|t| *t.borrow_mut() = Some(Tape::new(mode)));
+}
+
+/// Makes every device-graph capture of the replay fail once begun, losing the state its step
+/// was to update, as a capture the device refuses midway does: that path, checked where no
+/// device records graphs (`SSLHOST_FAULT=capture`). Before [`use_graphs`], which then
+/// prepares nothing.
+pub fn fail_captures() {
+    with_tape(|tape| tape.replay.fail_captures());
+}
+
+/// Whether the step about to begin would be recorded as a device graph when it matches the
+/// recording (asked between steps): a failure of that capture loses the state the step was
+/// to update, so a checkpoint written now is what a run resumes from then ([`lost_at`]).
+pub fn captures_next() -> bool {
+    with_tape(|tape| tape.step.is_none() && tape.replay.captures_next()).unwrap_or(false)
 }
 
 /// Under [`Mode::Replay`], launches a step's work as a device graph on `device` once warmed
@@ -523,6 +540,15 @@ mod tests {
     /// recipe's state tensor is), then `loss = w * state`, read at the end; `w` changes at
     /// step `edit`. Returns the loss.
     fn tiny_step(step: u64, state: &Rc<std::cell::RefCell<DynTensor>>, edit: u64) -> f64 {
+        tiny_step_or_error(step, state, edit).unwrap()
+    }
+
+    /// [`tiny_step`], with the error of its replayed work (run at its read).
+    fn tiny_step_or_error(
+        step: u64,
+        state: &Rc<std::cell::RefCell<DynTensor>>,
+        edit: u64,
+    ) -> Result<f64> {
         let batch = t(step as f32 + 1.0);
         let read = state.clone();
         let old = call("state.value", &[], &[1], move |_| Ok(read.borrow().clone())).unwrap();
@@ -546,7 +572,52 @@ mod tests {
         )
         .unwrap();
         let loss = scale(&new, if step >= edit { 2.0 } else { 1.0 });
-        resolve(&loss).unwrap().to_f64_vec().unwrap()[0]
+        Ok(resolve(&loss)?.to_f64_vec()?[0])
+    }
+
+    #[test]
+    fn the_boundary_before_each_capture_is_announced_and_a_failed_capture_remembered() {
+        install(Mode::Replay);
+        fail_captures();
+        use_graphs(&crate::device::cpu());
+        let state = Rc::new(std::cell::RefCell::new(t(0.0)));
+        let mut announced = Vec::new();
+        let mut failed = None;
+        for step in 0..10u64 {
+            end_steps().unwrap();
+            if captures_next() {
+                announced.push(step);
+            }
+            begin_step(step).unwrap();
+            // The scale changes at step 2: it departs, step 3 is recorded afresh, 4 and 5 warm
+            // the capture up, and step 6's launch (at its read) captures.
+            if let Err(e) = tiny_step_or_error(step, &state, 2) {
+                failed = Some((step, e.to_string()));
+                break;
+            }
+        }
+        assert_eq!(announced, [6]);
+        let (step, why) = failed.expect("the capture failed");
+        assert_eq!(step, 6);
+        assert!(
+            why.contains("recording step 6 as a device graph failed"),
+            "{why}"
+        );
+        assert_eq!(lost_at(), Some(6));
+        let replay = finish().unwrap().unwrap().replay.unwrap();
+        assert_eq!(replay.departures, 1, "{replay:?}");
+        assert!(
+            replay
+                .graph
+                .as_deref()
+                .unwrap()
+                .starts_with("failed at step 6"),
+            "{replay:?}"
+        );
+        // A new tape forgets it.
+        install(Mode::Replay);
+        assert_eq!(lost_at(), None);
+        finish();
     }
 
     #[test]

@@ -23,7 +23,14 @@
 //! rewrote, as the step's values. The kernel policy's `capture` is on throughout, so the
 //! updates land in the buffers the graph reads. Where the backend refuses, the closures go on
 //! standing in, and the report says why.
+//!
+//! A capture that fails once it has begun loses the state the step was to update: the device
+//! marks the buffers its launches would have written (the parameters among them) as failed.
+//! So the step boundary before each capture is announced ([`Replay::captures_next`]), for a
+//! checkpoint there, and a failed capture is remembered ([`lost_at`]), so that nothing
+//! tries to save the lost state over that checkpoint.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
 use burn::backend::{Backend, BackendGraph, Dispatch};
@@ -35,6 +42,23 @@ use crate::error::{Error, Result};
 
 /// Launches that run the closures before one is captured.
 pub(super) const WARMUP: usize = 2;
+
+thread_local! {
+    /// The step whose capture failed on this thread, losing the state it was to update. Kept
+    /// apart from the tape, which the end of the run takes down before the state is saved.
+    static LOST_AT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The step whose capture failed after it began, losing the device state the step was to
+/// update (`None` when none did since the tape was installed).
+pub fn lost_at() -> Option<u64> {
+    LOST_AT.with(Cell::get)
+}
+
+/// Forgets a lost capture (a new tape is installed).
+pub(super) fn forget_lost() {
+    LOST_AT.with(|l| l.set(None));
+}
 
 /// A launch's work recorded as a device graph, and the tensors it reads and writes.
 struct Captured {
@@ -112,6 +136,10 @@ pub(super) struct Replay {
     /// The calls, by entry and name, that take their number as an input
     /// (`tape::call_number`): a step departed where it changed.
     numbers: HashSet<(usize, &'static str)>,
+    /// Graphs from a stand-in whose every capture fails once begun, as a capture the device
+    /// refuses midway does (`SSLHOST_FAULT=capture`): the path that loses a step's state,
+    /// where no device records graphs.
+    failing_captures: bool,
 }
 
 impl Replay {
@@ -197,7 +225,11 @@ impl Replay {
     /// (before the launches that warm it up), or says why not.
     pub(super) fn use_graphs(&mut self, device: &Device) {
         let inner = device.clone().without_autodiff();
-        self.graphs = match Dispatch::graph_prepare(inner.as_dispatch()) {
+        let prepared = match self.failing_captures {
+            true => Ok(()),
+            false => Dispatch::graph_prepare(inner.as_dispatch()),
+        };
+        self.graphs = match prepared {
             Ok(()) => Graphs::Warming {
                 device: device.clone(),
                 launches: 0,
@@ -207,6 +239,22 @@ impl Replay {
                 Graphs::Off
             }
         };
+    }
+
+    /// Every capture from now on fails once begun (see `failing_captures`); before
+    /// [`Replay::use_graphs`].
+    pub(super) fn fail_captures(&mut self) {
+        self.failing_captures = true;
+    }
+
+    /// Whether the next step's launch, if the step matches the whole recording, records it
+    /// as a device graph: asked between steps, where a checkpoint can be written before it.
+    pub(super) fn captures_next(&self) -> bool {
+        matches!(self.graphs, Graphs::Warming { launches, .. } if launches >= WARMUP)
+            && self
+                .recording
+                .as_ref()
+                .is_some_and(|r| read_inside(r).is_none())
     }
 
     /// A new recording: the graph of the one before no longer applies; the device is
@@ -295,6 +343,14 @@ fn after_reads(recording: &Recording, mut next: usize) -> usize {
     next
 }
 
+/// The call inside which `recording` reads the device, if any (a capture would refuse the read).
+fn read_inside(recording: &Recording) -> Option<&'static str> {
+    recording.entries.iter().find_map(|e| match e {
+        Entry::Read { within: Some(c) } => Some(*c),
+        _ => None,
+    })
+}
+
 /// Pending entries: each one's index, device part and this step's inputs.
 type Work = Vec<(usize, Part, Vec<DynTensor>)>;
 
@@ -342,13 +398,7 @@ fn launch_plan(replay: &mut Replay, serial: u64, pending: Vec<(usize, Vec<DynTen
                 Launch::WarmUp { device }
             }
             Graphs::Warming { device, .. } => {
-                let reads_inside = replay.recording.as_ref().and_then(|r| {
-                    r.entries.iter().find_map(|e| match e {
-                        Entry::Read { within: Some(c) } => Some(*c),
-                        _ => None,
-                    })
-                });
-                match reads_inside {
+                match replay.recording.as_ref().and_then(read_inside) {
                     Some(call) => {
                         replay.report.graph = Some(format!(
                             "not tried: the step reads the device inside `{call}`, which a \
@@ -431,6 +481,15 @@ fn run_closures(serial: u64, work: Work) -> Result<Vec<Ran>> {
 fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
     let inner = device.clone().without_autodiff();
     let inner = inner.as_dispatch();
+    let failing = with_tape(|tape| tape.replay.failing_captures).unwrap_or(false);
+    if failing {
+        // The stand-in: the closures run where the capture would have held them, then the
+        // capture fails as a refused one does at its end.
+        run_closures(serial, work)?;
+        return Err(lose_state(
+            "the capture failed at its end (SSLHOST_FAULT=capture)",
+        ));
+    }
     if let Err(e) = Dispatch::graph_start_capture(inner) {
         // Leaves the prepared state, where there was one.
         let _ = Dispatch::graph_stop_capture(inner);
@@ -445,8 +504,8 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
         (Ok(ran), Ok(graph)) => (ran, graph),
         // The recorded launches never ran, and the buffers they were to write are marked as
         // failed: the step cannot go on.
-        (Err(e), _) => return Err(Error::Other(format!("replay: recording the step: {e}"))),
-        (_, Err(e)) => return Err(Error::Other(format!("replay: recording the step: {e}"))),
+        (Err(e), _) => return Err(lose_state(&e.to_string())),
+        (_, Err(e)) => return Err(lose_state(&e.to_string())),
     };
     let outside = ran
         .iter()
@@ -493,6 +552,22 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
         };
     });
     Ok(())
+}
+
+/// A capture that failed once begun: remembered as the open step's (see [`lost_at`]) and in
+/// the report; the error that ends the run.
+fn lose_state(why: &str) -> Error {
+    let step = with_tape(|tape| {
+        let step = tape.replay.step;
+        tape.replay.report.graph = Some(format!("failed at step {step}: {why}"));
+        step
+    })
+    .unwrap_or_default();
+    LOST_AT.with(|l| l.set(Some(step)));
+    Error::Other(format!(
+        "replay: recording step {step} as a device graph failed ({why}); the state the step \
+         was to update is lost on the device"
+    ))
 }
 
 /// The step's inputs from outside it copied where the capture read them, then the graph;

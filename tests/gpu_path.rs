@@ -625,3 +625,98 @@ fn cross_entropy_takes_its_labels_on_the_device_in_cubecl_kernels() {
     let lse = row0.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
     assert!((on_host[0].0[0] - (lse - row0[4] as f64)).abs() < 1e-5);
 }
+
+#[test]
+fn a_failed_capture_resumes_from_the_checkpoint_written_before_it_in_cubecl_kernels() {
+    // The GPU code path's optimiser checks the loss on the device, so its step has no read
+    // inside a call and a replay tries to capture it: with `SSLHOST_FAULT=capture` that
+    // capture fails once begun, as a refused one does on a GPU. Step 2 departs, so the
+    // capture falls at step 6. The run ends with the checkpoint written before step 6 kept,
+    // and resumes from it, momentum and EMA included, to the losses of a run never stopped.
+    let recipe = r#"
+let ds = dataset("synthetic", #{ samples: 64, classes: 4, size: 4, channels: 1 });
+let l = loader(ds, #{ batch_size: 8 });
+let net = mlp([16, 8, 4]);
+let target = momentum_copy(net);
+let opt = sgd([net], #{ momentum: 0.9 });
+let state = #{ net: net, target: target, opt: opt };
+resume(state);
+for b in steps(l, 1) {
+    let x = b.images.reshape([8, 16]);
+    let loss = cross_entropy(net.forward(x), b.labels) + (net.forward(x) - target.forward(x)).pow(2).mean();
+    if b.step == 2 { loss = loss * 1.0; }
+    opt.step(loss, 0.1);
+    update_momentum(net, target, 0.5);
+    if b.step % 4 == 3 { log(b.step, #{ loss: loss }); }
+}
+"#;
+    let dir = std::env::temp_dir().join(format!("sslhost-gpu-capture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("recipe.rhai");
+    std::fs::write(&path, recipe).unwrap();
+    let sslhost = |runs: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sslhost"));
+        c.args([
+            "run",
+            path.to_str().unwrap(),
+            "--device",
+            "cubecl-cpu",
+            "--seed",
+            "3",
+        ])
+        .args(["--capture", "replay", "--runs"])
+        .arg(dir.join(runs))
+        .env("NO_COLOR", "1");
+        c
+    };
+    let losses = |runs: &str| -> Vec<String> {
+        let run = std::fs::read_dir(dir.join(runs))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {}", v["step"], v["loss"])
+            })
+            .collect()
+    };
+    let out = sslhost("whole").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = sslhost("split")
+        .env("SSLHOST_CAPTURE_GRAPH", "1")
+        .env("SSLHOST_FAULT", "capture")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("recording step 6 as a device graph failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the last checkpoint is kept (resumes at step 6)"),
+        "{stderr}"
+    );
+    let run = std::fs::read_dir(dir.join("split"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = sslhost("split").arg("--resume").arg(&run).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("at step 6"), "{stderr}");
+    assert_eq!(losses("split"), losses("whole"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -576,6 +576,45 @@ mod tests {
     }
 
     #[test]
+    fn a_recording_that_reads_inside_a_call_is_not_captured_and_the_next_one_may_be() {
+        install(Mode::Replay);
+        fail_captures();
+        use_graphs(&crate::device::cpu());
+        let mut announced = Vec::new();
+        let mut failed = None;
+        for step in 0..12u64 {
+            end_steps().unwrap();
+            if captures_next() {
+                announced.push(step);
+            }
+            begin_step(step).unwrap();
+            let a = t(1.0);
+            let loss = add(&a, &a);
+            // Up to step 5 the update reads the loss inside its call (the CPU's check), then
+            // no more (an edit): step 6 departs, 7 is recorded, 8 and 9 warm up, 10 captures.
+            let reads = step < 6;
+            let update = move |x: &[DynTensor]| match reads {
+                true => x[0].to_f64_vec().map(|_| ()),
+                false => Ok(()),
+            };
+            let key = [reads as u64];
+            // The loss is logged at the step's end: the launch.
+            let done = effect("opt.step", &[&loss], &key, update, move || {
+                Ok(Rc::new(update))
+            })
+            .and_then(|()| resolve(&loss)?.to_f64_vec());
+            if let Err(e) = done {
+                failed = Some((step, e.to_string()));
+                break;
+            }
+        }
+        assert_eq!(announced, [10]);
+        assert_eq!(failed.map(|(step, _)| step), Some(10));
+        let replay = finish().unwrap().unwrap().replay.unwrap();
+        assert_eq!(replay.departures, 1, "{replay:?}");
+    }
+
+    #[test]
     fn the_boundary_before_each_capture_is_announced_and_a_failed_capture_remembered() {
         install(Mode::Replay);
         fail_captures();

@@ -397,13 +397,16 @@ fn launch_plan(replay: &mut Replay, serial: u64, pending: Vec<(usize, Vec<DynTen
                 };
                 Launch::WarmUp { device }
             }
-            Graphs::Warming { device, .. } => {
+            Graphs::Warming { device, launches } => {
                 match replay.recording.as_ref().and_then(read_inside) {
+                    // Not this recording; one made after a departure (a live edit) may be
+                    // captured.
                     Some(call) => {
                         replay.report.graph = Some(format!(
                             "not tried: the step reads the device inside `{call}`, which a \
                              capture refuses"
                         ));
+                        replay.graphs = Graphs::Warming { device, launches };
                         Launch::Closures
                     }
                     None => Launch::Capture { device },

@@ -27,8 +27,9 @@
 //! A capture that fails once it has begun loses the state the step was to update: the device
 //! marks the buffers its launches would have written (the parameters among them) as failed.
 //! So the step boundary before each capture is announced ([`Replay::captures_next`]), for a
-//! checkpoint there, and a failed capture is remembered ([`lost_at`]), so that nothing
-//! tries to save the lost state over that checkpoint.
+//! checkpoint there, and a failed capture (or a failed launch of the graph, which may leave
+//! the state half written) is remembered ([`lost_at`]), so that nothing tries to save the
+//! lost state over the last checkpoint.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -49,8 +50,8 @@ thread_local! {
     static LOST_AT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// The step whose capture failed after it began, losing the device state the step was to
-/// update (`None` when none did since the tape was installed).
+/// The step whose capture failed after it began, or whose graph failed to launch, losing the
+/// device state the step was to update (`None` when none did since the tape was installed).
 pub fn lost_at() -> Option<u64> {
     LOST_AT.with(Cell::get)
 }
@@ -490,6 +491,7 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
         // capture fails as a refused one does at its end.
         run_closures(serial, work)?;
         return Err(lose_state(
+            "recording",
             "the capture failed at its end (SSLHOST_FAULT=capture)",
         ));
     }
@@ -507,8 +509,8 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
         (Ok(ran), Ok(graph)) => (ran, graph),
         // The recorded launches never ran, and the buffers they were to write are marked as
         // failed: the step cannot go on.
-        (Err(e), _) => return Err(lose_state(&e.to_string())),
-        (_, Err(e)) => return Err(lose_state(&e.to_string())),
+        (Err(e), _) => return Err(lose_state("recording", &e.to_string())),
+        (_, Err(e)) => return Err(lose_state("recording", &e.to_string())),
     };
     let outside = ran
         .iter()
@@ -546,7 +548,7 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
     };
     // SAFETY: see `replay_graph`; the buffers the capture read are this step's own.
     unsafe { Dispatch::graph_replay(inner, &captured.graph) }
-        .map_err(|e| Error::Other(format!("replay: the captured step: {e:?}")))?;
+        .map_err(|e| lose_state("replaying", &format!("{e:?}")))?;
     with_tape(|tape| {
         tape.replay.report.graph = Some(format!("captured at step {}", tape.replay.step));
         tape.replay.graphs = Graphs::Ready {
@@ -557,9 +559,11 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// A capture that failed once begun: remembered as the open step's (see [`lost_at`]) and in
-/// the report; the error that ends the run.
-fn lose_state(why: &str) -> Error {
+/// A capture that failed once begun, or a graph whose launch failed (`doing`: `recording`,
+/// `replaying`), either of which may leave the step's state half written or unreadable:
+/// remembered as the open step's (see [`lost_at`]) and in the report; the error that ends the
+/// run.
+fn lose_state(doing: &str, why: &str) -> Error {
     let step = with_tape(|tape| {
         let step = tape.replay.step;
         tape.replay.report.graph = Some(format!("failed at step {step}: {why}"));
@@ -568,7 +572,7 @@ fn lose_state(why: &str) -> Error {
     .unwrap_or_default();
     LOST_AT.with(|l| l.set(Some(step)));
     Error::Other(format!(
-        "replay: recording step {step} as a device graph failed ({why}); the state the step \
+        "replay: {doing} step {step} as a device graph failed ({why}); the state the step \
          was to update is lost on the device"
     ))
 }
@@ -596,7 +600,7 @@ fn replay_graph(serial: u64, work: Work, device: Device, captured: Captured) -> 
     // held by their owners; the memory pool the capture used is pinned. The copies above and
     // every later read are issued on the same stream.
     let replayed = unsafe { Dispatch::graph_replay(inner.as_dispatch(), &captured.graph) };
-    replayed.map_err(|e| Error::Other(format!("replay: the captured step: {e:?}")))?;
+    replayed.map_err(|e| lose_state("replaying", &format!("{e:?}")))?;
     with_tape(|tape| {
         for (i, out) in &captured.outputs {
             let origin = Origin {

@@ -302,5 +302,14 @@ fn a_failed_capture_resumes_from_the_checkpoint_written_before_it() {
         reference,
         "per-step losses differ after resume"
     );
+
+    // A fault it does not know is an error, not a run without one.
+    let out = replay(&dir.join("typo"))
+        .env("SSLHOST_FAULT", "captur")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SSLHOST_FAULT=captur"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -360,19 +360,31 @@ impl Capture {
     }
 
     /// Installs the tape on this thread, replaying through device graphs on `graphs` if
-    /// given; [`tape::finish`] takes it down and says what it did.
-    fn install(self, graphs: Option<&burn::tensor::Device>) {
+    /// given; [`tape::finish`] takes it down and says what it did. `SSLHOST_FAULT=capture`
+    /// makes those graphs' captures fail (an unknown fault is an error).
+    fn install(self, graphs: Option<&burn::tensor::Device>) -> Result<()> {
+        let fault = std::env::var("SSLHOST_FAULT").unwrap_or_default();
+        let failing = match fault.as_str() {
+            "" => false,
+            "capture" => true,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "SSLHOST_FAULT={other}: the one fault is `capture`"
+                )));
+            }
+        };
         match self {
-            Capture::Off => return,
+            Capture::Off => return Ok(()),
             Capture::Check => tape::install(tape::Mode::Check),
             Capture::Replay => tape::install(tape::Mode::Replay),
         }
         if let Some(device) = graphs {
-            if std::env::var("SSLHOST_FAULT").is_ok_and(|v| v == "capture") {
+            if failing {
                 tape::fail_captures();
             }
             tape::use_graphs(device);
         }
+        Ok(())
     }
 }
 
@@ -527,7 +539,7 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            capture.install(graph_device.as_ref());
+            capture.install(graph_device.as_ref())?;
             let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
             match tape::finish() {
                 Some(Ok(report)) => tracing::info!("capture {}: {report}", capture.name()),
@@ -839,7 +851,7 @@ fn execute(cli: Cli) -> Result<()> {
                 let policy = session.kernels;
                 let graphs = capture.graphs(&policy);
                 let session = session.with_kernels(policy.with_capture(graphs));
-                capture.install(graphs.then_some(&device));
+                capture.install(graphs.then_some(&device))?;
                 let result = engine::run_source(
                     "scripts/bench_step.rhai",
                     BENCH_SCRIPT,

@@ -575,19 +575,33 @@ mod tests {
         Ok(resolve(&loss)?.to_f64_vec()?[0])
     }
 
-    #[test]
-    fn a_recording_that_reads_inside_a_call_is_not_captured_and_the_next_one_may_be() {
+    /// Runs `step` for steps `0..steps` under a replay whose captures fail (the stand-in),
+    /// asking between steps whether the next is captured: the steps announced so, and the
+    /// first step that failed with its error.
+    fn announced_until_failure(
+        steps: u64,
+        mut step: impl FnMut(u64) -> Result<()>,
+    ) -> (Vec<u64>, Option<(u64, String)>) {
         install(Mode::Replay);
         fail_captures();
         use_graphs(&crate::device::cpu());
         let mut announced = Vec::new();
-        let mut failed = None;
-        for step in 0..12u64 {
+        for n in 0..steps {
             end_steps().unwrap();
             if captures_next() {
-                announced.push(step);
+                announced.push(n);
             }
-            begin_step(step).unwrap();
+            begin_step(n).unwrap();
+            if let Err(e) = step(n) {
+                return (announced, Some((n, e.to_string())));
+            }
+        }
+        (announced, None)
+    }
+
+    #[test]
+    fn a_recording_that_reads_inside_a_call_is_not_captured_and_the_next_one_may_be() {
+        let (announced, failed) = announced_until_failure(12, |step| {
             let a = t(1.0);
             let loss = add(&a, &a);
             // Up to step 5 the update reads the loss inside its call (the CPU's check), then
@@ -598,16 +612,12 @@ mod tests {
                 false => Ok(()),
             };
             let key = [reads as u64];
-            // The loss is logged at the step's end: the launch.
-            let done = effect("opt.step", &[&loss], &key, update, move || {
+            effect("opt.step", &[&loss], &key, update, move || {
                 Ok(Rc::new(update))
-            })
-            .and_then(|()| resolve(&loss)?.to_f64_vec());
-            if let Err(e) = done {
-                failed = Some((step, e.to_string()));
-                break;
-            }
-        }
+            })?;
+            // The loss is logged at the step's end: the launch.
+            resolve(&loss)?.to_f64_vec().map(|_| ())
+        });
         assert_eq!(announced, [10]);
         assert_eq!(failed.map(|(step, _)| step), Some(10));
         let replay = finish().unwrap().unwrap().replay.unwrap();
@@ -616,25 +626,11 @@ mod tests {
 
     #[test]
     fn the_boundary_before_each_capture_is_announced_and_a_failed_capture_remembered() {
-        install(Mode::Replay);
-        fail_captures();
-        use_graphs(&crate::device::cpu());
         let state = Rc::new(std::cell::RefCell::new(t(0.0)));
-        let mut announced = Vec::new();
-        let mut failed = None;
-        for step in 0..10u64 {
-            end_steps().unwrap();
-            if captures_next() {
-                announced.push(step);
-            }
-            begin_step(step).unwrap();
-            // The scale changes at step 2: it departs, step 3 is recorded afresh, 4 and 5 warm
-            // the capture up, and step 6's launch (at its read) captures.
-            if let Err(e) = tiny_step_or_error(step, &state, 2) {
-                failed = Some((step, e.to_string()));
-                break;
-            }
-        }
+        // The scale changes at step 2: it departs, step 3 is recorded afresh, 4 and 5 warm the
+        // capture up, and step 6's launch (at its read) captures.
+        let (announced, failed) =
+            announced_until_failure(10, |step| tiny_step_or_error(step, &state, 2).map(|_| ()));
         assert_eq!(announced, [6]);
         let (step, why) = failed.expect("the capture failed");
         assert_eq!(step, 6);

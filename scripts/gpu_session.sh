@@ -330,7 +330,9 @@ print(verdict)' "$out/selftest.log")
         # answering each step from a recorded one, the recorded calls run in place of a graph),
         # and under it with SSLHOST_CAPTURE_GRAPH=1 (captured as a CUDA graph after two warm-up
         # launches, then replayed): the metrics of each against the first, and the steps'
-        # times (tests/capture_check.rs and tests/gpu_path.rs check the first two on the CPU).
+        # times: each run's whole rate, and its steady step from the times of the logs in its
+        # second half (tests/capture_check.rs and tests/gpu_path.rs check the first two on the
+        # CPU).
         if [ "${REPLAY:-0}" = 1 ]; then
             for recipe in ${REPLAY_RECIPES:-byol}; do
                 for mode in off replay graph; do
@@ -358,6 +360,20 @@ for mode in ("replay", "graph"):
                  for x, y in zip(a, b) for k in x if isinstance(x[k], float)), default=0.0)
     print(f"replay check {recipe} {mode}: {'equal' if a == b else 'differ'}, "
           f"largest relative difference {worst:.1e}")
+# The steady step: between the logs of the second half of the run, past the warm-ups, the
+# capture and the checkpoint written before it, which the runs' whole rates include.
+for mode in ("off", "replay", "graph"):
+    files = glob.glob(f"{work}/runs-{recipe}-{mode}/*/metrics.jsonl")
+    logged = [json.loads(l) for l in open(files[0])] if files else []
+    logged = [r for r in logged if "time" in r and "step" in r]
+    if len(logged) < 2:
+        continue
+    last = logged[-1]
+    first = next(r for r in logged if r["step"] >= last["step"] / 2)
+    if first["step"] < last["step"]:
+        ms = (last["time"] - first["time"]) / (last["step"] - first["step"]) * 1e3
+        print(f"replay check {recipe} {mode}: {ms:.1f} ms a step over steps "
+              f"{first['step'] + 1}..{last['step']}")
 PY
                 (cd "$out" && grep -H "capture replay\|steps 0\.\." replay-"$recipe"-*.log) || true
             done

@@ -104,8 +104,13 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
     }
     assert!(log.contains("replay check byol replay: equal"), "{log}");
     assert!(log.contains("replay check byol graph: equal"), "{log}");
-    // Each replayed run's rate is named by its file.
+    // Each replayed run's rate is named by its file, and its steady step is computed from its
+    // logs' times (the stand-in logs steps 0, 5 and 10, at 0.5, 5.5 and 10.5 s).
     assert!(log.contains("replay-byol-graph.log:steps 0..30"), "{log}");
+    for mode in ["off", "replay", "graph"] {
+        let steady = format!("replay check byol {mode}: 1000.0 ms a step over steps 6..10");
+        assert!(log.contains(&steady), "{steady}: {log}");
+    }
     // bench_rows.py's table closes the call, with the orderings' and the graph's losses
     // compared with the first row of their variant.
     assert!(

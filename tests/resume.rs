@@ -276,7 +276,8 @@ fn a_failed_capture_resumes_from_the_checkpoint_written_before_it() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("the next step may be recorded as a device graph: a checkpoint first"),
+        stderr
+            .contains("the next step may be recorded as a device graph: checkpoint written first"),
         "{stderr}"
     );
     let run = only_run(&split);

@@ -546,26 +546,32 @@ fn execute(cli: Cli) -> Result<()> {
                 Some(Err(e)) if result.is_ok() => result = Err(e),
                 _ => {}
             }
-            let saved = match (&result, sslhost::train::current::interrupted()) {
-                (Err(_), false) => match tape::lost_at() {
-                    // The state on the device is unreadable: the checkpoint written before
-                    // the capture is the one to resume from.
-                    Some(_) => sslhost::train::current::checkpoint_kept(
-                        "the failed capture left the state unreadable",
+            let interrupted = sslhost::train::current::interrupted();
+            let saved = match (&result, tape::lost_at(), interrupted) {
+                // The state on the device is unreadable (Ctrl-C's checkpoint too, when the
+                // capture failed as the step before it ended): the checkpoint written before
+                // the capture is the one to resume from.
+                (Err(_), Some(_), _) => sslhost::train::current::checkpoint_kept(
+                    "the failed capture left the state unreadable",
+                )
+                .map(|line| {
+                    format!(
+                        "{line}\n(without SSLHOST_CAPTURE_GRAPH=1 the steps replay without a \
+                         device graph)"
                     )
-                    .map(|line| {
-                        format!("{line}\n(without SSLHOST_CAPTURE_GRAPH=1 the steps replay without a device graph)")
-                    }),
-                    None => sslhost::train::current::checkpoint_after_error(),
-                },
+                }),
+                (Err(_), None, false) => sslhost::train::current::checkpoint_after_error(),
                 _ => None,
             };
             // Every way the script ended: clear the progress bar, draw the curves.
             sslhost::train::current::finish();
-            if sslhost::train::current::interrupted() {
+            if interrupted {
                 // The message says where the checkpoint went; 130 is the shell's Ctrl-C code.
                 if let Err(e) = result {
                     eprintln!("{}", render(&e));
+                    if let Some(saved) = saved {
+                        eprintln!("{saved}");
+                    }
                 }
                 std::process::exit(130);
             }

@@ -292,6 +292,48 @@ for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }
 }
 
 #[test]
+fn the_stand_in_graph_needs_the_gpu_code_path_and_an_unknown_graph_is_an_error() {
+    let (dir, recipe) = recipe_in_temp(
+        "capture-stand-in",
+        r#"
+let net = mlp([12, 4]);
+let target = momentum_copy(net);
+for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }), #{ batch_size: 16 }), 1) {
+    log(b.step, #{ d: (net.forward(b.images.reshape([16, 12])) - target.forward(b.images.reshape([16, 12]))).pow(2).mean() });
+}
+"#,
+    );
+    let run = |graph: &str| {
+        sslhost_run(&recipe, &dir.join("runs"))
+            .args(["--capture", "replay"])
+            .env("SSLHOST_CAPTURE_GRAPH", graph)
+            .output()
+            .unwrap()
+    };
+    // burn-flex writes no buffer in place, so a stand-in's replays would read stale inputs:
+    // it is refused, and the steps replay without it.
+    let out = run("stand-in");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "Graph: refused: preparing the capture: the stand-in needs a device that writes \
+             in place (the GPU code path)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 step recorded, 3 steps replayed"),
+        "{stderr}"
+    );
+    let out = run("yes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SSLHOST_CAPTURE_GRAPH=yes"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_live_edited_schedule_replays_once_its_number_is_an_input() {
     let dir = std::env::temp_dir().join(format!("sslhost-capture-live-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -484,7 +484,7 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
             tape::install(mode);
         }
         if graphs {
-            tape::use_graphs(&gpu_path());
+            tape::use_graphs(&gpu_path(), tape::GraphMaker::Device);
         }
         let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs);
         let session = Session::new(gpu_path(), 7).with_kernels(kernels);
@@ -719,4 +719,81 @@ for b in steps(l, 1) {
     assert!(stderr.contains("at step 6"), "{stderr}");
     assert_eq!(losses("split"), losses("whole"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_stand_in_graph_replays_the_captured_buffers_as_the_loop_computes_in_cubecl_kernels() {
+    // `SSLHOST_CAPTURE_GRAPH=stand-in`: a graph's replays as bookkeeping, on buffers written
+    // in place. Each later step copies its inputs from outside the step (views, labels, the
+    // schedule's number) into the buffers the capture read, re-runs the captured work on
+    // those buffers, and writes each call's value into its captured output, which is what
+    // the step then reads. An input left stale, or an output read from the wrong buffer,
+    // moves the losses by far more than fusion's rounding.
+    use sslhost::session::Session;
+    use sslhost::tensor::tape;
+    let script = r#"
+        let ds = dataset("synthetic", #{ samples: 64, size: 4, classes: 4, channels: 1 });
+        let loader = loader(ds, #{ batch_size: 8 });
+        let view = transform([random_resized_crop(4), hflip(0.5)]);
+        let online = mlp([16, 12, 8]);
+        let target = momentum_copy(online);
+        let keys = queue(16, 8);
+        let stats = state_tensor(zeros([8]));
+        let opt = lars([online], #{ momentum: 0.9, weight_decay: 1e-4, eta: 0.02 });
+        let out = [];
+        for b in steps(loader, 1) {
+            let w = 1.0 / (1.0 + b.step);       // a schedule: taken as an input from step 2 on
+            let x = view.apply(b.images).reshape([8, 16]);
+            let q = online.forward(x).normalize(1);
+            let k = target.forward(x).detach().normalize(1);
+            stats.set(0.5 * stats.value + 0.5 * k.mean(0));
+            let loss = info_nce(q, k, keys.tensor(), 0.2) * (2.0 - w)
+                     + (q.mean(0) - stats.value).pow(2).sum();
+            opt.step(loss, 0.1);
+            update_momentum(online, target, 0.9);
+            keys.enqueue(k);
+            out.push(loss.item());
+        }
+        out
+    "#;
+    let run = |graphs: Option<tape::GraphMaker>| -> (Vec<f64>, Option<tape::Report>) {
+        if let Some(maker) = graphs {
+            tape::install(tape::Mode::Replay);
+            tape::use_graphs(&gpu_path(), maker);
+        }
+        let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs.is_some());
+        let session = Session::new(gpu_path(), 7).with_kernels(kernels);
+        let out =
+            sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
+                .unwrap_or_else(|e| panic!("{graphs:?}: {e}"));
+        let losses = out
+            .into_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_float().unwrap())
+            .collect();
+        (losses, tape::finish().map(|r| r.unwrap()))
+    };
+    let (eager, _) = run(None);
+    assert_eq!(eager.len(), 8);
+    let (replayed, report) = run(Some(tape::GraphMaker::StandIn));
+    for (r, e) in replayed.iter().zip(&eager) {
+        assert!(
+            (r - e).abs() <= 1e-5 * e.abs(),
+            "{replayed:?} against {eager:?}"
+        );
+    }
+    let replay = report.unwrap().replay.unwrap();
+    // Step 1 departs where the number changed; 2 is recorded with it as an input, 3 and 4
+    // warm up, 5 is captured, and 6 and 7 replay the graph.
+    assert_eq!(
+        (replay.recorded, replay.departures, replay.graph_replays),
+        (2, 1, 2),
+        "{replay:?}"
+    );
+    assert_eq!(
+        replay.graph.as_deref(),
+        Some("captured at step 5 (the stand-in)"),
+        "{replay:?}"
+    );
 }

@@ -340,51 +340,60 @@ impl Capture {
         }
     }
 
-    /// Whether the replay runs through device graphs (`SSLHOST_CAPTURE_GRAPH=1`) with
-    /// `kernels`: then every update is written into the buffer it read
-    /// (`KernelPolicy::with_capture`).
-    fn graphs(self, kernels: &KernelPolicy) -> bool {
-        let asked = self == Capture::Replay
-            && std::env::var("SSLHOST_CAPTURE_GRAPH").is_ok_and(|v| v == "1");
-        // cuDNN runs on a stream of its own, which the host waits for around each call: a
-        // capture of cubecl's stream would hold none of its work and refuse the waits.
-        let graphs = asked && kernels.gpu != kernels::GpuKernelSet::Cudnn;
-        if asked && !graphs {
-            tracing::warn!(
-                "SSLHOST_CAPTURE_GRAPH=1: no device graph with cuDNN's kernels \
-                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
-                 the steps replay without one"
-            );
-        }
-        graphs
-    }
-
-    /// Installs the tape on this thread, replaying through device graphs on `graphs` if
-    /// given; [`tape::finish`] takes it down and says what it did. `SSLHOST_FAULT=capture`
-    /// makes those graphs' captures fail (an unknown fault is an error).
-    fn install(self, graphs: Option<&burn::tensor::Device>) -> Result<()> {
-        let fault = std::env::var("SSLHOST_FAULT").unwrap_or_default();
-        let failing = match fault.as_str() {
-            "" => false,
-            "capture" => true,
+    /// Where the replay's graphs come from, when it runs through graphs, with `kernels`: then
+    /// every update is written into the buffer it read (`KernelPolicy::with_capture`).
+    /// `SSLHOST_CAPTURE_GRAPH=1`: the device's; `stand-in`: a stand-in that re-runs the
+    /// captured work on the captured buffers; `SSLHOST_FAULT=capture`: one whose captures fail.
+    /// An unknown value is an error.
+    fn graphs(self, kernels: &KernelPolicy) -> Result<Option<tape::GraphMaker>> {
+        let env = |name: &str| std::env::var(name).unwrap_or_default();
+        let maker = match env("SSLHOST_CAPTURE_GRAPH").as_str() {
+            "" | "0" => None,
+            "1" => Some(tape::GraphMaker::Device),
+            "stand-in" => Some(tape::GraphMaker::StandIn),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "SSLHOST_CAPTURE_GRAPH={other}: 1 (the device's graphs), stand-in or 0"
+                )));
+            }
+        };
+        let maker = match env("SSLHOST_FAULT").as_str() {
+            "" => maker,
+            "capture" => maker.map(|_| tape::GraphMaker::Failing),
             other => {
                 return Err(Error::Invalid(format!(
                     "SSLHOST_FAULT={other}: the one fault is `capture`"
                 )));
             }
         };
+        let Some(maker) = maker.filter(|_| self == Capture::Replay) else {
+            return Ok(None);
+        };
+        // cuDNN runs on a stream of its own, which the host waits for around each call: a
+        // capture of cubecl's stream would hold none of its work and refuse the waits.
+        if kernels.gpu == kernels::GpuKernelSet::Cudnn {
+            tracing::warn!(
+                "SSLHOST_CAPTURE_GRAPH: no device graph with cuDNN's kernels \
+                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
+                 the steps replay without one"
+            );
+            return Ok(None);
+        }
+        Ok(Some(maker))
+    }
+
+    /// Installs the tape on this thread, replaying through graphs on the device and from the
+    /// maker given ([`Capture::graphs`]); [`tape::finish`] takes it down and says what it
+    /// did.
+    fn install(self, graphs: Option<(&burn::tensor::Device, tape::GraphMaker)>) {
         match self {
-            Capture::Off => return Ok(()),
+            Capture::Off => return,
             Capture::Check => tape::install(tape::Mode::Check),
             Capture::Replay => tape::install(tape::Mode::Replay),
         }
-        if let Some(device) = graphs {
-            if failing {
-                tape::fail_captures();
-            }
-            tape::use_graphs(device);
+        if let Some((device, maker)) = graphs {
+            tape::use_graphs(device, maker);
         }
-        Ok(())
     }
 }
 
@@ -412,8 +421,10 @@ Environment:
   SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
                              where the device records them (CUDA; not yet checked on a GPU).
                              A checkpoint is written before each capture: one that fails
-                             loses the state its step was to update, and the run resumes there
-  SSLHOST_FAULT              capture: with SSLHOST_CAPTURE_GRAPH=1, every capture fails once
+                             loses the state its step was to update, and the run resumes there.
+                             stand-in: a graph that re-runs the captured work on the captured
+                             buffers, on the GPU code path without a GPU (--device cubecl-cpu)
+  SSLHOST_FAULT              capture: with SSLHOST_CAPTURE_GRAPH set, every capture fails once
                              begun, on any device (to check the resume from that checkpoint)";
 
 /// The bench's script: the recipes' step, timed.
@@ -501,9 +512,9 @@ fn execute(cli: Cli) -> Result<()> {
             sslhost::budget::set_max_bytes(max_memory);
             check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
-            let graphs = capture.graphs(&kernels);
-            let kernels = kernels.with_capture(graphs);
-            let graph_device = graphs.then(|| device.clone());
+            let graphs = capture.graphs(&kernels)?;
+            let kernels = kernels.with_capture(graphs.is_some());
+            let graph_device = graphs.map(|maker| (device.clone(), maker));
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
                 .with_kernels(kernels)
@@ -539,7 +550,7 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            capture.install(graph_device.as_ref())?;
+            capture.install(graph_device.as_ref().map(|(d, m)| (d, *m)));
             let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
             match tape::finish() {
                 Some(Ok(report)) => tracing::info!("capture {}: {report}", capture.name()),
@@ -855,9 +866,9 @@ fn execute(cli: Cli) -> Result<()> {
                     .with_variant(variant)
                     .with_overrides(overrides.clone());
                 let policy = session.kernels;
-                let graphs = capture.graphs(&policy);
-                let session = session.with_kernels(policy.with_capture(graphs));
-                capture.install(graphs.then_some(&device))?;
+                let graphs = capture.graphs(&policy)?;
+                let session = session.with_kernels(policy.with_capture(graphs.is_some()));
+                capture.install(graphs.map(|maker| (&device, maker)));
                 let result = engine::run_source(
                     "scripts/bench_step.rhai",
                     BENCH_SCRIPT,
@@ -869,7 +880,11 @@ fn execute(cli: Cli) -> Result<()> {
                 let mut json = serde_json::to_value(&result)
                     .map_err(|e| Error::Other(format!("bench result: {e}")))?;
                 if let Some(report) = report {
-                    let how = if graphs { "graph" } else { capture.name() };
+                    let how = if graphs.is_some() {
+                        "graph"
+                    } else {
+                        capture.name()
+                    };
                     json["capture"] = how.into();
                     json["capture_report"] = report.to_string().into();
                 }

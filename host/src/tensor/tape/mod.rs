@@ -22,7 +22,7 @@
 mod replay;
 mod report;
 
-pub use replay::lost_at;
+pub use replay::{GraphMaker, lost_at};
 pub use report::{ReplayReport, Report, Variant};
 
 use std::cell::RefCell;
@@ -134,14 +134,6 @@ pub fn install(mode: Mode) {
     TAPE.with(|t| *t.borrow_mut() = Some(Tape::new(mode)));
 }
 
-/// Makes every device-graph capture of the replay fail once begun, losing the state its step
-/// was to update, as a capture the device refuses midway does: that path, checked where no
-/// device records graphs (`SSLHOST_FAULT=capture`). Before [`use_graphs`], which then
-/// prepares nothing.
-pub fn fail_captures() {
-    with_tape(|tape| tape.replay.fail_captures());
-}
-
 /// Whether the step about to begin would be recorded as a device graph when it matches the
 /// recording (asked between steps): a failure of that capture loses the state the step was
 /// to update, so a checkpoint written now is what a run resumes from then ([`lost_at`]).
@@ -149,13 +141,13 @@ pub fn captures_next() -> bool {
     with_tape(|tape| tape.step.is_none() && tape.replay.captures_next()).unwrap_or(false)
 }
 
-/// Under [`Mode::Replay`], launches a step's work as a device graph on `device` once warmed
-/// up, where the backend records graphs (the kernel policy's `capture` must be on: updates
-/// in place). Must come before the loop's first step.
-pub fn use_graphs(device: &burn::tensor::Device) {
+/// Under [`Mode::Replay`], launches a step's work as a graph made by `maker` on `device` once
+/// warmed up, where the backend records graphs (the kernel policy's `capture` must be on:
+/// updates in place). Must come before the loop's first step.
+pub fn use_graphs(device: &burn::tensor::Device, maker: GraphMaker) {
     with_tape(|tape| {
         if tape.mode == Mode::Replay {
-            tape.replay.use_graphs(device);
+            tape.replay.use_graphs(device, maker);
         }
     });
 }
@@ -583,8 +575,7 @@ mod tests {
         mut step: impl FnMut(u64) -> Result<()>,
     ) -> (Vec<u64>, Option<(u64, String)>) {
         install(Mode::Replay);
-        fail_captures();
-        use_graphs(&crate::device::cpu());
+        use_graphs(&crate::device::cpu(), GraphMaker::Failing);
         let mut announced = Vec::new();
         for n in 0..steps {
             end_steps().unwrap();

@@ -30,6 +30,11 @@
 //! checkpoint there, and a failed capture (or a failed launch of the graph, which may leave
 //! the state half written) is remembered ([`lost_at`]), so that nothing tries to save the
 //! lost state over the last checkpoint.
+//!
+//! Graphs come from the device, or from a stand-in ([`GraphMaker`]) where no device records
+//! them: one whose captures fail, and one whose graph re-runs the captured work on the
+//! buffers the capture read and wrote (cubecl's CPU runtime writes them in place, as CUDA
+//! does), which runs the bookkeeping of a graph's replays where a GPU is not at hand.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -61,9 +66,44 @@ pub(super) fn forget_lost() {
     LOST_AT.with(|l| l.set(None));
 }
 
+/// Where a replay's graphs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphMaker {
+    /// The device's own (CUDA).
+    Device,
+    /// A stand-in whose graph is the captured work run again: each input from outside the
+    /// step is copied into the buffer the capture read and read from there, and each call's
+    /// new value is written into the buffer its captured output had, where the step reads it
+    /// after the launch, as a graph's replay rewrites it. Inputs a call of the step made
+    /// are the new values themselves (the autodiff graph the backward follows is each
+    /// step's own, where a device graph's kernels just read buffers). Needs a device that
+    /// writes in place (the GPU code path).
+    StandIn,
+    /// A stand-in whose every capture fails once begun, as a capture the device refuses
+    /// midway does: the path that loses a step's state.
+    Failing,
+}
+
+/// A captured graph.
+enum Graph {
+    /// The device's.
+    Device(BackendGraph<Dispatch>),
+    /// [`GraphMaker::StandIn`]'s: each captured entry's index, device part and where each of
+    /// its inputs comes from.
+    StandIn(Vec<(usize, Part, Vec<Source>)>),
+}
+
+/// Where an input of a stand-in graph's entry comes from.
+enum Source {
+    /// From outside the step: the buffer the capture read.
+    Outside(Box<DynTensor>),
+    /// The output of the step's entry with this index.
+    Made(usize),
+}
+
 /// A launch's work recorded as a device graph, and the tensors it reads and writes.
 struct Captured {
-    graph: BackendGraph<Dispatch>,
+    graph: Graph,
     /// Inputs from outside the step, as the capture read them: (entry, input, tensor).
     outside: Vec<(usize, usize, DynTensor)>,
     /// The captured calls' outputs, by entry: what a replay rewrites.
@@ -137,10 +177,8 @@ pub(super) struct Replay {
     /// The calls, by entry and name, that take their number as an input
     /// (`tape::call_number`): a step departed where it changed.
     numbers: HashSet<(usize, &'static str)>,
-    /// Graphs from a stand-in whose every capture fails once begun, as a capture the device
-    /// refuses midway does (`SSLHOST_FAULT=capture`): the path that loses a step's state,
-    /// where no device records graphs.
-    failing_captures: bool,
+    /// Where graphs come from, when asked for.
+    maker: Option<GraphMaker>,
 }
 
 impl Replay {
@@ -222,13 +260,19 @@ impl Replay {
         self.report.clone()
     }
 
-    /// Launches go through a device graph on `device` once warmed up: prepares the device
-    /// (before the launches that warm it up), or says why not.
-    pub(super) fn use_graphs(&mut self, device: &Device) {
+    /// Launches go through a graph made by `maker` on `device` once warmed up: prepares the
+    /// device (before the launches that warm it up), or says why not.
+    pub(super) fn use_graphs(&mut self, device: &Device, maker: GraphMaker) {
+        self.maker = Some(maker);
         let inner = device.clone().without_autodiff();
-        let prepared = match self.failing_captures {
-            true => Ok(()),
-            false => Dispatch::graph_prepare(inner.as_dispatch()),
+        let prepared = match maker {
+            GraphMaker::Device => {
+                Dispatch::graph_prepare(inner.as_dispatch()).map_err(|e| e.to_string())
+            }
+            GraphMaker::StandIn if !crate::device::gpu_path(device) => {
+                Err("the stand-in needs a device that writes in place (the GPU code path)".into())
+            }
+            GraphMaker::StandIn | GraphMaker::Failing => Ok(()),
         };
         self.graphs = match prepared {
             Ok(()) => Graphs::Warming {
@@ -240,12 +284,6 @@ impl Replay {
                 Graphs::Off
             }
         };
-    }
-
-    /// Every capture from now on fails once begun (see `failing_captures`); before
-    /// [`Replay::use_graphs`].
-    pub(super) fn fail_captures(&mut self) {
-        self.failing_captures = true;
     }
 
     /// Whether the next step's launch, if the step matches the whole recording, records it
@@ -273,7 +311,7 @@ impl Replay {
                 }
             }
             Graphs::Warming { device, .. } | Graphs::Ready { device, .. } => {
-                self.use_graphs(&device)
+                self.use_graphs(&device, self.maker.unwrap_or(GraphMaker::Device))
             }
         }
     }
@@ -355,11 +393,13 @@ fn read_inside(recording: &Recording) -> Option<&'static str> {
 /// Pending entries: each one's index, device part and this step's inputs.
 type Work = Vec<(usize, Part, Vec<DynTensor>)>;
 
-/// An entry as it ran: its index, its inputs (resolved), and which came from outside the step.
+/// An entry as it ran: its index, its device part, its inputs (resolved), and the entry of the
+/// step that made each (none: from outside the step).
 struct Ran {
     entry: usize,
+    part: Part,
     inputs: Vec<DynTensor>,
-    outside: Vec<bool>,
+    made_by: Vec<Option<usize>>,
 }
 
 /// Pending work, ready to run outside the tape's borrow.
@@ -453,10 +493,14 @@ fn run(plan: Plan) -> Result<()> {
 fn run_closures(serial: u64, work: Work) -> Result<Vec<Ran>> {
     let mut ran = Vec::with_capacity(work.len());
     for (i, part, inputs) in work {
-        // Which inputs came from outside the step (not a recorded output of this one).
-        let outside: Vec<bool> = inputs
+        // Which entry of the step made each input (none: it came from outside the step).
+        let made_by: Vec<Option<usize>> = inputs
             .iter()
-            .map(|x| x.origin.is_none_or(|o| o.step != serial))
+            .map(|x| {
+                x.origin
+                    .filter(|o| o.step == serial)
+                    .map(|o| o.call as usize)
+            })
             .collect();
         let inputs: Vec<DynTensor> = inputs.iter().map(resolved).collect();
         match &part {
@@ -473,53 +517,82 @@ fn run_closures(serial: u64, work: Work) -> Result<Vec<Ran>> {
         }
         ran.push(Ran {
             entry: i,
+            part,
             inputs,
-            outside,
+            made_by,
         });
     }
     Ok(ran)
 }
 
 /// Runs the work inside a capture on `device`, then replays the graph once (captured work
-/// does not run); where the backend refuses to start one, runs the closures.
+/// does not run); where the backend refuses to start one, runs the closures. The stand-ins
+/// run the work as their capture.
 fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
     let inner = device.clone().without_autodiff();
     let inner = inner.as_dispatch();
-    let failing = with_tape(|tape| tape.replay.failing_captures).unwrap_or(false);
-    if failing {
-        // The stand-in: the closures run where the capture would have held them, then the
-        // capture fails as a refused one does at its end.
-        run_closures(serial, work)?;
-        return Err(lose_state(
-            "recording",
-            "the capture failed at its end (SSLHOST_FAULT=capture)",
-        ));
-    }
-    if let Err(e) = Dispatch::graph_start_capture(inner) {
-        // Leaves the prepared state, where there was one.
-        let _ = Dispatch::graph_stop_capture(inner);
-        with_tape(|tape| {
-            tape.replay.report.graph = Some(format!("refused: starting the capture: {e}"));
-        });
-        return run_closures(serial, work).map(|_| ());
-    }
-    let ran = run_closures(serial, work);
-    let graph = Dispatch::graph_stop_capture(inner);
-    let (ran, graph) = match (ran, graph) {
-        (Ok(ran), Ok(graph)) => (ran, graph),
-        // The recorded launches never ran, and the buffers they were to write are marked as
-        // failed: the step cannot go on.
-        (Err(e), _) => return Err(lose_state("recording", &e.to_string())),
-        (_, Err(e)) => return Err(lose_state("recording", &e.to_string())),
+    let maker = with_tape(|tape| tape.replay.maker)
+        .flatten()
+        .unwrap_or(GraphMaker::Device);
+    let (ran, graph) = match maker {
+        GraphMaker::Failing => {
+            // The closures run where the capture would have held them, then the capture
+            // fails as a refused one does at its end.
+            run_closures(serial, work)?;
+            return Err(lose_state(
+                "recording",
+                "the capture failed at its end (SSLHOST_FAULT=capture)",
+            ));
+        }
+        GraphMaker::StandIn => {
+            let ran =
+                run_closures(serial, work).map_err(|e| lose_state("recording", &e.to_string()))?;
+            // A graph's kernels read the device's values, never a host copy.
+            let entries = ran
+                .iter()
+                .map(|r| {
+                    let sources = r
+                        .inputs
+                        .iter()
+                        .zip(&r.made_by)
+                        .map(|(x, by)| match by {
+                            Some(e) => Source::Made(*e),
+                            None => Source::Outside(Box::new(device_only(x))),
+                        })
+                        .collect();
+                    (r.entry, r.part.clone(), sources)
+                })
+                .collect();
+            (ran, Graph::StandIn(entries))
+        }
+        GraphMaker::Device => {
+            if let Err(e) = Dispatch::graph_start_capture(inner) {
+                // Leaves the prepared state, where there was one.
+                let _ = Dispatch::graph_stop_capture(inner);
+                with_tape(|tape| {
+                    tape.replay.report.graph = Some(format!("refused: starting the capture: {e}"));
+                });
+                return run_closures(serial, work).map(|_| ());
+            }
+            let ran = run_closures(serial, work);
+            let graph = Dispatch::graph_stop_capture(inner);
+            match (ran, graph) {
+                (Ok(ran), Ok(graph)) => (ran, Graph::Device(graph)),
+                // The recorded launches never ran, and the buffers they were to write are
+                // marked as failed: the step cannot go on.
+                (Err(e), _) => return Err(lose_state("recording", &e.to_string())),
+                (_, Err(e)) => return Err(lose_state("recording", &e.to_string())),
+            }
+        }
     };
     let outside = ran
         .iter()
         .flat_map(|r| {
             r.inputs
                 .iter()
-                .zip(&r.outside)
+                .zip(&r.made_by)
                 .enumerate()
-                .filter(|(_, (_, o))| **o)
+                .filter(|(_, (_, by))| by.is_none())
                 .map(move |(j, (x, _))| (r.entry, j, x.clone()))
         })
         .collect();
@@ -532,11 +605,10 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
                 };
                 // A replay rewrites the values on the device only: a copy the host kept of
                 // the captured step's (a small vector's) would be stale.
-                tape.replay.fresh.get(&origin).map(|v| {
-                    let mut v = v.clone();
-                    v.host = None;
-                    (r.entry, v)
-                })
+                tape.replay
+                    .fresh
+                    .get(&origin)
+                    .map(|v| (r.entry, device_only(v)))
             })
             .collect()
     })
@@ -546,16 +618,64 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
         outside,
         outputs,
     };
-    // SAFETY: see `replay_graph`; the buffers the capture read are this step's own.
-    unsafe { Dispatch::graph_replay(inner, &captured.graph) }
-        .map_err(|e| lose_state("replaying", &format!("{e:?}")))?;
+    // A device's captured work has not run: its graph runs it once.
+    if let Graph::Device(graph) = &captured.graph {
+        // SAFETY: see `replay_graph`; the buffers the capture read are this step's own.
+        unsafe { Dispatch::graph_replay(inner, graph) }
+            .map_err(|e| lose_state("replaying", &format!("{e:?}")))?;
+    }
     with_tape(|tape| {
-        tape.replay.report.graph = Some(format!("captured at step {}", tape.replay.step));
+        let by = match maker {
+            GraphMaker::StandIn => " (the stand-in)",
+            _ => "",
+        };
+        tape.replay.report.graph = Some(format!("captured at step {}{by}", tape.replay.step));
         tape.replay.graphs = Graphs::Ready {
             device: device.clone(),
             captured,
         };
     });
+    Ok(())
+}
+
+/// `t` without the host's copy of its values: what a graph's kernels read.
+fn device_only(t: &DynTensor) -> DynTensor {
+    let mut t = t.clone();
+    t.host = None;
+    t
+}
+
+/// The stand-in's replay: each captured entry run again, on the buffers the capture read from
+/// outside the step (which hold this step's values by now) and the new values of the entries
+/// before it, each call's value written into the buffer of its captured output.
+fn replay_stand_in(
+    entries: &[(usize, Part, Vec<Source>)],
+    outputs: &[(usize, DynTensor)],
+) -> Result<()> {
+    let mut made: HashMap<usize, DynTensor> = HashMap::new();
+    for (i, part, sources) in entries {
+        let inputs = sources
+            .iter()
+            .map(|s| match s {
+                Source::Outside(x) => Ok((**x).clone()),
+                Source::Made(e) => made.get(e).cloned().ok_or_else(|| {
+                    Error::Other(format!(
+                        "replay: entry {i} reads entry {e}, which has not run"
+                    ))
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match part {
+            Part::Call(f) => {
+                let value = f(&inputs)?;
+                if let Some((_, out)) = outputs.iter().find(|(j, _)| j == i) {
+                    out.write_values(&value)?;
+                }
+                made.insert(*i, value);
+            }
+            Part::Effect(f) => f(&inputs)?,
+        }
+    }
     Ok(())
 }
 
@@ -594,13 +714,19 @@ fn replay_graph(serial: u64, work: Work, device: Device, captured: Captured) -> 
         }
     }
     let inner = device.clone().without_autodiff();
-    // SAFETY: every buffer the graph reads or writes outlives it: the inputs from outside the
-    // step and the captured outputs are held in `captured`; parameters, optimiser state,
-    // running statistics, queues and state tensors are written in place under `capture` and
-    // held by their owners; the memory pool the capture used is pinned. The copies above and
-    // every later read are issued on the same stream.
-    let replayed = unsafe { Dispatch::graph_replay(inner.as_dispatch(), &captured.graph) };
-    replayed.map_err(|e| lose_state("replaying", &format!("{e:?}")))?;
+    let replayed = match &captured.graph {
+        // SAFETY: every buffer the graph reads or writes outlives it: the inputs from outside
+        // the step and the captured outputs are held in `captured`; parameters, optimiser
+        // state, running statistics, queues and state tensors are written in place under
+        // `capture` and held by their owners; the memory pool the capture used is pinned. The
+        // copies above and every later read are issued on the same stream.
+        Graph::Device(graph) => unsafe { Dispatch::graph_replay(inner.as_dispatch(), graph) }
+            .map_err(|e| format!("{e:?}")),
+        Graph::StandIn(entries) => {
+            replay_stand_in(entries, &captured.outputs).map_err(|e| e.to_string())
+        }
+    };
+    replayed.map_err(|e| lose_state("replaying", &e))?;
     with_tape(|tape| {
         for (i, out) in &captured.outputs {
             let origin = Origin {

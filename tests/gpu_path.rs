@@ -454,7 +454,6 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
     // rather than after it, which regroups the fused elementwise ops (a fused multiply-add
     // rounds once). A value left stale would be off by far more (the loss moves by 10% and
     // more a step here).
-    use sslhost::session::Session;
     use sslhost::tensor::tape;
     let script = r#"
         let ds = dataset("synthetic", #{ samples: 32, size: 8, classes: 4 });
@@ -479,37 +478,15 @@ fn a_replayed_loop_computes_what_the_loop_computes_in_cubecl_kernels() {
     "#;
     // `graphs`: through a device graph once warmed up, with the updates in place; cubecl's
     // CPU runtime refuses the capture, and the closures go on standing in.
-    let run = |mode: Option<tape::Mode>, graphs: bool| -> (Vec<f64>, Option<tape::Report>) {
-        if let Some(mode) = mode {
-            tape::install(mode);
-        }
-        if graphs {
-            tape::use_graphs(&gpu_path(), tape::GraphMaker::Device);
-        }
-        let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs);
-        let session = Session::new(gpu_path(), 7).with_kernels(kernels);
-        let out =
-            sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
-                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
-        let losses = out
-            .into_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_float().unwrap())
-            .collect();
-        (losses, tape::finish().map(|r| r.unwrap()))
+    let run = |mode: Option<tape::Mode>, graphs: bool| {
+        run_taped(script, mode, graphs.then_some(tape::GraphMaker::Device))
     };
     let (eager, none) = run(None, false);
     assert!(none.is_none());
     assert_eq!(eager.len(), 4);
     for graphs in [false, true] {
         let (replayed, report) = run(Some(tape::Mode::Replay), graphs);
-        for (r, e) in replayed.iter().zip(&eager) {
-            assert!(
-                (r - e).abs() <= 1e-5 * e.abs(),
-                "{replayed:?} against {eager:?}"
-            );
-        }
+        assert_close(&replayed, &eager);
         let replay = report.unwrap().replay.unwrap();
         assert_eq!(
             (replay.recorded, replay.replayed, replay.departures),
@@ -725,11 +702,11 @@ for b in steps(l, 1) {
 fn a_stand_in_graph_replays_the_captured_buffers_as_the_loop_computes_in_cubecl_kernels() {
     // `SSLHOST_CAPTURE_GRAPH=stand-in`: a graph's replays as bookkeeping, on buffers written
     // in place. Each later step copies its inputs from outside the step (views, labels, the
-    // schedule's number) into the buffers the capture read, re-runs the captured work on
-    // those buffers, and writes each call's value into its captured output, which is what
-    // the step then reads. An input left stale, or an output read from the wrong buffer,
-    // moves the losses by far more than fusion's rounding.
-    use sslhost::session::Session;
+    // schedule's number) into the buffers the capture read, re-runs the captured work
+    // reading them there, and writes each call's value into its captured output, which is
+    // what the step then reads. An input left stale, or an output read from the wrong buffer,
+    // moves the losses by far more than fusion's rounding. Inputs a call of the step made
+    // are each replay's new values (its backward follows its own autodiff graph).
     use sslhost::tensor::tape;
     let script = r#"
         let ds = dataset("synthetic", #{ samples: 64, size: 4, classes: 4, channels: 1 });
@@ -756,33 +733,11 @@ fn a_stand_in_graph_replays_the_captured_buffers_as_the_loop_computes_in_cubecl_
         }
         out
     "#;
-    let run = |graphs: Option<tape::GraphMaker>| -> (Vec<f64>, Option<tape::Report>) {
-        if let Some(maker) = graphs {
-            tape::install(tape::Mode::Replay);
-            tape::use_graphs(&gpu_path(), maker);
-        }
-        let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs.is_some());
-        let session = Session::new(gpu_path(), 7).with_kernels(kernels);
-        let out =
-            sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
-                .unwrap_or_else(|e| panic!("{graphs:?}: {e}"));
-        let losses = out
-            .into_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_float().unwrap())
-            .collect();
-        (losses, tape::finish().map(|r| r.unwrap()))
-    };
-    let (eager, _) = run(None);
+    let (eager, _) = run_taped(script, None, None);
     assert_eq!(eager.len(), 8);
-    let (replayed, report) = run(Some(tape::GraphMaker::StandIn));
-    for (r, e) in replayed.iter().zip(&eager) {
-        assert!(
-            (r - e).abs() <= 1e-5 * e.abs(),
-            "{replayed:?} against {eager:?}"
-        );
-    }
+    let stand_in = Some(tape::GraphMaker::StandIn);
+    let (replayed, report) = run_taped(script, Some(tape::Mode::Replay), stand_in);
+    assert_close(&replayed, &eager);
     let replay = report.unwrap().replay.unwrap();
     // Step 1 departs where the number changed; 2 is recorded with it as an input, 3 and 4
     // warm up, 5 is captured, and 6 and 7 replay the graph.
@@ -796,4 +751,44 @@ fn a_stand_in_graph_replays_the_captured_buffers_as_the_loop_computes_in_cubecl_
         Some("captured at step 5 (the stand-in)"),
         "{replay:?}"
     );
+}
+
+/// Runs `script` (which returns its losses) on the GPU code path under the tape `mode`, its
+/// replay through graphs from `graphs` (with the updates in place): the losses, and the
+/// tape's report.
+fn run_taped(
+    script: &str,
+    mode: Option<sslhost::tensor::tape::Mode>,
+    graphs: Option<sslhost::tensor::tape::GraphMaker>,
+) -> (Vec<f64>, Option<sslhost::tensor::tape::Report>) {
+    use sslhost::tensor::tape;
+    if let Some(mode) = mode {
+        tape::install(mode);
+    }
+    if let Some(maker) = graphs {
+        tape::use_graphs(&gpu_path(), maker);
+    }
+    let kernels = sslhost::kernels::KernelPolicy::default().with_capture(graphs.is_some());
+    let session = sslhost::session::Session::new(gpu_path(), 7).with_kernels(kernels);
+    let out = sslhost::engine::run_source("loop.rhai", script, std::path::Path::new("."), session)
+        .unwrap_or_else(|e| panic!("{mode:?} {graphs:?}: {e}"));
+    let losses = out
+        .into_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_float().unwrap())
+        .collect();
+    (losses, tape::finish().map(|r| r.unwrap()))
+}
+
+/// The replayed losses equal the eager ones up to fusion's regrouping of elementwise ops (a
+/// fused multiply-add rounds once); a stale value moves a loss by far more.
+fn assert_close(replayed: &[f64], eager: &[f64]) {
+    assert_eq!(replayed.len(), eager.len());
+    for (r, e) in replayed.iter().zip(eager) {
+        assert!(
+            (r - e).abs() <= 1e-5 * e.abs(),
+            "{replayed:?} against {eager:?}"
+        );
+    }
 }

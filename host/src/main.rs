@@ -514,7 +514,7 @@ fn execute(cli: Cli) -> Result<()> {
             let (device, kernels) = open_device(on.device, on.precision)?;
             let graphs = capture.graphs(&kernels)?;
             let kernels = kernels.with_capture(graphs.is_some());
-            let graph_device = graphs.map(|maker| (device.clone(), maker));
+            let graph_device = graphs.map(|_| device.clone());
             let has_overrides = !set.is_empty();
             let mut session = Session::new(device, seed)
                 .with_kernels(kernels)
@@ -550,7 +550,7 @@ fn execute(cli: Cli) -> Result<()> {
             // the check of --set below read it.
             let _run = RunContext::new(session).with_record(record).enter();
             sslhost::train::current::handle_ctrl_c();
-            capture.install(graph_device.as_ref().map(|(d, m)| (d, *m)));
+            capture.install(graph_device.as_ref().zip(graphs));
             let mut result = sslhost::guard::catch(|| engine::run_file_here(&script));
             match tape::finish() {
                 Some(Ok(report)) => tracing::info!("capture {}: {report}", capture.name()),

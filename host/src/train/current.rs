@@ -106,8 +106,7 @@ pub fn check_checkpoint(items: &[(String, Item)]) -> Result<PathBuf> {
 /// that ends the script.
 pub fn stop_for_interrupt() -> Error {
     let next_step = crate::session::with(|s| s.next_step());
-    let tracked = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
-    let tracked = tracked.unwrap_or_default();
+    let tracked = tracked();
     if tracked.is_empty() {
         return Error::Other(format!(
             "interrupted before step {next_step}; nothing to checkpoint (the recipe calls \
@@ -196,8 +195,7 @@ pub fn checkpoint_before_capture() {
     if crate::session::with(|s| s.check) {
         return;
     }
-    let tracked = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()));
-    let tracked = tracked.unwrap_or_default();
+    let tracked = tracked();
     if tracked.is_empty() {
         return;
     }
@@ -221,11 +219,17 @@ pub fn checkpoint_kept(why: &str) -> Option<String> {
     if crate::session::with(|s| s.check) {
         return None;
     }
-    let recipe = crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.recipe.clone()))?;
-    let dir = dir_path()?;
-    let last = RunDir::open(&dir).map(|d| d.last_checkpoint());
-    let at = last.and_then(|path| checkpoint::next_step(&path));
-    Some(match at {
+    let (recipe, dir, last) = crate::context::record(|c| {
+        let c = c.borrow();
+        let cur = c.as_ref()?;
+        let dir = cur.dir.as_ref()?;
+        Some((
+            cur.recipe.clone(),
+            dir.path().to_path_buf(),
+            dir.last_checkpoint(),
+        ))
+    })?;
+    Some(match checkpoint::next_step(&last) {
         Ok(next) => format!(
             "no checkpoint written: {why}; the last checkpoint is kept (resumes at step \
              {next}): sslhost run {} --resume {}",
@@ -234,6 +238,12 @@ pub fn checkpoint_kept(why: &str) -> Option<String> {
         ),
         Err(_) => format!("no checkpoint written: {why}; there is no checkpoint to resume from"),
     })
+}
+
+/// What a checkpoint holds (`resume(#{..})`, `checkpoint(#{..})`): none before either.
+fn tracked() -> Vec<(String, Item)> {
+    crate::context::record(|c| c.borrow().as_ref().map(|cur| cur.tracked.clone()))
+        .unwrap_or_default()
 }
 
 /// The first tracked value (`key/name`) that is not finite.

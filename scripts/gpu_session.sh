@@ -30,9 +30,10 @@
 #                                    # SELFTEST=0 skips it; a failure drops cuDNN's variants
 #                                    # below unless GATE=0), sslhost's variants (VARIANTS) and
 #                                    # PyTorch's step (TORCH=0 skips it) for METHODS,
-#                                    # cuDNN under other stream orderings (ORDERS="signal
-#                                    # flags"), a warm-cache first step (WARM=0 skips it), the
-#                                    # bench's step through a CUDA graph (GRAPH=0 skips it), the
+#                                    # cuDNN under other stream orderings (ORDERS="stream
+#                                    # signal flags"), a warm-cache first step (WARM=0 skips
+#                                    # it), the bench's step through a CUDA graph (GRAPH=0
+#                                    # skips it; with `stream` in ORDERS, cuDNN's too), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
 #                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
 #                                    # short BYOL run, REPLAY=1 each of REPLAY_RECIPES
@@ -62,6 +63,21 @@ out=${OUT:-target/gpu-session}
 work=${WORK:-/tmp}
 bin=$work/sslhost
 mkdir -p "$out" "$work"
+
+# selftest_verdict LOG: passed, failed or unfinished, from the self-test's JSON line in LOG.
+selftest_verdict() {
+    python3 -c '
+import json, sys
+verdict = "unfinished"
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(r, dict) and r.get("selftest") == "gpu_kernels":
+        verdict = "passed" if r.get("passed") else "failed"
+print(verdict)' "$1"
+}
 
 # unxz SRC DST: xz where the machine has it, else Python's lzma (always there).
 unxz() {
@@ -237,6 +253,10 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         cudnn=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2> /dev/null || true)
         echo "cuDNN: ${cudnn:-not in the Python environment}; ldconfig: $(ldconfig -p | grep -c libcudnn) entries"
         [ -z "$cudnn" ] || ls "$cudnn"
+        # CUPTI, which the `stream` ordering needs to find cubecl's stream.
+        echo "CUPTI: $( { ls -d /usr/local/cuda*/extras/CUPTI/lib64/libcupti.so* \
+            "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2> /dev/null)"/nvidia/*/lib/libcupti.so* \
+            2> /dev/null || true; } | head -n 3 | paste -sd ' ' -)"
         variants=${VARIANTS:-burn:f32,nhwc:f32,nhwc:half,rows:half}
         orders=${ORDERS:-}
         # First, cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
@@ -246,22 +266,26 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
             # shellcheck disable=SC2086
             stage selftest "${SELFTEST_SECONDS:-150}" "$bin" gpu-selftest --capture-steps 0 \
                 ${SELFTEST_ARGS:-} 2>&1 | tee -a "$out/selftest.log"
-            verdict=$(python3 -c '
-import json, sys
-verdict = "unfinished"
-for line in open(sys.argv[1]):
-    try:
-        r = json.loads(line)
-    except ValueError:
-        continue
-    if isinstance(r, dict) and r.get("selftest") == "gpu_kernels":
-        verdict = "passed" if r.get("passed") else "failed"
-print(verdict)' "$out/selftest.log")
+            verdict=$(selftest_verdict "$out/selftest.log")
             echo "== selftest: $verdict"
             if [ "$verdict" != passed ] && [ "${GATE:-1}" = 1 ] && [[ "$variants,$orders" == *cudnn* || -n "$orders" ]]; then
-                variants=$(echo "$variants" | tr , '\n' | grep -v '^cudnn' | paste -sd, -)
+                variants=$(echo "$variants" | tr , '\n' | { grep -v '^cudnn' || true; } | paste -sd, -)
                 orders=
                 echo "== cuDNN's variants dropped (self-test $verdict); timing: ${variants:-nothing}"
+            fi
+            # The `stream` ordering puts cuDNN on a stream found through CUPTI: a wrong one
+            # would race, and only results checked against burn's show it. A short self-test
+            # under it (bf16, batch 16) keeps it among ORDERS only when it passes.
+            if [[ " $orders " == *" stream "* ]]; then
+                stage "selftest stream" "${SELFTEST_STREAM_SECONDS:-90}" env SSLHOST_CUDNN_ORDER=stream \
+                    "$bin" gpu-selftest --capture-steps 0 --dtypes bf16 --batch 16 2>&1 \
+                    | tee "$out/selftest-stream.log"
+                stream_verdict=$(selftest_verdict "$out/selftest-stream.log")
+                echo "== selftest stream: $stream_verdict"
+                if [ "$stream_verdict" != passed ] && [ "${GATE:-1}" = 1 ]; then
+                    orders=$(echo "$orders" | tr ' ' '\n' | { grep -v '^stream$' || true; } | paste -sd' ' -)
+                    echo "== the stream ordering dropped (self-test $stream_verdict)"
+                fi
             fi
         fi
         METHODS=${METHODS:-byol}
@@ -305,6 +329,19 @@ print(verdict)' "$out/selftest.log")
                     env SSLHOST_CAPTURE_GRAPH=1 "$bin" bench --device cuda --method "$method" \
                     --warmup 5 --steps 20 --variants "$graph_variant" --capture replay \
                     | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
+            done
+        fi
+        # With `stream` among ORDERS (cuDNN's calls on cubecl's own stream, found through
+        # CUPTI), cuDNN's variant through a CUDA graph as well: the graph can hold its calls
+        # then. Its row says `"capture":"graph"` and `"cudnn_order":"stream"`.
+        if [ "${GRAPH:-1}" = 1 ] && [[ " $orders " == *" stream "* ]]; then
+            for method in $METHODS; do
+                stage "sslhost $method graph cudnn:half order stream" "${GRAPH_SECONDS:-120}" \
+                    env SSLHOST_CUDNN_ORDER=stream SSLHOST_CAPTURE_GRAPH=1 "$bin" bench \
+                    --device cuda --method "$method" --warmup 5 --steps 20 \
+                    --variants cudnn:half --capture replay \
+                    | { grep '^{' || true; } \
+                    | sed 's/^{/{"impl":"sslhost","cudnn_order":"stream",/' | tee -a "$out/bench.jsonl"
             done
         fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA

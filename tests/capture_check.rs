@@ -251,7 +251,7 @@ for b in steps(loader, 1) {{
 }
 
 #[test]
-fn no_device_graph_is_tried_with_cudnns_kernels() {
+fn a_device_graph_with_cudnns_kernels_is_tried_only_on_cubecls_stream() {
     let (dir, recipe) = recipe_in_temp(
         "capture-cudnn",
         r#"
@@ -262,17 +262,19 @@ for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }
 }
 "#,
     );
-    let line = |gpu_kernels: &str| {
-        let out = sslhost_run(&recipe, &dir.join(gpu_kernels))
+    let line_ordered = |gpu_kernels: &str, order: &str| {
+        let out = sslhost_run(&recipe, &dir.join(format!("{gpu_kernels}-{order}")))
             .args(["--capture", "replay"])
             .env("SSLHOST_CAPTURE_GRAPH", "1")
             .env("SSLHOST_GPU_BATCH_NORM", gpu_kernels)
+            .env("SSLHOST_CUDNN_ORDER", order)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
         stderr
     };
+    let line = |gpu_kernels: &str| line_ordered(gpu_kernels, "sync");
     // The graph is asked for (and not tried here: the CPU checks the loss inside the
     // optimiser's step), and the report says what became of it.
     let nhwc = line("nhwc");
@@ -288,6 +290,13 @@ for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }
         cudnn.contains("Replay: 1 step recorded, 3 steps replayed"),
         "{cudnn}"
     );
+    // On cubecl's own stream, cuDNN's calls can be recorded: the graph is asked for.
+    let shared = line_ordered("cudnn", "stream");
+    assert!(
+        !shared.contains("no device graph with cuDNN's kernels"),
+        "{shared}"
+    );
+    assert!(shared.contains(". Graph: not tried"), "{shared}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

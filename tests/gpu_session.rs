@@ -42,7 +42,8 @@ fn session(name: &str, env: &[(&str, &str)]) -> (String, Vec<serde_json::Value>,
     (log, rows, dir)
 }
 
-/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm`, `graph` or `""`.
+/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `stream graph` (an ordering
+/// through a graph), `warm`, `graph` or `""`.
 fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
     rows.iter()
         .map(|r| {
@@ -53,6 +54,9 @@ fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
                 r["activations"].as_str().unwrap()
             );
             let tag = match (&r["cudnn_order"], &r["warm_start"], &r["capture"]) {
+                (serde_json::Value::String(order), _, serde_json::Value::String(capture)) => {
+                    format!("{order} {capture}")
+                }
                 (serde_json::Value::String(order), _, _) => order.clone(),
                 (_, serde_json::Value::Bool(true), _) => "warm".into(),
                 (_, _, serde_json::Value::String(capture)) => capture.clone(),
@@ -71,7 +75,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 
 const PLAN: &[(&str, &str)] = &[
     ("VARIANTS", "cudnn:half,nhwc:half"),
-    ("ORDERS", "signal"),
+    ("ORDERS", "stream signal"),
     ("REPLAY", "1"),
     ("RECIPES", "dino"),
 ];
@@ -80,15 +84,19 @@ const PLAN: &[(&str, &str)] = &[
 fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_checked() {
     let (log, rows, dir) = session("pass", PLAN);
     assert!(log.contains("== selftest: passed"), "{log}");
+    assert!(log.contains("== selftest stream: passed"), "{log}");
     assert_eq!(
         variants(&rows),
         pairs(&[
             ("cudnn:half", ""),
             ("nhwc:half", ""),
+            ("cudnn:half", "stream"),
             ("cudnn:half", "signal"),
             ("cudnn:half", "warm"),
-            // The graph's row: in the first variant a graph can hold.
+            // The graph's row: in the first variant a graph can hold, and cuDNN's on
+            // cubecl's stream.
             ("nhwc:half", "graph"),
+            ("cudnn:half", "stream graph"),
         ]),
         "{log}"
     );
@@ -147,6 +155,35 @@ fn a_failed_self_test_drops_cudnns_variants_and_a_differing_graph_is_named() {
     assert!(log.contains("replay check byol replay: equal"), "{log}");
     assert!(
         log.contains("replay check byol graph: differ, largest relative difference 2.5e-01"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_failed_self_test_under_the_stream_ordering_drops_that_ordering_only() {
+    let mut env = PLAN.to_vec();
+    env.extend([
+        ("FAKE_SELFTEST_STREAM", "fail"),
+        ("REPLAY", "0"),
+        ("RECIPES", ""),
+    ]);
+    let (log, rows, dir) = session("stream-fail", &env);
+    assert!(log.contains("== selftest: passed"), "{log}");
+    assert!(log.contains("== selftest stream: failed"), "{log}");
+    assert!(
+        log.contains("the stream ordering dropped (self-test failed)"),
+        "{log}"
+    );
+    assert_eq!(
+        variants(&rows),
+        pairs(&[
+            ("cudnn:half", ""),
+            ("nhwc:half", ""),
+            ("cudnn:half", "signal"),
+            ("cudnn:half", "warm"),
+            ("nhwc:half", "graph"),
+        ]),
         "{log}"
     );
     std::fs::remove_dir_all(&dir).ok();

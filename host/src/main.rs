@@ -370,12 +370,16 @@ impl Capture {
             return Ok(None);
         };
         // cuDNN runs on a stream of its own, which the host waits for around each call: a
-        // capture of cubecl's stream would hold none of its work and refuse the waits.
-        if kernels.gpu == kernels::GpuKernelSet::Cudnn {
+        // capture of cubecl's stream would hold none of its work and refuse the waits. Under
+        // the `stream` ordering its calls go on cubecl's stream, where a capture records them.
+        if kernels.gpu == kernels::GpuKernelSet::Cudnn
+            && kernels.cudnn_order != kernels::CudnnOrder::Stream
+        {
             tracing::warn!(
                 "SSLHOST_CAPTURE_GRAPH: no device graph with cuDNN's kernels \
-                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own; \
-                 the steps replay without one"
+                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own \
+                 (SSLHOST_CUDNN_ORDER=stream puts them on cubecl's); the steps replay \
+                 without one"
             );
             return Ok(None);
         }
@@ -416,7 +420,9 @@ Environment:
   SSLHOST_CPU_KERNELS        CPU kernels: im2col, no-direct or burn (default: the host's own)
   SSLHOST_GPU_BATCH_NORM     GPU kernels: burn, rows, nhwc or cudnn
   SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
-  SSLHOST_CUDNN_ORDER        sync (default), signal or flags: how cuDNN's stream follows cubecl's
+  SSLHOST_CUDNN_ORDER        sync (default), signal, flags or stream: how cuDNN's calls are
+                             ordered with cubecl's kernels (stream: on cubecl's own stream,
+                             found through CUPTI; a device graph can then hold them)
   SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run
   SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
                              where the device records them (CUDA; not yet checked on a GPU).

@@ -134,6 +134,9 @@ pub enum CudnnOrder {
     Signal,
     /// Counters in device memory both ways, no host wait (`flags`).
     Flags,
+    /// cuDNN on cubecl's own stream, found through CUPTI: no ordering needed, and a device
+    /// graph records cuDNN's calls (`stream`).
+    Stream,
 }
 
 impl CudnnOrder {
@@ -143,12 +146,13 @@ impl CudnnOrder {
             Self::Sync => "sync",
             Self::Signal => "signal",
             Self::Flags => "flags",
+            Self::Stream => "stream",
         }
     }
 
     /// The ordering named `name`.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Sync, Self::Signal, Self::Flags]
+        [Self::Sync, Self::Signal, Self::Flags, Self::Stream]
             .into_iter()
             .find(|v| v.name() == name)
     }
@@ -208,7 +212,7 @@ impl KernelPolicy {
         let cudnn_order = match setting("SSLHOST_CUDNN_ORDER") {
             None => CudnnOrder::Sync,
             Some(v) => CudnnOrder::parse(&v)
-                .ok_or_else(|| bad("SSLHOST_CUDNN_ORDER", &v, "sync, signal or flags"))?,
+                .ok_or_else(|| bad("SSLHOST_CUDNN_ORDER", &v, "sync, signal, flags or stream"))?,
         };
         Ok(KernelPolicy {
             precision: Precision::F32,
@@ -324,7 +328,12 @@ mod tests {
         ] {
             assert_eq!(GpuKernelSet::parse(set.name()), Some(set));
         }
-        for order in [CudnnOrder::Sync, CudnnOrder::Signal, CudnnOrder::Flags] {
+        for order in [
+            CudnnOrder::Sync,
+            CudnnOrder::Signal,
+            CudnnOrder::Flags,
+            CudnnOrder::Stream,
+        ] {
             assert_eq!(CudnnOrder::parse(order.name()), Some(order));
         }
         assert_eq!(CudnnOrder::parse("events"), None);

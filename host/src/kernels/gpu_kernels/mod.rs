@@ -16,6 +16,8 @@ pub mod selftest;
 
 #[cfg(feature = "cuda")]
 pub mod cudnn;
+#[cfg(any(feature = "cuda", test))]
+pub mod cupti;
 #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
 pub mod handshake;
 

@@ -118,7 +118,7 @@ fn preload() -> Option<PathBuf> {
         return None;
     }
     let mut last = None;
-    for dir in library_dirs() {
+    for dir in library_dirs(&CUDNN) {
         let path = dir.join("libcudnn.so.9");
         if !path.is_file() {
             continue;
@@ -144,13 +144,37 @@ fn preload() -> Option<PathBuf> {
     last
 }
 
-/// The folders [`preload`] looks in after the loader's own search.
-fn library_dirs() -> Vec<PathBuf> {
+/// Where a library of NVIDIA's is, after the loader's own search: these folders of
+/// `$CUDA_HOME` and `$CUDA_PATH`, then these of the `nvidia` package of every Python
+/// environment on the PATH (where PyTorch's wheels put them).
+struct Places {
+    in_toolkit: &'static [&'static str],
+    in_python: &'static [&'static str],
+}
+
+/// cuDNN's places.
+const CUDNN: Places = Places {
+    in_toolkit: &["lib64", "lib"],
+    in_python: &["nvidia/cudnn/lib"],
+};
+
+/// CUPTI's places: a toolkit keeps it apart, and the wheels have had three layouts.
+const CUPTI: Places = Places {
+    in_toolkit: &["extras/CUPTI/lib64", "lib64"],
+    in_python: &[
+        "nvidia/cuda_cupti/lib",
+        "nvidia/cu13/lib",
+        "nvidia/cu12/lib",
+    ],
+};
+
+/// The folders to look in for a library at `places`.
+fn library_dirs(places: &Places) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = std::env::var_os(var) {
             let root = PathBuf::from(root);
-            dirs.extend([root.join("lib64"), root.join("lib")]);
+            dirs.extend(places.in_toolkit.iter().map(|sub| root.join(sub)));
         }
     }
     let mut prefixes: Vec<PathBuf> = ["VIRTUAL_ENV", "CONDA_PREFIX"]
@@ -169,6 +193,13 @@ fn library_dirs() -> Vec<PathBuf> {
     }
     prefixes.push(PathBuf::from("/usr/local"));
     prefixes.push(PathBuf::from("/usr"));
+    // A toolkit where it installs by default, when no variable names one.
+    dirs.extend(
+        places
+            .in_toolkit
+            .iter()
+            .map(|sub| Path::new("/usr/local/cuda").join(sub)),
+    );
     for prefix in prefixes {
         for lib in ["lib", "lib64"] {
             let Ok(entries) = std::fs::read_dir(prefix.join(lib)) else {
@@ -178,7 +209,8 @@ fn library_dirs() -> Vec<PathBuf> {
                 let name = entry.file_name();
                 if name.to_string_lossy().starts_with("python3") {
                     for packages in ["site-packages", "dist-packages"] {
-                        dirs.push(entry.path().join(packages).join("nvidia/cudnn/lib"));
+                        let packages = entry.path().join(packages);
+                        dirs.extend(places.in_python.iter().map(|sub| packages.join(sub)));
                     }
                 }
             }
@@ -241,7 +273,10 @@ impl Pointers {
 /// per shape.
 pub struct Cudnn {
     handle: dnn::cudnnHandle_t,
+    /// cuDNN's own stream.
     stream: cu::CUstream,
+    /// The stream the handle issues on: cuDNN's own, or cubecl's under `stream`.
+    on: cu::CUstream,
     order: order::Order,
     /// The calls made so far, by pass and shape: a call's first run is ordered as under
     /// `sync` (`order`'s notes).
@@ -267,15 +302,16 @@ impl Cudnn {
         let handle = cudarc::cudnn::result::create_handle()?;
         // SAFETY: both are live; the stream belongs to the current context.
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as dnn::cudaStream_t)? };
-        let mode = crate::kernels::current().cudnn_order;
+        let order = order::Order::new(crate::kernels::current().cudnn_order, client)?;
         tracing::info!(
-            "cuDNN's stream is ordered with cubecl's by `{}` (SSLHOST_CUDNN_ORDER)",
-            mode.name()
+            "cuDNN's calls are ordered with cubecl's kernels by `{}` (SSLHOST_CUDNN_ORDER)",
+            order.name()
         );
         Ok(Cudnn {
             handle,
             stream,
-            order: order::Order::new(mode, client)?,
+            on: stream,
+            order,
             called: HashSet::new(),
             refused: HashSet::new(),
             conv: conv::Plans::default(),
@@ -317,6 +353,13 @@ impl Cudnn {
         calls: impl FnOnce(dnn::cudnnHandle_t) -> Result<(), CudnnError>,
     ) -> Result<(), CudnnError> {
         let handle = self.handle;
+        if let Some(stream) = self.order.shared_stream(client)?
+            && stream != self.on
+        {
+            // SAFETY: a live handle, and a live stream of cubecl's in the current context.
+            unsafe { cudarc::cudnn::result::set_stream(handle, stream as dnn::cudaStream_t)? };
+            self.on = stream;
+        }
         let first = self.called.insert(key);
         self.order
             .around(client, self.stream, first, || calls(handle))

@@ -2,8 +2,9 @@
 //!
 //! cubecl-cuda runs its kernels on a stream of its own that it does not expose, created
 //! non-blocking, so work on any other stream (the legacy default one included) is not ordered
-//! with it. cuDNN runs on a stream of ours, and one of three orderings joins the two (the
-//! kernel policy's `cudnn_order`, `SSLHOST_CUDNN_ORDER`). Two of them use a pair of counters
+//! with it. cuDNN runs on a stream of ours, and one of three orderings joins the two, or, the
+//! fourth, on cubecl's stream once it has been found (the kernel policy's `cudnn_order`,
+//! `SSLHOST_CUDNN_ORDER`). Two of them use a pair of counters
 //! in device memory ([`crate::kernels::gpu_kernels::handshake`]): a one-thread kernel on
 //! cubecl's stream stores `n` in `ready` once what was queued before it has run, and
 //! `cuStreamWaitValue32(ready >= n)` holds cuDNN's stream until then. A stream wait is not a
@@ -29,17 +30,31 @@
 //!   cubecl compiles and first launches while a spin is pending can still stall it until the
 //!   spin gives up, which breaks the ordering and is reported (`timed_out`): this mode is for
 //!   measuring, after a first step that has loaded everything.
+//! - **`stream`**: cuDNN's calls go on cubecl's own stream, so they need no ordering at all:
+//!   what cubecl queued before runs first, what it queues after runs after, and nothing
+//!   waits on the host. cubecl does not say which stream that is; one launch watched through
+//!   CUPTI does ([`crate::kernels::gpu_kernels::cupti`]), once for each cubecl stream that
+//!   calls cuDNN. cubecl's launches are issued by its server thread, so cuDNN's calls come
+//!   after a flush, which returns once everything queued before has been issued. Inside a
+//!   device graph's capture cuDNN's launches are then recorded like cubecl's. Where CUPTI is
+//!   missing or taken (a profiler), this falls back to `signal`, and says so.
 //!
-//! In all three, every buffer cuDNN touches is a cubecl allocation, live while cuDNN runs and
-//! reused by cubecl only after cuDNN's calls have finished, so the stream-ordered memory pool
-//! stays sound. The ones cubecl wrote are complete before cuDNN starts (a host wait, or the
-//! signal kernel after their writers).
+//! In all four, every buffer cuDNN touches is a cubecl allocation, live while cuDNN runs and
+//! reused by cubecl only after cuDNN's calls have finished (under `stream`, reused by work
+//! queued after them on the same stream), so the stream-ordered memory pool stays sound. The
+//! ones cubecl wrote are complete before cuDNN starts (a host wait, the signal kernel after
+//! their writers, or the stream's own order).
+
+use std::collections::HashMap;
 
 use burn_cubecl::cubecl::client::Client;
+use burn_cubecl::cubecl::future::block_on;
+use cubecl_environment::stream::StreamId;
 use cudarc::driver::sys;
 
-use super::{CudnnError, Pointers};
+use super::{CUPTI, CudnnError, Pointers, library_dirs};
 use crate::kernels::CudnnOrder;
+use crate::kernels::gpu_kernels::cupti;
 use crate::kernels::gpu_kernels::handshake::Flags;
 
 /// Polls of the waiting kernel before it gives up: with a global load of some hundreds of
@@ -52,6 +67,39 @@ pub enum Order {
     Sync,
     /// See [`CudnnOrder::Signal`] and [`CudnnOrder::Flags`].
     Counters(Box<Counters>),
+    /// See [`CudnnOrder::Stream`].
+    Shared(Box<Shared>),
+}
+
+/// cuDNN on cubecl's streams: which CUDA stream each cubecl stream id launches on.
+pub struct Shared {
+    /// The probe's one-thread kernel (its counters are never read).
+    probe: Flags,
+    /// By cubecl stream id (`StreamId::value`), the CUDA stream of its launches.
+    streams: HashMap<u64, sys::CUstream>,
+}
+
+impl Shared {
+    /// The CUDA stream the calling code's cubecl launches go to, found on its first call.
+    fn stream(&mut self, client: &Client) -> Result<sys::CUstream, CudnnError> {
+        let id = StreamId::current().value;
+        if let Some(stream) = self.streams.get(&id) {
+            return Ok(*stream);
+        }
+        let sync =
+            || block_on(client.sync()).map_err(|e| format!("waiting for cubecl's stream: {e:?}"));
+        // Whatever was queued before is out of the way before anything is watched.
+        sync().map_err(CudnnError)?;
+        let found = cupti::launch_stream(&library_dirs(&CUPTI), || {
+            self.probe.signal(client, 1);
+            sync()
+        })
+        .map_err(CudnnError)?;
+        let stream = found as sys::CUstream;
+        tracing::debug!("cubecl stream {id} launches on CUDA stream {found:#x}");
+        self.streams.insert(id, stream);
+        Ok(stream)
+    }
 }
 
 /// The counters of `signal` and `flags`.
@@ -74,6 +122,22 @@ impl Order {
             CudnnOrder::Sync => return Ok(Order::Sync),
             CudnnOrder::Signal => false,
             CudnnOrder::Flags => true,
+            CudnnOrder::Stream => {
+                let mut shared = Shared {
+                    probe: Flags::new(client, [0; 4]),
+                    streams: HashMap::new(),
+                };
+                match shared.stream(client) {
+                    Ok(_) => return Ok(Order::Shared(Box::new(shared))),
+                    Err(why) => {
+                        tracing::warn!(
+                            "cuDNN on cubecl's stream: {why}; ordered by `signal` instead \
+                             (a device graph cannot hold cuDNN's calls then)"
+                        );
+                        false
+                    }
+                }
+            }
         };
         let flags = Flags::new(client, [0; 4]);
         let mut pinned = Pointers::new(client);
@@ -86,6 +150,25 @@ impl Order {
             _pinned: pinned,
             next: 0,
         })))
+    }
+
+    /// The ordering's name, as `SSLHOST_CUDNN_ORDER` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Order::Sync => CudnnOrder::Sync.name(),
+            Order::Counters(c) if c.spin => CudnnOrder::Flags.name(),
+            Order::Counters(_) => CudnnOrder::Signal.name(),
+            Order::Shared(_) => CudnnOrder::Stream.name(),
+        }
+    }
+
+    /// Under `stream`, the CUDA stream cuDNN's calls go on for the calling code (cubecl's);
+    /// `None` under the others, whose calls go on cuDNN's own stream.
+    pub fn shared_stream(&mut self, client: &Client) -> Result<Option<sys::CUstream>, CudnnError> {
+        match self {
+            Order::Shared(shared) => shared.stream(client).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Runs `work` (cuDNN calls issued on `stream`) after everything queued on `client` so
@@ -137,8 +220,26 @@ impl Order {
                 }
                 out
             }
+            Order::Shared(_) if !first => {
+                // cubecl's server thread has issued everything queued before once this
+                // returns; what the caller queues after is issued after cuDNN's calls.
+                client
+                    .flush()
+                    .map_err(|e| CudnnError(format!("flushing cubecl's stream: {e:?}")))?;
+                work()
+            }
+            Order::Shared(_) => {
+                // A first call, drained on both sides as under `sync`; its work is on
+                // cubecl's stream, which the second wait covers.
+                block_on(client.sync())
+                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
+                let out = work();
+                block_on(client.sync())
+                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
+                out
+            }
             _ => {
-                burn_cubecl::cubecl::future::block_on(client.sync())
+                block_on(client.sync())
                     .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
                 let out = work();
                 // SAFETY: a live stream of the current context.

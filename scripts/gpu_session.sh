@@ -347,13 +347,18 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
         # graph and replayed, its losses and running statistics against running the step, and
         # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
-        # activations, as VARIANTS); CAPTURE=0 skips it.
+        # activations, as VARIANTS; by default nhwc:half, and cudnn:half too when `stream` is
+        # among ORDERS, under that ordering: cuDNN's calls inside the graph); CAPTURE=0 skips it.
+        capture_variants=${CAPTURE_VARIANTS:-nhwc:half}
+        [ -n "${CAPTURE_VARIANTS:-}" ] || [[ " $orders " != *" stream "* ]] \
+            || capture_variants="$capture_variants cudnn:half"
         if [ "${CAPTURE:-1}" = 1 ] && "$bin" gpu-selftest --help | grep -q capture-only; then
-            for v in ${CAPTURE_VARIANTS:-nhwc:half}; do
+            for v in $capture_variants; do
                 half=0; [ "${v#*:}" != half ] || half=1
+                order=sync; [[ "$v" != cudnn:* || " $orders " != *" stream "* ]] || order=stream
                 stage "capture $v" "${CAPTURE_SECONDS:-120}" env SSLHOST_GPU_BATCH_NORM="${v%%:*}" \
-                    SSLHOST_HALF_ACTIVATIONS=$half "$bin" gpu-selftest --capture-only 2>&1 \
-                    | tee -a "$out/selftest.log"
+                    SSLHOST_HALF_ACTIVATIONS=$half SSLHOST_CUDNN_ORDER=$order \
+                    "$bin" gpu-selftest --capture-only 2>&1 | tee -a "$out/selftest.log"
             done
         fi
         if [ "${QUALITY:-0}" = 1 ]; then

@@ -101,9 +101,16 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
         "{log}"
     );
     // Every stage is announced in the session's log, those writing files of their own too.
+    // With `stream` among the orderings, the captured step runs cuDNN's kernels too, on
+    // cubecl's stream.
+    assert!(
+        log.contains("ordered with cubecl's kernels by `stream`"),
+        "{log}"
+    );
     for stage in [
         "== sslhost byol (at most",
         "== capture nhwc:half",
+        "== capture cudnn:half",
         "== replay check byol off",
         "== replay check byol graph",
         "== recipe dino",

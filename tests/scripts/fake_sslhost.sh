@@ -27,6 +27,8 @@ case "$1" in
         if [ "${2:-}" = --help ]; then
             echo "      --capture-only  the captured step alone"
         elif [[ " $* " == *" --capture-only "* ]]; then
+            [ "${SSLHOST_GPU_BATCH_NORM:-burn}" != cudnn ] \
+                || echo "INFO cuDNN's calls are ordered with cubecl's kernels by \`${SSLHOST_CUDNN_ORDER:-sync}\`"
             echo "capture: recorded; replayed losses equal the eager ones; eager 40.0 ms, replayed 30.0 ms"
         else
             want=${FAKE_SELFTEST:-pass}

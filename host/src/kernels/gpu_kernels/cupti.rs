@@ -3,10 +3,11 @@
 //!
 //! cubecl-cuda keeps its streams private (cubecl issue #1613), so cuDNN cannot simply be
 //! given cubecl's stream. CUPTI, NVIDIA's tools interface, calls back on every driver call
-//! made in the process with the call's parameters, and `cuLaunchKernel`'s include the
-//! stream. [`launch_stream`] subscribes, lets a probe launch one one-thread kernel through
-//! cubecl, unsubscribes, and returns the stream that launch went to. The callback is on for
-//! that probe only, so nothing is watched while training runs.
+//! made in the process with the call's parameters, and a kernel launch's include the stream
+//! (`cuLaunchKernel`'s, which cubecl 0.11.3 uses, and `cuLaunchKernelEx`'s).
+//! [`launch_stream`] subscribes, lets a probe launch one one-thread kernel through cubecl,
+//! unsubscribes, and returns the stream that launch went to. The callback is on for that
+//! probe only, so nothing is watched while training runs.
 //!
 //! CUPTI is loaded at run time like cuDNN: `libcupti.so` from the loader's path, a CUDA
 //! toolkit (`extras/CUPTI/lib64`) or a Python environment (PyTorch's wheels bring it). Only
@@ -24,6 +25,8 @@ const DRIVER_API: c_int = 1;
 const API_ENTER: c_int = 0;
 /// `CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel` and its per-thread-stream form.
 const LAUNCH_KERNEL: [u32; 2] = [307, 442];
+/// `CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx` and its per-thread-stream form.
+const LAUNCH_KERNEL_EX: [u32; 2] = [652, 653];
 
 /// `CUpti_CallbackData`: what a driver-API callback is told.
 #[repr(C)]
@@ -51,22 +54,45 @@ pub struct LaunchParams {
     pub extra: *mut *mut c_void,
 }
 
+/// `CUlaunchConfig`: how `cuLaunchKernelEx` is told the sizes and the stream.
+#[repr(C)]
+pub struct LaunchConfig {
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared_mem_bytes: c_uint,
+    pub stream: *mut c_void,
+    pub attributes: *mut c_void,
+    pub attribute_count: c_uint,
+}
+
+/// `cuLaunchKernelEx_params`: `cuLaunchKernelEx`'s arguments.
+#[repr(C)]
+pub struct LaunchExParams {
+    pub config: *const LaunchConfig,
+    pub function: *mut c_void,
+    pub kernel_params: *mut *mut c_void,
+    pub extra: *mut *mut c_void,
+}
+
 /// The streams of the one-block, one-thread launches seen while subscribed (the probe's
 /// kernel is such a launch; a training step's kernels are not).
 static SEEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-/// CUPTI's callback: records the stream of every one-thread `cuLaunchKernel`.
+/// CUPTI's callback: records the stream of every one-thread kernel launch, through
+/// `cuLaunchKernel` or `cuLaunchKernelEx`.
 ///
 /// # Safety
 /// `data`, for the driver domain and a launch id, points to a live [`CallbackData`] whose
-/// parameters are a [`LaunchParams`] (CUPTI's contract).
+/// parameters are a [`LaunchParams`] or, for the `Ex` ids, a [`LaunchExParams`] (CUPTI's
+/// contract).
 pub unsafe extern "C" fn on_driver_call(
     _userdata: *mut c_void,
     domain: c_int,
     id: u32,
     data: *const c_void,
 ) {
-    if domain != DRIVER_API || !LAUNCH_KERNEL.contains(&id) || data.is_null() {
+    let plain = LAUNCH_KERNEL.contains(&id);
+    if domain != DRIVER_API || !(plain || LAUNCH_KERNEL_EX.contains(&id)) || data.is_null() {
         return;
     }
     // SAFETY: the function's contract.
@@ -74,12 +100,23 @@ pub unsafe extern "C" fn on_driver_call(
     if data.callback_site != API_ENTER || data.function_params.is_null() {
         return;
     }
-    // SAFETY: a launch's parameters, by the function's contract.
-    let params = unsafe { &*(data.function_params as *const LaunchParams) };
-    if params.grid == [1, 1, 1] && params.block == [1, 1, 1] {
+    // SAFETY: a launch's parameters, of the form its id says, by the function's contract.
+    let (grid, block, stream) = unsafe {
+        if plain {
+            let p = &*(data.function_params as *const LaunchParams);
+            (p.grid, p.block, p.stream)
+        } else {
+            let p = &*(data.function_params as *const LaunchExParams);
+            let Some(config) = p.config.as_ref() else {
+                return;
+            };
+            (config.grid, config.block, config.stream)
+        }
+    };
+    if grid == [1, 1, 1] && block == [1, 1, 1] {
         SEEN.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(params.stream as usize);
+            .push(stream as usize);
     }
 }
 
@@ -90,7 +127,7 @@ fn one_stream(seen: &[usize]) -> Result<usize, String> {
     streams.dedup();
     match streams.as_slice() {
         [stream] => Ok(*stream),
-        [] => Err("the probe's launch was not seen (no cuLaunchKernel callback)".into()),
+        [] => Err("the probe's launch was not seen (no kernel launch callback)".into()),
         many => Err(format!(
             "one-thread launches on {} streams while probing; which is cubecl's is unclear",
             many.len()
@@ -175,15 +212,18 @@ pub fn launch_stream(
         return Err(format!("cuptiSubscribe failed with CUPTI status {status}"));
     }
     SEEN.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    let enabled = LAUNCH_KERNEL.iter().try_for_each(|&id| {
-        // SAFETY: a live subscriber.
-        match unsafe { (cupti.enable_callback)(1, subscriber, DRIVER_API, id) } {
-            0 => Ok(()),
-            status => Err(format!(
-                "cuptiEnableCallback failed with CUPTI status {status}"
-            )),
-        }
-    });
+    let enabled = LAUNCH_KERNEL
+        .iter()
+        .chain(&LAUNCH_KERNEL_EX)
+        .try_for_each(|&id| {
+            // SAFETY: a live subscriber.
+            match unsafe { (cupti.enable_callback)(1, subscriber, DRIVER_API, id) } {
+                0 => Ok(()),
+                status => Err(format!(
+                    "cuptiEnableCallback failed with CUPTI status {status}"
+                )),
+            }
+        });
     let probed = enabled.and_then(|()| probe());
     // SAFETY: the subscriber made above, released once.
     unsafe { (cupti.unsubscribe)(subscriber) };
@@ -196,25 +236,46 @@ pub fn launch_stream(
 mod tests {
     use super::*;
 
-    /// What CUPTI hands the callback for a `cuLaunchKernel` of `grid` blocks on `stream`.
+    /// What CUPTI hands the callback for a launch of `grid` blocks on `stream`, through
+    /// `cuLaunchKernel` or, for the `Ex` ids, `cuLaunchKernelEx`.
     fn call(id: u32, site: c_int, grid: [c_uint; 3], stream: usize) {
+        let block = if grid == [1, 1, 1] {
+            [1, 1, 1]
+        } else {
+            [256, 1, 1]
+        };
         let params = LaunchParams {
             function: std::ptr::null_mut(),
             grid,
-            block: if grid == [1, 1, 1] {
-                [1, 1, 1]
-            } else {
-                [256, 1, 1]
-            },
+            block,
             shared_mem_bytes: 0,
             stream: stream as *mut c_void,
             kernel_params: std::ptr::null_mut(),
             extra: std::ptr::null_mut(),
         };
+        let config = LaunchConfig {
+            grid,
+            block,
+            shared_mem_bytes: 0,
+            stream: stream as *mut c_void,
+            attributes: std::ptr::null_mut(),
+            attribute_count: 0,
+        };
+        let ex = LaunchExParams {
+            config: &config,
+            function: std::ptr::null_mut(),
+            kernel_params: std::ptr::null_mut(),
+            extra: std::ptr::null_mut(),
+        };
+        let function_params = if LAUNCH_KERNEL_EX.contains(&id) {
+            &ex as *const LaunchExParams as *const c_void
+        } else {
+            &params as *const LaunchParams as *const c_void
+        };
         let data = CallbackData {
             callback_site: site,
             function_name: c"cuLaunchKernel".as_ptr(),
-            function_params: &params as *const LaunchParams as *const c_void,
+            function_params,
             function_return_value: std::ptr::null_mut(),
             symbol_name: std::ptr::null(),
             context: std::ptr::null_mut(),
@@ -241,11 +302,14 @@ mod tests {
         call(307, 1, [1, 1, 1], 0xb0);
         call(50, API_ENTER, [1, 1, 1], 0xc0);
         assert!(one_stream(&SEEN.lock().unwrap()).is_err());
-        // The probe's one-thread launch, through either form of the call.
-        call(307, API_ENTER, [1, 1, 1], 0x7f00);
-        call(442, API_ENTER, [1, 1, 1], 0x7f00);
+        call(652, API_ENTER, [8, 1, 1], 0xd0);
+        assert!(one_stream(&SEEN.lock().unwrap()).is_err());
+        // The probe's one-thread launch, through any form of the call.
+        for id in [307, 442, 652, 653] {
+            call(id, API_ENTER, [1, 1, 1], 0x7f00);
+        }
         let seen = std::mem::take(&mut *SEEN.lock().unwrap());
-        assert_eq!(seen, vec![0x7f00, 0x7f00]);
+        assert_eq!(seen, vec![0x7f00; 4]);
         assert_eq!(one_stream(&seen), Ok(0x7f00));
         // Two streams cannot be told apart.
         let err = one_stream(&[0x7f00, 0x7e00]).unwrap_err();
@@ -260,6 +324,9 @@ mod tests {
         // CUpti_CallbackData: the parameters after the site and the name.
         assert_eq!(std::mem::offset_of!(CallbackData, function_params), 16);
         assert_eq!(std::mem::offset_of!(CallbackData, correlation_id), 64);
+        // CUlaunchConfig: seven 32-bit sizes, then the stream at 32.
+        assert_eq!(std::mem::offset_of!(LaunchConfig, stream), 32);
+        assert_eq!(std::mem::size_of::<LaunchConfig>(), 56);
     }
 
     #[test]

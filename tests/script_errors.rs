@@ -164,3 +164,29 @@ fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
         assert!(help.contains(want), "no `{want}` in:\n{help}");
     }
 }
+
+#[test]
+fn a_knn_monitor_too_large_for_the_data_is_said_before_training() {
+    let runs = std::env::temp_dir().join(format!("sslhost-knn-k-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .args(["run", "recipes/byol.rhai", "--device", "cpu"])
+        .args(["--set", "limit=96", "--set", "epochs=1", "--runs"])
+        .arg(&runs)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("knn_k = 200 needs more than 200 training images, and this run has 96"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("stdlib/presets.rhai:"), "{stderr}");
+    assert!(
+        stderr.contains("called from recipes/byol.rhai:"),
+        "{stderr}"
+    );
+    // Said at set-up: no step ran, so no run directory was made.
+    assert!(!stderr.contains("step 0:"), "{stderr}");
+    assert!(!runs.exists(), "{stderr}");
+}

@@ -207,9 +207,11 @@ pub fn launch_stream(
     // SAFETY: CUPTI's entry points with valid arguments; the callback is a plain function.
     let status =
         unsafe { (cupti.subscribe)(&mut subscriber, on_driver_call, std::ptr::null_mut()) };
-    if status != 0 {
-        // 39: CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED (a profiler holds CUPTI).
-        return Err(format!("cuptiSubscribe failed with CUPTI status {status}"));
+    match status {
+        0 => {}
+        // CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED
+        39 => return Err("CUPTI is taken by another subscriber (a profiler?)".into()),
+        _ => return Err(format!("cuptiSubscribe failed with CUPTI status {status}")),
     }
     SEEN.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let enabled = LAUNCH_KERNEL

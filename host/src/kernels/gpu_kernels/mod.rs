@@ -7,7 +7,8 @@
 //! ops: the CPU tests check the extension's autodiff wiring against burn's autodiff through
 //! them, and the GPU self-test (`sslhost gpu-selftest`) checks cuDNN against them. cuDNN is
 //! loaded at run time (`cudnn`, cargo feature `cuda`): a binary built without it, or a
-//! machine without it, runs burn's kernels and says so once.
+//! machine without it, runs burn's kernels and says so once. `cupti` finds the CUDA stream
+//! cubecl launches on, for cuDNN's `stream` ordering.
 
 mod ops;
 pub mod reference;

@@ -168,32 +168,38 @@ fn a_failed_self_test_drops_cudnns_variants_and_a_differing_graph_is_named() {
 }
 
 #[test]
-fn a_failed_self_test_under_the_stream_ordering_drops_that_ordering_only() {
-    let mut env = PLAN.to_vec();
-    env.extend([
-        ("FAKE_SELFTEST_STREAM", "fail"),
-        ("REPLAY", "0"),
-        ("RECIPES", ""),
-    ]);
-    let (log, rows, dir) = session("stream-fail", &env);
-    assert!(log.contains("== selftest: passed"), "{log}");
-    assert!(log.contains("== selftest stream: failed"), "{log}");
-    assert!(
-        log.contains("the stream ordering dropped (self-test failed)"),
-        "{log}"
-    );
-    assert_eq!(
-        variants(&rows),
-        pairs(&[
-            ("cudnn:half", ""),
-            ("nhwc:half", ""),
-            ("cudnn:half", "signal"),
-            ("cudnn:half", "warm"),
-            ("nhwc:half", "graph"),
-        ]),
-        "{log}"
-    );
-    std::fs::remove_dir_all(&dir).ok();
+fn a_stream_ordering_that_fails_its_self_test_or_falls_back_is_dropped_alone() {
+    for (fake, verdict) in [
+        (("FAKE_SELFTEST_STREAM", "fail"), "failed"),
+        (("FAKE_NO_CUPTI", "1"), "ran under signal"),
+    ] {
+        let mut env = PLAN.to_vec();
+        env.extend([fake, ("REPLAY", "0"), ("RECIPES", "")]);
+        let (log, rows, dir) = session(&format!("stream-{}", fake.0), &env);
+        assert!(log.contains("== selftest: passed"), "{log}");
+        assert!(
+            log.contains(&format!("== selftest stream: {verdict}")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "the stream ordering dropped (self-test {verdict})"
+            )),
+            "{log}"
+        );
+        assert_eq!(
+            variants(&rows),
+            pairs(&[
+                ("cudnn:half", ""),
+                ("nhwc:half", ""),
+                ("cudnn:half", "signal"),
+                ("cudnn:half", "warm"),
+                ("nhwc:half", "graph"),
+            ]),
+            "{log}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
 
 #[test]

@@ -1073,6 +1073,7 @@ fn selftest_layers(
         "{}",
         serde_json::json!({
             "selftest": "gpu_kernels", "kernels": kernels, "batch": batch,
+            "cudnn_order": sslhost::kernels::gpu_kernels::cudnn_ordering(),
             "ordering_timed_out": ordering, "passed": passed, "checks": rows,
         })
     );

@@ -7,6 +7,7 @@
 #   FAKE_SELFTEST=pass|fail   what the cuDNN self-test says
 #   FAKE_SELFTEST_STREAM=pass|fail
 #                             what it says under SSLHOST_CUDNN_ORDER=stream (default: the same)
+#   FAKE_NO_CUPTI=1           `stream` falls back to `signal`, as without CUPTI
 #   FAKE_GRAPH_DIFFERS=1      a run under SSLHOST_CAPTURE_GRAPH=1 logs other losses
 #   FAKE_BENCH_SECONDS=N      a bench takes N seconds before its rows
 set -euo pipefail
@@ -35,8 +36,10 @@ case "$1" in
             [ "${SSLHOST_CUDNN_ORDER:-sync}" != stream ] || want=${FAKE_SELFTEST_STREAM:-$want}
             passed=false
             [ "$want" != pass ] || passed=true
+            order=${SSLHOST_CUDNN_ORDER:-sync}
+            [ "$order" != stream ] || [ "${FAKE_NO_CUPTI:-0}" != 1 ] || order=signal
             echo "conv 3x3 64->64 ok"
-            echo "{\"selftest\":\"gpu_kernels\",\"passed\":$passed}"
+            echo "{\"selftest\":\"gpu_kernels\",\"cudnn_order\":\"$order\",\"passed\":$passed}"
         fi
         ;;
     bench)

@@ -126,6 +126,19 @@ pub fn kernels_name(device: &Device) -> String {
     }
 }
 
+/// The ordering cuDNN's calls ran under, as `SSLHOST_CUDNN_ORDER` names it (`stream` asked
+/// for may have fallen back to `signal`); `None` where cuDNN never ran.
+pub fn cudnn_ordering() -> Option<&'static str> {
+    #[cfg(feature = "cuda")]
+    {
+        cudnn::ordering()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        None
+    }
+}
+
 /// Whether one of the waits that order cubecl's kernels after cuDNN's gave up (read back
 /// from the device); `None` where cuDNN never ran.
 pub fn ordering_timed_out() -> Option<bool> {

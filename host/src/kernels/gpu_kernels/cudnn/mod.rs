@@ -373,6 +373,13 @@ pub fn ordering_timed_out() -> Option<bool> {
     state.as_ref().map(|c| c.order.timed_out().unwrap_or(true))
 }
 
+/// The ordering cuDNN's calls ran under (`stream` falls back to `signal` without CUPTI);
+/// `None` where cuDNN never ran.
+pub fn ordering() -> Option<&'static str> {
+    let state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    state.as_ref().map(|c| c.order.name())
+}
+
 /// Makes device 0's primary context (the one cubecl-cuda runs in) current on this thread.
 fn make_context_current() -> Result<(), CudnnError> {
     thread_local! {

@@ -33,7 +33,7 @@
 #                                    # cuDNN under other stream orderings (ORDERS="stream
 #                                    # signal flags"), a warm-cache first step (WARM=0 skips
 #                                    # it), the bench's step through a CUDA graph (GRAPH=0
-#                                    # skips it; with `stream` in ORDERS, cuDNN's too), the
+#                                    # skips it), the
 #                                    # captured step against the eager one (CAPTURE_VARIANTS,
 #                                    # default nhwc:half; CAPTURE=0 skips it), QUALITY=1 a
 #                                    # short BYOL run, REPLAY=1 each of REPLAY_RECIPES
@@ -336,24 +336,14 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                     | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
             done
         fi
-        # With `stream` among ORDERS (cuDNN's calls on cubecl's own stream, found through
-        # CUPTI), cuDNN's variant through a CUDA graph as well: the graph can hold its calls
-        # then. Its row says `"capture":"graph"` and `"cudnn_order":"stream"`.
-        if [ "${GRAPH:-1}" = 1 ] && [[ " $orders " == *" stream "* ]]; then
-            for method in $METHODS; do
-                stage "sslhost $method graph cudnn:half order stream" "${GRAPH_SECONDS:-120}" \
-                    env SSLHOST_CUDNN_ORDER=stream SSLHOST_CAPTURE_GRAPH=1 "$bin" bench \
-                    --device cuda --method "$method" --warmup 5 --steps 20 \
-                    --variants cudnn:half --capture replay \
-                    | { grep '^{' || true; } \
-                    | sed 's/^{/{"impl":"sslhost","cudnn_order":"stream",/' | tee -a "$out/bench.jsonl"
-            done
-        fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
         # graph and replayed, its losses and running statistics against running the step, and
         # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
         # activations, as VARIANTS; by default nhwc:half, and cudnn:half too when `stream` is
-        # among ORDERS, under that ordering: cuDNN's calls inside the graph); CAPTURE=0 skips it.
+        # among ORDERS, under that ordering: cuDNN's calls inside the graph, a measurement
+        # only, since the graph does not hold the pages only cuDNN uses, docs/PERFORMANCE.md
+        # session 22; its check against eager shows it if they were reused); CAPTURE=0
+        # skips it.
         capture_variants=${CAPTURE_VARIANTS:-nhwc:half}
         [ -n "${CAPTURE_VARIANTS:-}" ] || [[ " $orders " != *" stream "* ]] \
             || capture_variants="$capture_variants cudnn:half"

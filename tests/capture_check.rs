@@ -251,7 +251,7 @@ for b in steps(loader, 1) {{
 }
 
 #[test]
-fn a_device_graph_with_cudnns_kernels_is_tried_only_on_cubecls_stream() {
+fn no_device_graph_is_tried_with_cudnns_kernels_under_any_ordering() {
     let (dir, recipe) = recipe_in_temp(
         "capture-cudnn",
         r#"
@@ -290,13 +290,14 @@ for b in steps(loader(dataset("synthetic", #{ samples: 64, size: 2, classes: 2 }
         cudnn.contains("Replay: 1 step recorded, 3 steps replayed"),
         "{cudnn}"
     );
-    // On cubecl's own stream, cuDNN's calls can be recorded: the graph is asked for.
+    // On cubecl's own stream too: a graph would record cuDNN's calls but not hold the
+    // buffers only cuDNN uses.
     let shared = line_ordered("cudnn", "stream");
     assert!(
-        !shared.contains("no device graph with cuDNN's kernels"),
+        shared.contains("no device graph with cuDNN's kernels"),
         "{shared}"
     );
-    assert!(shared.contains(". Graph: not tried"), "{shared}");
+    assert!(!shared.contains(". Graph:"), "{shared}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

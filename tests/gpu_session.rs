@@ -42,8 +42,7 @@ fn session(name: &str, env: &[(&str, &str)]) -> (String, Vec<serde_json::Value>,
     (log, rows, dir)
 }
 
-/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `stream graph` (an ordering
-/// through a graph), `warm`, `graph` or `""`.
+/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm`, `graph` or `""`.
 fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
     rows.iter()
         .map(|r| {
@@ -54,9 +53,6 @@ fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
                 r["activations"].as_str().unwrap()
             );
             let tag = match (&r["cudnn_order"], &r["warm_start"], &r["capture"]) {
-                (serde_json::Value::String(order), _, serde_json::Value::String(capture)) => {
-                    format!("{order} {capture}")
-                }
                 (serde_json::Value::String(order), _, _) => order.clone(),
                 (_, serde_json::Value::Bool(true), _) => "warm".into(),
                 (_, _, serde_json::Value::String(capture)) => capture.clone(),
@@ -93,10 +89,8 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
             ("cudnn:half", "stream"),
             ("cudnn:half", "signal"),
             ("cudnn:half", "warm"),
-            // The graph's row: in the first variant a graph can hold, and cuDNN's on
-            // cubecl's stream.
+            // The graph's row: in the first variant a graph can hold.
             ("nhwc:half", "graph"),
-            ("cudnn:half", "stream graph"),
         ]),
         "{log}"
     );

@@ -371,15 +371,16 @@ impl Capture {
         };
         // cuDNN runs on a stream of its own, which the host waits for around each call: a
         // capture of cubecl's stream would hold none of its work and refuse the waits. Under
-        // the `stream` ordering its calls go on cubecl's stream, where a capture records them.
-        if kernels.gpu == kernels::GpuKernelSet::Cudnn
-            && kernels.cudnn_order != kernels::CudnnOrder::Stream
-        {
+        // the `stream` ordering its calls go on cubecl's stream, where a capture records
+        // them, but the graph would not hold the buffers only cuDNN touches (its workspace,
+        // the saved statistics): cubecl guards the pages its own launches used, and could
+        // hand those to other work while every replay still writes them (docs/PERFORMANCE.md,
+        // session 22).
+        if kernels.gpu == kernels::GpuKernelSet::Cudnn {
             tracing::warn!(
                 "SSLHOST_CAPTURE_GRAPH: no device graph with cuDNN's kernels \
-                 (SSLHOST_GPU_BATCH_NORM=cudnn), whose calls run on a stream of their own \
-                 (SSLHOST_CUDNN_ORDER=stream puts them on cubecl's); the steps replay \
-                 without one"
+                 (SSLHOST_GPU_BATCH_NORM=cudnn): the graph would not hold the buffers only \
+                 cuDNN uses; the steps replay without one"
             );
             return Ok(None);
         }
@@ -422,7 +423,7 @@ Environment:
   SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
   SSLHOST_CUDNN_ORDER        sync (default), signal, flags or stream: how cuDNN's calls are
                              ordered with cubecl's kernels (stream: on cubecl's own stream,
-                             found through CUPTI; a device graph can then hold them)
+                             found through CUPTI: no host waits)
   SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run
   SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
                              where the device records them (CUDA; not yet checked on a GPU).

@@ -134,8 +134,8 @@ pub enum CudnnOrder {
     Signal,
     /// Counters in device memory both ways, no host wait (`flags`).
     Flags,
-    /// cuDNN on cubecl's own stream, found through CUPTI: no ordering needed, and a device
-    /// graph records cuDNN's calls (`stream`).
+    /// cuDNN on cubecl's own stream, found through CUPTI: no ordering needed, no host wait
+    /// (`stream`).
     Stream,
 }
 

@@ -35,9 +35,11 @@
 //!   waits on the host. cubecl does not say which stream that is; one launch watched through
 //!   CUPTI does ([`crate::kernels::gpu_kernels::cupti`]), once for each cubecl stream that
 //!   calls cuDNN. cubecl's launches are issued by its server thread, so cuDNN's calls come
-//!   after a flush, which returns once everything queued before has been issued. Inside a
-//!   device graph's capture cuDNN's launches are then recorded like cubecl's. Where CUPTI is
-//!   missing or taken (a profiler), this falls back to `signal`, and says so.
+//!   after a flush, which returns once everything queued before has been issued. A device
+//!   graph's capture would record cuDNN's launches with cubecl's, but not guard the pages
+//!   only cuDNN uses (its workspace, the saved statistics), which cubecl's window guards only
+//!   for its own launches; so no graph is taken with cuDNN yet. Where CUPTI is missing or
+//!   taken (a profiler), this falls back to `signal`, and says so.
 //!
 //! In all four, every buffer cuDNN touches is a cubecl allocation, live while cuDNN runs and
 //! reused by cubecl only after cuDNN's calls have finished (under `stream`, reused by work
@@ -131,8 +133,7 @@ impl Order {
                     Ok(_) => return Ok(Order::Shared(Box::new(shared))),
                     Err(why) => {
                         tracing::warn!(
-                            "cuDNN on cubecl's stream: {why}; ordered by `signal` instead \
-                             (a device graph cannot hold cuDNN's calls then)"
+                            "cuDNN on cubecl's stream: {why}; ordered by `signal` instead"
                         );
                         false
                     }

@@ -263,6 +263,8 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
             2> /dev/null || true; } | head -n 3 | paste -sd ' ' -)"
         variants=${VARIANTS:-burn:f32,nhwc:f32,nhwc:half,rows:half}
         orders=${ORDERS:-}
+        # Whether the `stream` ordering is (still) among those to time.
+        orders_stream() { [[ " $orders " == *" stream "* ]]; }
         # First, cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
         # "--dtypes bf16"). Where cuDNN's variants are to be timed, its verdict decides whether
         # they are: a failed or unfinished self-test drops them (GATE=0 times them anyway).
@@ -281,7 +283,7 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
             # would race, and only results checked against burn's show it. A short self-test
             # under it (bf16, batch 16) keeps it among ORDERS only when it passes, and ran
             # under `stream` (without CUPTI it falls back to `signal`, already timed).
-            if [[ " $orders " == *" stream "* ]]; then
+            if orders_stream; then
                 stage "selftest stream" "${SELFTEST_STREAM_SECONDS:-90}" env SSLHOST_CUDNN_ORDER=stream \
                     "$bin" gpu-selftest --capture-steps 0 --dtypes bf16 --batch 16 2>&1 \
                     | tee "$out/selftest-stream.log"
@@ -345,12 +347,11 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         # session 22; its check against eager shows it if they were reused); CAPTURE=0
         # skips it.
         capture_variants=${CAPTURE_VARIANTS:-nhwc:half}
-        [ -n "${CAPTURE_VARIANTS:-}" ] || [[ " $orders " != *" stream "* ]] \
-            || capture_variants="$capture_variants cudnn:half"
+        [ -n "${CAPTURE_VARIANTS:-}" ] || ! orders_stream || capture_variants="$capture_variants cudnn:half"
         if [ "${CAPTURE:-1}" = 1 ] && "$bin" gpu-selftest --help | grep -q capture-only; then
             for v in $capture_variants; do
                 half=0; [ "${v#*:}" != half ] || half=1
-                order=sync; [[ "$v" != cudnn:* || " $orders " != *" stream "* ]] || order=stream
+                order=sync; [[ "$v" != cudnn:* ]] || ! orders_stream || order=stream
                 stage "capture $v" "${CAPTURE_SECONDS:-120}" env SSLHOST_GPU_BATCH_NORM="${v%%:*}" \
                     SSLHOST_HALF_ACTIVATIONS=$half SSLHOST_CUDNN_ORDER=$order \
                     "$bin" gpu-selftest --capture-only 2>&1 | tee -a "$out/selftest.log"

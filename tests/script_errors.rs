@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod run_common;
+
 fn expectation(text: &str) -> (String, String) {
     let first = text.lines().next().unwrap_or_default();
     let spec = first
@@ -168,11 +170,9 @@ fn version_and_help_say_what_the_build_can_do_and_how_it_exits() {
 #[test]
 fn a_knn_monitor_too_large_for_the_data_is_said_before_training() {
     let runs = std::env::temp_dir().join(format!("sslhost-knn-k-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-        .args(["run", "recipes/byol.rhai", "--device", "cpu"])
-        .args(["--set", "limit=96", "--set", "epochs=1", "--runs"])
-        .arg(&runs)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/byol.rhai");
+    let out = run_common::sslhost_run(&recipe, &runs)
+        .args(["--set", "limit=96", "--set", "epochs=1"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -183,7 +183,7 @@ fn a_knn_monitor_too_large_for_the_data_is_said_before_training() {
     );
     assert!(stderr.contains("stdlib/presets.rhai:"), "{stderr}");
     assert!(
-        stderr.contains("called from recipes/byol.rhai:"),
+        stderr.contains(&format!("called from {}:", recipe.display())),
         "{stderr}"
     );
     // Said at set-up: no step ran, so no run directory was made.

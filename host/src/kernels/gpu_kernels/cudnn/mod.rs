@@ -337,8 +337,7 @@ impl Cudnn {
     /// which allocates, frees (a device-wide sync) and synchronises its stream, so that no
     /// wait of the `flags` ordering is pending while it does.
     fn drain(&mut self, client: &Client) -> Result<(), CudnnError> {
-        burn_cubecl::cubecl::future::block_on(client.sync())
-            .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
+        wait_for_cubecl(client)?;
         // SAFETY: a live stream of the current context.
         unsafe { cu::cuStreamSynchronize(self.stream).result()? };
         Ok(())
@@ -361,8 +360,7 @@ impl Cudnn {
             self.on = stream;
         }
         let first = self.called.insert(key);
-        self.order
-            .around(client, self.stream, first, || calls(handle))
+        self.order.around(client, self.on, first, || calls(handle))
     }
 }
 
@@ -371,6 +369,12 @@ impl Cudnn {
 pub fn ordering_timed_out() -> Option<bool> {
     let state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     state.as_ref().map(|c| c.order.timed_out().unwrap_or(true))
+}
+
+/// Waits on the host until `client`'s stream has run everything queued on it.
+fn wait_for_cubecl(client: &Client) -> Result<(), CudnnError> {
+    burn_cubecl::cubecl::future::block_on(client.sync())
+        .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))
 }
 
 /// The ordering cuDNN's calls ran under (`stream` falls back to `signal` without CUPTI);

@@ -50,11 +50,10 @@
 use std::collections::HashMap;
 
 use burn_cubecl::cubecl::client::Client;
-use burn_cubecl::cubecl::future::block_on;
 use cubecl_environment::stream::StreamId;
 use cudarc::driver::sys;
 
-use super::{CUPTI, CudnnError, Pointers, library_dirs};
+use super::{CUPTI, CudnnError, Pointers, library_dirs, wait_for_cubecl};
 use crate::kernels::CudnnOrder;
 use crate::kernels::gpu_kernels::cupti;
 use crate::kernels::gpu_kernels::handshake::Flags;
@@ -88,13 +87,11 @@ impl Shared {
         if let Some(stream) = self.streams.get(&id) {
             return Ok(*stream);
         }
-        let sync =
-            || block_on(client.sync()).map_err(|e| format!("waiting for cubecl's stream: {e:?}"));
         // Whatever was queued before is out of the way before anything is watched.
-        sync().map_err(CudnnError)?;
+        wait_for_cubecl(client)?;
         let found = cupti::launch_stream(&library_dirs(&CUPTI), || {
             self.probe.signal(client, 1);
-            sync()
+            wait_for_cubecl(client).map_err(|e| e.0)
         })
         .map_err(CudnnError)?;
         let stream = found as sys::CUstream;
@@ -172,10 +169,11 @@ impl Order {
         }
     }
 
-    /// Runs `work` (cuDNN calls issued on `stream`) after everything queued on `client` so
-    /// far, and before everything queued on `client` afterwards. `first`: the first call of
-    /// its shape and pass, which runs as under `sync` whatever the ordering (see the module
-    /// notes). When `work` fails, nothing is left waiting on either stream.
+    /// Runs `work` (cuDNN calls issued on `stream`, the stream cuDNN's handle issues on:
+    /// its own, or cubecl's under `stream`) after everything queued on `client` so far, and
+    /// before everything queued on `client` afterwards. `first`: the first call of its shape
+    /// and pass, which runs as under `sync` whatever the ordering (see the module notes).
+    /// When `work` fails, nothing is left waiting on either stream.
     pub fn around<R>(
         &mut self,
         client: &Client,
@@ -229,19 +227,8 @@ impl Order {
                     .map_err(|e| CudnnError(format!("flushing cubecl's stream: {e:?}")))?;
                 work()
             }
-            Order::Shared(_) => {
-                // A first call, drained on both sides as under `sync`; its work is on
-                // cubecl's stream, which the second wait covers.
-                block_on(client.sync())
-                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
-                let out = work();
-                block_on(client.sync())
-                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
-                out
-            }
             _ => {
-                block_on(client.sync())
-                    .map_err(|e| CudnnError(format!("waiting for cubecl's stream: {e:?}")))?;
+                wait_for_cubecl(client)?;
                 let out = work();
                 // SAFETY: a live stream of the current context.
                 unsafe { sys::cuStreamSynchronize(stream).result()? };

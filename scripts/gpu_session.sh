@@ -326,25 +326,33 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         fi
         # The bench's step of each of METHODS replayed through a CUDA graph (`bench --capture
         # replay` with SSLHOST_CAPTURE_GRAPH=1; recorded at step 0, captured at step 3, so the
-        # timed steps are graph launches), in the first variant that is not cuDNN's (a graph
-        # cannot hold cuDNN's stream): the issue's captured-step row beside PyTorch's, its
-        # losses against the eager row's. GRAPH=0 skips it.
-        graph_variant=$(echo "$variants" | tr , '\n' | grep -v '^cudnn' | head -n 1 || true)
-        if [ "${GRAPH:-1}" = 1 ] && [ -n "$graph_variant" ]; then
+        # timed steps are graph launches): the issue's captured-step row beside PyTorch's, its
+        # losses against the eager row's. In the first variant that is not cuDNN's, and in
+        # cuDNN's (`cudnn:half`) when it is timed and `stream` is still among the orderings: a
+        # graph records cuDNN's calls only on cubecl's stream. GRAPH=0 skips it.
+        graph_rows=$(echo "$variants" | tr , '\n' | { grep -v '^cudnn' || true; } | head -n 1)
+        if orders_stream && [[ ",$variants," == *,cudnn:half,* ]]; then
+            graph_rows="$graph_rows cudnn:half"
+        fi
+        if [ "${GRAPH:-1}" = 1 ]; then
             for method in $METHODS; do
-                stage "sslhost $method graph $graph_variant" "${GRAPH_SECONDS:-120}" \
-                    env SSLHOST_CAPTURE_GRAPH=1 "$bin" bench --device cuda --method "$method" \
-                    --warmup 5 --steps 20 --variants "$graph_variant" --capture replay \
-                    | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",/' | tee -a "$out/bench.jsonl"
+                for v in $graph_rows; do
+                    order=sync; tag=""
+                    [[ "$v" != cudnn:* ]] || { order=stream; tag='"cudnn_order":"stream",'; }
+                    stage "sslhost $method graph $v" "${GRAPH_SECONDS:-120}" \
+                        env SSLHOST_CAPTURE_GRAPH=1 SSLHOST_CUDNN_ORDER=$order "$bin" bench \
+                        --device cuda --method "$method" --warmup 5 --steps 20 --variants "$v" \
+                        --capture replay | { grep '^{' || true; } \
+                        | sed 's/^{/{"impl":"sslhost",'"$tag"'/' | tee -a "$out/bench.jsonl"
+                done
             done
         fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA
         # graph and replayed, its losses and running statistics against running the step, and
         # both timed (host/src/train/capture.rs), in each of CAPTURE_VARIANTS (batch norm :
         # activations, as VARIANTS; by default nhwc:half, and cudnn:half too when `stream` is
-        # among ORDERS, under that ordering: cuDNN's calls inside the graph, a measurement
-        # only, since the graph does not hold the pages only cuDNN uses, docs/PERFORMANCE.md
-        # session 22; its check against eager shows it if they were reused); CAPTURE=0
+        # among ORDERS, under that ordering: cuDNN's calls inside the graph, each followed by
+        # the launch that binds its buffers, so that the graph keeps their pages); CAPTURE=0
         # skips it.
         capture_variants=${CAPTURE_VARIANTS:-nhwc:half}
         [ -n "${CAPTURE_VARIANTS:-}" ] || ! orders_stream || capture_variants="$capture_variants cudnn:half"

@@ -154,6 +154,50 @@ fn the_handshake_kernels_signal_wait_and_give_up() {
 }
 
 #[test]
+fn the_hold_launch_binds_buffers_only_where_cubecl_must_know_of_them() {
+    // After a call of cuDNN's, a launch bound to its buffers: inside a graph's recording all
+    // of them (in launches of at most PER_LAUNCH), outside one only those made on another
+    // cubecl stream, and none in the usual case. The launch changes no buffer.
+    use burn_cubecl::cubecl::CubeElement;
+    use sslhost::kernels::gpu_kernels::hold::{PER_LAUNCH, after_foreign_call, hold};
+    use sslhost::kernels::recording::Recording;
+    let device = burn_cubecl::CubeDevice::Cpu(Default::default());
+    let client = device.client();
+    let values = |i: u32| [i, i + 1, i + 2];
+    let mut buffers: Vec<_> = (0..PER_LAUNCH as u32 + 4)
+        .map(|i| client.create_from_slice(u32::as_bytes(&values(i))))
+        .collect();
+    let read = |h: &burn_cubecl::cubecl::server::Handle| {
+        let bytes = client.read_one(h.clone()).unwrap();
+        bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(after_foreign_call(&client, &buffers), 0);
+    {
+        let _window = Recording::open();
+        assert_eq!(after_foreign_call(&client, &buffers), 2);
+        assert_eq!(after_foreign_call(&client, &buffers[..3]), 1);
+    }
+    assert_eq!(after_foreign_call(&client, &buffers), 0);
+    // A buffer made on another thread is another cubecl stream's.
+    let there = {
+        let client = client.clone();
+        std::thread::spawn(move || client.create_from_slice(u32::as_bytes(&[7u32, 8, 9])))
+            .join()
+            .unwrap()
+    };
+    buffers.push(there.clone());
+    assert_eq!(after_foreign_call(&client, &buffers), 1);
+    assert_eq!(hold(&client, &[]), 0);
+    for (i, b) in buffers[..PER_LAUNCH + 4].iter().enumerate() {
+        assert_eq!(read(b), values(i as u32));
+    }
+    assert_eq!(read(&there), [7, 8, 9]);
+}
+
+#[test]
 fn a_non_finite_loss_skips_its_update_on_the_device_and_is_reported() {
     // On a GPU code path `opt.step` does not read the loss: a NaN loss must leave every
     // parameter and the momentum as they were, and the next read of the skip count names

@@ -42,7 +42,8 @@ fn session(name: &str, env: &[(&str, &str)]) -> (String, Vec<serde_json::Value>,
     (log, rows, dir)
 }
 
-/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm`, `graph` or `""`.
+/// The rows' (variant, tag) pairs: `cudnn:half` and `signal`, `warm`, `graph`, `stream graph`
+/// or `""`.
 fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
     rows.iter()
         .map(|r| {
@@ -52,10 +53,15 @@ fn variants(rows: &[serde_json::Value]) -> Vec<(String, String)> {
                 r["batch_norm"].as_str().unwrap(),
                 r["activations"].as_str().unwrap()
             );
-            let tag = match (&r["cudnn_order"], &r["warm_start"], &r["capture"]) {
-                (serde_json::Value::String(order), _, _) => order.clone(),
-                (_, serde_json::Value::Bool(true), _) => "warm".into(),
-                (_, _, serde_json::Value::String(capture)) => capture.clone(),
+            let tag = match (
+                r["cudnn_order"].as_str(),
+                r["warm_start"].as_bool(),
+                r["capture"].as_str(),
+            ) {
+                (Some(order), _, Some(capture)) => format!("{order} {capture}"),
+                (Some(order), _, None) => order.into(),
+                (None, Some(true), _) => "warm".into(),
+                (None, _, Some(capture)) => capture.into(),
                 _ => String::new(),
             };
             (variant, tag)
@@ -89,8 +95,10 @@ fn a_passing_self_test_times_cudnn_under_each_ordering_and_the_replays_are_check
             ("cudnn:half", "stream"),
             ("cudnn:half", "signal"),
             ("cudnn:half", "warm"),
-            // The graph's row: in the first variant a graph can hold.
+            // The graph's rows: in the first variant that is not cuDNN's, and in cuDNN's on
+            // cubecl's stream.
             ("nhwc:half", "graph"),
+            ("cudnn:half", "stream graph"),
         ]),
         "{log}"
     );

@@ -369,18 +369,19 @@ impl Capture {
         let Some(maker) = maker.filter(|_| self == Capture::Replay) else {
             return Ok(None);
         };
-        // cuDNN runs on a stream of its own, which the host waits for around each call: a
-        // capture of cubecl's stream would hold none of its work and refuse the waits. Under
-        // the `stream` ordering its calls go on cubecl's stream, where a capture records
-        // them, but the graph would not hold the buffers only cuDNN touches (its workspace,
-        // the saved statistics): cubecl guards the pages its own launches used, and could
-        // hand those to other work while every replay still writes them (docs/PERFORMANCE.md,
-        // session 22).
-        if kernels.gpu == kernels::GpuKernelSet::Cudnn {
+        // Under the other orderings cuDNN runs on a stream of its own, which a capture of
+        // cubecl's stream would not record. Under `stream` its calls go on cubecl's, and
+        // inside a recording each is followed by a launch bound to its buffers, so that the
+        // graph keeps their pages (`gpu_kernels::hold`); a fallback to `signal` is refused
+        // when the capture starts.
+        if kernels.gpu == kernels::GpuKernelSet::Cudnn
+            && kernels.cudnn_order != kernels::CudnnOrder::Stream
+        {
             tracing::warn!(
-                "SSLHOST_CAPTURE_GRAPH: no device graph with cuDNN's kernels \
-                 (SSLHOST_GPU_BATCH_NORM=cudnn): the graph would not hold the buffers only \
-                 cuDNN uses; the steps replay without one"
+                "SSLHOST_CAPTURE_GRAPH: no device graph with cuDNN's kernels ordered by `{}`: \
+                 they run on a stream of their own, which the graph would not record \
+                 (SSLHOST_CUDNN_ORDER=stream puts them on cubecl's); the steps replay without one",
+                kernels.cudnn_order.name()
             );
             return Ok(None);
         }

@@ -11,12 +11,15 @@
 //!   batch norm over contiguous rows (`rows`, `nhwc`);
 //! - burn's own ops, for everything else.
 //!
-//! [`precision`] wraps the products in the policy's half type, as `torch.autocast` does.
+//! [`precision`] wraps the products in the policy's half type, as `torch.autocast` does;
+//! [`recording`] says whether a device graph is being recorded, which another library's
+//! kernels must tell cubecl about.
 
 pub mod cpu_kernels;
 pub mod gpu_kernels;
 pub mod policy;
 pub mod precision;
+pub mod recording;
 pub mod views;
 
 pub use policy::{

@@ -298,9 +298,13 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     let inner = inner_device.as_dispatch();
     let mut step = Step::new(config, device)?;
     let start = Instant::now();
-    let mut refused = Dispatch::graph_prepare(inner)
-        .err()
-        .map(|e| graph_error("preparing the capture", e));
+    // cuDNN's ordering is known by now: the eager runs above called it.
+    let mut refused = match crate::kernels::gpu_kernels::graph_refusal(device) {
+        Some(why) => Some(graph_error("preparing the capture", why)),
+        None => Dispatch::graph_prepare(inner)
+            .err()
+            .map(|e| graph_error("preparing the capture", e)),
+    };
     for _ in 0..WARMUP {
         let loss = step.run()?;
         sync(device)?;
@@ -316,8 +320,11 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         step.stage()?;
         match Dispatch::graph_start_capture(inner) {
             Ok(()) => {
+                // cuDNN's calls inside tell cubecl which buffers they used.
+                let recording = crate::kernels::recording::Recording::open();
                 let recorded = step.body();
                 let stopped = Dispatch::graph_stop_capture(inner);
+                drop(recording);
                 match (recorded, stopped) {
                     (Ok(l), Ok(g)) => (loss, graph) = (Some(l), Some(g)),
                     // The recorded launches never run, and the buffers they were to write

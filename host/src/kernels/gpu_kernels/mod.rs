@@ -21,6 +21,8 @@ pub mod cudnn;
 pub mod cupti;
 #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
 pub mod handshake;
+#[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+pub mod hold;
 
 pub use ops::GpuKernels;
 
@@ -139,6 +141,38 @@ pub fn cudnn_ordering() -> Option<&'static str> {
     }
 }
 
+/// Why a device graph of the calling thread's stream on `device` would miss cuDNN's work,
+/// where it would: cuDNN serves the step there and its calls go on a stream of their own,
+/// which a capture of cubecl's stream does not record. Under `stream` they go on cubecl's,
+/// unless it fell back to `signal` (no CUPTI): the ordering cuDNN ran under counts, else the
+/// one asked for.
+pub fn graph_refusal(device: &Device) -> Option<String> {
+    let served = crate::device::kind(device) == DeviceKind::Cuda && active(device);
+    order_refusal(
+        served,
+        crate::kernels::current().cudnn_order,
+        cudnn_ordering(),
+    )
+}
+
+/// [`graph_refusal`]'s rule: `served`, whether cuDNN serves the step; `asked`, the policy's
+/// ordering; `ran`, the one cuDNN's calls ran under, if any ran.
+fn order_refusal(
+    served: bool,
+    asked: crate::kernels::CudnnOrder,
+    ran: Option<&str>,
+) -> Option<String> {
+    let stream = crate::kernels::CudnnOrder::Stream.name();
+    let order = ran.unwrap_or(asked.name());
+    (served && order != stream).then(|| {
+        format!(
+            "cuDNN's calls are ordered by `{order}`, on a stream of their own, which a graph \
+             of cubecl's stream would not record (SSLHOST_CUDNN_ORDER=stream puts them on \
+             cubecl's)"
+        )
+    })
+}
+
 /// Whether one of the waits that order cubecl's kernels after cuDNN's gave up (read back
 /// from the device); `None` where cuDNN never ran.
 pub fn ordering_timed_out() -> Option<bool> {
@@ -169,4 +203,37 @@ fn conv_output_spec(
         side(x_dims[3], w_dims[3]),
     ]);
     burn::backend::fusion::custom::TensorSpec::new(shape, x.dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::CudnnOrder;
+
+    #[test]
+    fn a_graph_with_cudnn_needs_its_calls_on_cubecls_stream() {
+        // Where cuDNN does not serve the step, its ordering does not matter.
+        assert_eq!(order_refusal(false, CudnnOrder::Sync, None), None);
+        assert_eq!(
+            order_refusal(false, CudnnOrder::Stream, Some("signal")),
+            None
+        );
+        // On cubecl's stream, asked for and run so.
+        assert_eq!(order_refusal(true, CudnnOrder::Stream, None), None);
+        assert_eq!(
+            order_refusal(true, CudnnOrder::Stream, Some("stream")),
+            None
+        );
+        // On a stream of its own: asked for, or fallen back to for want of CUPTI.
+        for (asked, ran, named) in [
+            (CudnnOrder::Sync, None, "sync"),
+            (CudnnOrder::Signal, None, "signal"),
+            (CudnnOrder::Flags, Some("flags"), "flags"),
+            (CudnnOrder::Stream, Some("signal"), "signal"),
+        ] {
+            let why = order_refusal(true, asked, ran).expect("refused");
+            assert!(why.contains(&format!("ordered by `{named}`")), "{why}");
+            assert!(why.contains("SSLHOST_CUDNN_ORDER=stream"), "{why}");
+        }
+    }
 }

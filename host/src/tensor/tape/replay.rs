@@ -566,7 +566,11 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
             (ran, Graph::StandIn(entries))
         }
         GraphMaker::Device => {
-            if let Err(e) = Dispatch::graph_start_capture(inner) {
+            let refused = match crate::kernels::gpu_kernels::graph_refusal(device) {
+                Some(why) => Err(why),
+                None => Dispatch::graph_start_capture(inner).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = refused {
                 // Leaves the prepared state, where there was one.
                 let _ = Dispatch::graph_stop_capture(inner);
                 with_tape(|tape| {
@@ -574,8 +578,11 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
                 });
                 return run_closures(serial, work).map(|_| ());
             }
+            // cuDNN's calls inside tell cubecl which buffers they used (`gpu_kernels::hold`).
+            let recording = crate::kernels::recording::Recording::open();
             let ran = run_closures(serial, work);
             let graph = Dispatch::graph_stop_capture(inner);
+            drop(recording);
             match (ran, graph) {
                 (Ok(ran), Ok(graph)) => (ran, Graph::Device(graph)),
                 // The recorded launches never ran, and the buffers they were to write are

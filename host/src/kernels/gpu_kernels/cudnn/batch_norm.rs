@@ -252,7 +252,7 @@ impl Cudnn {
         let wsp = p.address(&ws)? as *mut c_void;
         let rp = p.address(&reserve)? as *mut c_void;
         let call = format!("forward {}", key(&x, tail));
-        self.ordered(&x.client, call, |h| unsafe {
+        self.ordered(&x.client, call, &p, |h| unsafe {
             // SAFETY: every pointer addresses a live, pinned buffer of the described size; no
             // running averages are asked for (both null).
             check(
@@ -370,7 +370,7 @@ impl Cudnn {
         };
         let epsilon = saved.epsilon;
         let call = format!("backward {}", key(&x, tail));
-        self.ordered(&x.client, call, |h| unsafe {
+        self.ordered(&x.client, call, &p, |h| unsafe {
             // SAFETY: as in `norm_forward`; the reserve is the forward's.
             check(
                 dnn::cudnnBatchNormalizationBackwardEx(

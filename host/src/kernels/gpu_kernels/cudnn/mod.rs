@@ -235,10 +235,12 @@ fn dlopen_global(_path: &Path) -> bool {
     false
 }
 
-/// Raw device addresses of cubecl buffers, each pinned in place for as long as this lives.
+/// Raw device addresses of cubecl buffers, each pinned in place for as long as this lives,
+/// and the buffers, for cubecl to account for once cuDNN has used them ([`Pointers::used`]).
 pub struct Pointers {
     client: Client,
     held: Vec<Box<dyn std::any::Any>>,
+    buffers: Vec<Handle>,
 }
 
 type CudaServer = <CudaRuntime as Runtime>::Server;
@@ -249,6 +251,7 @@ impl Pointers {
         Pointers {
             client: client.clone(),
             held: Vec::new(),
+            buffers: Vec::new(),
         }
     }
 
@@ -260,7 +263,16 @@ impl Pointers {
             .map_err(|e| CudnnError(format!("the address of a buffer: {e:?}")))?;
         let ptr = resource.resource().ptr;
         self.held.push(Box::new(resource));
+        self.buffers.push(handle.clone());
         Ok(ptr)
+    }
+
+    /// Once cuDNN's calls on these buffers are queued on cubecl's stream (or waited for):
+    /// binds them in a launch after the calls where cubecl must know of them, inside a
+    /// graph's recording (which then keeps their pages) or when one was made on another
+    /// cubecl stream (which then keeps it until the calls have run); see [`super::hold`].
+    pub fn used(&self) {
+        super::hold::after_foreign_call(&self.client, &self.buffers);
     }
 
     /// [`address`](Self::address) as a `*const c_void` for cuDNN.
@@ -344,11 +356,12 @@ impl Cudnn {
     }
 
     /// Issues `calls` on cuDNN's stream, ordered with `client`'s kernels both ways; `key`
-    /// names the pass and shape.
+    /// names the pass and shape, `buffers` every buffer the calls use.
     fn ordered(
         &mut self,
         client: &Client,
         key: String,
+        buffers: &Pointers,
         calls: impl FnOnce(dnn::cudnnHandle_t) -> Result<(), CudnnError>,
     ) -> Result<(), CudnnError> {
         let handle = self.handle;
@@ -360,7 +373,10 @@ impl Cudnn {
             self.on = stream;
         }
         let first = self.called.insert(key);
-        self.order.around(client, self.on, first, || calls(handle))
+        self.order
+            .around(client, self.on, first, || calls(handle))?;
+        buffers.used();
+        Ok(())
     }
 }
 

@@ -1,0 +1,73 @@
+//! A launch that binds buffers another library works on, so that cubecl accounts for them as
+//! for its own kernels' buffers: [`hold`].
+//!
+//! cuDNN reads and writes cubecl's buffers through raw addresses, which cubecl hands out
+//! without counting them as used by any launch. Two of cubecl's guarantees rest on launches:
+//! - a device graph's capture window guards, for the graph's life, the memory pages its
+//!   launches were bound to, so that no later allocation is placed where every replay still
+//!   writes; pages only cuDNN used inside the window (its workspace, batch norm's saved
+//!   statistics and reserve) would not be guarded;
+//! - a buffer made on another cubecl stream stays allocated until the launches bound to it
+//!   on this stream have run; an address alone is held only while it is taken, before
+//!   cuDNN's work is queued.
+//!
+//! A one-thread kernel bound to every buffer of a cuDNN call, queued on the same stream right
+//! after it, gives both: the capture window records its binding of each page, and the
+//! cross-stream hold lasts until it, and so cuDNN's work before it, has run. It reads and
+//! writes nothing; in a graph it replays as one tiny launch. Outside a recording, and with
+//! every buffer made on the calling stream (the common case), nothing is launched:
+//! [`after_foreign_call`] decides.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::client::Client;
+use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::cubecl::server::Handle;
+use cubecl_environment::stream::StreamId;
+
+use crate::kernels::recording::recording;
+
+/// Buffers bound by one launch. A handful of kernels is compiled at most (one per count up
+/// to this), and a call of cuDNN's binds up to a dozen buffers.
+pub const PER_LAUNCH: usize = 16;
+
+/// Binds `buffers` and does nothing with them: the one unit's only statement is never true.
+#[cube(launch)]
+fn hold_kernel(buffers: &Sequence<Box<[u32]>>, never: u32) {
+    if UNIT_POS == never {
+        terminate!();
+    }
+    let _ = buffers.len();
+}
+
+/// Queues on `client`'s stream one launch bound to each of `buffers` (several launches of at
+/// most [`PER_LAUNCH`] for more), after everything queued so far, returning how many.
+pub fn hold(client: &Client, buffers: &[Handle]) -> usize {
+    let mut launches = 0;
+    for chunk in buffers.chunks(PER_LAUNCH) {
+        let args: SequenceArg<Box<[u32]>> = chunk
+            .iter()
+            // SAFETY: the kernel reads and writes no element, whatever the buffer's length.
+            .map(|h| unsafe { BufferArg::from_raw_parts(h.clone(), 1) })
+            .collect();
+        let one = CubeCount::Static(1, 1, 1);
+        hold_kernel::launch(client, one, CubeDim::new_1d(1), args, u32::MAX);
+        launches += 1;
+    }
+    launches
+}
+
+/// After another library's call that used `buffers` on `client`'s stream: binds all of them
+/// while this thread's stream records a graph, else those made on another cubecl stream,
+/// else nothing. Returns the launches queued.
+pub fn after_foreign_call(client: &Client, buffers: &[Handle]) -> usize {
+    if recording() {
+        return hold(client, buffers);
+    }
+    let here = StreamId::current();
+    let elsewhere: Vec<Handle> = buffers
+        .iter()
+        .filter(|h| h.stream != here)
+        .cloned()
+        .collect();
+    hold(client, &elsewhere)
+}

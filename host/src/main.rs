@@ -424,7 +424,8 @@ Environment:
   SSLHOST_HALF_ACTIVATIONS   1: a ResNet's activations in the half type on a GPU
   SSLHOST_CUDNN_ORDER        sync (default), signal, flags or stream: how cuDNN's calls are
                              ordered with cubecl's kernels (stream: on cubecl's own stream,
-                             found through CUPTI: no host waits)
+                             found through CUPTI: no host waits; the only ordering a device
+                             graph of cuDNN's kernels is taken under)
   SSLHOST_KERNEL_CACHE       0: compiled GPU kernels are not kept on disk for the next run
   SSLHOST_CAPTURE_GRAPH      1: with --capture replay, replay the steps as a device graph
                              where the device records them (CUDA; not yet checked on a GPU).

@@ -26,8 +26,9 @@ use cubecl_environment::stream::StreamId;
 
 use crate::kernels::recording::recording;
 
-/// Buffers bound by one launch. A handful of kernels is compiled at most (one per count up
-/// to this), and a call of cuDNN's binds up to a dozen buffers.
+/// Buffers bound by one launch: a call of cuDNN's binds up to a dozen. Fewer are padded
+/// with the last one again, so that one kernel is compiled, whatever the count: it is
+/// compiled and loaded before any capture window opens ([`warm`]), where neither may happen.
 pub const PER_LAUNCH: usize = 16;
 
 /// Binds `buffers` and does nothing with them: the one unit's only statement is never true.
@@ -39,13 +40,16 @@ fn hold_kernel(buffers: &Sequence<Box<[u32]>>, never: u32) {
     let _ = buffers.len();
 }
 
-/// Queues on `client`'s stream one launch bound to each of `buffers` (several launches of at
-/// most [`PER_LAUNCH`] for more), after everything queued so far, returning how many.
+/// Queues on `client`'s stream one launch bound to each of `buffers` (several launches of
+/// [`PER_LAUNCH`] for more), after everything queued so far, returning how many.
 pub fn hold(client: &Client, buffers: &[Handle]) -> usize {
     let mut launches = 0;
     for chunk in buffers.chunks(PER_LAUNCH) {
+        let last = &chunk[chunk.len() - 1];
         let args: SequenceArg<Box<[u32]>> = chunk
             .iter()
+            .chain(std::iter::repeat(last))
+            .take(PER_LAUNCH)
             // SAFETY: the kernel reads and writes no element, whatever the buffer's length.
             .map(|h| unsafe { BufferArg::from_raw_parts(h.clone(), 1) })
             .collect();
@@ -54,6 +58,11 @@ pub fn hold(client: &Client, buffers: &[Handle]) -> usize {
         launches += 1;
     }
     launches
+}
+
+/// Compiles and loads the kernel with one launch bound to `buffer`, outside any recording.
+pub fn warm(client: &Client, buffer: &Handle) {
+    hold(client, std::slice::from_ref(buffer));
 }
 
 /// After another library's call that used `buffers` on `client`'s stream: binds all of them

@@ -295,6 +295,9 @@ pub struct Cudnn {
     called: HashSet<String>,
     /// Shapes cuDNN refused, by key: they take the reference bodies from then on.
     refused: HashSet<String>,
+    /// The passes and shapes cuDNN has run, by pass and key: only these run in cuDNN inside a
+    /// graph's recording, since a first call waits on the host (`order`'s notes).
+    ran: HashSet<String>,
     conv: conv::Plans,
     norm: batch_norm::Plans,
 }
@@ -326,6 +329,7 @@ impl Cudnn {
             order,
             called: HashSet::new(),
             refused: HashSet::new(),
+            ran: HashSet::new(),
             conv: conv::Plans::default(),
             norm: batch_norm::Plans::default(),
         })
@@ -518,10 +522,14 @@ fn workspace(like: &CubeTensor, bytes: usize) -> Handle {
     like.client.empty(bytes.max(1))
 }
 
-/// Runs `fast` (cuDNN) for the shape `key`, or `slow` (the reference) where cuDNN is not
-/// served or refused this key before; a refusal is logged once and remembered.
+/// Runs `fast` (cuDNN) for `pass` on the shape `key`, or `slow` (the reference) where cuDNN is
+/// not served or refused this key before; a refusal is logged once and remembered. Inside a
+/// graph's recording a pass and shape cuDNN has not run before take `slow` too, this once:
+/// its first call waits on the host (its algorithm search, its module loads), which would
+/// end the capture and lose the step's state. The graph then holds burn's kernels there.
 fn cudnn_or<R>(
     like: &CubeTensor,
+    pass: &str,
     key: impl FnOnce() -> String,
     fast: impl FnOnce(&mut Cudnn) -> Result<R, CudnnError>,
     slow: impl FnOnce() -> R,
@@ -534,8 +542,19 @@ fn cudnn_or<R>(
         if c.refused.contains(&key) {
             return Ok(None);
         }
+        let ran = format!("{pass} {key}");
+        if crate::kernels::recording::recording() && !c.ran.contains(&ran) {
+            tracing::warn!(
+                "cuDNN: {ran} first met inside a graph's recording, where its first call's \
+                 host waits would end the capture: burn's kernel in the graph"
+            );
+            return Ok(None);
+        }
         match fast(c) {
-            Ok(r) => Ok(Some(r)),
+            Ok(r) => {
+                c.ran.insert(ran);
+                Ok(Some(r))
+            }
             Err(e) => {
                 tracing::warn!("cuDNN refused {key} ({e}): burn's kernel for this shape");
                 c.refused.insert(key);
@@ -564,6 +583,7 @@ fn norm_backward(
 ) -> (CubeTensor, Option<CubeTensor>, CubeTensor, CubeTensor) {
     cudnn_or(
         &x,
+        "backward",
         || batch_norm::key(&x, tail),
         |c| c.norm_backward(&x, &y, dy.clone(), &saved, tail),
         || {
@@ -588,7 +608,7 @@ fn conv_pass(
     if !geometry.vectorised() {
         return slow();
     }
-    cudnn_or(x, || format!("conv {what} {geometry:?}"), fast, slow)
+    cudnn_or(x, what, || format!("conv {what} {geometry:?}"), fast, slow)
 }
 
 impl GpuKernels for CubeBackend {
@@ -658,6 +678,7 @@ impl GpuKernels for CubeBackend {
         let tail = batch_norm::Tail::of(relu, false);
         cudnn_or(
             &x,
+            "forward",
             || batch_norm::key(&x, tail),
             |c| c.norm_forward(x.clone(), gamma.clone(), beta.clone(), None, tail, epsilon),
             || {
@@ -683,6 +704,7 @@ impl GpuKernels for CubeBackend {
         let tail = batch_norm::Tail::of(true, true);
         cudnn_or(
             &x,
+            "forward",
             || batch_norm::key(&x, tail),
             |c| {
                 let z = Some(residual.clone());

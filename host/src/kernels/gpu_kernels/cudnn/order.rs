@@ -36,10 +36,12 @@
 //!   CUPTI does ([`crate::kernels::gpu_kernels::cupti`]), once for each cubecl stream that
 //!   calls cuDNN. cubecl's launches are issued by its server thread, so cuDNN's calls come
 //!   after a flush, which returns once everything queued before has been issued. A device
-//!   graph's capture would record cuDNN's launches with cubecl's, but not guard the pages
-//!   only cuDNN uses (its workspace, the saved statistics), which cubecl's window guards only
-//!   for its own launches; so no graph is taken with cuDNN yet. Where CUPTI is missing or
-//!   taken (a profiler), this falls back to `signal`, and says so.
+//!   graph's capture records cuDNN's launches with cubecl's; cubecl's window guards only the
+//!   pages its own launches were bound to, so inside a recording each call is followed by a
+//!   one-thread launch bound to its buffers ([`crate::kernels::gpu_kernels::hold`]), and the
+//!   graph keeps cuDNN's workspace and saved statistics too. This is the one ordering a graph
+//!   is taken under. Where CUPTI is missing or taken (a profiler), this falls back to
+//!   `signal`, and says so.
 //!
 //! In all four, every buffer cuDNN touches is a cubecl allocation, live while cuDNN runs and
 //! reused by cubecl only after cuDNN's calls have finished (under `stream`, reused by work
@@ -127,7 +129,12 @@ impl Order {
                     streams: HashMap::new(),
                 };
                 match shared.stream(client) {
-                    Ok(_) => return Ok(Order::Shared(Box::new(shared))),
+                    Ok(_) => {
+                        // A graph may record cuDNN's calls under this ordering, and the launch
+                        // that follows each there must not compile inside the window.
+                        crate::kernels::gpu_kernels::hold::warm(client, shared.probe.handle());
+                        return Ok(Order::Shared(Box::new(shared)));
+                    }
                     Err(why) => {
                         tracing::warn!(
                             "cuDNN on cubecl's stream: {why}; ordered by `signal` instead"

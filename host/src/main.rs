@@ -982,6 +982,10 @@ fn selftest_capture(
          ms a step, {} {:.2} ms; losses and running statistics over {steps} steps {} (largest \
          relative differences {difference:.1e}, {:.1e})",
         match &report.refused {
+            None if report.bound > 0 => format!(
+                "recorded in {:.1} s, with {} launches binding cuDNN's buffers",
+                report.capture_seconds, report.bound
+            ),
             None => format!("recorded in {:.1} s", report.capture_seconds),
             Some(why) => format!("not recorded ({why}), eager throughout"),
         },
@@ -1001,7 +1005,8 @@ fn selftest_capture(
             "selftest": "capture", "batch": batch, "precision": precision, "variant": variant,
             "captured": report.captured, "refused": report.refused,
             "capture_seconds": report.capture_seconds, "eager_ms": report.eager_ms,
-            "replay_ms": report.replay_ms, "eager_losses": report.eager,
+            "replay_ms": report.replay_ms, "bound_launches": report.bound,
+            "eager_losses": report.eager,
             "replayed_losses": report.replayed, "offset": report.offset,
             "max_relative_difference": difference,
             "statistics_difference": report.statistics_difference, "passed": matches,

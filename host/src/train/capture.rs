@@ -109,6 +109,9 @@ pub struct ProbeReport {
     pub eager_ms: f64,
     /// Milliseconds a step, replayed.
     pub replay_ms: f64,
+    /// Launches inside the recording that bind the buffers of cuDNN's calls, so that the graph
+    /// keeps them (`gpu_kernels::hold`): one a cuDNN call, none without cuDNN.
+    pub bound: u64,
     /// The largest difference between both networks' batch-norm running statistics after the
     /// checked replays and after as many runs of the step, relative to the largest statistic.
     pub statistics_difference: f32,
@@ -312,6 +315,7 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
     }
     let mut loss: Option<Tensor<1>> = None;
     let mut graph = None;
+    let mut bound = 0;
     // The tensors as the recording finds them, held through the replays, which read their
     // buffers: under `capture` the networks keep writing into the same ones, and these
     // handles keep them should a network let go of one.
@@ -322,8 +326,10 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
             Ok(()) => {
                 // cuDNN's calls inside tell cubecl which buffers they used.
                 let recording = crate::kernels::recording::Recording::open();
+                let before = crate::kernels::gpu_kernels::hold_launches();
                 let recorded = step.body();
                 let stopped = Dispatch::graph_stop_capture(inner);
+                bound = crate::kernels::gpu_kernels::hold_launches() - before;
                 drop(recording);
                 match (recorded, stopped) {
                     (Ok(l), Ok(g)) => (loss, graph) = (Some(l), Some(g)),
@@ -401,6 +407,7 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         capture_seconds,
         eager_ms,
         replay_ms,
+        bound,
         statistics_difference,
     })
 }
@@ -472,6 +479,7 @@ mod tests {
             "{losses:?}"
         );
         assert!(report.eager_ms > 0.0 && report.replay_ms > 0.0);
+        assert_eq!(report.bound, 0, "nothing recorded, nothing bound");
     }
 
     #[test]

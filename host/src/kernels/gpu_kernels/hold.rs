@@ -18,6 +18,8 @@
 //! every buffer made on the calling stream (the common case), nothing is launched:
 //! [`after_foreign_call`] decides.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::client::Client;
 use burn_cubecl::cubecl::prelude::*;
@@ -25,6 +27,15 @@ use burn_cubecl::cubecl::server::Handle;
 use cubecl_environment::stream::StreamId;
 
 use crate::kernels::recording::recording;
+
+/// Launches of [`hold`] so far, in the process.
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many launches [`hold`] has queued in the process: a recording's count says how many
+/// of cuDNN's calls its graph holds the buffers of.
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
 
 /// Buffers bound by one launch: a call of cuDNN's binds up to a dozen. Fewer are padded
 /// with the last one again, so that one kernel is compiled, whatever the count: it is
@@ -57,6 +68,7 @@ pub fn hold(client: &Client, buffers: &[Handle]) -> usize {
         hold_kernel::launch(client, one, CubeDim::new_1d(1), args, u32::MAX);
         launches += 1;
     }
+    LAUNCHES.fetch_add(launches as u64, Ordering::Relaxed);
     launches
 }
 

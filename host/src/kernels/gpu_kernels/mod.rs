@@ -141,6 +141,19 @@ pub fn cudnn_ordering() -> Option<&'static str> {
     }
 }
 
+/// How many launches binding another library's buffers ([`hold`]) the process has queued;
+/// 0 in a build without a GPU runtime.
+pub fn hold_launches() -> u64 {
+    #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+    {
+        hold::launches()
+    }
+    #[cfg(not(any(feature = "cuda", feature = "cubecl-cpu")))]
+    {
+        0
+    }
+}
+
 /// Why a device graph of the calling thread's stream on `device` would miss cuDNN's work,
 /// where it would: cuDNN serves the step there and its calls go on a stream of their own,
 /// which a capture of cubecl's stream does not record. Under `stream` they go on cubecl's,

@@ -180,6 +180,16 @@ fn the_hold_launch_binds_buffers_only_where_cubecl_must_know_of_them() {
         let _window = Recording::open();
         assert_eq!(after_foreign_call(&client, &buffers), 2);
         assert_eq!(after_foreign_call(&client, &buffers[..3]), 1);
+        // burn's fusion runs the calls on a thread of its own, under the stream of the code
+        // that queued them: the window is that stream's, not the opening thread's.
+        let stream = cubecl_environment::stream::StreamId::current();
+        let (elsewhere, as_queued) = std::thread::spawn(move || {
+            let as_queued = stream.executes(sslhost::kernels::recording::recording);
+            (sslhost::kernels::recording::recording(), as_queued)
+        })
+        .join()
+        .unwrap();
+        assert!(!elsewhere && as_queued);
     }
     assert_eq!(after_foreign_call(&client, &buffers), 0);
     // A buffer made on another thread is another cubecl stream's.

@@ -78,10 +78,13 @@ pub fn warm(client: &Client, buffer: &Handle) {
 }
 
 /// After another library's call that used `buffers` on `client`'s stream: binds all of them
-/// while this thread's stream records a graph, else those made on another cubecl stream,
-/// else nothing. Returns the launches queued.
+/// while that stream prepares or records a graph (cubecl's own state, so that the warm-up
+/// runs launch what the recording does) or a [`Recording`] is open on it, else those made on
+/// another cubecl stream, else nothing. Returns the launches queued.
+///
+/// [`Recording`]: crate::kernels::recording::Recording
 pub fn after_foreign_call(client: &Client, buffers: &[Handle]) -> usize {
-    if recording() {
+    if client.is_capturing() || recording() {
         return hold(client, buffers);
     }
     let here = StreamId::current();

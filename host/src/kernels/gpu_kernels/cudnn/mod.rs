@@ -377,10 +377,10 @@ impl Cudnn {
             self.on = stream;
         }
         let first = self.called.insert(key);
-        self.order
-            .around(client, self.on, first, || calls(handle))?;
+        let out = self.order.around(client, self.on, first, || calls(handle));
+        // Launches cuDNN queued before failing are recorded too.
         buffers.used();
-        Ok(())
+        out
     }
 }
 

@@ -35,7 +35,7 @@
 //!   waits on the host. cubecl does not say which stream that is; one launch watched through
 //!   CUPTI does ([`crate::kernels::gpu_kernels::cupti`]), once for each cubecl stream that
 //!   calls cuDNN. cubecl's launches are issued by its server thread, so cuDNN's calls come
-//!   after a flush, which returns once everything queued before has been issued. A device
+//!   after a round trip to it, which returns once everything queued before has been issued. A device
 //!   graph's capture records cuDNN's launches with cubecl's; cubecl's window guards only the
 //!   pages its own launches were bound to, so inside a recording each call is followed by a
 //!   one-thread launch bound to its buffers ([`crate::kernels::gpu_kernels::hold`]), and the
@@ -228,10 +228,12 @@ impl Order {
             }
             Order::Shared(_) if !first => {
                 // cubecl's server thread has issued everything queued before once this
-                // returns; what the caller queues after is issued after cuDNN's calls.
+                // returns (its tasks run in order); what the caller queues after is issued
+                // after cuDNN's calls. A check of no buffers, not a flush: a flush also frees
+                // pages queued for freeing, a driver call that a graph's recording forbids.
                 client
-                    .flush()
-                    .map_err(|e| CudnnError(format!("flushing cubecl's stream: {e:?}")))?;
+                    .check(std::iter::empty())
+                    .map_err(|e| CudnnError(format!("reaching cubecl's server: {e:?}")))?;
                 work()
             }
             _ => {

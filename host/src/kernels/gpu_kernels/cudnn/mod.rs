@@ -336,13 +336,18 @@ impl Cudnn {
     }
 
     /// Runs `work` with the process's cuDNN state (made on first use, on `client`'s device),
-    /// the device's context current on this thread.
+    /// the device's context current on this thread; `None` without running it where the
+    /// state is still to be made inside a graph's recording (making it waits on the host).
     fn with<R>(
         client: &Client,
-        work: impl FnOnce(&mut Cudnn) -> Result<R, CudnnError>,
-    ) -> Result<R, CudnnError> {
+        in_window: bool,
+        work: impl FnOnce(&mut Cudnn) -> Result<Option<R>, CudnnError>,
+    ) -> Result<Option<R>, CudnnError> {
         let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
         if state.is_none() {
+            if in_window {
+                return Ok(None);
+            }
             *state = Some(Cudnn::new(client)?);
         }
         make_context_current()?;
@@ -538,21 +543,20 @@ fn cudnn_or<R>(
         return slow();
     }
     let key = key();
-    let outcome = Cudnn::with(&like.client, |c| {
+    let ran = format!("{pass} {key}");
+    let in_window = crate::kernels::recording::recording();
+    let outcome = Cudnn::with(&like.client, in_window, |c| {
         if c.refused.contains(&key) {
             return Ok(None);
         }
-        let ran = format!("{pass} {key}");
-        if crate::kernels::recording::recording() && !c.ran.contains(&ran) {
-            tracing::warn!(
-                "cuDNN: {ran} first met inside a graph's recording, where its first call's \
-                 host waits would end the capture: burn's kernel in the graph"
-            );
+        if in_window && !c.ran.contains(&ran) {
             return Ok(None);
         }
         match fast(c) {
             Ok(r) => {
-                c.ran.insert(ran);
+                if !c.ran.contains(&ran) {
+                    c.ran.insert(ran.clone());
+                }
                 Ok(Some(r))
             }
             Err(e) => {
@@ -564,7 +568,15 @@ fn cudnn_or<R>(
     });
     match outcome {
         Ok(Some(r)) => r,
-        Ok(None) => slow(),
+        Ok(None) => {
+            if in_window {
+                tracing::warn!(
+                    "cuDNN: {ran} first met inside a graph's recording, where its first \
+                     call's host waits would end the capture: burn's kernel in the graph"
+                );
+            }
+            slow()
+        }
         Err(e) => {
             tracing::warn!("cuDNN unusable ({e}): burn's kernel");
             slow()

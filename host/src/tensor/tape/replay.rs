@@ -534,6 +534,8 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
     let maker = with_tape(|tape| tape.replay.maker)
         .flatten()
         .unwrap_or(GraphMaker::Device);
+    // Launches inside the recording that bind cuDNN's buffers, for the report.
+    let mut bound = 0;
     let (ran, graph) = match maker {
         GraphMaker::Failing => {
             // The closures run where the capture would have held them, then the capture
@@ -580,8 +582,10 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
             }
             // cuDNN's calls inside tell cubecl which buffers they used (`gpu_kernels::hold`).
             let recording = crate::kernels::recording::Recording::open();
+            let before = crate::kernels::gpu_kernels::hold_launches();
             let ran = run_closures(serial, work);
             let graph = Dispatch::graph_stop_capture(inner);
+            bound = crate::kernels::gpu_kernels::hold_launches() - before;
             drop(recording);
             match (ran, graph) {
                 (Ok(ran), Ok(graph)) => (ran, Graph::Device(graph)),
@@ -636,7 +640,12 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
             GraphMaker::StandIn => " (the stand-in)",
             _ => "",
         };
-        tape.replay.report.graph = Some(format!("captured at step {}{by}", tape.replay.step));
+        let bound = match bound {
+            0 => String::new(),
+            n => format!(", with {n} launches binding cuDNN's buffers"),
+        };
+        tape.replay.report.graph =
+            Some(format!("captured at step {}{by}{bound}", tape.replay.step));
         tape.replay.graphs = Graphs::Ready {
             device: device.clone(),
             captured,

@@ -78,13 +78,18 @@ pub fn warm(client: &Client, buffer: &Handle) {
 }
 
 /// After another library's call that used `buffers` on `client`'s stream: binds all of them
-/// while that stream prepares or records a graph (cubecl's own state, so that the warm-up
-/// runs launch what the recording does) or a [`Recording`] is open on it, else those made on
-/// another cubecl stream, else nothing. Returns the launches queued.
+/// while a [`Recording`] is open on that stream, else those made on another cubecl stream,
+/// else nothing. Returns the launches queued.
+///
+/// Not while cubecl merely says the stream is capturing (`client.is_capturing()`), which it
+/// says from `graph_prepare` on: a run whose steps keep departing from their recording stays
+/// prepared, and would pay a launch per cuDNN call every step. The launch places nothing
+/// (its metadata rides in its parameters), so the warm-up runs need not make it to leave the
+/// memory pool as the recording finds it.
 ///
 /// [`Recording`]: crate::kernels::recording::Recording
 pub fn after_foreign_call(client: &Client, buffers: &[Handle]) -> usize {
-    if client.is_capturing() || recording() {
+    if recording() {
         return hold(client, buffers);
     }
     let here = StreamId::current();

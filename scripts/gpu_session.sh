@@ -265,6 +265,18 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
         orders=${ORDERS:-}
         # Whether the `stream` ordering is (still) among those to time.
         orders_stream() { [[ " $orders " == *" stream "* ]]; }
+        # graph_row METHOD VARIANT ORDER: the bench's step of METHOD in VARIANT under cuDNN's
+        # ORDER, replayed through a CUDA graph, its row to bench.jsonl (tagged with the
+        # ordering for cuDNN's variants).
+        graph_row() {
+            local tag=""
+            [[ "$2" != cudnn:* ]] || tag='"cudnn_order":"'"$3"'",'
+            stage "sslhost $1 graph $2" "${GRAPH_SECONDS:-120}" \
+                env SSLHOST_CAPTURE_GRAPH=1 SSLHOST_CUDNN_ORDER="$3" "$bin" bench --device cuda \
+                --method "$1" --warmup 5 --steps 20 --variants "$2" --capture replay \
+                | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost",'"$tag"'/' \
+                | tee -a "$out/bench.jsonl"
+        }
         # First, cuDNN's kernels against burn's on every ResNet-18 layer (SELFTEST_ARGS, e.g.
         # "--dtypes bf16"). Where cuDNN's variants are to be timed, its verdict decides whether
         # they are: a failed or unfinished self-test drops them (GATE=0 times them anyway).
@@ -312,6 +324,14 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                     --method "$method" --warmup 5 --steps 20 --variants cudnn:half \
                     | { grep '^{' || true; } \
                     | sed 's/^{/{"impl":"sslhost","cudnn_order":"'"$order"'",/' | tee -a "$out/bench.jsonl"
+                # Right after `stream`'s eager row, the same step through a CUDA graph (`bench
+                # --capture replay` with SSLHOST_CAPTURE_GRAPH=1; recorded at step 0, captured
+                # at step 3, so the timed steps are graph launches): cuDNN and the graph
+                # together, the candidate for the issue's 1.25x row, early in the call so that
+                # a deadline does not cut it. Its losses are compared with the eager row's.
+                if [ "$order" = stream ] && [ "${GRAPH:-1}" = 1 ]; then
+                    graph_row "$method" cudnn:half stream
+                fi
             done
         done
         # The first step of a process whose kernels an earlier process compiled and tuned
@@ -324,27 +344,13 @@ print("fastest: VARIANT=" + best["batch_norm"] + ":" + half)'
                 | { grep '^{' || true; } | sed 's/^{/{"impl":"sslhost","warm_start":true,/' \
                 | tee -a "$out/bench.jsonl"
         fi
-        # The bench's step of each of METHODS replayed through a CUDA graph (`bench --capture
-        # replay` with SSLHOST_CAPTURE_GRAPH=1; recorded at step 0, captured at step 3, so the
-        # timed steps are graph launches): the issue's captured-step row beside PyTorch's, its
-        # losses against the eager row's. In the first variant that is not cuDNN's, and in
-        # cuDNN's (`cudnn:half`) when it is timed and `stream` is still among the orderings: a
-        # graph records cuDNN's calls only on cubecl's stream. GRAPH=0 skips it.
-        graph_rows=$(echo "$variants" | tr , '\n' | { grep -v '^cudnn' || true; } | head -n 1)
-        if orders_stream && [[ ",$variants," == *,cudnn:half,* ]]; then
-            graph_rows="$graph_rows cudnn:half"
-        fi
-        if [ "${GRAPH:-1}" = 1 ]; then
+        # The bench's step through a CUDA graph in the first variant that is not cuDNN's (a
+        # graph records cuDNN's calls only under `stream`, timed above): the captured step of
+        # burn's kernels beside PyTorch's. GRAPH=0 skips it.
+        graph_variant=$(echo "$variants" | tr , '\n' | { grep -v '^cudnn' || true; } | head -n 1)
+        if [ "${GRAPH:-1}" = 1 ] && [ -n "$graph_variant" ]; then
             for method in $METHODS; do
-                for v in $graph_rows; do
-                    order=sync; tag=""
-                    [[ "$v" != cudnn:* ]] || { order=stream; tag='"cudnn_order":"stream",'; }
-                    stage "sslhost $method graph $v" "${GRAPH_SECONDS:-120}" \
-                        env SSLHOST_CAPTURE_GRAPH=1 SSLHOST_CUDNN_ORDER=$order "$bin" bench \
-                        --device cuda --method "$method" --warmup 5 --steps 20 --variants "$v" \
-                        --capture replay | { grep '^{' || true; } \
-                        | sed 's/^{/{"impl":"sslhost",'"$tag"'/' | tee -a "$out/bench.jsonl"
-                done
+                graph_row "$method" "$graph_variant" sync
             done
         fi
         # A recipe's step without the script (ResNet-18, EMA target, LARS) recorded as a CUDA

@@ -208,6 +208,10 @@ fn the_hold_launch_binds_buffers_only_where_cubecl_must_know_of_them() {
         assert_eq!(read(b), values(i as u32));
     }
     assert_eq!(read(&there), [7, 8, 9]);
+    // The kernel compiles and its launch reads back clean, so graphs may keep cuDNN's
+    // buffers.
+    sslhost::kernels::gpu_kernels::hold::warm(&client).unwrap();
+    assert_eq!(sslhost::kernels::gpu_kernels::hold::unusable(), None);
 }
 
 #[test]

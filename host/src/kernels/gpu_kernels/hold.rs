@@ -18,6 +18,7 @@
 //! every buffer made on the calling stream (the common case), nothing is launched:
 //! [`after_foreign_call`] decides.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn_cubecl::cubecl;
@@ -43,8 +44,11 @@ pub fn launches() -> u64 {
 pub const PER_LAUNCH: usize = 16;
 
 /// Binds `buffers` and does nothing with them: the one unit's only statement is never true.
+/// They are declared written, so that a launch that fails (a kernel that does not compile)
+/// marks them failed, and a later read says so, rather than a graph silently not keeping
+/// their pages.
 #[cube(launch)]
-fn hold_kernel(buffers: &Sequence<Box<[u32]>>, never: u32) {
+fn hold_kernel(buffers: &mut Sequence<Box<[u32]>>, never: u32) {
     if UNIT_POS == never {
         terminate!();
     }
@@ -72,9 +76,25 @@ pub fn hold(client: &Client, buffers: &[Handle]) -> usize {
     launches
 }
 
-/// Compiles and loads the kernel with one launch bound to `buffer`, outside any recording.
-pub fn warm(client: &Client, buffer: &Handle) {
-    hold(client, std::slice::from_ref(buffer));
+/// Why the kernel cannot be launched, once [`warm`] has found it so.
+static UNUSABLE: OnceLock<String> = OnceLock::new();
+
+/// Compiles and loads the kernel with one launch, outside any recording (a window may do
+/// neither), and reads its buffer back: an error, remembered ([`unusable`]), where the launch
+/// failed.
+pub fn warm(client: &Client) -> Result<(), String> {
+    let probe = client.create_from_slice(u32::as_bytes(&[0]));
+    hold(client, std::slice::from_ref(&probe));
+    client.read_one(probe).map(|_| ()).map_err(|e| {
+        let why = format!("the launch that binds cuDNN's buffers failed: {e:?}");
+        UNUSABLE.get_or_init(|| why.clone());
+        why
+    })
+}
+
+/// Why no graph can keep cuDNN's buffers: the kernel failed when [`warm`] launched it.
+pub fn unusable() -> Option<&'static str> {
+    UNUSABLE.get().map(String::as_str)
 }
 
 /// After another library's call that used `buffers` on `client`'s stream: binds all of them

@@ -165,25 +165,44 @@ pub fn graph_refusal(device: &Device) -> Option<String> {
         served,
         crate::kernels::current().cudnn_order,
         cudnn_ordering(),
+        hold_unusable(),
     )
 }
 
+/// Why the launch that binds cuDNN's buffers in a graph cannot run, where it was found so.
+fn hold_unusable() -> Option<&'static str> {
+    #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
+    {
+        hold::unusable()
+    }
+    #[cfg(not(any(feature = "cuda", feature = "cubecl-cpu")))]
+    {
+        None
+    }
+}
+
 /// [`graph_refusal`]'s rule: `served`, whether cuDNN serves the step; `asked`, the policy's
-/// ordering; `ran`, the one cuDNN's calls ran under, if any ran.
+/// ordering; `ran`, the one cuDNN's calls ran under, if any ran; `unbound`, why the launch
+/// that binds cuDNN's buffers in a graph failed, if it did.
 fn order_refusal(
     served: bool,
     asked: crate::kernels::CudnnOrder,
     ran: Option<&str>,
+    unbound: Option<&str>,
 ) -> Option<String> {
+    if !served {
+        return None;
+    }
     let stream = crate::kernels::CudnnOrder::Stream.name();
     let order = ran.unwrap_or(asked.name());
-    (served && order != stream).then(|| {
-        format!(
+    if order != stream {
+        return Some(format!(
             "cuDNN's calls are ordered by `{order}`, on a stream of their own, which a graph \
              of cubecl's stream would not record (SSLHOST_CUDNN_ORDER=stream puts them on \
              cubecl's)"
-        )
-    })
+        ));
+    }
+    unbound.map(|why| format!("{why}, so a graph would not keep cuDNN's buffers"))
 }
 
 /// Whether one of the waits that order cubecl's kernels after cuDNN's gave up (read back
@@ -226,17 +245,21 @@ mod tests {
     #[test]
     fn a_graph_with_cudnn_needs_its_calls_on_cubecls_stream() {
         // Where cuDNN does not serve the step, its ordering does not matter.
-        assert_eq!(order_refusal(false, CudnnOrder::Sync, None), None);
+        assert_eq!(order_refusal(false, CudnnOrder::Sync, None, None), None);
+        let failed = Some("the launch failed");
         assert_eq!(
-            order_refusal(false, CudnnOrder::Stream, Some("signal")),
+            order_refusal(false, CudnnOrder::Stream, Some("signal"), failed),
             None
         );
         // On cubecl's stream, asked for and run so.
-        assert_eq!(order_refusal(true, CudnnOrder::Stream, None), None);
+        assert_eq!(order_refusal(true, CudnnOrder::Stream, None, None), None);
         assert_eq!(
-            order_refusal(true, CudnnOrder::Stream, Some("stream")),
+            order_refusal(true, CudnnOrder::Stream, Some("stream"), None),
             None
         );
+        // Unless the launch that binds cuDNN's buffers failed.
+        let why = order_refusal(true, CudnnOrder::Stream, Some("stream"), failed).unwrap();
+        assert!(why.starts_with("the launch failed"), "{why}");
         // On a stream of its own: asked for, or fallen back to for want of CUPTI.
         for (asked, ran, named) in [
             (CudnnOrder::Sync, None, "sync"),
@@ -244,7 +267,7 @@ mod tests {
             (CudnnOrder::Flags, Some("flags"), "flags"),
             (CudnnOrder::Stream, Some("signal"), "signal"),
         ] {
-            let why = order_refusal(true, asked, ran).expect("refused");
+            let why = order_refusal(true, asked, ran, None).expect("refused");
             assert!(why.contains(&format!("ordered by `{named}`")), "{why}");
             assert!(why.contains("SSLHOST_CUDNN_ORDER=stream"), "{why}");
         }

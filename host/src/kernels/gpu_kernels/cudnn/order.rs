@@ -131,8 +131,11 @@ impl Order {
                 match shared.stream(client) {
                     Ok(_) => {
                         // A graph may record cuDNN's calls under this ordering, and the launch
-                        // that follows each there must not compile inside the window.
-                        crate::kernels::gpu_kernels::hold::warm(client, shared.probe.handle());
+                        // that follows each there must not compile inside the window. Where
+                        // it fails, no graph is taken (`gpu_kernels::graph_refusal`).
+                        if let Err(why) = crate::kernels::gpu_kernels::hold::warm(client) {
+                            tracing::warn!("{why}: no device graph with cuDNN's kernels");
+                        }
                         return Ok(Order::Shared(Box::new(shared)));
                     }
                     Err(why) => {

@@ -251,8 +251,7 @@ impl Cudnn {
         };
         let wsp = p.address(&ws)? as *mut c_void;
         let rp = p.address(&reserve)? as *mut c_void;
-        let call = format!("forward {}", key(&x, tail));
-        self.ordered(&x.client, call, &p, |h| unsafe {
+        self.ordered(&x.client, &p, |h| unsafe {
             // SAFETY: every pointer addresses a live, pinned buffer of the described size; no
             // running averages are asked for (both null).
             check(
@@ -369,8 +368,7 @@ impl Cudnn {
             None => null_mut(),
         };
         let epsilon = saved.epsilon;
-        let call = format!("backward {}", key(&x, tail));
-        self.ordered(&x.client, call, &p, |h| unsafe {
+        self.ordered(&x.client, &p, |h| unsafe {
             // SAFETY: as in `norm_forward`; the reserve is the forward's.
             check(
                 dnn::cudnnBatchNormalizationBackwardEx(

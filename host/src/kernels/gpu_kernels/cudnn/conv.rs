@@ -360,8 +360,7 @@ impl Cudnn {
         let mut p = Pointers::new(&x.client);
         let (xp, wp, yp) = (p.of(&x)?, p.of(&w)?, p.of(&y)?);
         let wsp = p.address(&ws)? as *mut c_void;
-        let call = format!("{:?} {g:?}", Pass::Forward);
-        self.ordered(&x.client, call, &p, |h| unsafe {
+        self.ordered(&x.client, &p, |h| unsafe {
             // SAFETY: every pointer addresses a live, pinned buffer of the described size.
             check(
                 dnn::cudnnConvolutionForward(
@@ -405,8 +404,7 @@ impl Cudnn {
         let mut p = Pointers::new(&x.client);
         let (wp, dyp, dxp) = (p.of(&w)?, p.of(&dy)?, p.of(&dx)?);
         let wsp = p.address(&ws)? as *mut c_void;
-        let call = format!("{:?} {g:?}", Pass::InputGrad);
-        self.ordered(&x.client, call, &p, |h| unsafe {
+        self.ordered(&x.client, &p, |h| unsafe {
             // SAFETY: as in `conv_forward`.
             check(
                 dnn::cudnnConvolutionBackwardData(
@@ -451,8 +449,7 @@ impl Cudnn {
         let mut p = Pointers::new(&x.client);
         let (xp, dyp, dwp) = (p.of(&x)?, p.of(&dy)?, p.of(&krsc)?);
         let wsp = p.address(&ws)? as *mut c_void;
-        let call = format!("{:?} {g:?}", Pass::WeightGrad);
-        self.ordered(&x.client, call, &p, |h| unsafe {
+        self.ordered(&x.client, &p, |h| unsafe {
             // SAFETY: as in `conv_forward`.
             check(
                 dnn::cudnnConvolutionBackwardFilter(

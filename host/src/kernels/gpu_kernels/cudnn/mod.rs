@@ -290,14 +290,15 @@ pub struct Cudnn {
     /// The stream the handle issues on: cuDNN's own, or cubecl's under `stream`.
     on: cu::CUstream,
     order: order::Order,
-    /// The calls made so far, by pass and shape: a call's first run is ordered as under
-    /// `sync` (`order`'s notes).
-    called: HashSet<String>,
     /// Shapes cuDNN refused, by key: they take the reference bodies from then on.
     refused: HashSet<String>,
-    /// The passes and shapes cuDNN has run, by pass and key: only these run in cuDNN inside a
-    /// graph's recording, since a first call waits on the host (`order`'s notes).
+    /// The passes and shapes cuDNN has run, by pass and key ([`cudnn_or`]). A first call runs
+    /// ordered as under `sync` (`order`'s notes), which waits on the host: so inside a
+    /// graph's recording only these run in cuDNN.
     ran: HashSet<String>,
+    /// Whether the call in progress is the first of its pass and shape, as [`cudnn_or`]
+    /// found it.
+    first: bool,
     conv: conv::Plans,
     norm: batch_norm::Plans,
 }
@@ -327,9 +328,9 @@ impl Cudnn {
             stream,
             on: stream,
             order,
-            called: HashSet::new(),
             refused: HashSet::new(),
             ran: HashSet::new(),
+            first: true,
             conv: conv::Plans::default(),
             norm: batch_norm::Plans::default(),
         })
@@ -364,12 +365,11 @@ impl Cudnn {
         Ok(())
     }
 
-    /// Issues `calls` on cuDNN's stream, ordered with `client`'s kernels both ways; `key`
-    /// names the pass and shape, `buffers` every buffer the calls use.
+    /// Issues `calls` on cuDNN's stream, ordered with `client`'s kernels both ways; `buffers`
+    /// holds every buffer the calls use.
     fn ordered(
         &mut self,
         client: &Client,
-        key: String,
         buffers: &Pointers,
         calls: impl FnOnce(dnn::cudnnHandle_t) -> Result<(), CudnnError>,
     ) -> Result<(), CudnnError> {
@@ -381,8 +381,9 @@ impl Cudnn {
             unsafe { cudarc::cudnn::result::set_stream(handle, stream as dnn::cudaStream_t)? };
             self.on = stream;
         }
-        let first = self.called.insert(key);
-        let out = self.order.around(client, self.on, first, || calls(handle));
+        let out = self
+            .order
+            .around(client, self.on, self.first, || calls(handle));
         // Launches cuDNN queued before failing are recorded too.
         buffers.used();
         out
@@ -549,12 +550,13 @@ fn cudnn_or<R>(
         if c.refused.contains(&key) {
             return Ok(None);
         }
-        if in_window && !c.ran.contains(&ran) {
+        c.first = !c.ran.contains(&ran);
+        if in_window && c.first {
             return Ok(None);
         }
         match fast(c) {
             Ok(r) => {
-                if !c.ran.contains(&ran) {
+                if c.first {
                     c.ran.insert(ran.clone());
                 }
                 Ok(Some(r))

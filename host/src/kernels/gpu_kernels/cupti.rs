@@ -158,10 +158,13 @@ fn open(dirs: &[PathBuf]) -> Result<Cupti, String> {
         .iter()
         .map(PathBuf::from)
         .chain(dirs.iter().flat_map(|d| names.iter().map(|n| d.join(n))));
-    let lib = candidates.filter_map(|path| dlopen(&path)).next().ok_or(
-        "CUPTI (libcupti.so) not found in the loader's path, a CUDA toolkit's \
+    let lib = candidates
+        .filter_map(|path| dlopen(&path, false))
+        .next()
+        .ok_or(
+            "CUPTI (libcupti.so) not found in the loader's path, a CUDA toolkit's \
                 extras/CUPTI/lib64 or a Python environment",
-    )?;
+        )?;
     let symbol = |name: &CStr| {
         // SAFETY: `lib` is an open handle and `name` a C string.
         let f = unsafe { libc::dlsym(lib, name.as_ptr()) };
@@ -185,12 +188,19 @@ fn open(dirs: &[PathBuf]) -> Result<Cupti, String> {
     }
 }
 
-/// The library at `path` opened (its handle stays open for the process), or `None`.
-fn dlopen(path: &Path) -> Option<*mut c_void> {
+/// The library at `path` opened, its symbols kept to itself unless `global` (then they
+/// resolve the loads of libraries opened later, as cuDNN's sub-libraries need); its handle
+/// stays open for the process. `None` where it does not open.
+pub(super) fn dlopen(path: &Path, global: bool) -> Option<*mut c_void> {
     use std::os::unix::ffi::OsStrExt;
     let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let scope = if global {
+        libc::RTLD_GLOBAL
+    } else {
+        libc::RTLD_LOCAL
+    };
     // SAFETY: `name` is a valid C string; the handle is deliberately never closed.
-    let lib = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    let lib = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | scope) };
     (!lib.is_null()).then_some(lib)
 }
 

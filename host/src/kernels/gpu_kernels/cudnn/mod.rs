@@ -222,12 +222,7 @@ fn library_dirs(places: &Places) -> Vec<PathBuf> {
 /// Whether `path` opens with its symbols global; the handle stays open for the process.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn dlopen_global(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `name` is a valid C string; the handle is deliberately never closed.
-    unsafe { !libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL).is_null() }
+    super::cupti::dlopen(path, true).is_some()
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

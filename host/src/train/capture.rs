@@ -324,13 +324,11 @@ pub fn probe(config: &ProbeConfig, device: &Device) -> Result<ProbeReport> {
         step.stage()?;
         match Dispatch::graph_start_capture(inner) {
             Ok(()) => {
-                // cuDNN's calls inside tell cubecl which buffers they used.
-                let recording = crate::kernels::recording::Recording::open();
-                let before = crate::kernels::gpu_kernels::hold_launches();
-                let recorded = step.body();
-                let stopped = Dispatch::graph_stop_capture(inner);
-                bound = crate::kernels::gpu_kernels::hold_launches() - before;
-                drop(recording);
+                let ((recorded, stopped), held) = crate::kernels::gpu_kernels::recorded(|| {
+                    let recorded = step.body();
+                    (recorded, Dispatch::graph_stop_capture(inner))
+                });
+                bound = held;
                 match (recorded, stopped) {
                     (Ok(l), Ok(g)) => (loss, graph) = (Some(l), Some(g)),
                     // The recorded launches never run, and the buffers they were to write

@@ -154,6 +154,17 @@ pub fn hold_launches() -> u64 {
     }
 }
 
+/// Runs `work`, the recorded part of a capture (up to and including its stop), with a
+/// [`Recording`](crate::kernels::recording::Recording) open on the calling code's stream, so
+/// that cuDNN's calls inside bind their buffers ([`hold`]): what `work` returned, and how
+/// many launches bound them.
+pub fn recorded<T>(work: impl FnOnce() -> T) -> (T, u64) {
+    let _window = crate::kernels::recording::Recording::open();
+    let before = hold_launches();
+    let out = work();
+    (out, hold_launches() - before)
+}
+
 /// Why a device graph of the calling thread's stream on `device` would miss cuDNN's work,
 /// where it would: cuDNN serves the step there and its calls go on a stream of their own,
 /// which a capture of cubecl's stream does not record. Under `stream` they go on cubecl's,

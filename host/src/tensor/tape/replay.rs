@@ -580,13 +580,11 @@ fn capture(serial: u64, work: Work, device: &Device) -> Result<()> {
                 });
                 return run_closures(serial, work).map(|_| ());
             }
-            // cuDNN's calls inside tell cubecl which buffers they used (`gpu_kernels::hold`).
-            let recording = crate::kernels::recording::Recording::open();
-            let before = crate::kernels::gpu_kernels::hold_launches();
-            let ran = run_closures(serial, work);
-            let graph = Dispatch::graph_stop_capture(inner);
-            bound = crate::kernels::gpu_kernels::hold_launches() - before;
-            drop(recording);
+            let ((ran, graph), held) = crate::kernels::gpu_kernels::recorded(|| {
+                let ran = run_closures(serial, work);
+                (ran, Dispatch::graph_stop_capture(inner))
+            });
+            bound = held;
             match (ran, graph) {
                 (Ok(ran), Ok(graph)) => (ran, Graph::Device(graph)),
                 // The recorded launches never ran, and the buffers they were to write are

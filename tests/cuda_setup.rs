@@ -1,5 +1,5 @@
 //! What the CUDA build sets up before it touches a GPU. Needs no GPU: CI runs it with the CUDA
-//! build (`cargo test --release --features cuda --test cuda_setup`). One test: cubecl's
+//! build (`cargo test --profile ci --features cuda --test cuda_setup`). One test: cubecl's
 //! configuration is set once per process.
 #![cfg(feature = "cuda")]
 

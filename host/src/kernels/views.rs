@@ -98,7 +98,7 @@ impl FlatViews for burn_cubecl::CubeBackend {
 }
 
 #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
-mod copy {
+pub(crate) mod copy {
     use burn::backend::TensorMetadata;
     use burn_cubecl::cubecl;
     use burn_cubecl::cubecl::prelude::*;
@@ -110,6 +110,26 @@ mod copy {
         if ABSOLUTE_POS < to.len() {
             to[ABSOLUTE_POS] = from[ABSOLUTE_POS];
         }
+    }
+
+    /// Units a cube of [`copy_words`].
+    const THREADS: u32 = 256;
+
+    /// The kernel as [`into`] launches it, built where there is no device, for
+    /// `gpu_kernels::ptx` to compile.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn offline(
+        device: std::sync::Arc<DeviceProperties>,
+        target: std::sync::Arc<TargetProperties>,
+    ) -> Box<dyn CubeKernel> {
+        let words = || BufferCompilationArg { inplace: None };
+        Box::new(copy_words::CopyWords::new(
+            crate::kernels::gpu_kernels::ptx::launch_settings(CubeDim::new_1d(THREADS)),
+            device,
+            target,
+            words(),
+            words(),
+        ))
     }
 
     /// `src`'s values written over `dst`'s, in `dst`'s buffer, as 32-bit words: `dst` when
@@ -127,8 +147,7 @@ mod copy {
         }
         let src = burn_cubecl::kernel::into_contiguous(src);
         let words = n * size / 4;
-        let threads = 256;
-        let count = CubeCount::Static(words.div_ceil(threads as usize).max(1) as u32, 1, 1);
+        let count = CubeCount::Static(words.div_ceil(THREADS as usize).max(1) as u32, 1, 1);
         // SAFETY: both buffers hold `n` elements of `size` bytes, `words` 32-bit words (checked
         // above), and the kernel touches no index past `words`.
         unsafe {
@@ -136,7 +155,7 @@ mod copy {
                 BufferArg::from_raw_parts(src.handle.clone(), words),
                 BufferArg::from_raw_parts(dst.handle.clone(), words),
             );
-            copy_words::launch(&dst.client, count, CubeDim::new_1d(threads), from, to);
+            copy_words::launch(&dst.client, count, CubeDim::new_1d(THREADS), from, to);
         }
         dst
     }

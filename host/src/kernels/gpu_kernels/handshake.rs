@@ -42,6 +42,38 @@ fn wait_kernel(flags: &mut [Atomic<u32>], value: u32, #[comptime] limit: u32) {
     }
 }
 
+/// The two kernels as [`Flags::signal`] and [`Flags::wait`] launch them (the wait with
+/// [`SPIN_LIMIT`]), built where there is no device, for [`super::ptx`] to compile.
+#[cfg(feature = "cuda")]
+pub(super) fn offline(
+    device: std::sync::Arc<DeviceProperties>,
+    target: std::sync::Arc<TargetProperties>,
+) -> [Box<dyn CubeKernel>; 2] {
+    let settings = || super::ptx::launch_settings(CubeDim::new_1d(1));
+    let flags = || BufferCompilationArg { inplace: None };
+    [
+        Box::new(signal_kernel::SignalKernel::new(
+            settings(),
+            device.clone(),
+            target.clone(),
+            flags(),
+            (),
+        )),
+        Box::new(wait_kernel::WaitKernel::new(
+            settings(),
+            device,
+            target,
+            flags(),
+            (),
+            SPIN_LIMIT,
+        )),
+    ]
+}
+
+/// Polls of the waiting kernel before it gives up, as cuDNN's orderings launch it: with a
+/// global load of some hundreds of cycles a poll, seconds, far longer than any one cuDNN call.
+pub const SPIN_LIMIT: u32 = 1 << 24;
+
 /// The counters `ready`, `done`, `timed_out` (and one spare), in a buffer of cubecl's.
 pub struct Flags {
     handle: Handle,

@@ -55,6 +55,27 @@ fn hold_kernel(buffers: &mut Sequence<Box<[u32]>>, never: u32) {
     let _ = buffers.len();
 }
 
+/// The kernel as [`hold`] launches it, built where there is no device, for
+/// [`super::ptx`] to compile.
+#[cfg(feature = "cuda")]
+pub(super) fn offline(
+    device: std::sync::Arc<DeviceProperties>,
+    target: std::sync::Arc<TargetProperties>,
+) -> Box<dyn CubeKernel> {
+    let buffers = SequenceCompilationArg {
+        values: (0..PER_LAUNCH)
+            .map(|_| BufferCompilationArg { inplace: None })
+            .collect(),
+    };
+    Box::new(hold_kernel::HoldKernel::new(
+        super::ptx::launch_settings(CubeDim::new_1d(1)),
+        device,
+        target,
+        buffers,
+        (),
+    ))
+}
+
 /// Queues on `client`'s stream one launch bound to each of `buffers` (several launches of
 /// [`PER_LAUNCH`] for more), after everything queued so far, returning how many.
 pub fn hold(client: &Client, buffers: &[Handle]) -> usize {

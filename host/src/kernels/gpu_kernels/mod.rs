@@ -23,6 +23,8 @@ pub mod cupti;
 pub mod handshake;
 #[cfg(any(feature = "cuda", feature = "cubecl-cpu"))]
 pub mod hold;
+#[cfg(feature = "cuda")]
+pub mod ptx;
 
 pub use ops::GpuKernels;
 

@@ -58,11 +58,7 @@ use cudarc::driver::sys;
 use super::{CUPTI, CudnnError, Pointers, library_dirs, wait_for_cubecl};
 use crate::kernels::CudnnOrder;
 use crate::kernels::gpu_kernels::cupti;
-use crate::kernels::gpu_kernels::handshake::Flags;
-
-/// Polls of the waiting kernel before it gives up: with a global load of some hundreds of
-/// cycles a poll, seconds, far longer than any one cuDNN call.
-const SPIN_LIMIT: u32 = 1 << 24;
+use crate::kernels::gpu_kernels::handshake::{Flags, SPIN_LIMIT};
 
 /// One of the three orderings, with what it needs.
 pub enum Order {

@@ -1,12 +1,11 @@
 //! Our own cubecl kernels compiled for a CUDA GPU on a machine that has none: [`compile`].
 //!
-//! A GPU is lent to few sessions, for minutes. The kernels cubecl compiles for the step are
-//! burn's, which have run on one; ours ([`hold`](super::hold), [`handshake`](super::handshake)'s
-//! signal and wait, the captured step's word copy) are written here and had not. cubecl-cuda
-//! lowers a kernel to PTX in-process (its LLVM backend, no NVRTC, no driver), so the same
-//! lowering runs here, for the device properties the runtime would register on a given compute
-//! capability. NVIDIA's `ptxas` then takes the PTX the rest of the way, to machine code, as the
-//! driver would when it loads the module: [`assemble`].
+//! The step's other kernels are burn's. Ours ([`hold`](super::hold), the
+//! [`handshake`](super::handshake)'s signal and wait, the captured step's word copy) can be
+//! checked without a GPU, because cubecl-cuda lowers a kernel to PTX in-process (its LLVM
+//! backend: no NVRTC, no driver). The same lowering runs here, given the device properties its
+//! runtime would register for a compute capability. NVIDIA's `ptxas` then takes the PTX to machine code, as the driver does
+//! when it loads the module: [`assemble`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,11 +24,20 @@ use cubecl_llvm::shared::lowered_features::{GpuTarget, restrict_features};
 use cubecl_server::kernel::CompiledKernel;
 use cubecl_server::runtime::Runtime;
 
-/// Hopper's compute capability: the H100s and H200s lent here.
-pub const HOPPER: u32 = 90;
+/// The compute capabilities CUDA 13 compiles for (it dropped those before Turing), with
+/// examples of each: the GPUs a researcher may train on. The lent H100s and H200s are 90.
+pub const ARCHITECTURES: &[(u32, &str)] = &[
+    (75, "Turing: T4, RTX 20"),
+    (80, "Ampere: A100"),
+    (86, "Ampere: A10, RTX 30"),
+    (89, "Ada: L4, L40, RTX 40"),
+    (90, "Hopper: H100, H200"),
+    (100, "Blackwell: B200"),
+    (120, "Blackwell: RTX 50"),
+];
 
 /// The CUDA version of the lent machines' driver (580), as `cuDriverGetVersion` reports it:
-/// the newest PTX it loads is what the lowering emits.
+/// the lowering emits the newest PTX it loads (9.0).
 pub const DRIVER: i32 = 13000;
 
 /// One kernel's PTX.
@@ -108,7 +116,8 @@ fn lower(
 /// What cubecl-cuda's runtime registers for a device of compute capability `arch`, where it
 /// bears on how a kernel lowers: the types and atomics, the plane features, and what the LLVM
 /// backend cannot honour taken away. The matrix-product features (tensor cores, TMA) are left
-/// out: none of our kernels asks for them. The limits are an H100's.
+/// out: none of our kernels asks for them. The limits are an H100's, whatever `arch`: none of
+/// them bears on how these kernels lower.
 fn device_properties(arch: u32) -> DeviceProperties {
     let hardware = HardwareProperties {
         load_width: 128,

@@ -3,9 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Every recipe under `--precision precision` (bf16: the products a GPU run makes, on the CPU).
-fn check_every_recipe(precision: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// The recipes under `recipes/`.
+fn recipes(root: &Path) -> Vec<std::path::PathBuf> {
     let mut recipes: Vec<_> = std::fs::read_dir(root.join("recipes"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -13,16 +12,45 @@ fn check_every_recipe(precision: &str) {
         .collect();
     recipes.sort();
     assert!(!recipes.is_empty());
-    for recipe in recipes {
-        let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
-            .current_dir(root)
-            .args(["check", recipe.to_str().unwrap(), "--device", "cpu"])
-            .args(["--precision", precision])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: {stderr}", recipe.display());
-        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    recipes
+}
+
+/// `sslhost check` of `recipe` on the CPU with `args`, passing: its stderr.
+fn check_one(recipe: &Path, args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sslhost"))
+        .current_dir(root)
+        .args(["check", recipe.to_str().unwrap(), "--device", "cpu"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}: {stderr}", recipe.display());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+    // Two steps, then the end of the loop.
+    assert!(stderr.contains("step 0"), "{}: {stderr}", recipe.display());
+    assert!(
+        !stderr.contains("run directory:"),
+        "check must not create a run directory"
+    );
+    stderr
+}
+
+/// [`check_one`] of every recipe: each recipe with its stderr.
+fn check_every_recipe_with(args: &[&str]) -> Vec<(std::path::PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    recipes(root)
+        .into_iter()
+        .map(|recipe| {
+            let stderr = check_one(&recipe, args);
+            (recipe, stderr)
+        })
+        .collect()
+}
+
+/// Every recipe under `--precision precision` (bf16: the products a GPU run makes, on the CPU).
+fn check_every_recipe(precision: &str) {
+    for (recipe, stderr) in check_every_recipe_with(&["--precision", precision]) {
         // `auto` is f32 on the CPU.
         let products = if precision == "bf16" { "bf16" } else { "f32" };
         assert!(
@@ -30,11 +58,11 @@ fn check_every_recipe(precision: &str) {
             "{}: {stderr}",
             recipe.display()
         );
-        // Two steps, then the end of the loop.
-        assert!(stderr.contains("step 0"), "{}: {stderr}", recipe.display());
+        // The CPU preset's quarter-width network.
         assert!(
-            !stderr.contains("run directory:"),
-            "check must not create a run directory"
+            backbone_params(&stderr) < 2_000_000,
+            "{}: {stderr}",
+            recipe.display()
         );
     }
 }
@@ -47,6 +75,44 @@ fn every_recipe_passes_check() {
 #[test]
 fn every_recipe_passes_check_in_bf16() {
     check_every_recipe("bf16");
+}
+
+/// The parameters of the backbone a recipe's check built (its `backbone N params` line).
+fn backbone_params(stderr: &str) -> u64 {
+    let after = stderr
+        .split("backbone ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no backbone line: {stderr}"));
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no parameter count: {stderr}"))
+}
+
+/// Every recipe's CUDA preset (the GPU run's network, batch and image sizes, with the check's
+/// data and batch cuts) runs on the CPU under `--preset cuda`: a preset that does not fit its
+/// recipe fails here rather than on a GPU.
+#[test]
+fn every_recipe_passes_check_with_its_cuda_preset() {
+    for (recipe, stderr) in check_every_recipe_with(&["--preset", "cuda"]) {
+        assert!(
+            stderr.contains("the presets for cuda, on cpu"),
+            "{}: {stderr}",
+            recipe.display()
+        );
+        // ResNet-18 at full width (11.2M parameters), not the CPU preset's quarter width.
+        let params = backbone_params(&stderr);
+        assert!(
+            params > 11_000_000,
+            "{}: a backbone of {params} parameters is not the CUDA preset's: {stderr}",
+            recipe.display()
+        );
+    }
+    // And back: the CPU preset's quarter-width network, as on the CPU without the flag.
+    let byol = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/byol.rhai");
+    let stderr = check_one(&byol, &["--preset", "cpu"]);
+    assert!(backbone_params(&stderr) < 2_000_000, "{stderr}");
 }
 
 /// The CUDA presets' branches that the CPU presets leave off: SwAV's queues (codes balanced

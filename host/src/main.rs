@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sslhost::context::RunContext;
-use sslhost::device::{self, DeviceChoice};
+use sslhost::device::{self, DeviceChoice, DeviceKind};
 use sslhost::engine;
 use sslhost::error::{Error, Result};
 use sslhost::kernels::{self, KernelPolicy, PrecisionChoice};
@@ -91,6 +91,11 @@ enum Command {
         /// The largest tensor allowed (8G, 512M, ...); default: the machine's memory.
         #[arg(long, value_name = "SIZE", value_parser = sslhost::budget::parse_size)]
         max_memory: Option<u64>,
+        /// Check the recipe's presets for this kind of device (`device_kind()` says so), on
+        /// the device the check runs on: `--preset cuda` checks the GPU run's network, batch
+        /// and image sizes on a machine without a GPU. Default: the device's own.
+        #[arg(long, value_enum, value_name = "KIND")]
+        preset: Option<PresetKind>,
     },
     /// Write a trained ResNet backbone from a checkpoint with torchvision's names and shapes
     /// (`torchvision.models.resnet18()`, with the same stem, loads it with strict=True
@@ -294,6 +299,24 @@ struct DeviceArgs {
     /// f32, bf16, or f16 (no loss scaling). Weights, gradients and optimiser state stay f32.
     #[arg(long, value_enum, default_value = "auto")]
     precision: PrecisionChoice,
+}
+
+/// The kinds of device a recipe has presets for (`sslhost check --preset`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PresetKind {
+    /// The CPU's (also cubecl-cpu's).
+    Cpu,
+    /// A CUDA GPU's.
+    Cuda,
+}
+
+impl From<PresetKind> for DeviceKind {
+    fn from(kind: PresetKind) -> Self {
+        match kind {
+            PresetKind::Cpu => DeviceKind::Cpu,
+            PresetKind::Cuda => DeviceKind::Cuda,
+        }
+    }
 }
 
 /// The methods `sslhost bench` knows.
@@ -615,14 +638,21 @@ fn execute(cli: Cli) -> Result<()> {
             data,
             set,
             max_memory,
+            preset,
         } => {
             sslhost::budget::set_max_bytes(max_memory);
             check_data_dir(data.as_deref())?;
             let (device, kernels) = open_device(on.device, on.precision)?;
+            let preset = preset.map(DeviceKind::from);
+            if let Some(kind) = preset {
+                let here = sslhost::device::kind(&device);
+                eprintln!("check: the presets for {}, on {}", kind.name(), here.name());
+            }
             let session = Session::new(device, seed)
                 .with_kernels(kernels)
                 .with_overrides(set)
-                .with_data_root(data);
+                .with_data_root(data)
+                .with_preset(preset);
             engine::check_file(&script, session)?;
             println!("{}: ok", script.display());
             Ok(())

@@ -3,6 +3,7 @@
 
 use burn::tensor::Device;
 
+use crate::device::DeviceKind;
 use crate::kernels::{GpuKernelSet, KernelPolicy, Precision};
 use crate::tensor::HostRng;
 
@@ -49,6 +50,9 @@ pub struct Session {
     pub check: bool,
     /// The kNN monitor, which remembers the raw pixels' accuracy of the splits it has seen.
     pub knn: crate::train::knn::Monitor,
+    /// `sslhost check --preset`: the kind of device the recipe's presets are picked for
+    /// (`device_kind()`), where it is not the device the check runs on.
+    pub preset: Option<DeviceKind>,
 }
 
 /// Samples per dataset under `sslhost check`.
@@ -80,6 +84,7 @@ impl Session {
             print_config: false,
             check: false,
             knn: Default::default(),
+            preset: None,
         }
     }
 
@@ -116,6 +121,13 @@ impl Session {
             self.kernels.gpu = v.gpu;
             self.kernels.half_activations = v.half_activations;
         }
+        self
+    }
+
+    /// The same session picking the recipe's presets for devices of `kind` (`--preset`),
+    /// whatever device it runs on.
+    pub fn with_preset(mut self, kind: Option<DeviceKind>) -> Self {
+        self.preset = kind;
         self
     }
 
@@ -185,4 +197,10 @@ pub fn resolved_config() -> Option<serde_json::Value> {
 /// The current device.
 pub fn device() -> Device {
     with(|s| s.device.clone())
+}
+
+/// The kind of device the recipe's presets are for (`device_kind()`): the run's device's,
+/// or the one `--preset` names.
+pub fn preset_kind() -> DeviceKind {
+    with(|s| s.preset.unwrap_or_else(|| crate::device::kind(&s.device)))
 }

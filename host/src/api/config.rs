@@ -17,12 +17,13 @@ pub mod config_api {
 
     /// The kind of device the run is on, `"cpu"`, `"cuda"` or `"cubecl-cpu"` (the GPU code
     /// path compiled for the CPU, which takes the CPU presets), so a recipe can pick defaults.
+    /// Under `sslhost check --preset KIND`, that kind, whatever the device.
     ///
     /// ```rhai
     /// let on_gpu = device_kind() == "cuda";
     /// ```
     pub fn device_kind() -> String {
-        crate::device::kind(&session::device()).name().to_string()
+        session::preset_kind().name().to_string()
     }
 
     /// What convolutions and linear layers multiply in, `"f32"` or `"bf16"` (`--precision`;

@@ -42,6 +42,10 @@ fn wait_kernel(flags: &mut [Atomic<u32>], value: u32, #[comptime] limit: u32) {
     }
 }
 
+/// Polls of the waiting kernel before it gives up, as cuDNN's orderings launch it: with a
+/// global load of some hundreds of cycles a poll, seconds, far longer than any one cuDNN call.
+pub const SPIN_LIMIT: u32 = 1 << 24;
+
 /// The two kernels as [`Flags::signal`] and [`Flags::wait`] launch them (the wait with
 /// [`SPIN_LIMIT`]), built where there is no device, for [`super::ptx`] to compile.
 #[cfg(feature = "cuda")]
@@ -69,10 +73,6 @@ pub(super) fn offline(
         )),
     ]
 }
-
-/// Polls of the waiting kernel before it gives up, as cuDNN's orderings launch it: with a
-/// global load of some hundreds of cycles a poll, seconds, far longer than any one cuDNN call.
-pub const SPIN_LIMIT: u32 = 1 << 24;
 
 /// The counters `ready`, `done`, `timed_out` (and one spare), in a buffer of cubecl's.
 pub struct Flags {

@@ -91,16 +91,15 @@ fn backbone_params(stderr: &str) -> u64 {
 }
 
 /// Every recipe's CUDA preset (the GPU run's network, batch and image sizes, with the check's
-/// data and batch cuts) runs on the CPU under `--preset cuda`: a preset that does not fit its
-/// recipe fails here rather than on a GPU.
+/// data and batch cuts) runs on the CPU under `--preset cuda`, in bf16 products as on a GPU: a
+/// preset that does not fit its recipe fails here rather than on a GPU.
 #[test]
 fn every_recipe_passes_check_with_its_cuda_preset() {
-    for (recipe, stderr) in check_every_recipe_with(&["--preset", "cuda"]) {
-        assert!(
-            stderr.contains("the presets for cuda, on cpu"),
-            "{}: {stderr}",
-            recipe.display()
-        );
+    let args = ["--preset", "cuda", "--precision", "bf16"];
+    for (recipe, stderr) in check_every_recipe_with(&args) {
+        for said in ["the presets for cuda, on cpu", "products in bf16"] {
+            assert!(stderr.contains(said), "{}: {stderr}", recipe.display());
+        }
         // ResNet-18 at full width (11.2M parameters), not the CPU preset's quarter width.
         let params = backbone_params(&stderr);
         assert!(

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # ptxas.sh — print the path of NVIDIA's PTX assembler for tests/cuda_ptx.rs, fetching it once.
 #
-# The test lowers our own cubecl kernels to PTX for Hopper (no GPU needed) and, given `ptxas`,
-# assembles that PTX to machine code, as the driver does when it loads a module. The lent GPUs'
-# driver is CUDA 13.0, so the assembler is CUDA 13.0's, from NVIDIA's compiler wheel on PyPI
-# (one of the registries our machines reach), unpacked into target/ptxas on the first call.
+# The test lowers our own cubecl kernels to PTX for each GPU architecture CUDA 13 supports (no
+# GPU needed) and, given `ptxas`, assembles that PTX to machine code, as the driver does when it
+# loads a module. The lent GPUs' driver is CUDA 13.0, so the assembler is CUDA 13.0's, from
+# NVIDIA's compiler wheel on PyPI (one of the registries our machines reach), unpacked into
+# target/ptxas on the first call.
 # Prints nothing and exits 1 where it cannot be had; the test then only lowers.
 set -euo pipefail
 cd "$(dirname "$0")/.."

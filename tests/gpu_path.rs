@@ -2,7 +2,8 @@
 //! CUDA through LLVM (`cargo test --profile ci --features cubecl-cpu --test gpu_path`, as
 //! `.ci/run` runs it; `--release` works too). What is checked here is what sslhost does
 //! differently on a GPU: batch norm over contiguous rows, half activations, one input shape
-//! per kNN batch and the vote on the device. cubecl's CPU runtime has no bf16, so the half type here is f16.
+//! per kNN batch and the vote on the device. cubecl's CPU runtime has no bf16, so the half
+//! type here is f16.
 #![cfg(feature = "cubecl-cpu")]
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};

@@ -4,8 +4,8 @@
 //! [`handshake`](super::handshake)'s signal and wait, the captured step's word copy) can be
 //! checked without a GPU, because cubecl-cuda lowers a kernel to PTX in-process (its LLVM
 //! backend: no NVRTC, no driver). The same lowering runs here, given the device properties its
-//! runtime would register for a compute capability. NVIDIA's `ptxas` then takes the PTX to machine code, as the driver does
-//! when it loads the module: [`assemble`].
+//! runtime would register for a compute capability. NVIDIA's `ptxas` then takes the PTX to
+//! machine code, as the driver does when it loads the module: [`assemble`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -24,6 +24,9 @@ for line in open(sys.argv[1]):
     row = (f'{who:8} {r["method"]:7} {variant:12} {tags:11} median {r["median_ms"]:7.1f} ms '
            f'{r["img_per_s"]:7.0f} img/s  peak {r.get("peak_mem_mb", float("nan")):6.0f} MB  '
            f'first step {r.get("first_step_ms", float("nan")) / 1000:5.1f} s')
+    memory = r.get("device_memory")
+    if memory:
+        row += f'  ({memory["in_use_mb"]:.0f} MB held between steps)'
     key = (who, r["method"], variant)
     losses = r.get("losses")
     if losses and key in first:

@@ -900,6 +900,7 @@ fn execute(cli: Cli) -> Result<()> {
                 variants.into_iter().map(Some).collect()
             };
             for variant in variants {
+                sslhost::profiling::restart_device_peak(&device);
                 let session = Session::new(device.clone(), seed)
                     .with_kernels(kernels)
                     .with_variant(variant)

@@ -116,11 +116,56 @@ fn vm_hwm_kb(status: &str) -> Option<u64> {
 }
 
 /// The device memory the allocator holds now, in bytes, if the backend reports it (CUDA);
-/// the largest value seen so far is kept.
+/// the largest value seen since [`restart_device_peak`] (or the start) is kept.
 pub fn sample_device_memory(device: &burn::tensor::Device) -> Option<u64> {
     let usage = device.memory_pool_usage()?;
     let peak = DEVICE_PEAK_BYTES.fetch_max(usage.bytes_reserved, Ordering::Relaxed);
     Some(peak.max(usage.bytes_reserved))
+}
+
+/// Starts a new span for [`sample_device_memory`]'s peak: the allocator gives back every page
+/// nothing holds, and the peak restarts from what it still reserves. The pool only grows
+/// while a process runs, so without this the variants `sslhost bench` times one after
+/// another would each report the largest of them.
+pub fn restart_device_peak(device: &burn::tensor::Device) {
+    if device.memory_pool_usage().is_none() {
+        return;
+    }
+    // The frees of the tensors dropped last are queued work like any other: they must have
+    // run before the cleanup looks for empty pages. A failed stream has nothing to give back.
+    let _ = device.sync();
+    device.memory_cleanup();
+    let reserved = device.memory_pool_usage().map_or(0, |u| u.bytes_reserved);
+    DEVICE_PEAK_BYTES.store(reserved, Ordering::Relaxed);
+}
+
+/// What the device's allocator holds once the queued work has run (so tensors dropped before
+/// the call count as freed), for a bench's JSON: the bytes reserved and in use, and each
+/// pool that carves pages (page size, pages held, the largest allocation it served), in MiB.
+/// `None` where the backend reports nothing (the CPU). It waits for the device.
+pub fn device_memory_report(device: &burn::tensor::Device) -> Option<serde_json::Value> {
+    device.memory_pool_usage()?;
+    let _ = device.sync();
+    let usage = device.memory_pool_usage()?;
+    let pools: Vec<serde_json::Value> = device
+        .memory_pool_report()
+        .unwrap_or_default()
+        .iter()
+        .filter(|pool| pool.pages > 0)
+        .map(|pool| {
+            serde_json::json!({
+                "page_mb": pool.page_size as f64 / MIB,
+                "pages": pool.pages,
+                "largest_alloc_mb": pool.largest_alloc as f64 / MIB,
+            })
+        })
+        .collect();
+    Some(serde_json::json!({
+        "reserved_mb": usage.bytes_reserved as f64 / MIB,
+        "in_use_mb": usage.bytes_in_use as f64 / MIB,
+        "allocations": usage.number_allocs,
+        "pools": pools,
+    }))
 }
 
 /// The system allocator, with the time spent freeing large blocks outside host functions

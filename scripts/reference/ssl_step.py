@@ -469,6 +469,17 @@ def train_step(m, images, step, total, batch, amp):
     return loss
 
 
+def device_memory(device):
+    """The caching allocator after the last step, as sslhost's bench reports its pool's:
+    reserved and in use now (what the run keeps between steps), and the most ever in use."""
+    if device.type != "cuda":
+        return None
+    mib = 2**20
+    return dict(reserved_mb=torch.cuda.memory_reserved(device) / mib,
+                in_use_mb=torch.cuda.memory_allocated(device) / mib,
+                peak_in_use_mb=torch.cuda.max_memory_allocated(device) / mib)
+
+
 def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_reserved(device) / 2**20
@@ -544,7 +555,8 @@ def main():
         precision="bf16" if amp else "f32",
         channels_last=channels_last, params=params, median_ms=median,
         mean_ms=statistics.fmean(times), min_ms=min(times), max_ms=max(times),
-        img_per_s=args.batch * 1000 / median, peak_mem_mb=peak_memory_mb(device), step_ms=times,
+        img_per_s=args.batch * 1000 / median, peak_mem_mb=peak_memory_mb(device),
+        device_memory=device_memory(device), step_ms=times,
     )
     print(f"{args.method} {model} {device.type} batch {args.batch} {args.image}x{args.image}: "
           f"median {median:.1f} ms, mean {result['mean_ms']:.1f} ms, {result['img_per_s']:.1f} img/s, "

@@ -29,6 +29,28 @@ pub mod system_api {
         value.map_or(Dynamic::UNIT, Dynamic::from_float)
     }
 
+    /// What the device's allocator holds now, as a map, on a GPU (`()` on the CPU, where
+    /// `peak_memory_mb()` is the process's): `reserved_mb` (the pool's pages), `in_use_mb`
+    /// (the live tensors), `allocations`, and `pools`, one map for each pool that carves
+    /// pages (`page_mb`, `pages`, `largest_alloc_mb`). Between steps, `in_use_mb` is what a
+    /// run keeps (weights, optimiser state, queues) and the rest of `reserved_mb` is what its
+    /// steps needed on top.
+    ///
+    /// ```rhai
+    /// let memory = device_memory();
+    /// if type_of(memory) == "map" {
+    ///     print(`reserved ${memory.reserved_mb} MiB, in use ${memory.in_use_mb} MiB`);
+    /// }
+    /// ```
+    #[rhai_fn(return_raw)]
+    pub fn device_memory() -> Result<Dynamic, Box<rhai::EvalAltResult>> {
+        let device = session::device();
+        match crate::profiling::device_memory_report(&device) {
+            Some(report) => rhai::serde::to_dynamic(report),
+            None => Ok(Dynamic::UNIT),
+        }
+    }
+
     /// Turns on (or off) the accounting of time spent inside host functions, which
     /// `host_time_ms()` reads. `sslhost bench` turns it on; it costs two clock reads per call.
     ///

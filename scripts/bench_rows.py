@@ -26,7 +26,13 @@ for line in open(sys.argv[1]):
            f'first step {r.get("first_step_ms", float("nan")) / 1000:5.1f} s')
     memory = r.get("device_memory")
     if memory:
-        row += f'  ({memory["in_use_mb"]:.0f} MB held between steps)'
+        row += f'  ({memory["in_use_mb"]:.0f} MB held between steps'
+        before = r.get("device_memory_before_backward")
+        if before:  # sslhost: a lower bound on its peak
+            row += f', {before["in_use_mb"]:.0f} MB in use before the backward'
+        if memory.get("peak_in_use_mb") is not None:  # PyTorch: its allocator's own peak
+            row += f', {memory["peak_in_use_mb"]:.0f} MB in use at most'
+        row += ')'
     key = (who, r["method"], variant)
     losses = r.get("losses")
     if losses and key in first:

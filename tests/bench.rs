@@ -120,6 +120,9 @@ fn check_with(method: &str, precision: &str, half: bool) {
     // Peak RSS of the process: more than nothing, less than the whole machine.
     let mem = positive(&r, "peak_mem_mb");
     assert!(mem < 1.0e6, "{r}");
+    // The device allocator's figures are a GPU's: the CPU has no pool to report.
+    assert!(r["device_memory"].is_null(), "{r}");
+    assert!(r["device_memory_before_backward"].is_null(), "{r}");
     assert!(positive(&r, "params") >= 1000.0);
     // The Rhai layer's share is a fraction; host functions take some of the time too.
     let share = r["rhai_share"].as_f64().unwrap();

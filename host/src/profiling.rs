@@ -128,15 +128,18 @@ pub fn sample_device_memory(device: &burn::tensor::Device) -> Option<u64> {
 /// while a process runs, so without this the variants `sslhost bench` times one after
 /// another would each report the largest of them.
 pub fn restart_device_peak(device: &burn::tensor::Device) {
-    if device.memory_pool_usage().is_none() {
-        return;
-    }
-    // The frees of the tensors dropped last are queued work like any other: they must have
-    // run before the cleanup looks for empty pages. A failed stream has nothing to give back.
-    let _ = device.sync();
+    run_queued_frees(device);
     device.memory_cleanup();
     let reserved = device.memory_pool_usage().map_or(0, |u| u.bytes_reserved);
     DEVICE_PEAK_BYTES.store(reserved, Ordering::Relaxed);
+}
+
+/// Waits for the device's queued work, of which the frees of the tensors dropped last are a
+/// part: until they have run, the pool counts those tensors as in use and their pages as
+/// held. (The pool's own reading drains the queue of operations, not the frees.) A failed
+/// stream has nothing more to free. On the CPU it returns at once.
+fn run_queued_frees(device: &burn::tensor::Device) {
+    let _ = device.sync();
 }
 
 /// What the device's allocator holds once the queued work has run (so tensors dropped before
@@ -144,8 +147,7 @@ pub fn restart_device_peak(device: &burn::tensor::Device) {
 /// pool that carves pages (page size, pages held, the largest allocation it served), in MiB.
 /// `None` where the backend reports nothing (the CPU). It waits for the device.
 pub fn device_memory_report(device: &burn::tensor::Device) -> Option<serde_json::Value> {
-    device.memory_pool_usage()?;
-    let _ = device.sync();
+    run_queued_frees(device);
     let usage = device.memory_pool_usage()?;
     let pools: Vec<serde_json::Value> = device
         .memory_pool_report()
